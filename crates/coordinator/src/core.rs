@@ -1,0 +1,1394 @@
+//! The coordinator's tables and their one owner: every input (a request, a worker message, a
+//! connection change, the passing of time) is applied here, synchronously, producing store writes
+//! and outgoing messages. No I/O happens here; `server` feeds it and carries out what it produces.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use tatzelwurm_protocol::{
+    ActionerRequest, AttemptRef, AttemptReport, CoordinatorToActioner, CoordinatorToWorker,
+    Dispatch, ErrorKind, ErrorReply, EventFilter, Reply, RequestId, Selector, StateCount, Tag,
+    TaskEvent, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus, WorkerHello, WorkerId,
+    WorkerInfo, WorkerState, WorkerToCoordinator,
+};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::scheduler::{QueueKey, Scheduler};
+use crate::task::{ReportFate, Task, WorkerOrder};
+
+/// A connection's number, unique for the life of the process.
+pub type ConnId = u64;
+
+/// A message for one connection.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Out {
+    /// To an actioner.
+    Actioner(CoordinatorToActioner),
+    /// To a worker.
+    Worker(CoordinatorToWorker),
+    /// Close the connection, for the logged reason.
+    Close(String),
+}
+
+/// What must be made durable, and the messages that may only leave once it is.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Tasks to write, whole.
+    pub tasks: Vec<TaskInfo>,
+    /// Tasks to delete.
+    pub removed: Vec<TaskId>,
+    /// Workers to write.
+    pub workers: Vec<WorkerInfo>,
+    /// Sent after the commit, in order.
+    pub sends: Vec<(ConnId, Out)>,
+}
+
+impl Batch {
+    /// Whether the batch writes anything to the store.
+    pub fn has_writes(&self) -> bool {
+        !(self.tasks.is_empty() && self.removed.is_empty() && self.workers.is_empty())
+    }
+}
+
+/// Tunables of the core.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// How long a silent or disconnected worker keeps its tasks.
+    pub lease_ms: u64,
+    /// Send the tasks of a lost worker to `paused` instead of `ready`.
+    pub lost_to_paused: bool,
+}
+
+enum Conn {
+    Actioner,
+    Worker(WorkerId),
+}
+
+struct Worker {
+    info: WorkerInfo,
+    conn: Option<ConnId>,
+    /// Since when it is disconnected or silent; its lease runs from here.
+    lost_since: Option<u64>,
+    /// Tasks it holds (assigned, running, paused on it).
+    held: HashSet<TaskId>,
+}
+
+struct Subscription {
+    conn: ConnId,
+    request: RequestId,
+    ids: HashSet<TaskId>,
+    tags: Vec<Tag>,
+    all: bool,
+}
+
+/// Tasks finished per second over the last minute, in 60 one-second buckets.
+struct FinishRate {
+    /// (second, tasks finished in it), indexed by second modulo 60.
+    buckets: [(u64, u64); 60],
+}
+
+impl Default for FinishRate {
+    fn default() -> Self {
+        FinishRate {
+            buckets: [(0, 0); 60],
+        }
+    }
+}
+
+impl FinishRate {
+    fn add(&mut self, now_ms: u64) {
+        let sec = now_ms / 1000;
+        let b = &mut self.buckets[(sec % 60) as usize];
+        if b.0 != sec {
+            *b = (sec, 0);
+        }
+        b.1 += 1;
+    }
+
+    fn last_minute(&self, now_ms: u64) -> u64 {
+        let sec = now_ms / 1000;
+        self.buckets
+            .iter()
+            .filter(|(s, _)| sec.saturating_sub(*s) < 60)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// The tables: tasks, workers, connections, subscriptions, and the scheduler over them.
+pub struct Core {
+    cfg: CoreConfig,
+    tasks: BTreeMap<TaskId, Task>,
+    counts: [u64; 8],
+    workers: BTreeMap<WorkerId, Worker>,
+    next_worker: u64,
+    conns: HashMap<ConnId, Conn>,
+    subs: Vec<Subscription>,
+    sched: Scheduler,
+    dirty_tasks: HashSet<TaskId>,
+    removed: Vec<TaskId>,
+    dirty_workers: HashSet<WorkerId>,
+    durable: Vec<(ConnId, Out)>,
+    immediate: Vec<(ConnId, Out)>,
+    rate: FinishRate,
+    store_ok: bool,
+    shutting_down: bool,
+}
+
+fn idx(s: TaskState) -> usize {
+    s as usize
+}
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(kind, message)
+}
+
+fn has_tags(task: &Task, tags: &[Tag]) -> bool {
+    tags.iter().all(|t| task.info.spec.tags.contains(t))
+}
+
+fn queue_key(spec: &TaskSpec) -> QueueKey {
+    QueueKey {
+        block: spec.block,
+        handler: spec.payload.handler().map(str::to_string),
+    }
+}
+
+impl Core {
+    /// An empty coordinator.
+    pub fn new(cfg: CoreConfig) -> Self {
+        Core {
+            cfg,
+            tasks: BTreeMap::new(),
+            counts: [0; 8],
+            workers: BTreeMap::new(),
+            next_worker: 1,
+            conns: HashMap::new(),
+            subs: Vec::new(),
+            sched: Scheduler::new(),
+            dirty_tasks: HashSet::new(),
+            removed: Vec::new(),
+            dirty_workers: HashSet::new(),
+            durable: Vec::new(),
+            immediate: Vec::new(),
+            rate: FinishRate::default(),
+            store_ok: true,
+            shutting_down: false,
+        }
+    }
+
+    /// Rebuilds the tables from what the store holds after a restart. Every worker starts lost,
+    /// with a fresh lease: the tasks it held wait for it to reconnect and reattach them.
+    pub fn restore(
+        cfg: CoreConfig,
+        tasks: Vec<TaskInfo>,
+        workers: Vec<WorkerInfo>,
+        now: u64,
+    ) -> Self {
+        let mut core = Core::new(cfg);
+        for mut info in workers {
+            core.next_worker = core.next_worker.max(info.id.0 + 1);
+            info.state = WorkerState::Lost;
+            info.running = 0;
+            let id = info.id;
+            core.workers.insert(
+                id,
+                Worker {
+                    info,
+                    conn: None,
+                    lost_since: Some(now),
+                    held: HashSet::new(),
+                },
+            );
+        }
+        for info in tasks {
+            let id = info.id;
+            let mut task = Task { info, ticket: 0 };
+            if let Some(w) = task.holder() {
+                match core.workers.get_mut(&w) {
+                    Some(worker) => {
+                        worker.held.insert(id);
+                    }
+                    None => {
+                        warn!(task = %id, worker = %w, "task held by an unknown worker; requeued");
+                        task.lose(
+                            "held by a worker the store does not know",
+                            core.cfg.lost_to_paused,
+                            now,
+                        );
+                        core.dirty_tasks.insert(id);
+                    }
+                }
+            }
+            core.counts[idx(task.state())] += 1;
+            if task.state() == TaskState::Ready {
+                task.ticket =
+                    core.sched
+                        .enqueue(queue_key(&task.info.spec), task.info.spec.priority, id);
+            }
+            core.tasks.insert(id, task);
+        }
+        core
+    }
+
+    /// Tasks per state.
+    pub fn counts(&self) -> Vec<StateCount> {
+        TaskState::ALL
+            .iter()
+            .map(|&state| StateCount {
+                state,
+                count: self.counts[idx(state)],
+            })
+            .collect()
+    }
+
+    /// A task, for tests and diagnostics.
+    pub fn task(&self, id: TaskId) -> Option<&TaskInfo> {
+        self.tasks.get(&id).map(|t| &t.info)
+    }
+
+    /// Tells the core whether the store can write; while it cannot, changes are refused.
+    pub fn set_store_ok(&mut self, ok: bool) {
+        self.store_ok = ok;
+    }
+
+    /// From now on, refuse changes and let workers finish.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+    }
+
+    /// Messages that may leave now, before the current batch is durable.
+    pub fn take_immediate(&mut self) -> Vec<(ConnId, Out)> {
+        std::mem::take(&mut self.immediate)
+    }
+
+    /// What to write next and the messages waiting on it; `None` when there is nothing.
+    pub fn take_batch(&mut self) -> Option<Batch> {
+        if self.dirty_tasks.is_empty()
+            && self.removed.is_empty()
+            && self.dirty_workers.is_empty()
+            && self.durable.is_empty()
+        {
+            return None;
+        }
+        let tasks = self
+            .dirty_tasks
+            .drain()
+            .filter_map(|id| self.tasks.get(&id).map(|t| t.info.clone()))
+            .collect();
+        let workers = self
+            .dirty_workers
+            .drain()
+            .filter_map(|id| self.workers.get(&id).map(|w| w.info.clone()))
+            .collect();
+        Some(Batch {
+            tasks,
+            removed: std::mem::take(&mut self.removed),
+            workers,
+            sends: std::mem::take(&mut self.durable),
+        })
+    }
+
+    /// Puts a batch whose commit failed back, so that its changes are written (as they are by
+    /// then) and its messages sent by a later batch, ahead of newer ones.
+    pub fn requeue(&mut self, batch: Batch) {
+        self.dirty_tasks.extend(
+            batch
+                .tasks
+                .iter()
+                .map(|t| t.id)
+                .filter(|id| self.tasks.contains_key(id)),
+        );
+        self.dirty_workers
+            .extend(batch.workers.iter().map(|w| w.id));
+        let mut removed = batch.removed;
+        removed.append(&mut self.removed);
+        self.removed = removed;
+        let mut sends = batch.sends;
+        sends.append(&mut self.durable);
+        self.durable = sends;
+    }
+
+    /// How many task writes wait for the next batch (for backpressure).
+    pub fn pending_writes(&self) -> usize {
+        self.dirty_tasks.len() + self.removed.len()
+    }
+
+    /// Goodbye messages for every connection.
+    pub fn shutdown_messages(&self, reason: &str) -> Vec<(ConnId, Out)> {
+        self.conns
+            .iter()
+            .map(|(&c, kind)| {
+                let msg = match kind {
+                    Conn::Actioner => Out::Actioner(CoordinatorToActioner::Shutdown {
+                        reason: reason.into(),
+                    }),
+                    Conn::Worker(_) => Out::Worker(CoordinatorToWorker::Shutdown {
+                        reason: reason.into(),
+                    }),
+                };
+                (c, msg)
+            })
+            .collect()
+    }
+
+    // ---- connections -------------------------------------------------------------------
+
+    /// An actioner finished its handshake.
+    pub fn connect_actioner(&mut self, conn: ConnId) {
+        self.conns.insert(conn, Conn::Actioner);
+    }
+
+    /// A worker finished its handshake; returns the id it is given (its previous one when it
+    /// presents one the table knows and that is not connected elsewhere).
+    pub fn connect_worker(&mut self, conn: ConnId, hello: WorkerHello, now: u64) -> WorkerId {
+        let reuse = hello
+            .previous_id
+            .filter(|id| self.workers.get(id).is_some_and(|w| w.conn.is_none()));
+        let id = reuse.unwrap_or_else(|| {
+            let id = WorkerId(self.next_worker);
+            self.next_worker += 1;
+            id
+        });
+        let held = self.workers.remove(&id).map(|w| w.held).unwrap_or_default();
+        let info = WorkerInfo {
+            id,
+            name: hello.name,
+            host: hello.host,
+            block: hello.block,
+            slots: hello.slots,
+            running: held.len() as u32,
+            tags: hello.tags,
+            handlers: hello.handlers,
+            connected_ms: now,
+            last_heartbeat_ms: now,
+            state: WorkerState::Active,
+        };
+        self.sched.set_worker(
+            id,
+            info.block,
+            info.slots,
+            held.len() as u32,
+            info.handlers.clone(),
+        );
+        info!(worker = %id, name = %info.name, block = %info.block, slots = info.slots, reattaching = held.len(), "worker connected");
+        self.workers.insert(
+            id,
+            Worker {
+                info,
+                conn: Some(conn),
+                lost_since: None,
+                held,
+            },
+        );
+        self.conns.insert(conn, Conn::Worker(id));
+        self.dirty_workers.insert(id);
+        id
+    }
+
+    /// A connection closed (or was closed).
+    pub fn disconnect(&mut self, conn: ConnId, now: u64) {
+        match self.conns.remove(&conn) {
+            Some(Conn::Actioner) => self.subs.retain(|s| s.conn != conn),
+            Some(Conn::Worker(id)) => {
+                if let Some(w) = self.workers.get_mut(&id) {
+                    if w.conn == Some(conn) {
+                        w.conn = None;
+                        w.info.state = WorkerState::Lost;
+                        w.lost_since.get_or_insert(now);
+                        info!(worker = %id, holding = w.held.len(), "worker disconnected; its lease runs");
+                        self.sched.set_accepting(id, false);
+                        self.dirty_workers.insert(id);
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Lets time pass: workers silent past their lease lose their connection, and workers gone
+    /// past their lease lose their tasks.
+    pub fn tick(&mut self, now: u64) {
+        let lease = self.cfg.lease_ms;
+        let silent: Vec<(WorkerId, ConnId, u64)> = self
+            .workers
+            .values()
+            .filter_map(|w| {
+                let c = w.conn?;
+                (now.saturating_sub(w.info.last_heartbeat_ms) > lease).then_some((
+                    w.info.id,
+                    c,
+                    w.info.last_heartbeat_ms,
+                ))
+            })
+            .collect();
+        for (id, conn, last) in silent {
+            warn!(worker = %id, silent_ms = now - last, "worker silent past its lease; dropping it");
+            self.immediate.push((
+                conn,
+                Out::Close(format!("no heartbeat for {} ms", now - last)),
+            ));
+            self.disconnect(conn, now);
+            if let Some(w) = self.workers.get_mut(&id) {
+                w.lost_since = Some(last);
+            }
+        }
+        let expired: Vec<WorkerId> = self
+            .workers
+            .values()
+            .filter(|w| w.conn.is_none() && !w.held.is_empty())
+            .filter(|w| w.lost_since.is_some_and(|t| now.saturating_sub(t) >= lease))
+            .map(|w| w.info.id)
+            .collect();
+        for id in expired {
+            let held: Vec<TaskId> = self
+                .workers
+                .get_mut(&id)
+                .map(|w| w.held.drain().collect())
+                .unwrap_or_default();
+            warn!(worker = %id, tasks = held.len(), "lease expired; requeueing its tasks");
+            for t in held {
+                self.sched.release(id);
+                self.lose_task(t, &format!("worker {id} lost: lease expired"), now);
+            }
+            self.dirty_workers.insert(id);
+        }
+    }
+
+    fn lose_task(&mut self, id: TaskId, reason: &str, now: u64) {
+        let to_paused = self.cfg.lost_to_paused;
+        if let Some(task) = self.tasks.get_mut(&id) {
+            let before = task.state();
+            task.lose(reason, to_paused, now);
+            self.changed(id, before, now);
+        }
+    }
+
+    // ---- bookkeeping -------------------------------------------------------------------
+
+    /// Records that a task changed: counts, queue, events, the next batch.
+    fn changed(&mut self, id: TaskId, before: TaskState, now: u64) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let after = task.state();
+        self.dirty_tasks.insert(id);
+        if after == before {
+            return;
+        }
+        self.counts[idx(before)] -= 1;
+        self.counts[idx(after)] += 1;
+        if after == TaskState::Ready {
+            task.ticket =
+                self.sched
+                    .enqueue(queue_key(&task.info.spec), task.info.spec.priority, id);
+        }
+        if after.is_final() {
+            self.rate.add(now);
+        }
+        self.emit(id, now);
+    }
+
+    fn emit(&mut self, id: TaskId, now: u64) {
+        if self.subs.is_empty() {
+            return;
+        }
+        let Some(task) = self.tasks.get(&id) else {
+            return;
+        };
+        let event = TaskEvent {
+            id,
+            state: task.state(),
+            at_ms: now,
+            attempt: task.info.attempts.len() as u32,
+        };
+        for s in &self.subs {
+            if s.all || s.ids.contains(&id) || (!s.tags.is_empty() && has_tags(task, &s.tags)) {
+                let msg = CoordinatorToActioner::Event {
+                    subscription: s.request,
+                    event: event.clone(),
+                };
+                self.durable.push((s.conn, Out::Actioner(msg)));
+            }
+        }
+    }
+
+    fn send_worker(&mut self, worker: WorkerId, msg: CoordinatorToWorker) {
+        if let Some(conn) = self.workers.get(&worker).and_then(|w| w.conn) {
+            self.durable.push((conn, Out::Worker(msg)));
+        }
+    }
+
+    // ---- scheduling --------------------------------------------------------------------
+
+    /// Dispatches ready tasks while workers have room. Called after every batch of inputs.
+    pub fn schedule(&mut self, now: u64) -> usize {
+        let mut n = 0;
+        let tasks = &self.tasks;
+        let mut picks = Vec::new();
+        while let Some(pick) = self.sched.next(|id, ticket| {
+            tasks
+                .get(&id)
+                .is_some_and(|t| t.state() == TaskState::Ready && t.ticket == ticket)
+        }) {
+            picks.push(pick);
+            // Apply in chunks so that `tasks` can be borrowed again.
+            if picks.len() == 1024 {
+                break;
+            }
+        }
+        for (id, w) in picks {
+            let Some(worker) = self.workers.get_mut(&w) else {
+                continue;
+            };
+            let Some(task) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            let before = task.state();
+            let attempt = task.assign(w, &worker.info.name, now);
+            worker.held.insert(id);
+            let spec = &task.info.spec;
+            let dispatch = Dispatch {
+                attempt,
+                name: spec.name.clone(),
+                payload: spec.payload.clone(),
+                timeout_ms: spec.timeout_ms,
+                user_key: spec.user_key.clone(),
+                user_data: spec.user_data.clone(),
+            };
+            if let Some(conn) = worker.conn {
+                self.durable.push((
+                    conn,
+                    Out::Worker(CoordinatorToWorker::Dispatch(Box::new(dispatch))),
+                ));
+            }
+            self.changed(id, before, now);
+            n += 1;
+        }
+        if n == 1024 {
+            n += self.schedule(now);
+        }
+        n
+    }
+
+    // ---- actioners ---------------------------------------------------------------------
+
+    /// Handles one actioner request; the reply is queued (after the commit for changes).
+    pub fn actioner(&mut self, conn: ConnId, request: RequestId, body: ActionerRequest, now: u64) {
+        let mutating = matches!(
+            body,
+            ActionerRequest::Add { .. }
+                | ActionerRequest::Play { .. }
+                | ActionerRequest::Pause { .. }
+                | ActionerRequest::Kill { .. }
+                | ActionerRequest::Remove { .. }
+        );
+        let refusal = if !mutating {
+            None
+        } else if self.shutting_down {
+            Some(err(
+                ErrorKind::ShuttingDown,
+                "the coordinator is shutting down; nothing was changed",
+            ))
+        } else if !self.store_ok {
+            Some(err(
+                ErrorKind::StoreUnavailable,
+                "the store cannot write right now; nothing was accepted, retry later",
+            ))
+        } else {
+            None
+        };
+        let result = match refusal {
+            Some(e) => Err(e),
+            None => self.answer(conn, request, body, now),
+        };
+        let (reply, durable) = match result {
+            Ok((reply, durable)) => (reply, durable),
+            Err(e) => (Reply::Error(e), false),
+        };
+        let out = (
+            conn,
+            Out::Actioner(CoordinatorToActioner::Reply {
+                request,
+                body: reply,
+            }),
+        );
+        if durable {
+            self.durable.push(out);
+        } else {
+            self.immediate.push(out);
+        }
+    }
+
+    /// The reply, and whether it must wait for the commit.
+    fn answer(
+        &mut self,
+        conn: ConnId,
+        request: RequestId,
+        body: ActionerRequest,
+        now: u64,
+    ) -> Result<(Reply, bool), ErrorReply> {
+        match body {
+            ActionerRequest::Add { tasks, play } => {
+                for (i, spec) in tasks.iter().enumerate() {
+                    spec.validate()
+                        .map_err(|e| err(ErrorKind::InvalidRequest, format!("task {i}: {e}")))?;
+                }
+                let mut ids = Vec::with_capacity(tasks.len());
+                for spec in tasks {
+                    let id = TaskId(Uuid::now_v7());
+                    let mut task = Task::new(id, spec, now, play);
+                    self.counts[idx(task.state())] += 1;
+                    if play {
+                        task.ticket = self.sched.enqueue(
+                            queue_key(&task.info.spec),
+                            task.info.spec.priority,
+                            id,
+                        );
+                    }
+                    self.tasks.insert(id, task);
+                    self.dirty_tasks.insert(id);
+                    self.emit(id, now);
+                    ids.push(id);
+                }
+                Ok((Reply::Added { ids }, true))
+            }
+            ActionerRequest::Play { selector } => {
+                self.apply(selector, "play", Task::check_play, Task::play, now)
+            }
+            ActionerRequest::Pause { selector } => {
+                self.apply(selector, "pause", Task::check_pause, Task::pause, now)
+            }
+            ActionerRequest::Kill { selector } => {
+                self.apply(selector, "kill", Task::check_kill, Task::kill, now)
+            }
+            ActionerRequest::Remove { selector } => {
+                let ids = self.select(&selector, "remove", Task::check_remove)?;
+                for id in &ids {
+                    if let Some(t) = self.tasks.remove(id) {
+                        self.counts[idx(t.state())] -= 1;
+                        self.dirty_tasks.remove(id);
+                        self.removed.push(*id);
+                    }
+                }
+                Ok((Reply::Changed { ids }, true))
+            }
+            ActionerRequest::List {
+                states,
+                tags,
+                limit,
+            } => {
+                let limit = limit.map_or(usize::MAX, |l| l as usize);
+                let tasks = self
+                    .tasks
+                    .values()
+                    .rev()
+                    .filter(|t| states.is_empty() || states.contains(&t.state()))
+                    .filter(|t| has_tags(t, &tags))
+                    .take(limit)
+                    .map(Task::summary)
+                    .collect();
+                Ok((
+                    Reply::Tasks {
+                        tasks,
+                        counts: self.counts(),
+                    },
+                    false,
+                ))
+            }
+            ActionerRequest::Show { id } => {
+                let id = self.resolve(&id)?;
+                Ok((
+                    Reply::Task {
+                        task: Box::new(self.tasks[&id].info.clone()),
+                    },
+                    false,
+                ))
+            }
+            ActionerRequest::Workers => {
+                let workers = self.workers.values().map(|w| w.info.clone()).collect();
+                Ok((Reply::Workers { workers }, false))
+            }
+            ActionerRequest::Summary => {
+                let workers_connected =
+                    self.workers.values().filter(|w| w.conn.is_some()).count() as u32;
+                Ok((
+                    Reply::Summary {
+                        counts: self.counts(),
+                        workers_connected,
+                        finished_last_minute: self.rate.last_minute(now),
+                    },
+                    false,
+                ))
+            }
+            ActionerRequest::Subscribe { filter } => {
+                self.subscribe(conn, request, filter).map(|r| (r, false))
+            }
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        conn: ConnId,
+        request: RequestId,
+        filter: EventFilter,
+    ) -> Result<Reply, ErrorReply> {
+        let ids: HashSet<TaskId> = filter
+            .ids
+            .iter()
+            .map(|p| self.resolve(p))
+            .collect::<Result<_, _>>()?;
+        if !filter.all && ids.is_empty() && filter.tags.is_empty() {
+            return Err(err(
+                ErrorKind::InvalidRequest,
+                "subscribe to some ids, some tags, or all",
+            ));
+        }
+        let tasks = self
+            .tasks
+            .values()
+            .filter(|t| {
+                filter.all
+                    || ids.contains(&t.id())
+                    || (!filter.tags.is_empty() && has_tags(t, &filter.tags))
+            })
+            .map(|t| TaskStatus {
+                id: t.id(),
+                state: t.state(),
+            })
+            .collect();
+        self.subs.push(Subscription {
+            conn,
+            request,
+            ids,
+            tags: filter.tags,
+            all: filter.all,
+        });
+        Ok(Reply::Subscribed { tasks })
+    }
+
+    /// Resolves an id or a unique prefix of one (hex digits, hyphens ignored).
+    pub fn resolve(&self, text: &str) -> Result<TaskId, ErrorReply> {
+        let hex: String = text
+            .chars()
+            .filter(|c| *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if hex.is_empty() || hex.len() > 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(err(
+                ErrorKind::UnknownId,
+                format!("{text:?} is not a task id or a prefix of one"),
+            ));
+        }
+        let pad = |c: char| format!("{hex}{}", c.to_string().repeat(32 - hex.len()));
+        let lo = TaskId(Uuid::parse_str(&pad('0')).expect("32 hex digits"));
+        let hi = TaskId(Uuid::parse_str(&pad('f')).expect("32 hex digits"));
+        let mut found = self.tasks.range(lo..=hi).map(|(id, _)| *id);
+        match (found.next(), found.next()) {
+            (Some(id), None) => Ok(id),
+            (None, _) => Err(err(ErrorKind::UnknownId, format!("no task with id {text}"))),
+            (Some(a), Some(b)) => Err(err(
+                ErrorKind::AmbiguousId,
+                format!("id prefix {text} is ambiguous: it matches {a}, {b} and maybe more"),
+            )),
+        }
+    }
+
+    /// The tasks a selector names, all valid for the operation, or the first refusal.
+    fn select(
+        &self,
+        selector: &Selector,
+        op: &str,
+        check: fn(&Task) -> Result<(), ErrorReply>,
+    ) -> Result<Vec<TaskId>, ErrorReply> {
+        match selector {
+            Selector::All => Ok(self
+                .tasks
+                .values()
+                .filter(|t| check(t).is_ok())
+                .map(Task::id)
+                .collect()),
+            Selector::Ids(texts) if texts.is_empty() => Err(err(
+                ErrorKind::InvalidRequest,
+                format!("{op}: name some task ids, or all"),
+            )),
+            Selector::Ids(texts) => {
+                let mut ids = Vec::with_capacity(texts.len());
+                for text in texts {
+                    let id = self.resolve(text)?;
+                    check(&self.tasks[&id])?;
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+                Ok(ids)
+            }
+        }
+    }
+
+    fn apply(
+        &mut self,
+        selector: Selector,
+        op: &str,
+        check: fn(&Task) -> Result<(), ErrorReply>,
+        action: fn(&mut Task, u64) -> Result<WorkerOrder, ErrorReply>,
+        now: u64,
+    ) -> Result<(Reply, bool), ErrorReply> {
+        let ids = self.select(&selector, op, check)?;
+        for &id in &ids {
+            let task = self.tasks.get_mut(&id).expect("selected tasks exist");
+            let before = task.state();
+            let order = action(task, now)?;
+            self.changed(id, before, now);
+            match order {
+                WorkerOrder::None => {}
+                WorkerOrder::Pause(w, attempt) => {
+                    self.send_worker(w, CoordinatorToWorker::Pause { attempt })
+                }
+                WorkerOrder::Resume(w, attempt) => {
+                    self.send_worker(w, CoordinatorToWorker::Resume { attempt })
+                }
+                WorkerOrder::Kill(w, attempt) => {
+                    self.send_worker(w, CoordinatorToWorker::Kill { attempt })
+                }
+            }
+        }
+        debug!(op, tasks = ids.len(), "applied");
+        Ok((Reply::Changed { ids }, true))
+    }
+
+    // ---- workers -----------------------------------------------------------------------
+
+    /// Handles one message from a worker.
+    pub fn worker(&mut self, conn: ConnId, msg: WorkerToCoordinator, now: u64) {
+        let Some(&Conn::Worker(w)) = self.conns.get(&conn) else {
+            return;
+        };
+        match msg {
+            WorkerToCoordinator::Heartbeat { .. } => {
+                if let Some(worker) = self.workers.get_mut(&w) {
+                    worker.info.last_heartbeat_ms = now;
+                }
+                self.immediate
+                    .push((conn, Out::Worker(CoordinatorToWorker::HeartbeatAck)));
+            }
+            WorkerToCoordinator::Reattach { running } => self.reattach(w, running, now),
+            WorkerToCoordinator::Started { attempt, at_ms } => {
+                if let Some(task) = self.tasks.get_mut(&attempt.task) {
+                    let before = task.state();
+                    if task.started(w, attempt.attempt, at_ms, now) {
+                        self.changed(attempt.task, before, now);
+                    }
+                }
+            }
+            WorkerToCoordinator::Finished { attempt, report } => {
+                self.finished(w, attempt, report, now)
+            }
+            WorkerToCoordinator::Draining => {
+                if let Some(worker) = self.workers.get_mut(&w) {
+                    worker.info.state = WorkerState::Draining;
+                    self.sched.set_accepting(w, false);
+                    self.dirty_workers.insert(w);
+                    info!(worker = %w, "worker draining");
+                }
+            }
+        }
+        if let Some(worker) = self.workers.get_mut(&w) {
+            worker.info.last_heartbeat_ms = now;
+        }
+    }
+
+    fn finished(&mut self, w: WorkerId, attempt: AttemptRef, report: AttemptReport, now: u64) {
+        if let Some(task) = self.tasks.get_mut(&attempt.task) {
+            let before = task.state();
+            match task.report(w, attempt.attempt, report, now) {
+                ReportFate::Current => {
+                    if let Some(worker) = self.workers.get_mut(&w) {
+                        worker.held.remove(&attempt.task);
+                        worker.info.running = worker.held.len() as u32;
+                    }
+                    self.sched.release(w);
+                    self.changed(attempt.task, before, now);
+                }
+                ReportFate::Late => {
+                    info!(task = %attempt.task, attempt = attempt.attempt, worker = %w, "late report recorded");
+                    self.dirty_tasks.insert(attempt.task);
+                }
+                ReportFate::Unknown => {
+                    warn!(task = %attempt.task, attempt = attempt.attempt, "report of an unknown attempt")
+                }
+            }
+        }
+        // Acknowledged once durable, whatever became of it, so the worker can forget it.
+        self.send_worker(w, CoordinatorToWorker::Ack { attempt });
+    }
+
+    fn reattach(&mut self, w: WorkerId, claims: Vec<AttemptRef>, now: u64) {
+        let mut keep = Vec::new();
+        let mut drop = Vec::new();
+        let mut pause = Vec::new();
+        for claim in claims {
+            match self.tasks.get_mut(&claim.task) {
+                Some(task) if task.is_current(w, claim.attempt) => match task.state() {
+                    TaskState::Killed => {
+                        // Killed while the worker was away: stop it, record the attempt as killed.
+                        let before = task.state();
+                        let report = AttemptReport {
+                            outcome: Some(tatzelwurm_protocol::Outcome::Killed),
+                            error: Some("killed while its worker was disconnected".into()),
+                            ended_ms: now,
+                            ..Default::default()
+                        };
+                        task.report(w, claim.attempt, report, now);
+                        self.changed(claim.task, before, now);
+                        drop.push(claim);
+                    }
+                    TaskState::Paused => {
+                        pause.push(claim);
+                        keep.push(claim);
+                    }
+                    _ => keep.push(claim),
+                },
+                _ => drop.push(claim),
+            }
+        }
+        let kept: HashSet<TaskId> = keep.iter().map(|a| a.task).collect();
+        let unclaimed: Vec<TaskId> = match self.workers.get_mut(&w) {
+            Some(worker) => {
+                let gone: Vec<TaskId> = worker
+                    .held
+                    .iter()
+                    .filter(|t| !kept.contains(t))
+                    .copied()
+                    .collect();
+                worker.held.retain(|t| kept.contains(t));
+                worker.info.running = worker.held.len() as u32;
+                gone
+            }
+            None => Vec::new(),
+        };
+        for t in unclaimed {
+            self.sched.release(w);
+            self.lose_task(t, &format!("worker {w} reconnected without it"), now);
+        }
+        info!(worker = %w, kept = keep.len(), dropped = drop.len(), "worker reattached");
+        self.send_worker(w, CoordinatorToWorker::Reattached { keep, drop });
+        for attempt in pause {
+            self.send_worker(w, CoordinatorToWorker::Pause { attempt });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tatzelwurm_protocol::{BlockType, Outcome, Payload};
+
+    fn core() -> Core {
+        Core::new(CoreConfig {
+            lease_ms: 1000,
+            lost_to_paused: false,
+        })
+    }
+
+    fn hello(name: &str, slots: u32) -> WorkerHello {
+        WorkerHello {
+            block: BlockType::Async,
+            slots,
+            name: name.into(),
+            host: "h".into(),
+            tags: vec![],
+            handlers: vec![],
+            previous_id: None,
+        }
+    }
+
+    fn add(c: &mut Core, n: usize, play: bool) -> Vec<TaskId> {
+        let tasks = (0..n)
+            .map(|_| TaskSpec::new(Payload::Sleep { duration_ms: 1 }))
+            .collect();
+        c.actioner(1, RequestId(1), ActionerRequest::Add { tasks, play }, 10);
+        let batch = c.take_batch().unwrap();
+        match &batch.sends[..] {
+            [
+                ..,
+                (
+                    _,
+                    Out::Actioner(CoordinatorToActioner::Reply {
+                        body: Reply::Added { ids },
+                        ..
+                    }),
+                ),
+            ] => ids.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn dispatches(batch: &Batch) -> Vec<AttemptRef> {
+        batch
+            .sends
+            .iter()
+            .filter_map(|(_, o)| match o {
+                Out::Worker(CoordinatorToWorker::Dispatch(d)) => Some(d.attempt),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn add_is_acknowledged_only_with_its_batch() {
+        let mut c = core();
+        c.connect_actioner(1);
+        let tasks = vec![TaskSpec::new(Payload::Sleep { duration_ms: 1 })];
+        c.actioner(
+            1,
+            RequestId(5),
+            ActionerRequest::Add { tasks, play: false },
+            10,
+        );
+        assert!(c.take_immediate().is_empty(), "no reply before the commit");
+        let batch = c.take_batch().unwrap();
+        assert_eq!(batch.tasks.len(), 1);
+        assert_eq!(batch.sends.len(), 1);
+    }
+
+    #[test]
+    fn dispatch_result_and_ack_flow() {
+        let mut c = core();
+        c.connect_actioner(1);
+        let ids = add(&mut c, 3, true);
+        let w = c.connect_worker(2, hello("w", 2), 10);
+        assert_eq!(c.schedule(11), 2, "only as many as slots");
+        let batch = c.take_batch().unwrap();
+        let sent = dispatches(&batch);
+        assert_eq!(sent.len(), 2);
+        c.worker(
+            2,
+            WorkerToCoordinator::Started {
+                attempt: sent[0],
+                at_ms: 12,
+            },
+            12,
+        );
+        assert_eq!(c.task(sent[0].task).unwrap().state, TaskState::Running);
+        let report = AttemptReport {
+            outcome: Some(Outcome::Succeeded),
+            ended_ms: 13,
+            ..Default::default()
+        };
+        c.worker(
+            2,
+            WorkerToCoordinator::Finished {
+                attempt: sent[0],
+                report,
+            },
+            13,
+        );
+        assert_eq!(c.task(sent[0].task).unwrap().state, TaskState::Completed);
+        assert_eq!(c.schedule(14), 1, "the freed slot takes the third task");
+        let batch = c.take_batch().unwrap();
+        assert!(batch.sends.iter().any(|(_, o)| matches!(o, Out::Worker(CoordinatorToWorker::Ack { attempt }) if *attempt == sent[0])));
+        assert_eq!(dispatches(&batch).len(), 1);
+        assert_eq!(ids.len(), 3);
+        assert_eq!(c.workers[&w].held.len(), 2);
+    }
+
+    #[test]
+    fn lease_expiry_requeues_and_records_the_lost_attempt() {
+        let mut c = core();
+        c.connect_actioner(1);
+        let ids = add(&mut c, 1, true);
+        c.connect_worker(2, hello("a", 1), 10);
+        c.schedule(10);
+        c.disconnect(2, 100);
+        c.tick(500);
+        assert_eq!(
+            c.task(ids[0]).unwrap().state,
+            TaskState::Assigned,
+            "still within the lease"
+        );
+        c.tick(1100);
+        let t = c.task(ids[0]).unwrap();
+        assert_eq!(t.state, TaskState::Ready);
+        assert_eq!(t.attempts[0].outcome, Some(Outcome::Lost));
+        c.connect_worker(3, hello("b", 1), 1200);
+        assert_eq!(c.schedule(1200), 1);
+        assert_eq!(c.task(ids[0]).unwrap().attempts.len(), 2);
+    }
+
+    #[test]
+    fn silent_worker_is_dropped_and_its_late_report_is_kept() {
+        let mut c = core();
+        c.connect_actioner(1);
+        let ids = add(&mut c, 1, true);
+        let w = c.connect_worker(2, hello("frozen", 1), 10);
+        c.schedule(10);
+        c.tick(2000);
+        assert!(
+            c.take_immediate()
+                .iter()
+                .any(|(conn, o)| *conn == 2 && matches!(o, Out::Close(_)))
+        );
+        assert_eq!(c.task(ids[0]).unwrap().state, TaskState::Ready);
+        // It wakes up, reconnects, claims the task, and reports it.
+        let mut h = hello("frozen", 1);
+        h.previous_id = Some(w);
+        assert_eq!(c.connect_worker(3, h, 2100), w);
+        let claim = AttemptRef {
+            task: ids[0],
+            attempt: 1,
+        };
+        c.worker(
+            3,
+            WorkerToCoordinator::Reattach {
+                running: vec![claim],
+            },
+            2100,
+        );
+        let report = AttemptReport {
+            outcome: Some(Outcome::Succeeded),
+            ended_ms: 2101,
+            ..Default::default()
+        };
+        c.worker(
+            3,
+            WorkerToCoordinator::Finished {
+                attempt: claim,
+                report,
+            },
+            2101,
+        );
+        let t = c.task(ids[0]).unwrap();
+        assert_eq!(t.attempts[0].outcome, Some(Outcome::Lost));
+        assert_eq!(t.attempts[0].late_reports.len(), 1);
+        let batch = c.take_batch().unwrap();
+        assert!(batch.sends.iter().any(|(_, o)| matches!(o, Out::Worker(CoordinatorToWorker::Reattached { keep, drop }) if keep.is_empty() && drop == &vec![claim])));
+    }
+
+    #[test]
+    fn restart_keeps_claimed_tasks_and_requeues_unclaimed_ones() {
+        let mut c = core();
+        c.connect_actioner(1);
+        let ids = add(&mut c, 2, true);
+        let w = c.connect_worker(2, hello("w", 2), 10);
+        c.schedule(10);
+        let batch = c.take_batch().unwrap();
+        let tasks: Vec<TaskInfo> = ids.iter().map(|id| c.task(*id).unwrap().clone()).collect();
+        let workers = batch.workers.clone();
+        let mut r = Core::restore(
+            CoreConfig {
+                lease_ms: 1000,
+                lost_to_paused: false,
+            },
+            tasks,
+            workers,
+            5000,
+        );
+        assert_eq!(r.counts()[idx(TaskState::Assigned)].count, 2);
+        let mut h = hello("w", 2);
+        h.previous_id = Some(w);
+        assert_eq!(r.connect_worker(9, h, 5001), w);
+        r.worker(
+            9,
+            WorkerToCoordinator::Reattach {
+                running: vec![AttemptRef {
+                    task: ids[0],
+                    attempt: 1,
+                }],
+            },
+            5002,
+        );
+        assert_eq!(r.task(ids[0]).unwrap().state, TaskState::Assigned);
+        assert_eq!(
+            r.task(ids[1]).unwrap().state,
+            TaskState::Ready,
+            "unclaimed goes back to ready"
+        );
+        assert_eq!(r.schedule(5003), 1, "and is run again, on the freed slot");
+    }
+
+    #[test]
+    fn invalid_operations_change_nothing() {
+        let mut c = core();
+        c.connect_actioner(1);
+        let ids = add(&mut c, 2, false);
+        c.actioner(
+            1,
+            RequestId(2),
+            ActionerRequest::Kill {
+                selector: Selector::Ids(vec![ids[0].to_string()]),
+            },
+            20,
+        );
+        c.take_batch();
+        let sel = Selector::Ids(vec![ids[1].to_string(), ids[0].to_string()]);
+        c.actioner(1, RequestId(3), ActionerRequest::Play { selector: sel }, 21);
+        let imm = c.take_immediate();
+        match &imm[..] {
+            [
+                (
+                    _,
+                    Out::Actioner(CoordinatorToActioner::Reply {
+                        request,
+                        body: Reply::Error(e),
+                    }),
+                ),
+            ] => {
+                assert_eq!(*request, RequestId(3));
+                assert_eq!(e.kind, ErrorKind::InvalidState);
+                assert!(
+                    e.message.contains(&ids[0].to_string()) && e.message.contains("killed"),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            c.task(ids[1]).unwrap().state,
+            TaskState::Created,
+            "the valid one was not played either"
+        );
+        c.actioner(
+            1,
+            RequestId(4),
+            ActionerRequest::Show { id: "zz".into() },
+            22,
+        );
+        c.actioner(
+            1,
+            RequestId(5),
+            ActionerRequest::Show { id: "ffff".into() },
+            22,
+        );
+        let kinds: Vec<ErrorKind> = c
+            .take_immediate()
+            .into_iter()
+            .filter_map(|(_, o)| match o {
+                Out::Actioner(CoordinatorToActioner::Reply {
+                    body: Reply::Error(e),
+                    ..
+                }) => Some(e.kind),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kinds, vec![ErrorKind::UnknownId, ErrorKind::UnknownId]);
+    }
+
+    #[test]
+    fn prefixes_resolve_uniquely_or_are_refused() {
+        let mut c = core();
+        c.connect_actioner(1);
+        let ids = add(&mut c, 2, false);
+        let full = ids[0].simple();
+        assert_eq!(c.resolve(&full[..31]).unwrap(), ids[0]);
+        assert_eq!(
+            c.resolve(&ids[0].to_string().to_uppercase()).unwrap(),
+            ids[0]
+        );
+        // Both ids were made in the same millisecond range: their first 6 digits are shared.
+        let e = c.resolve(&full[..6]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::AmbiguousId);
+        assert!(e.message.contains(&full[..6]));
+    }
+
+    #[test]
+    fn store_outage_refuses_changes_but_serves_reads() {
+        let mut c = core();
+        c.connect_actioner(1);
+        c.set_store_ok(false);
+        let tasks = vec![TaskSpec::new(Payload::Sleep { duration_ms: 1 })];
+        c.actioner(
+            1,
+            RequestId(1),
+            ActionerRequest::Add { tasks, play: true },
+            1,
+        );
+        c.actioner(1, RequestId(2), ActionerRequest::Summary, 1);
+        let imm = c.take_immediate();
+        assert!(
+            matches!(&imm[0].1, Out::Actioner(CoordinatorToActioner::Reply { body: Reply::Error(e), .. }) if e.kind == ErrorKind::StoreUnavailable)
+        );
+        assert!(matches!(
+            &imm[1].1,
+            Out::Actioner(CoordinatorToActioner::Reply {
+                body: Reply::Summary { .. },
+                ..
+            })
+        ));
+        assert!(c.take_batch().is_none(), "nothing to write");
+        assert_eq!(c.counts().iter().map(|s| s.count).sum::<u64>(), 0);
+    }
+
+    #[test]
+    fn subscribers_get_every_state_change_after_the_commit() {
+        let mut c = core();
+        c.connect_actioner(1);
+        let ids = add(&mut c, 1, false);
+        c.connect_actioner(7);
+        c.actioner(
+            7,
+            RequestId(9),
+            ActionerRequest::Subscribe {
+                filter: EventFilter {
+                    ids: vec![ids[0].to_string()],
+                    tags: vec![],
+                    all: false,
+                },
+            },
+            20,
+        );
+        assert!(
+            matches!(&c.take_immediate()[0].1, Out::Actioner(CoordinatorToActioner::Reply { body: Reply::Subscribed { tasks }, .. }) if tasks[0].state == TaskState::Created)
+        );
+        c.actioner(
+            1,
+            RequestId(2),
+            ActionerRequest::Play {
+                selector: Selector::All,
+            },
+            21,
+        );
+        c.connect_worker(2, hello("w", 1), 22);
+        c.schedule(22);
+        let batch = c.take_batch().unwrap();
+        let states: Vec<TaskState> = batch
+            .sends
+            .iter()
+            .filter_map(|(conn, o)| match o {
+                Out::Actioner(CoordinatorToActioner::Event {
+                    subscription,
+                    event,
+                }) if *conn == 7 => {
+                    assert_eq!(*subscription, RequestId(9));
+                    Some(event.state)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(states, vec![TaskState::Ready, TaskState::Assigned]);
+    }
+
+    #[test]
+    fn kill_of_a_running_task_is_sent_to_its_worker() {
+        let mut c = core();
+        c.connect_actioner(1);
+        let ids = add(&mut c, 1, true);
+        c.connect_worker(2, hello("w", 1), 1);
+        c.schedule(1);
+        c.take_batch();
+        c.actioner(
+            1,
+            RequestId(2),
+            ActionerRequest::Kill {
+                selector: Selector::Ids(vec![ids[0].simple()[..30].to_string()]),
+            },
+            2,
+        );
+        let batch = c.take_batch().unwrap();
+        assert!(
+            batch.sends.iter().any(|(conn, o)| *conn == 2
+                && matches!(o, Out::Worker(CoordinatorToWorker::Kill { .. })))
+        );
+        assert_eq!(c.task(ids[0]).unwrap().state, TaskState::Killed);
+    }
+}

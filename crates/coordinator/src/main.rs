@@ -1,0 +1,128 @@
+//! `tatzelwurm`, the coordinator daemon: flags, logging, signals; the work is in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tatzelwurm_coordinator::config::{Config, default_data_dir, default_listen};
+use tokio_util::sync::CancellationToken;
+
+/// The tatzelwurm coordinator: a task queue and broker with persistent storage.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on (loopback by default; other addresses are reachable from the network).
+    #[arg(long, default_value_t = default_listen(), env = "TATZELWURM_LISTEN")]
+    listen: SocketAddr,
+    /// Where the token and the embedded store live [default: the user's data dir]/tatzelwurm.
+    #[arg(long, env = "TATZELWURM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The store: surrealkv://PATH (default, inside the data dir), mem:// (nothing kept), or
+    /// ws://HOST:PORT for a SurrealDB server.
+    #[arg(long, env = "TATZELWURM_DB")]
+    db: Option<String>,
+    /// SurrealDB root user, for a server.
+    #[arg(long, env = "TATZELWURM_DB_USER")]
+    db_user: Option<String>,
+    /// SurrealDB root password, for a server.
+    #[arg(long, env = "TATZELWURM_DB_PASS", hide_env_values = true)]
+    db_pass: Option<String>,
+    /// SurrealDB namespace.
+    #[arg(long, default_value = "tatzelwurm")]
+    db_namespace: String,
+    /// SurrealDB database.
+    #[arg(long, default_value = "main")]
+    db_database: String,
+    /// How long a silent or disconnected worker keeps its tasks (e.g. 30s, 2m).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    lease: Duration,
+    /// How often workers heartbeat [default: a sixth of the lease].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    heartbeat: Option<Duration>,
+    /// Send the tasks of a lost worker to `paused` instead of `ready`.
+    #[arg(long)]
+    lost_to_paused: bool,
+    /// Accept clients without the token. For trials only.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// Largest frame accepted or sent, in bytes.
+    #[arg(long, default_value_t = tatzelwurm_protocol::DEFAULT_MAX_FRAME)]
+    max_frame: usize,
+    /// Connections beyond this are refused.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// A client must send its hello within this.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default},surrealdb=warn,surrealkv=warn"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    init_logging(args.verbose);
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let db = args
+        .db
+        .unwrap_or_else(|| format!("surrealkv://{}", data_dir.join("store").display()));
+    let mut cfg = Config::new(data_dir.clone(), db);
+    cfg.store.user = args.db_user;
+    cfg.store.pass = args.db_pass;
+    cfg.store.namespace = args.db_namespace;
+    cfg.store.database = args.db_database;
+    cfg.lease = args.lease;
+    cfg.heartbeat = args
+        .heartbeat
+        .unwrap_or(args.lease / 6)
+        .max(Duration::from_millis(10));
+    cfg.lost_to_paused = args.lost_to_paused;
+    cfg.insecure_no_auth = args.insecure_no_auth;
+    cfg.max_frame = args.max_frame;
+    cfg.max_connections = args.max_connections;
+    cfg.handshake_timeout = args.handshake_timeout;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // Stable lines on stdout, for people and for scripts that start the coordinator on port 0.
+    println!("tatzelwurm listening on {addr}");
+    println!("data dir {} (store {})", data_dir.display(), cfg.store.url);
+
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        signals.cancel();
+    });
+    tatzelwurm_coordinator::run(cfg, listener, shutdown).await
+}

@@ -1,0 +1,535 @@
+//! The network edge: accepts connections, runs handshakes, and runs the actor that owns the
+//! [`Core`], feeding it inputs and carrying out its store writes and messages.
+//!
+//! Write-ahead rule: a message that reflects a change (an acknowledgement, a dispatch, an event)
+//! leaves only after the batch holding that change is committed. Batches are pipelined: while one
+//! commits, the next one gathers, so one commit covers everything that arrived during the last.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use tatzelwurm_protocol::handshake::check_hello;
+use tatzelwurm_protocol::{
+    ActionerToCoordinator, BodyCodec, CoordinatorToActioner, CoordinatorToWorker, FrameError,
+    Hello, HelloReply, MessageCodec, PROTOCOL_VERSION, RejectKind, Role, WorkerHello, WorkerId,
+    WorkerToCoordinator, now_ms,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::auth;
+use crate::config::Config;
+use crate::core::{Batch, ConnId, Core, CoreConfig, Out};
+use crate::store::{Store, StoreError};
+
+/// Inputs of the actor, in arrival order.
+enum Input {
+    Actioner(ConnId, ActionerToCoordinator),
+    Worker(ConnId, WorkerToCoordinator),
+    ConnectActioner(ConnId, ConnHandle),
+    ConnectWorker(
+        ConnId,
+        ConnHandle,
+        Box<WorkerHello>,
+        oneshot::Sender<WorkerId>,
+    ),
+    Disconnected(ConnId),
+}
+
+/// How the actor reaches one connection.
+#[derive(Clone)]
+struct ConnHandle {
+    tx: mpsc::Sender<Out>,
+    close: CancellationToken,
+}
+
+/// Task writes gathered while a commit runs before the actor stops taking inputs and waits.
+const MAX_PENDING_WRITES: usize = 100_000;
+
+/// Runs the coordinator on `listener` until `shutdown` is cancelled, then stops accepting,
+/// flushes the store, tells every peer, and returns.
+pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let token = if cfg.insecure_no_auth {
+        warn!(
+            "AUTHENTICATION IS OFF (--insecure-no-auth): anyone who reaches the port controls the queue"
+        );
+        None
+    } else {
+        let (token, path) = auth::load_or_create_token(&cfg.data_dir)?;
+        info!(path = %path.display(), "clients authenticate with the token in this file");
+        Some(Arc::new(token))
+    };
+    let store = Store::open(&cfg.store)
+        .await
+        .with_context(|| format!("cannot open store {}", cfg.store.url))?;
+    let (tasks, workers) = store
+        .load()
+        .await
+        .context("cannot load the tables from the store")?;
+    info!(
+        tasks = tasks.len(),
+        workers = workers.len(),
+        "tables loaded"
+    );
+    let core_cfg = CoreConfig {
+        lease_ms: cfg.lease.as_millis() as u64,
+        lost_to_paused: cfg.lost_to_paused,
+    };
+    let core = Core::restore(core_cfg, tasks, workers, now_ms());
+
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        warn!(%addr, "listening on a non-loopback address: reachable from other machines");
+    }
+    info!(%addr, "listening");
+
+    let (in_tx, in_rx) = mpsc::channel::<Input>(8192);
+    let tracker = TaskTracker::new();
+    let conns_closed = CancellationToken::new();
+    let actor = tokio::spawn(actor(
+        core,
+        store,
+        in_rx,
+        shutdown.clone(),
+        conns_closed.clone(),
+        cfg.clone(),
+    ));
+
+    let limit = Arc::new(Semaphore::new(cfg.max_connections));
+    let mut next_conn: ConnId = 1;
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => {
+                backoff = Duration::from_millis(5);
+                x
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = next_conn;
+        next_conn += 1;
+        let permit = limit.clone().try_acquire_owned();
+        let ctx = ConnCtx {
+            conn,
+            peer,
+            cfg: cfg.clone(),
+            token: token.clone(),
+            actor: in_tx.clone(),
+            close: conns_closed.child_token(),
+        };
+        tracker.spawn(async move {
+            match permit {
+                Ok(_permit) => ctx.serve(stream).await,
+                Err(_) => reject_busy(stream, &ctx).await,
+            }
+        });
+    }
+    info!("shutting down: no longer accepting");
+    drop(in_tx);
+    match actor.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!(error = %e, "the actor stopped with an error"),
+        Err(e) => error!(error = %e, "the actor panicked"),
+    }
+    tracker.close();
+    conns_closed.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("some connections did not close within 5 s");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn reject_busy(stream: TcpStream, ctx: &ConnCtx) {
+    warn!(peer = %ctx.peer, "connection refused: too many connections");
+    let mut framed = Framed::new(
+        stream,
+        MessageCodec::<Hello, HelloReply>::new(BodyCodec::Msgpack, ctx.cfg.max_frame),
+    );
+    let reply = HelloReply::Rejected {
+        kind: RejectKind::Busy,
+        message: format!("too many connections (limit {})", ctx.cfg.max_connections),
+        version: PROTOCOL_VERSION,
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(reply)).await;
+}
+
+/// What a connection task needs.
+struct ConnCtx {
+    conn: ConnId,
+    peer: SocketAddr,
+    cfg: Config,
+    token: Option<Arc<String>>,
+    actor: mpsc::Sender<Input>,
+    close: CancellationToken,
+}
+
+impl ConnCtx {
+    async fn serve(self, stream: TcpStream) {
+        let codec = MessageCodec::<Hello, HelloReply>::new(BodyCodec::Msgpack, self.cfg.max_frame);
+        let mut framed = Framed::new(stream, codec);
+        let hello = match tokio::time::timeout(self.cfg.handshake_timeout, framed.next()).await {
+            Err(_) => {
+                warn!(peer = %self.peer, "closing: no hello within the handshake timeout");
+                return;
+            }
+            Ok(None) => {
+                debug!(peer = %self.peer, "closed before the hello");
+                return;
+            }
+            Ok(Some(Err(e))) => {
+                warn!(peer = %self.peer, error = %e, "closing: bad hello frame");
+                if matches!(e, FrameError::Decode { .. }) {
+                    let _ = send_reject(
+                        &mut framed,
+                        RejectKind::MalformedHello,
+                        format!("malformed hello: {e}"),
+                    )
+                    .await;
+                }
+                return;
+            }
+            Ok(Some(Ok(hello))) => hello,
+        };
+        if let Err((kind, message)) = check_hello(&hello) {
+            warn!(peer = %self.peer, ?kind, %message, "closing: hello refused");
+            let _ = send_reject(&mut framed, kind, message).await;
+            return;
+        }
+        if let Some(secret) = &self.token {
+            if !auth::token_matches(secret, &hello.token) {
+                warn!(peer = %self.peer, "closing: bad token");
+                tokio::time::sleep(self.cfg.auth_failure_delay).await;
+                let msg = if hello.token.is_empty() {
+                    "a token is required"
+                } else {
+                    "wrong token"
+                };
+                let _ = send_reject(
+                    &mut framed,
+                    RejectKind::BadToken,
+                    format!("{msg}: pass --token-file with the coordinator's token file"),
+                )
+                .await;
+                return;
+            }
+        }
+        let (tx, rx) = mpsc::channel::<Out>(self.cfg.conn_queue);
+        let handle = ConnHandle {
+            tx,
+            close: self.close.clone(),
+        };
+        let body = hello.codec;
+        match hello.role {
+            Role::Actioner { client } => {
+                if self
+                    .actor
+                    .send(Input::ConnectActioner(self.conn, handle))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                info!(conn = self.conn, peer = %self.peer, %client, codec = %body, "actioner connected");
+                if self.welcome(&mut framed, self.conn).await.is_ok() {
+                    let framed = framed.map_codec(|c| {
+                        c.retype::<ActionerToCoordinator, CoordinatorToActioner>(body)
+                    });
+                    self.pump(framed, rx, |conn, m| Input::Actioner(conn, m))
+                        .await;
+                }
+            }
+            Role::Worker(w) => {
+                let (id_tx, id_rx) = oneshot::channel();
+                if self
+                    .actor
+                    .send(Input::ConnectWorker(self.conn, handle, Box::new(w), id_tx))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let Ok(id) = id_rx.await else { return };
+                if self.welcome(&mut framed, id.0).await.is_ok() {
+                    let framed = framed
+                        .map_codec(|c| c.retype::<WorkerToCoordinator, CoordinatorToWorker>(body));
+                    self.pump(framed, rx, |conn, m| Input::Worker(conn, m))
+                        .await;
+                }
+            }
+        }
+        let _ = self.actor.send(Input::Disconnected(self.conn)).await;
+    }
+
+    async fn welcome(
+        &self,
+        framed: &mut Framed<TcpStream, MessageCodec<Hello, HelloReply>>,
+        peer_id: u64,
+    ) -> Result<(), FrameError> {
+        framed
+            .send(HelloReply::Welcome {
+                version: PROTOCOL_VERSION,
+                peer_id,
+                heartbeat_ms: self.cfg.heartbeat.as_millis() as u64,
+                lease_ms: self.cfg.lease.as_millis() as u64,
+            })
+            .await
+    }
+
+    /// Moves frames in both directions until either side ends or the actor closes the connection.
+    async fn pump<In, Outgoing>(
+        &self,
+        mut framed: Framed<TcpStream, MessageCodec<In, Outgoing>>,
+        mut rx: mpsc::Receiver<Out>,
+        wrap: impl Fn(ConnId, In) -> Input,
+    ) where
+        In: serde::de::DeserializeOwned,
+        Outgoing: serde::Serialize + OutFilter,
+    {
+        loop {
+            tokio::select! {
+                _ = self.close.cancelled() => {
+                    let _ = framed.flush().await;
+                    debug!(conn = self.conn, "closed by the coordinator");
+                    break;
+                }
+                frame = framed.next() => match frame {
+                    None => { debug!(conn = self.conn, "peer closed"); break; }
+                    Some(Err(e)) => { warn!(conn = self.conn, peer = %self.peer, error = %e, "closing connection: bad frame"); break; }
+                    Some(Ok(msg)) => if self.actor.send(wrap(self.conn, msg)).await.is_err() { break; },
+                },
+                out = rx.recv() => {
+                    let Some(first) = out else { break };
+                    let mut batch = vec![first];
+                    while batch.len() < 256 {
+                        match rx.try_recv() { Ok(m) => batch.push(m), Err(_) => break }
+                    }
+                    let mut failed = false;
+                    let mut closing = None;
+                    for m in batch {
+                        match Outgoing::pick(m) {
+                            Ok(msg) => if let Err(e) = framed.feed(msg).await {
+                                warn!(conn = self.conn, error = %e, "cannot send; closing");
+                                failed = true;
+                                break;
+                            },
+                            Err(reason) => { closing = Some(reason); break; }
+                        }
+                    }
+                    if !failed && framed.flush().await.is_err() { failed = true; }
+                    if let Some(reason) = closing {
+                        info!(conn = self.conn, %reason, "closing connection");
+                        break;
+                    }
+                    if failed { break; }
+                }
+            }
+        }
+    }
+}
+
+/// Picks the message type of one connection side out of an [`Out`].
+trait OutFilter: Sized {
+    /// The message, or the reason to close.
+    fn pick(out: Out) -> Result<Self, String>;
+}
+
+impl OutFilter for CoordinatorToActioner {
+    fn pick(out: Out) -> Result<Self, String> {
+        match out {
+            Out::Actioner(m) => Ok(m),
+            Out::Close(r) => Err(r),
+            Out::Worker(_) => Err("internal: worker message for an actioner".into()),
+        }
+    }
+}
+
+impl OutFilter for CoordinatorToWorker {
+    fn pick(out: Out) -> Result<Self, String> {
+        match out {
+            Out::Worker(m) => Ok(m),
+            Out::Close(r) => Err(r),
+            Out::Actioner(_) => Err("internal: actioner message for a worker".into()),
+        }
+    }
+}
+
+async fn send_reject(
+    framed: &mut Framed<TcpStream, MessageCodec<Hello, HelloReply>>,
+    kind: RejectKind,
+    message: String,
+) -> Result<(), FrameError> {
+    framed
+        .send(HelloReply::Rejected {
+            kind,
+            message,
+            version: PROTOCOL_VERSION,
+        })
+        .await
+}
+
+/// The actor: the only code that touches the [`Core`].
+async fn actor(
+    mut core: Core,
+    store: Store,
+    mut rx: mpsc::Receiver<Input>,
+    shutdown: CancellationToken,
+    conns_closed: CancellationToken,
+    cfg: Config,
+) -> Result<()> {
+    let mut conns: HashMap<ConnId, ConnHandle> = HashMap::new();
+    let mut commit: Option<JoinHandle<(Batch, Result<(), StoreError>)>> = None;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut failures: u32 = 0;
+    let tick_every = (cfg.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping = false;
+    let mut inputs_open = true;
+
+    loop {
+        let can_take = inputs_open && core.pending_writes() < MAX_PENDING_WRITES;
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled(), if !stopping => {
+                stopping = true;
+                core.begin_shutdown();
+            }
+            done = async { commit.as_mut().expect("guarded").await }, if commit.is_some() => {
+                commit = None;
+                match done {
+                    Ok((batch, Ok(()))) => {
+                        if failures > 0 {
+                            info!(after_failures = failures, "store writes again; accepting changes");
+                            failures = 0;
+                            core.set_store_ok(true);
+                        }
+                        deliver(&mut conns, batch.sends);
+                    }
+                    Ok((batch, Err(e))) => {
+                        failures += 1;
+                        error!(error = %e, failures, "store write failed; refusing changes until it works again");
+                        core.set_store_ok(false);
+                        core.requeue(batch);
+                        let wait = Duration::from_millis(100u64 << failures.min(6));
+                        retry_at = Some(tokio::time::Instant::now() + wait);
+                    }
+                    Err(e) => return Err(anyhow::anyhow!("store writer panicked: {e}")),
+                }
+            }
+            _ = async { tokio::time::sleep_until(retry_at.expect("guarded")).await }, if retry_at.is_some() => {
+                retry_at = None;
+            }
+            input = rx.recv(), if can_take => match input {
+                None => inputs_open = false,
+                Some(first) => {
+                    let now = now_ms();
+                    apply(&mut core, &mut conns, first, now);
+                    for _ in 0..4096 {
+                        match rx.try_recv() {
+                            Ok(i) => apply(&mut core, &mut conns, i, now),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            },
+            _ = tick.tick() => core.tick(now_ms()),
+        }
+        core.schedule(now_ms());
+        deliver(&mut conns, core.take_immediate());
+        if commit.is_none() && retry_at.is_none() {
+            if let Some(batch) = core.take_batch() {
+                if batch.has_writes() {
+                    let store = store.clone();
+                    commit = Some(tokio::spawn(async move {
+                        let r = store
+                            .write(&batch.tasks, &batch.removed, &batch.workers)
+                            .await;
+                        (batch, r)
+                    }));
+                } else {
+                    deliver(&mut conns, batch.sends);
+                }
+            }
+        }
+        if stopping && commit.is_none() {
+            if failures > 0 {
+                error!(
+                    "shutting down with writes the store did not take; they were never acknowledged"
+                );
+            }
+            let goodbye = core.shutdown_messages("the coordinator is shutting down");
+            deliver(&mut conns, goodbye);
+            // Let connection tasks write the goodbyes before they are cancelled.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            conns_closed.cancel();
+            return Ok(());
+        }
+    }
+}
+
+fn apply(core: &mut Core, conns: &mut HashMap<ConnId, ConnHandle>, input: Input, now: u64) {
+    match input {
+        Input::Actioner(conn, msg) => core.actioner(conn, msg.request, msg.body, now),
+        Input::Worker(conn, msg) => core.worker(conn, msg, now),
+        Input::ConnectActioner(conn, handle) => {
+            conns.insert(conn, handle);
+            core.connect_actioner(conn);
+        }
+        Input::ConnectWorker(conn, handle, hello, reply) => {
+            conns.insert(conn, handle);
+            let id = core.connect_worker(conn, *hello, now);
+            let _ = reply.send(id);
+        }
+        Input::Disconnected(conn) => {
+            conns.remove(&conn);
+            core.disconnect(conn, now);
+        }
+    }
+}
+
+fn deliver(conns: &mut HashMap<ConnId, ConnHandle>, sends: Vec<(ConnId, Out)>) {
+    for (conn, out) in sends {
+        let Some(h) = conns.get(&conn) else { continue };
+        if let Out::Close(reason) = &out {
+            info!(conn, %reason, "closing connection");
+            h.close.cancel();
+            continue;
+        }
+        match h.tx.try_send(out) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(
+                    conn,
+                    "peer too slow to read its messages; closing its connection"
+                );
+                h.close.cancel();
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}

@@ -1,0 +1,615 @@
+//! The task state machine: every transition a task can make, and the refusals, as plain code.
+//!
+//! ```text
+//! created ──play──▶ ready ──dispatch──▶ assigned ──started──▶ running ──report──▶ completed
+//!    │                ▲                    │                     │        ╲──────▶ failed
+//!    │                └──── failed attempt with attempts left, lost, handed back ◀┘
+//!    └─pause─▶ paused ◀──pause── ready / assigned / running;   play: paused ──▶ ready or resumed
+//! any non-final state ──kill──▶ killed
+//! ```
+//! A task held by a worker (assigned, running, or paused on its worker) has a `holder`; a kill or a
+//! pause of such a task is also sent to the worker, and the holder is cleared by the worker's
+//! report or by the lease.
+
+use tatzelwurm_protocol::{
+    Attempt, AttemptRef, AttemptReport, Data, ErrorKind, ErrorReply, Outcome, StageTimes, TaskId,
+    TaskInfo, TaskSpec, TaskState, TaskSummary, WorkerId,
+};
+
+/// A task in the coordinator's table: what is stored, plus its place in the ready queue.
+#[derive(Clone, Debug)]
+pub struct Task {
+    /// Everything that is stored and shown.
+    pub info: TaskInfo,
+    /// The ticket of its latest enqueue; a queue entry with another ticket is stale.
+    pub ticket: u64,
+}
+
+/// What the coordinator must tell a worker as the result of a user's request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerOrder {
+    /// Nothing: the task was not on a worker.
+    None,
+    /// Send `Pause` for this attempt to this worker.
+    Pause(WorkerId, AttemptRef),
+    /// Send `Resume` for this attempt to this worker.
+    Resume(WorkerId, AttemptRef),
+    /// Send `Kill` for this attempt to this worker.
+    Kill(WorkerId, AttemptRef),
+}
+
+/// How a worker's report was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFate {
+    /// It ended the current attempt; the holder is released.
+    Current,
+    /// The attempt was no longer current: recorded in its history, nothing else changed.
+    Late,
+    /// No such attempt: ignored.
+    Unknown,
+}
+
+fn refuse(id: TaskId, state: TaskState, op: &str) -> ErrorReply {
+    ErrorReply::new(
+        ErrorKind::InvalidState,
+        format!("cannot {op} task {id}: it is {state}"),
+    )
+}
+
+impl Task {
+    /// A new task, created (or ready when `play`).
+    pub fn new(id: TaskId, spec: TaskSpec, now: u64, play: bool) -> Task {
+        let info = TaskInfo {
+            id,
+            spec,
+            state: if play {
+                TaskState::Ready
+            } else {
+                TaskState::Created
+            },
+            times: StageTimes {
+                created_ms: now,
+                ready_ms: play.then_some(now),
+                ..Default::default()
+            },
+            attempts: Vec::new(),
+            worker: None,
+        };
+        Task { info, ticket: 0 }
+    }
+
+    /// The task's id.
+    pub fn id(&self) -> TaskId {
+        self.info.id
+    }
+
+    /// Its state.
+    pub fn state(&self) -> TaskState {
+        self.info.state
+    }
+
+    /// The worker holding it, if any.
+    pub fn holder(&self) -> Option<WorkerId> {
+        self.info.worker
+    }
+
+    /// The latest attempt, which is the current one while a worker holds the task.
+    pub fn current_attempt(&self) -> Option<AttemptRef> {
+        self.info.attempts.last().map(|a| AttemptRef {
+            task: self.info.id,
+            attempt: a.number,
+        })
+    }
+
+    /// Attempts that count against `max_attempts`: lost and handed-back ones do not, since the
+    /// task itself did not fail.
+    pub fn counted_attempts(&self) -> u32 {
+        self.info
+            .attempts
+            .iter()
+            .filter(|a| !matches!(a.outcome, Some(Outcome::Lost | Outcome::HandedBack)))
+            .count() as u32
+    }
+
+    fn enter(&mut self, state: TaskState, now: u64) {
+        self.info.state = state;
+        let t = &mut self.info.times;
+        match state {
+            TaskState::Created => t.created_ms = now,
+            TaskState::Ready => t.ready_ms = Some(now),
+            TaskState::Assigned => t.assigned_ms = Some(now),
+            TaskState::Running => t.running_ms = Some(now),
+            TaskState::Paused => t.paused_ms = Some(now),
+            TaskState::Completed | TaskState::Failed | TaskState::Killed => t.ended_ms = Some(now),
+        }
+    }
+
+    /// Checks `play` without changing anything.
+    pub fn check_play(&self) -> Result<(), ErrorReply> {
+        match self.state() {
+            TaskState::Created | TaskState::Paused => Ok(()),
+            s => Err(refuse(self.id(), s, "play")),
+        }
+    }
+
+    /// Created → ready; paused → ready, or back to assigned/running on its worker.
+    pub fn play(&mut self, now: u64) -> Result<WorkerOrder, ErrorReply> {
+        self.check_play()?;
+        match (self.holder(), self.current_attempt()) {
+            (Some(w), Some(attempt)) => {
+                let started = self
+                    .info
+                    .attempts
+                    .last()
+                    .is_some_and(|a| a.started_ms.is_some());
+                self.enter(
+                    if started {
+                        TaskState::Running
+                    } else {
+                        TaskState::Assigned
+                    },
+                    now,
+                );
+                Ok(WorkerOrder::Resume(w, attempt))
+            }
+            _ => {
+                self.enter(TaskState::Ready, now);
+                Ok(WorkerOrder::None)
+            }
+        }
+    }
+
+    /// Checks `pause` without changing anything.
+    pub fn check_pause(&self) -> Result<(), ErrorReply> {
+        match self.state() {
+            TaskState::Created | TaskState::Ready | TaskState::Assigned | TaskState::Running => {
+                Ok(())
+            }
+            s => Err(refuse(self.id(), s, "pause")),
+        }
+    }
+
+    /// Holds the task; one on a worker stays there, suspended.
+    pub fn pause(&mut self, now: u64) -> Result<WorkerOrder, ErrorReply> {
+        self.check_pause()?;
+        self.enter(TaskState::Paused, now);
+        Ok(match (self.holder(), self.current_attempt()) {
+            (Some(w), Some(attempt)) => WorkerOrder::Pause(w, attempt),
+            _ => WorkerOrder::None,
+        })
+    }
+
+    /// Checks `kill` without changing anything.
+    pub fn check_kill(&self) -> Result<(), ErrorReply> {
+        if self.state().is_final() {
+            return Err(refuse(self.id(), self.state(), "kill"));
+        }
+        Ok(())
+    }
+
+    /// Ends the task as killed; its worker, if any, is told to stop the attempt.
+    pub fn kill(&mut self, now: u64) -> Result<WorkerOrder, ErrorReply> {
+        self.check_kill()?;
+        self.enter(TaskState::Killed, now);
+        Ok(match (self.holder(), self.current_attempt()) {
+            (Some(w), Some(attempt)) => WorkerOrder::Kill(w, attempt),
+            _ => WorkerOrder::None,
+        })
+    }
+
+    /// Checks `remove`: only finished tasks no worker holds may be forgotten.
+    pub fn check_remove(&self) -> Result<(), ErrorReply> {
+        if self.state().is_final() && self.holder().is_none() {
+            Ok(())
+        } else {
+            Err(refuse(self.id(), self.state(), "remove"))
+        }
+    }
+
+    /// Ready → assigned to `worker`: a new attempt begins.
+    pub fn assign(&mut self, worker: WorkerId, worker_name: &str, now: u64) -> AttemptRef {
+        debug_assert_eq!(self.state(), TaskState::Ready);
+        let number = self.info.attempts.last().map_or(1, |a| a.number + 1);
+        self.info.attempts.push(Attempt {
+            number,
+            worker,
+            worker_name: worker_name.to_string(),
+            assigned_ms: now,
+            started_ms: None,
+            ended_ms: None,
+            outcome: None,
+            exit_code: None,
+            error: None,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            output: Data::empty(),
+            late_reports: Vec::new(),
+        });
+        self.info.worker = Some(worker);
+        self.enter(TaskState::Assigned, now);
+        AttemptRef {
+            task: self.id(),
+            attempt: number,
+        }
+    }
+
+    /// Whether `attempt` by `worker` is the one the task is waiting on.
+    pub fn is_current(&self, worker: WorkerId, attempt: u32) -> bool {
+        self.holder() == Some(worker)
+            && self.current_attempt().is_some_and(|a| a.attempt == attempt)
+    }
+
+    /// The worker says the attempt started: assigned → running (a paused task stays paused).
+    pub fn started(&mut self, worker: WorkerId, attempt: u32, at_ms: u64, now: u64) -> bool {
+        if !self.is_current(worker, attempt) {
+            return false;
+        }
+        if let Some(a) = self.info.attempts.last_mut() {
+            a.started_ms.get_or_insert(at_ms);
+        }
+        if self.state() == TaskState::Assigned {
+            self.enter(TaskState::Running, now);
+        }
+        true
+    }
+
+    /// Takes a worker's report of an attempt's end.
+    pub fn report(
+        &mut self,
+        worker: WorkerId,
+        attempt: u32,
+        report: AttemptReport,
+        now: u64,
+    ) -> ReportFate {
+        if !self.is_current(worker, attempt) {
+            return match self.info.attempts.iter_mut().find(|a| a.number == attempt) {
+                Some(a) => {
+                    if !a.late_reports.contains(&report) {
+                        a.late_reports.push(report);
+                    }
+                    ReportFate::Late
+                }
+                None => ReportFate::Unknown,
+            };
+        }
+        let outcome = match report.outcome {
+            Some(Outcome::Lost) | None => Outcome::Failed,
+            Some(o) => o,
+        };
+        let a = self
+            .info
+            .attempts
+            .last_mut()
+            .expect("a current attempt exists");
+        a.started_ms = a.started_ms.or(report.started_ms);
+        a.ended_ms = Some(report.ended_ms.max(a.started_ms.unwrap_or(0)));
+        a.outcome = Some(outcome);
+        a.exit_code = report.exit_code;
+        a.error = report.error;
+        a.stdout_tail = report.stdout_tail;
+        a.stderr_tail = report.stderr_tail;
+        a.output = report.output;
+        if let Some(data) = report.user_data {
+            self.info.spec.user_data = data;
+        }
+        self.info.worker = None;
+        self.settle(outcome, now);
+        ReportFate::Current
+    }
+
+    /// The holder is gone (lease expired, or it reconnected without the task): the attempt is
+    /// lost and the task goes back to the queue, or to paused when `to_paused`.
+    pub fn lose(&mut self, reason: &str, to_paused: bool, now: u64) {
+        if self.holder().is_none() {
+            return;
+        }
+        if let Some(a) = self.info.attempts.last_mut() {
+            a.ended_ms = Some(now);
+            a.outcome = Some(Outcome::Lost);
+            a.error = Some(reason.to_string());
+        }
+        self.info.worker = None;
+        match self.state() {
+            TaskState::Assigned | TaskState::Running if to_paused => {
+                self.enter(TaskState::Paused, now)
+            }
+            TaskState::Assigned | TaskState::Running => self.enter(TaskState::Ready, now),
+            // Paused stays paused (now held by the coordinator); killed stays killed.
+            _ => {}
+        }
+    }
+
+    /// Where an attempt's outcome leaves the task.
+    fn settle(&mut self, outcome: Outcome, now: u64) {
+        let state = self.state();
+        if state == TaskState::Killed {
+            return;
+        }
+        let retry = self.counted_attempts() < self.info.spec.max_attempts;
+        let next = match outcome {
+            Outcome::Succeeded => TaskState::Completed,
+            Outcome::Killed => TaskState::Killed,
+            Outcome::HandedBack | Outcome::Lost if state == TaskState::Paused => TaskState::Paused,
+            Outcome::HandedBack | Outcome::Lost => TaskState::Ready,
+            Outcome::Failed | Outcome::TimedOut if !retry => TaskState::Failed,
+            Outcome::Failed | Outcome::TimedOut if state == TaskState::Paused => TaskState::Paused,
+            Outcome::Failed | Outcome::TimedOut => TaskState::Ready,
+        };
+        if next != state || next == TaskState::Ready {
+            self.enter(next, now);
+        }
+    }
+
+    /// The line shown by `task list`.
+    pub fn summary(&self) -> TaskSummary {
+        let i = &self.info;
+        let t = &i.times;
+        let changed_ms = match i.state {
+            TaskState::Created => t.created_ms,
+            TaskState::Ready => t.ready_ms.unwrap_or(t.created_ms),
+            TaskState::Assigned => t.assigned_ms.unwrap_or(t.created_ms),
+            TaskState::Running => t.running_ms.unwrap_or(t.created_ms),
+            TaskState::Paused => t.paused_ms.unwrap_or(t.created_ms),
+            _ => t.ended_ms.unwrap_or(t.created_ms),
+        };
+        TaskSummary {
+            id: i.id,
+            name: i.spec.name.clone(),
+            state: i.state,
+            block: i.spec.block,
+            priority: i.spec.priority,
+            tags: i.spec.tags.clone(),
+            command: i.spec.payload.describe(),
+            attempts: i.attempts.len() as u32,
+            max_attempts: i.spec.max_attempts,
+            worker: i.worker,
+            created_ms: t.created_ms,
+            changed_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tatzelwurm_protocol::Payload;
+
+    const W: WorkerId = WorkerId(1);
+
+    fn task(state: TaskState, max_attempts: u32) -> Task {
+        let mut spec = TaskSpec::new(Payload::Sleep { duration_ms: 1 });
+        spec.max_attempts = max_attempts;
+        let mut t = Task::new(TaskId::new(), spec, 1, false);
+        match state {
+            TaskState::Created => {}
+            TaskState::Ready => {
+                t.play(2).unwrap();
+            }
+            TaskState::Assigned => {
+                t.play(2).unwrap();
+                t.assign(W, "w", 3);
+            }
+            TaskState::Running => {
+                t.play(2).unwrap();
+                t.assign(W, "w", 3);
+                assert!(t.started(W, 1, 4, 4));
+            }
+            TaskState::Paused => {
+                t.pause(2).unwrap();
+            }
+            TaskState::Completed | TaskState::Failed | TaskState::Killed => {
+                t.play(2).unwrap();
+                t.assign(W, "w", 3);
+                let outcome = match state {
+                    TaskState::Completed => Outcome::Succeeded,
+                    TaskState::Failed => Outcome::Failed,
+                    _ => Outcome::Killed,
+                };
+                let rep = AttemptReport {
+                    outcome: Some(outcome),
+                    ended_ms: 5,
+                    ..Default::default()
+                };
+                assert_eq!(t.report(W, 1, rep, 5), ReportFate::Current);
+            }
+        }
+        assert_eq!(t.state(), state);
+        t
+    }
+
+    fn report(outcome: Outcome) -> AttemptReport {
+        AttemptReport {
+            outcome: Some(outcome),
+            ended_ms: 9,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn play_is_allowed_from_created_and_paused_only() {
+        for s in TaskState::ALL {
+            let mut t = task(s, 1);
+            let res = t.play(10);
+            match s {
+                TaskState::Created | TaskState::Paused => {
+                    assert_eq!(res.unwrap(), WorkerOrder::None);
+                    assert_eq!(t.state(), TaskState::Ready);
+                    assert_eq!(t.info.times.ready_ms, Some(10));
+                }
+                _ => {
+                    let e = res.unwrap_err();
+                    assert_eq!(e.kind, ErrorKind::InvalidState);
+                    assert!(
+                        e.message.contains(&t.id().to_string()) && e.message.contains(s.as_str()),
+                        "{e}"
+                    );
+                    assert_eq!(t.state(), s, "a refused play changes nothing");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pause_is_allowed_from_created_ready_assigned_running() {
+        for s in TaskState::ALL {
+            let mut t = task(s, 1);
+            let res = t.pause(10);
+            match s {
+                TaskState::Created | TaskState::Ready => {
+                    assert_eq!(res.unwrap(), WorkerOrder::None);
+                    assert_eq!(t.state(), TaskState::Paused);
+                }
+                TaskState::Assigned | TaskState::Running => {
+                    assert_eq!(
+                        res.unwrap(),
+                        WorkerOrder::Pause(
+                            W,
+                            AttemptRef {
+                                task: t.id(),
+                                attempt: 1
+                            }
+                        )
+                    );
+                    assert_eq!(t.state(), TaskState::Paused);
+                    assert_eq!(t.holder(), Some(W), "a paused task stays on its worker");
+                }
+                _ => {
+                    assert!(res.is_err());
+                    assert_eq!(t.state(), s);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kill_is_allowed_from_every_non_final_state() {
+        for s in TaskState::ALL {
+            let mut t = task(s, 1);
+            let res = t.kill(10);
+            if s.is_final() {
+                assert!(res.is_err());
+                assert_eq!(t.state(), s);
+            } else {
+                let order = res.unwrap();
+                assert_eq!(t.state(), TaskState::Killed);
+                assert_eq!(matches!(order, WorkerOrder::Kill(..)), s.on_worker());
+            }
+        }
+    }
+
+    #[test]
+    fn paused_on_worker_resumes_where_it_was() {
+        let mut t = task(TaskState::Running, 1);
+        t.pause(5).unwrap();
+        assert!(matches!(t.play(6).unwrap(), WorkerOrder::Resume(W, _)));
+        assert_eq!(t.state(), TaskState::Running);
+        let mut t = task(TaskState::Assigned, 1);
+        t.pause(5).unwrap();
+        t.play(6).unwrap();
+        assert_eq!(t.state(), TaskState::Assigned);
+    }
+
+    #[test]
+    fn failed_attempt_retries_until_attempts_run_out() {
+        let mut t = task(TaskState::Running, 2);
+        assert_eq!(
+            t.report(W, 1, report(Outcome::Failed), 9),
+            ReportFate::Current
+        );
+        assert_eq!(t.state(), TaskState::Ready);
+        assert_eq!(t.holder(), None);
+        t.assign(W, "w", 10);
+        assert_eq!(
+            t.report(W, 2, report(Outcome::TimedOut), 11),
+            ReportFate::Current
+        );
+        assert_eq!(t.state(), TaskState::Failed);
+        assert_eq!(t.info.attempts.len(), 2, "every attempt is kept");
+        assert_eq!(t.info.attempts[1].outcome, Some(Outcome::TimedOut));
+        assert_eq!(t.info.times.ended_ms, Some(11));
+    }
+
+    #[test]
+    fn success_completes_and_user_data_is_replaced() {
+        let mut t = task(TaskState::Running, 1);
+        let mut r = report(Outcome::Succeeded);
+        r.user_data = Some(Data(vec![0x80]));
+        r.stdout_tail = "out".into();
+        t.report(W, 1, r, 9);
+        assert_eq!(t.state(), TaskState::Completed);
+        assert_eq!(t.info.spec.user_data, Data(vec![0x80]));
+        assert_eq!(t.info.attempts[0].stdout_tail, "out");
+    }
+
+    #[test]
+    fn lost_attempt_requeues_without_using_an_attempt() {
+        let mut t = task(TaskState::Running, 1);
+        t.lose("lease expired", false, 20);
+        assert_eq!(t.state(), TaskState::Ready);
+        assert_eq!(t.info.attempts[0].outcome, Some(Outcome::Lost));
+        assert_eq!(t.counted_attempts(), 0);
+        let mut t = task(TaskState::Assigned, 1);
+        t.lose("gone", true, 20);
+        assert_eq!(t.state(), TaskState::Paused);
+        assert_eq!(t.holder(), None);
+    }
+
+    #[test]
+    fn late_report_is_recorded_and_changes_nothing() {
+        let mut t = task(TaskState::Running, 1);
+        t.lose("lease expired", false, 20);
+        t.assign(WorkerId(2), "other", 21);
+        let late = report(Outcome::Succeeded);
+        assert_eq!(t.report(W, 1, late.clone(), 22), ReportFate::Late);
+        assert_eq!(t.report(W, 1, late.clone(), 22), ReportFate::Late);
+        assert_eq!(t.state(), TaskState::Assigned);
+        assert_eq!(t.holder(), Some(WorkerId(2)));
+        assert_eq!(t.info.attempts[0].outcome, Some(Outcome::Lost));
+        assert_eq!(
+            t.info.attempts[0].late_reports,
+            vec![late],
+            "a resent report is kept once"
+        );
+        assert_eq!(
+            t.report(W, 7, report(Outcome::Failed), 22),
+            ReportFate::Unknown
+        );
+        assert!(!t.started(W, 1, 5, 23), "a stale start changes nothing");
+    }
+
+    #[test]
+    fn killed_task_keeps_its_state_when_the_worker_reports() {
+        let mut t = task(TaskState::Running, 3);
+        t.kill(10).unwrap();
+        assert_eq!(t.holder(), Some(W));
+        assert_eq!(
+            t.report(W, 1, report(Outcome::Killed), 11),
+            ReportFate::Current
+        );
+        assert_eq!(t.state(), TaskState::Killed);
+        assert_eq!(t.holder(), None);
+        assert!(t.check_remove().is_ok());
+    }
+
+    #[test]
+    fn handed_back_task_returns_to_ready_or_stays_paused() {
+        let mut t = task(TaskState::Running, 1);
+        t.report(W, 1, report(Outcome::HandedBack), 9);
+        assert_eq!(t.state(), TaskState::Ready);
+        assert_eq!(t.counted_attempts(), 0);
+        let mut t = task(TaskState::Running, 1);
+        t.pause(5).unwrap();
+        t.report(W, 1, report(Outcome::HandedBack), 9);
+        assert_eq!(t.state(), TaskState::Paused);
+        assert_eq!(t.holder(), None);
+        t.play(10).unwrap();
+        assert_eq!(t.state(), TaskState::Ready);
+    }
+
+    #[test]
+    fn remove_only_final_tasks() {
+        for s in TaskState::ALL {
+            assert_eq!(task(s, 1).check_remove().is_ok(), s.is_final(), "{s}");
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The client side of the handshake, shared by workers and actioners: send a hello, read the
+//! answer, switch the connection to the chosen body codec.
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::codec::Framed;
+
+use crate::codec::{BodyCodec, MessageCodec};
+use crate::error::FrameError;
+use crate::handshake::{Hello, HelloReply, RejectKind};
+
+/// Why a handshake did not produce a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The frame layer failed (socket error, undecodable answer).
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The coordinator closed the connection without answering.
+    #[error("the coordinator closed the connection during the handshake")]
+    Closed,
+    /// The coordinator refused the hello.
+    #[error("the coordinator refused the connection: {message}")]
+    Rejected {
+        /// Why, for programs.
+        kind: RejectKind,
+        /// Why, for people.
+        message: String,
+    },
+}
+
+/// What the coordinator said when it accepted a hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    /// The coordinator's protocol version.
+    pub version: u32,
+    /// This peer's id.
+    pub peer_id: u64,
+    /// How often a worker heartbeats, in ms.
+    pub heartbeat_ms: u64,
+    /// How long a silent worker keeps its tasks, in ms.
+    pub lease_ms: u64,
+}
+
+/// Sends `hello` over `io` and, once welcomed, returns the connection typed for the rest of its
+/// life: reading `In`, writing `Out`, in the codec the hello chose.
+pub async fn handshake<IO, In, Out>(
+    io: IO,
+    hello: &Hello,
+    max_frame: usize,
+) -> Result<(Framed<IO, MessageCodec<In, Out>>, Welcome), HandshakeError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    In: DeserializeOwned,
+    Out: Serialize,
+{
+    let codec = MessageCodec::<HelloReply, Hello>::new(BodyCodec::Msgpack, max_frame);
+    let mut framed = Framed::new(io, codec);
+    framed.send(hello.clone()).await?;
+    let reply = framed.next().await.ok_or(HandshakeError::Closed)??;
+    match reply {
+        HelloReply::Welcome {
+            version,
+            peer_id,
+            heartbeat_ms,
+            lease_ms,
+        } => {
+            let framed = framed.map_codec(|c| c.retype(hello.codec));
+            Ok((
+                framed,
+                Welcome {
+                    version,
+                    peer_id,
+                    heartbeat_ms,
+                    lease_ms,
+                },
+            ))
+        }
+        HelloReply::Rejected { kind, message, .. } => {
+            Err(HandshakeError::Rejected { kind, message })
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The first exchange on every connection: who the client is, which codec it wants, its token.
+//!
+//! Both frames of the handshake are always MessagePack with named fields, whatever codec the client
+//! then chooses, so a hex dump of a connection's start can be read without knowing the rest.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::BodyCodec;
+use crate::ids::WorkerId;
+use crate::task::{BlockType, Tag};
+
+/// The first field of every hello: tells a stray client (an HTTP probe, a wrong port) from a peer.
+pub const MAGIC: &str = "tatzelwurm";
+
+/// The protocol version; a coordinator refuses hellos of any other version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The client's first frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Always [`MAGIC`].
+    pub magic: String,
+    /// The client's [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Who the client is.
+    pub role: Role,
+    /// The body codec for every later frame, both directions.
+    pub codec: BodyCodec,
+    /// The coordinator's secret (the `token` file); empty when the coordinator runs without auth.
+    #[serde(default)]
+    pub token: String,
+}
+
+impl Hello {
+    /// A hello of this protocol version.
+    pub fn new(role: Role, codec: BodyCodec, token: impl Into<String>) -> Self {
+        Hello {
+            magic: MAGIC.to_string(),
+            version: PROTOCOL_VERSION,
+            role,
+            codec,
+            token: token.into(),
+        }
+    }
+}
+
+/// What kind of peer connects.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A worker that takes tasks.
+    Worker(WorkerHello),
+    /// A client that sends requests (the CLI, a library).
+    Actioner {
+        /// Free text for logs, e.g. `actionwurm 0.1.0`.
+        #[serde(default)]
+        client: String,
+    },
+}
+
+/// What a worker says about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerHello {
+    /// Which tasks it takes.
+    pub block: BlockType,
+    /// How many at once, at least 1.
+    pub slots: u32,
+    /// Its name for people.
+    pub name: String,
+    /// The host it runs on.
+    #[serde(default)]
+    pub host: String,
+    /// Labels.
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+    /// The custom handlers it serves.
+    #[serde(default)]
+    pub handlers: Vec<String>,
+    /// The id it had before a reconnect, so it keeps its tasks.
+    #[serde(default)]
+    pub previous_id: Option<WorkerId>,
+}
+
+/// The coordinator's answer to a hello.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HelloReply {
+    /// Accepted: later frames use the chosen codec.
+    Welcome {
+        /// The coordinator's [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The id given to this peer (a worker id for workers, a connection number for actioners).
+        peer_id: u64,
+        /// How often a worker must heartbeat, in ms.
+        heartbeat_ms: u64,
+        /// How long a silent worker keeps its tasks, in ms.
+        lease_ms: u64,
+    },
+    /// Refused: the coordinator closes the connection after this frame.
+    Rejected {
+        /// Why, for programs.
+        kind: RejectKind,
+        /// Why, for people.
+        message: String,
+        /// The coordinator's [`PROTOCOL_VERSION`], so a client can say which side to upgrade.
+        version: u32,
+    },
+}
+
+/// Why a hello was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectKind {
+    /// The versions differ.
+    VersionMismatch,
+    /// Token missing or wrong.
+    BadToken,
+    /// Not a hello (wrong magic, undecodable, bad field values).
+    MalformedHello,
+    /// Too many connections.
+    Busy,
+    /// Going down.
+    ShuttingDown,
+}
+
+/// Checks a hello's magic and version, the part every coordinator does the same way.
+pub fn check_hello(hello: &Hello) -> Result<(), (RejectKind, String)> {
+    if hello.magic != MAGIC {
+        return Err((
+            RejectKind::MalformedHello,
+            format!("bad magic {:?}, expected {MAGIC:?}", hello.magic),
+        ));
+    }
+    if hello.version != PROTOCOL_VERSION {
+        return Err((
+            RejectKind::VersionMismatch,
+            format!(
+                "protocol version mismatch: client speaks {}, coordinator speaks {PROTOCOL_VERSION}",
+                hello.version
+            ),
+        ));
+    }
+    if let Role::Worker(w) = &hello.role {
+        if w.slots == 0 {
+            return Err((
+                RejectKind::MalformedHello,
+                "a worker needs at least 1 slot".into(),
+            ));
+        }
+    }
+    Ok(())
+}
