@@ -104,6 +104,9 @@ impl Store {
         db.use_ns(opts.namespace.as_str())
             .use_db(opts.database.as_str())
             .await?;
+        db.query("DEFINE TABLE IF NOT EXISTS task SCHEMALESS; DEFINE TABLE IF NOT EXISTS worker SCHEMALESS;")
+            .await?
+            .check()?;
         info!(url = %opts.url, ns = %opts.namespace, db = %opts.database, "store open");
         Ok(Store { db })
     }

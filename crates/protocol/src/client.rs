@@ -81,3 +81,25 @@ where
         }
     }
 }
+
+/// Finds the token to present: the file named explicitly (which must exist), else the default
+/// file when it exists (a coordinator on this machine with its default data dir), else none.
+pub fn read_token(
+    explicit: Option<&std::path::Path>,
+    default: Option<&std::path::Path>,
+) -> std::io::Result<String> {
+    match explicit {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot read token file {}: {e}", path.display()),
+                )
+            }),
+        None => Ok(default
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()),
+    }
+}

@@ -1,0 +1,555 @@
+//! The `actionwurm` command line: argument definitions and what each command does.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use tatzelwurm_protocol::client::read_token;
+use tatzelwurm_protocol::{
+    ActionerRequest, BlockType, BodyCodec, Data, EnvVar, EventFilter, Payload, Reply, Selector,
+    Tag, TaskId, TaskState,
+};
+
+use crate::client::{Client, DEFAULT_ADDR, default_token_file};
+use crate::output;
+use crate::spec::{self, Common, millis, parse_duration};
+
+/// Drive a tatzelwurm coordinator: add, play, pause, kill and watch tasks; list workers.
+#[derive(Parser, Debug)]
+#[command(name = "actionwurm", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Coordinator address.
+    #[arg(long, global = true, env = "TATZELWURM_ADDR", default_value = DEFAULT_ADDR)]
+    pub coordinator: String,
+    /// File holding the coordinator's token [default: the token of a coordinator on this machine
+    /// with its default data dir].
+    #[arg(long, global = true, env = "TATZELWURM_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Print JSON (stable, documented in README.md) instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only ids.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Log what the client does (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Add, play, pause, kill, list, show and wait for tasks.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Look at workers.
+    #[command(subcommand)]
+    Worker(WorkerCommand),
+    /// Counts per state, connected workers, and tasks finished per second over the last minute.
+    Summary,
+}
+
+/// Task commands.
+#[derive(Subcommand, Debug)]
+pub enum TaskCommand {
+    /// Add tasks: a command (after --), a mock sleep task, a custom task, or a file of tasks.
+    Add(AddArgs),
+    /// Make created or paused tasks ready to run.
+    Play(Select),
+    /// Hold tasks; running ones are suspended on their worker.
+    Pause(Select),
+    /// End tasks as killed; running ones are stopped on their worker.
+    Kill(Select),
+    /// Forget finished tasks (completed, failed, killed).
+    Remove(Select),
+    /// List tasks (running ones unless filtered), then the counts per state.
+    List(ListArgs),
+    /// Show every field, stage time and attempt of a task.
+    Show {
+        /// Task id or unique prefix.
+        id: String,
+    },
+    /// Wait until tasks end; exits non-zero when any failed or was killed.
+    Wait(Select),
+}
+
+/// Worker commands.
+#[derive(Subcommand, Debug)]
+pub enum WorkerCommand {
+    /// List workers: id, name, host, type, slots, running, tags, last heartbeat, state.
+    List,
+}
+
+/// Which tasks.
+#[derive(Args, Debug)]
+pub struct Select {
+    /// Task ids or unique prefixes.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub ids: Vec<String>,
+    /// Every task the command applies to.
+    #[arg(short, long)]
+    pub all: bool,
+}
+
+impl Select {
+    fn selector(&self) -> Selector {
+        if self.all {
+            Selector::All
+        } else {
+            Selector::Ids(self.ids.clone())
+        }
+    }
+}
+
+/// `task list` options.
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only tasks in this state (repeatable); `all` for every state.
+    #[arg(long, short = 'f')]
+    pub filter: Vec<String>,
+    /// Only tasks with this tag (repeatable; all must match).
+    #[arg(long, short = 't')]
+    pub tag: Vec<Tag>,
+    /// At most this many (newest first).
+    #[arg(long, short = 'l')]
+    pub limit: Option<u32>,
+}
+
+/// `task add` options.
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// A mock task that sleeps this long (e.g. 10ms, 2s, 1h30m).
+    #[arg(long, value_parser = parse_duration, conflicts_with_all = ["custom", "from_file", "number"])]
+    pub sleep: Option<Duration>,
+    /// A custom task for workers serving this handler.
+    #[arg(long, conflicts_with_all = ["from_file", "number"])]
+    pub custom: Option<String>,
+    /// The custom task's input, as JSON.
+    #[arg(long, requires = "custom")]
+    pub data: Option<String>,
+    /// Read tasks from a file, one per line: a shell command line or a JSON object.
+    #[arg(long, conflicts_with = "number")]
+    pub from_file: Option<PathBuf>,
+    /// Make N mock sleep tasks (upstream form; with --scale and --block-type).
+    #[arg(short = 'n', long)]
+    pub number: Option<u32>,
+    /// How long each mock task of --number sleeps (seconds, or a duration).
+    #[arg(long, value_parser = parse_duration, default_value = "1s", requires = "number")]
+    pub scale: Duration,
+    /// Which workers run it.
+    #[arg(long, alias = "block-type", default_value = "async")]
+    pub block: BlockType,
+    /// Higher runs first.
+    #[arg(long, short = 'p', default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// A key=value label (repeatable).
+    #[arg(long, short = 't')]
+    pub tag: Vec<Tag>,
+    /// A name for people.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Attempts before the task stays failed.
+    #[arg(long, default_value_t = 1)]
+    pub attempts: u32,
+    /// Stop and fail an attempt after this long.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Add N copies; each sees its index (0..N) in TATZELWURM_TASK_INDEX.
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    /// Environment variable for exec tasks, NAME=VALUE (repeatable).
+    #[arg(long, short = 'e')]
+    pub env: Vec<String>,
+    /// Working directory for exec tasks.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// User data key.
+    #[arg(long)]
+    pub user_key: Option<String>,
+    /// User data, a JSON object that handlers may update.
+    #[arg(long)]
+    pub user_data: Option<String>,
+    /// Make the tasks ready at once.
+    #[arg(long)]
+    pub play: bool,
+    /// The command and its arguments (after --).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// The variable that tells each of `--count` copies its index.
+pub const INDEX_VAR: &str = "TATZELWURM_TASK_INDEX";
+
+impl AddArgs {
+    fn specs(&self) -> Result<Vec<tatzelwurm_protocol::TaskSpec>> {
+        let mut env = Vec::new();
+        for e in &self.env {
+            let (name, value) = e
+                .split_once('=')
+                .with_context(|| format!("--env {e:?} is not NAME=VALUE"))?;
+            env.push(EnvVar {
+                name: name.into(),
+                value: value.into(),
+            });
+        }
+        let user_data = match &self.user_data {
+            Some(t) => spec::json_data(t)
+                .map_err(anyhow::Error::msg)
+                .context("--user-data")?,
+            None => Data::empty(),
+        };
+        let common = Common {
+            name: self.name.clone(),
+            block: self.block,
+            priority: self.priority,
+            tags: self.tag.clone(),
+            attempts: self.attempts,
+            timeout: self.timeout,
+            env,
+            cwd: self.cwd.clone(),
+            user_key: self.user_key.clone(),
+            user_data,
+        };
+        if self.attempts == 0 {
+            bail!("--attempts must be at least 1");
+        }
+        if self.count == 0 {
+            bail!("--count must be at least 1");
+        }
+        let kinds = [
+            self.sleep.is_some(),
+            self.custom.is_some(),
+            self.from_file.is_some(),
+            self.number.is_some(),
+            !self.command.is_empty(),
+        ];
+        match kinds.iter().filter(|k| **k).count() {
+            0 => bail!(
+                "say what to run: -- COMMAND [ARGS]..., --sleep DURATION, --custom HANDLER, --from-file FILE or --number N"
+            ),
+            1 => {}
+            _ => bail!("give only one of a command, --sleep, --custom, --from-file, --number"),
+        }
+        if let Some(path) = &self.from_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let specs = spec::parse_task_file(&text, &common)
+                .map_err(|e| anyhow::anyhow!("{}: {e}; nothing was added", path.display()))?;
+            if specs.is_empty() {
+                bail!(
+                    "{}: no tasks in the file; nothing was added",
+                    path.display()
+                );
+            }
+            return Ok(specs);
+        }
+        if let Some(n) = self.number {
+            let payload = Payload::Sleep {
+                duration_ms: millis(self.scale),
+            };
+            return Ok((0..n).map(|_| common.spec(payload.clone())).collect());
+        }
+        let mut specs = Vec::with_capacity(self.count as usize);
+        for i in 0..self.count {
+            let payload = if let Some(d) = self.sleep {
+                Payload::Sleep {
+                    duration_ms: millis(d),
+                }
+            } else if let Some(h) = &self.custom {
+                let data = match &self.data {
+                    Some(t) => spec::json_data(t)
+                        .map_err(anyhow::Error::msg)
+                        .context("--data")?,
+                    None => Data::empty(),
+                };
+                Payload::Custom {
+                    handler: h.clone(),
+                    data,
+                }
+            } else {
+                let mut c = common.clone();
+                if self.count > 1 {
+                    c.env.push(EnvVar {
+                        name: INDEX_VAR.into(),
+                        value: i.to_string(),
+                    });
+                }
+                c.exec(self.command.clone())
+            };
+            specs.push(common.spec(payload));
+        }
+        Ok(specs)
+    }
+}
+
+/// Runs a parsed command line; the returned code is the process exit code.
+pub async fn run(cli: Cli) -> Result<i32> {
+    let default = default_token_file();
+    let token = read_token(cli.token_file.as_deref(), default.as_deref())?;
+    // Parse what can be parsed before connecting, so a typo never waits on the network.
+    let add_specs = match &cli.command {
+        Command::Task(TaskCommand::Add(a)) => Some(a.specs()?),
+        _ => None,
+    };
+    let states = match &cli.command {
+        Command::Task(TaskCommand::List(l)) => Some(list_states(&l.filter)?),
+        _ => None,
+    };
+    let mut client = Client::connect(&cli.coordinator, &token, BodyCodec::Bincode).await?;
+    let (json, quiet) = (cli.json, cli.quiet);
+    match cli.command {
+        Command::Task(TaskCommand::Add(a)) => {
+            let ids = client.add(add_specs.expect("parsed above"), a.play).await?;
+            print_ids(&ids, json);
+        }
+        Command::Task(TaskCommand::Play(s)) => {
+            change(
+                &mut client,
+                ActionerRequest::Play {
+                    selector: s.selector(),
+                },
+                "played",
+                json,
+                quiet,
+            )
+            .await?
+        }
+        Command::Task(TaskCommand::Pause(s)) => {
+            change(
+                &mut client,
+                ActionerRequest::Pause {
+                    selector: s.selector(),
+                },
+                "paused",
+                json,
+                quiet,
+            )
+            .await?
+        }
+        Command::Task(TaskCommand::Kill(s)) => {
+            change(
+                &mut client,
+                ActionerRequest::Kill {
+                    selector: s.selector(),
+                },
+                "killed",
+                json,
+                quiet,
+            )
+            .await?
+        }
+        Command::Task(TaskCommand::Remove(s)) => {
+            change(
+                &mut client,
+                ActionerRequest::Remove {
+                    selector: s.selector(),
+                },
+                "removed",
+                json,
+                quiet,
+            )
+            .await?
+        }
+        Command::Task(TaskCommand::List(l)) => {
+            let (tasks, counts) = client
+                .list(states.expect("parsed above"), l.tag, l.limit)
+                .await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &tasks.iter().map(output::summary_json).collect::<Vec<_>>()
+                    )?
+                );
+            } else if quiet {
+                tasks.iter().for_each(|t| println!("{}", t.id));
+            } else {
+                if !tasks.is_empty() {
+                    println!("{}", output::tasks_table(&tasks));
+                }
+                println!("{}", output::counts_line(&counts));
+            }
+        }
+        Command::Task(TaskCommand::Show { id }) => {
+            let task = client.show(&id).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&output::task_json(&task))?
+                );
+            } else if quiet {
+                println!("{}", task.id);
+            } else {
+                print!("{}", output::task_text(&task));
+            }
+        }
+        Command::Task(TaskCommand::Wait(s)) => return wait(&mut client, s, &json).await,
+        Command::Worker(WorkerCommand::List) => {
+            let workers = client.workers().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &workers.iter().map(output::worker_json).collect::<Vec<_>>()
+                    )?
+                );
+            } else if quiet {
+                workers.iter().for_each(|w| println!("{}", w.id));
+            } else {
+                println!("{}", output::workers_table(&workers));
+            }
+        }
+        Command::Summary => match client.request(ActionerRequest::Summary).await? {
+            Reply::Summary {
+                counts,
+                workers_connected,
+                finished_last_minute,
+            } => {
+                let rate = finished_last_minute as f64 / 60.0;
+                if json {
+                    let v = json!({
+                        "counts": output::counts_json(&counts),
+                        "workers_connected": workers_connected,
+                        "finished_last_minute": finished_last_minute,
+                        "finished_per_second": rate,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    println!("{}", output::counts_line(&counts));
+                    println!("{workers_connected} workers connected");
+                    println!(
+                        "{rate:.2} tasks/s finished over the last minute ({finished_last_minute} tasks)"
+                    );
+                }
+            }
+            other => bail!("unexpected reply: {other:?}"),
+        },
+    }
+    Ok(0)
+}
+
+fn list_states(filters: &[String]) -> Result<Vec<TaskState>> {
+    if filters.is_empty() {
+        return Ok(vec![TaskState::Running]);
+    }
+    if filters.iter().any(|f| f == "all") {
+        return Ok(Vec::new());
+    }
+    filters
+        .iter()
+        .map(|f| f.parse::<TaskState>().map_err(anyhow::Error::msg))
+        .collect()
+}
+
+fn print_ids(ids: &[TaskId], json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&ids.iter().map(|i| i.to_string()).collect::<Vec<_>>())
+                .expect("strings")
+        );
+    } else {
+        ids.iter().for_each(|i| println!("{i}"));
+    }
+}
+
+async fn change(
+    client: &mut Client,
+    req: ActionerRequest,
+    verb: &str,
+    json: bool,
+    quiet: bool,
+) -> Result<()> {
+    let ids = client.change(req).await?;
+    if json || quiet {
+        print_ids(&ids, json);
+    } else {
+        ids.iter().for_each(|i| println!("{i}"));
+        eprintln!(
+            "{verb} {} task{}",
+            ids.len(),
+            if ids.len() == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
+
+/// Waits for tasks to reach a final state, using the event stream (no polling).
+async fn wait(client: &mut Client, s: Select, json: &bool) -> Result<i32> {
+    let filter = EventFilter {
+        ids: s.ids.clone(),
+        tags: vec![],
+        all: s.all,
+    };
+    let snapshot = client.subscribe(filter).await?;
+    let mut states: HashMap<TaskId, TaskState> = snapshot.iter().map(|t| (t.id, t.state)).collect();
+    // With --all, wait for the tasks that exist now; tasks added later are not waited for.
+    let watched: HashSet<TaskId> = states.keys().copied().collect();
+    let total = watched.len() as u64;
+    let done =
+        |st: &HashMap<TaskId, TaskState>| st.values().filter(|s| s.is_final()).count() as u64;
+    let bar = if std::io::stderr().is_terminal() && !json {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} {per_sec} eta {eta} {msg}",
+            )
+            .expect("valid template"),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let started = Instant::now();
+    while done(&states) < total {
+        if let Some(b) = &bar {
+            b.set_position(done(&states));
+            b.set_message(count_states(&states));
+        }
+        let ev = client.next_event().await?;
+        if watched.contains(&ev.id) {
+            states.insert(ev.id, ev.state);
+        }
+    }
+    if let Some(b) = &bar {
+        b.set_position(total);
+        b.finish_with_message(count_states(&states));
+    }
+    let failed = states
+        .values()
+        .filter(|s| matches!(s, TaskState::Failed | TaskState::Killed))
+        .count();
+    if *json {
+        let v: BTreeMap<String, &str> = states
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_str()))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        eprintln!(
+            "{total} tasks ended in {:.1}s: {}",
+            started.elapsed().as_secs_f64(),
+            count_states(&states)
+        );
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+fn count_states(states: &HashMap<TaskId, TaskState>) -> String {
+    let mut counts: BTreeMap<TaskState, usize> = BTreeMap::new();
+    for s in states.values() {
+        *counts.entry(*s).or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

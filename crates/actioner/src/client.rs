@@ -1,0 +1,236 @@
+//! An async client for the actioner side of the protocol: one connection, requests matched to
+//! replies by request id, events of subscriptions buffered until asked for.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+
+use futures_util::{SinkExt, StreamExt};
+use tatzelwurm_protocol::client::{HandshakeError, handshake};
+use tatzelwurm_protocol::{
+    ActionerRequest, ActionerToCoordinator, BodyCodec, CoordinatorToActioner, DEFAULT_MAX_FRAME,
+    ErrorReply, EventFilter, FrameError, Hello, MessageCodec, Reply, RequestId, Role, Selector,
+    StateCount, Tag, TaskEvent, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus, TaskSummary,
+    WorkerInfo,
+};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+/// The default coordinator address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:5677";
+
+/// What can go wrong talking to the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No TCP connection.
+    #[error("cannot reach the coordinator at {addr}")]
+    Connect {
+        /// Where we tried.
+        addr: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The coordinator refused or broke the handshake.
+    #[error("handshake with the coordinator at {addr} failed")]
+    Handshake {
+        /// Where.
+        addr: String,
+        /// Why.
+        source: HandshakeError,
+    },
+    /// The connection broke.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The coordinator closed the connection.
+    #[error("the coordinator closed the connection{0}")]
+    Closed(String),
+    /// The coordinator answered with an error.
+    #[error("{}", .0.message)]
+    Server(ErrorReply),
+    /// The coordinator answered with something this client did not expect.
+    #[error("unexpected reply from the coordinator: {0}")]
+    Unexpected(String),
+}
+
+/// The token file next to a coordinator running with its default data dir on this machine.
+pub fn default_token_file() -> Option<PathBuf> {
+    dirs::data_dir().map(|d| d.join("tatzelwurm").join("token"))
+}
+
+/// A connection to the coordinator as an actioner.
+pub struct Client {
+    framed: Framed<TcpStream, MessageCodec<CoordinatorToActioner, ActionerToCoordinator>>,
+    next_request: u64,
+    events: VecDeque<TaskEvent>,
+}
+
+impl Client {
+    /// Connects and shakes hands with the given token and body codec.
+    pub async fn connect(addr: &str, token: &str, codec: BodyCodec) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let hello = Hello::new(
+            Role::Actioner {
+                client: format!("actionwurm {}", env!("CARGO_PKG_VERSION")),
+            },
+            codec,
+            token,
+        );
+        let (framed, _welcome) =
+            handshake(stream, &hello, DEFAULT_MAX_FRAME)
+                .await
+                .map_err(|source| ClientError::Handshake {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+        Ok(Client {
+            framed,
+            next_request: 1,
+            events: VecDeque::new(),
+        })
+    }
+
+    /// Sends a request without waiting; returns its id (for pipelining many requests).
+    pub async fn send(&mut self, body: ActionerRequest) -> Result<RequestId, ClientError> {
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        self.framed
+            .send(ActionerToCoordinator { request, body })
+            .await?;
+        Ok(request)
+    }
+
+    /// Waits for the next reply (to any request), buffering events that arrive first.
+    pub async fn next_reply(&mut self) -> Result<(RequestId, Reply), ClientError> {
+        loop {
+            match self.framed.next().await {
+                None => return Err(ClientError::Closed(String::new())),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(CoordinatorToActioner::Reply { request, body })) => {
+                    return Ok((request, body));
+                }
+                Some(Ok(CoordinatorToActioner::Event { event, .. })) => {
+                    self.events.push_back(event)
+                }
+                Some(Ok(CoordinatorToActioner::Shutdown { reason })) => {
+                    return Err(ClientError::Closed(format!(": {reason}")));
+                }
+            }
+        }
+    }
+
+    /// Sends a request and waits for its reply; an error reply becomes [`ClientError::Server`].
+    pub async fn request(&mut self, body: ActionerRequest) -> Result<Reply, ClientError> {
+        let id = self.send(body).await?;
+        loop {
+            let (got, reply) = self.next_reply().await?;
+            if got != id {
+                continue;
+            }
+            return match reply {
+                Reply::Error(e) => Err(ClientError::Server(e)),
+                other => Ok(other),
+            };
+        }
+    }
+
+    /// Adds tasks; returns their ids once they are durable.
+    pub async fn add(
+        &mut self,
+        tasks: Vec<TaskSpec>,
+        play: bool,
+    ) -> Result<Vec<TaskId>, ClientError> {
+        match self.request(ActionerRequest::Add { tasks, play }).await? {
+            Reply::Added { ids } => Ok(ids),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Plays, pauses, kills or removes; returns the tasks that changed.
+    pub async fn change(&mut self, body: ActionerRequest) -> Result<Vec<TaskId>, ClientError> {
+        match self.request(body).await? {
+            Reply::Changed { ids } => Ok(ids),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Makes tasks ready.
+    pub async fn play(&mut self, selector: Selector) -> Result<Vec<TaskId>, ClientError> {
+        self.change(ActionerRequest::Play { selector }).await
+    }
+
+    /// Lists tasks (newest first) with the counts per state.
+    pub async fn list(
+        &mut self,
+        states: Vec<TaskState>,
+        tags: Vec<Tag>,
+        limit: Option<u32>,
+    ) -> Result<(Vec<TaskSummary>, Vec<StateCount>), ClientError> {
+        match self
+            .request(ActionerRequest::List {
+                states,
+                tags,
+                limit,
+            })
+            .await?
+        {
+            Reply::Tasks { tasks, counts } => Ok((tasks, counts)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One task, whole.
+    pub async fn show(&mut self, id: &str) -> Result<TaskInfo, ClientError> {
+        match self
+            .request(ActionerRequest::Show { id: id.to_string() })
+            .await?
+        {
+            Reply::Task { task } => Ok(*task),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The worker table.
+    pub async fn workers(&mut self) -> Result<Vec<WorkerInfo>, ClientError> {
+        match self.request(ActionerRequest::Workers).await? {
+            Reply::Workers { workers } => Ok(workers),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Subscribes to events; returns the matching tasks' current states.
+    pub async fn subscribe(&mut self, filter: EventFilter) -> Result<Vec<TaskStatus>, ClientError> {
+        match self.request(ActionerRequest::Subscribe { filter }).await? {
+            Reply::Subscribed { tasks } => Ok(tasks),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The next event of this connection's subscriptions.
+    pub async fn next_event(&mut self) -> Result<TaskEvent, ClientError> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(e);
+        }
+        match self.framed.next().await {
+            None => Err(ClientError::Closed(String::new())),
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok(CoordinatorToActioner::Event { event, .. })) => Ok(event),
+            Some(Ok(CoordinatorToActioner::Shutdown { reason })) => {
+                Err(ClientError::Closed(format!(": {reason}")))
+            }
+            Some(Ok(CoordinatorToActioner::Reply { request, body })) => {
+                Err(ClientError::Unexpected(format!(
+                    "reply to {request} while waiting for events: {body:?}"
+                )))
+            }
+        }
+    }
+}
+
+fn unexpected(reply: Reply) -> ClientError {
+    ClientError::Unexpected(format!("{reply:?}"))
+}

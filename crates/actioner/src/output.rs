@@ -1,0 +1,339 @@
+//! What the CLI prints: tables for people (via `tabled`), stable JSON for scripts.
+//!
+//! The JSON shapes are part of the CLI's interface and documented in README.md: timestamps are
+//! RFC 3339 strings (UTC, milliseconds), ids are hyphenated UUIDs, tags are `key=value` strings,
+//! user data is decoded from MessagePack into plain JSON.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tabled::builder::Builder;
+use tabled::settings::Style;
+use tatzelwurm_protocol::{
+    Attempt, Data, Payload, StateCount, Tag, TaskInfo, TaskSummary, WorkerInfo, now_ms,
+};
+
+/// RFC 3339 (UTC, milliseconds) for a timestamp in ms.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn opt_time(ms: Option<u64>) -> Value {
+    ms.map_or(Value::Null, |m| Value::String(rfc3339(m)))
+}
+
+/// "12s ago", "3m ago": how people read recent times in a table.
+pub fn ago(ms: u64) -> String {
+    let now = now_ms();
+    if ms == 0 {
+        return "-".into();
+    }
+    let secs = now.saturating_sub(ms) / 1000;
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        3600..=86_399 => format!("{}h{}m ago", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+fn tags(t: &[Tag]) -> Vec<String> {
+    t.iter().map(Tag::to_string).collect()
+}
+
+/// User data as JSON: decoded MessagePack, null when empty, hex when undecodable.
+pub fn data_json(d: &Data) -> Value {
+    if d.is_empty() {
+        return Value::Null;
+    }
+    d.decode::<Value>().unwrap_or_else(|_| {
+        json!({ "undecodable_msgpack_hex": d.0.iter().map(|b| format!("{b:02x}")).collect::<String>() })
+    })
+}
+
+/// The JSON object of one `task list` line.
+pub fn summary_json(t: &TaskSummary) -> Value {
+    json!({
+        "id": t.id.to_string(),
+        "name": t.name,
+        "state": t.state.as_str(),
+        "block": t.block.as_str(),
+        "priority": t.priority,
+        "tags": tags(&t.tags),
+        "command": t.command,
+        "attempts": t.attempts,
+        "max_attempts": t.max_attempts,
+        "worker": t.worker.map(|w| w.to_string()),
+        "created": rfc3339(t.created_ms),
+        "changed": rfc3339(t.changed_ms),
+    })
+}
+
+/// Counts as a JSON object `{state: count}`.
+pub fn counts_json(counts: &[StateCount]) -> Value {
+    Value::Object(
+        counts
+            .iter()
+            .map(|c| (c.state.as_str().to_string(), json!(c.count)))
+            .collect(),
+    )
+}
+
+/// The counts line under a task table.
+pub fn counts_line(counts: &[StateCount]) -> String {
+    let total: u64 = counts.iter().map(|c| c.count).sum();
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|c| format!("{} {}", c.count, c.state))
+        .collect();
+    format!("{total} tasks: {}", parts.join(", "))
+}
+
+/// The `task list` table.
+pub fn tasks_table(tasks: &[TaskSummary]) -> String {
+    let mut b = Builder::new();
+    b.push_record([
+        "id", "name", "state", "block", "prio", "tags", "command", "tries", "worker", "changed",
+    ]);
+    for t in tasks {
+        b.push_record([
+            t.id.simple()[..12].to_string(),
+            t.name.clone().unwrap_or_default(),
+            t.state.to_string(),
+            t.block.to_string(),
+            t.priority.to_string(),
+            tags(&t.tags).join(","),
+            truncate(&t.command, 40),
+            format!("{}/{}", t.attempts, t.max_attempts),
+            t.worker.map(|w| w.to_string()).unwrap_or_default(),
+            ago(t.changed_ms),
+        ]);
+    }
+    b.build().with(Style::sharp()).to_string()
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    }
+}
+
+fn payload_json(p: &Payload) -> Value {
+    match p {
+        Payload::Exec { argv, env, cwd } => json!({
+            "kind": "exec",
+            "argv": argv,
+            "env": env.iter().map(|e| (e.name.clone(), Value::String(e.value.clone()))).collect::<serde_json::Map<_, _>>(),
+            "cwd": cwd,
+        }),
+        Payload::Sleep { duration_ms } => json!({"kind": "sleep", "duration_ms": duration_ms}),
+        Payload::Custom { handler, data } => {
+            json!({"kind": "custom", "handler": handler, "data": data_json(data)})
+        }
+    }
+}
+
+fn attempt_json(a: &Attempt) -> Value {
+    json!({
+        "number": a.number,
+        "worker": a.worker.to_string(),
+        "worker_name": a.worker_name,
+        "assigned": rfc3339(a.assigned_ms),
+        "started": opt_time(a.started_ms),
+        "ended": opt_time(a.ended_ms),
+        "outcome": a.outcome.map(|o| o.as_str()),
+        "exit_code": a.exit_code,
+        "error": a.error,
+        "stdout_tail": a.stdout_tail,
+        "stderr_tail": a.stderr_tail,
+        "output": data_json(&a.output),
+        "late_reports": a.late_reports.iter().map(|r| json!({
+            "outcome": r.outcome.map(|o| o.as_str()),
+            "exit_code": r.exit_code,
+            "error": r.error,
+            "ended": rfc3339(r.ended_ms),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The JSON object of `task show`.
+pub fn task_json(t: &TaskInfo) -> Value {
+    let s = &t.spec;
+    json!({
+        "id": t.id.to_string(),
+        "name": s.name,
+        "state": t.state.as_str(),
+        "block": s.block.as_str(),
+        "priority": s.priority,
+        "tags": tags(&s.tags),
+        "payload": payload_json(&s.payload),
+        "max_attempts": s.max_attempts,
+        "timeout_ms": s.timeout_ms,
+        "user_key": s.user_key,
+        "user_data": data_json(&s.user_data),
+        "worker": t.worker.map(|w| w.to_string()),
+        "times": {
+            "created": rfc3339(t.times.created_ms),
+            "ready": opt_time(t.times.ready_ms),
+            "assigned": opt_time(t.times.assigned_ms),
+            "running": opt_time(t.times.running_ms),
+            "paused": opt_time(t.times.paused_ms),
+            "ended": opt_time(t.times.ended_ms),
+        },
+        "attempts": t.attempts.iter().map(attempt_json).collect::<Vec<_>>(),
+    })
+}
+
+/// `task show` for people.
+pub fn task_text(t: &TaskInfo) -> String {
+    let s = &t.spec;
+    let mut b = Builder::new();
+    let mut row = |k: &str, v: String| b.push_record([k.to_string(), v]);
+    row("id", t.id.to_string());
+    row("name", s.name.clone().unwrap_or_default());
+    row("state", t.state.to_string());
+    row("block", s.block.to_string());
+    row("priority", s.priority.to_string());
+    row("tags", tags(&s.tags).join(", "));
+    row("payload", s.payload.describe());
+    if let Payload::Exec { env, cwd, .. } = &s.payload {
+        if !env.is_empty() {
+            row(
+                "env",
+                env.iter()
+                    .map(|e| format!("{}={}", e.name, e.value))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+        }
+        if let Some(c) = cwd {
+            row("cwd", c.clone());
+        }
+    }
+    if let Payload::Custom { data, .. } = &s.payload {
+        row("data", data_json(data).to_string());
+    }
+    row(
+        "attempts",
+        format!("{} of at most {}", t.attempts.len(), s.max_attempts),
+    );
+    row(
+        "timeout",
+        s.timeout_ms
+            .map(|m| humantime::format_duration(Duration::from_millis(m)).to_string())
+            .unwrap_or_else(|| "none".into()),
+    );
+    if let Some(k) = &s.user_key {
+        row("user key", k.clone());
+    }
+    if !s.user_data.is_empty() {
+        row("user data", data_json(&s.user_data).to_string());
+    }
+    row(
+        "worker",
+        t.worker.map(|w| w.to_string()).unwrap_or_default(),
+    );
+    let stages = [
+        ("created", Some(t.times.created_ms)),
+        ("ready", t.times.ready_ms),
+        ("assigned", t.times.assigned_ms),
+        ("running", t.times.running_ms),
+        ("paused", t.times.paused_ms),
+        ("ended", t.times.ended_ms),
+    ];
+    for (name, at) in stages {
+        if let Some(ms) = at {
+            row(name, rfc3339(ms));
+        }
+    }
+    let mut out = b.build().with(Style::sharp()).to_string();
+    for a in &t.attempts {
+        out.push_str(&format!(
+            "\nattempt {} on {} ({}): {}{}{}\n  assigned {}  started {}  ended {}\n",
+            a.number,
+            a.worker,
+            a.worker_name,
+            a.outcome.map_or("running", |o| o.as_str()),
+            a.exit_code
+                .map(|c| format!(", exit code {c}"))
+                .unwrap_or_default(),
+            a.error
+                .as_ref()
+                .map(|e| format!(", {e}"))
+                .unwrap_or_default(),
+            rfc3339(a.assigned_ms),
+            a.started_ms.map(rfc3339).unwrap_or_else(|| "-".into()),
+            a.ended_ms.map(rfc3339).unwrap_or_else(|| "-".into()),
+        ));
+        if !a.output.is_empty() {
+            out.push_str(&format!("  output: {}\n", data_json(&a.output)));
+        }
+        for (label, tail) in [("stdout", &a.stdout_tail), ("stderr", &a.stderr_tail)] {
+            if !tail.is_empty() {
+                out.push_str(&format!("  --- {label} (tail) ---\n"));
+                for line in tail.lines() {
+                    out.push_str(&format!("  {line}\n"));
+                }
+            }
+        }
+        for r in &a.late_reports {
+            out.push_str(&format!(
+                "  late report (ignored): {}{}\n",
+                r.outcome.map_or("?", |o| o.as_str()),
+                r.exit_code
+                    .map(|c| format!(", exit code {c}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
+/// The JSON object of one worker.
+pub fn worker_json(w: &WorkerInfo) -> Value {
+    json!({
+        "id": w.id.to_string(),
+        "name": w.name,
+        "host": w.host,
+        "block": w.block.as_str(),
+        "slots": w.slots,
+        "running": w.running,
+        "tags": tags(&w.tags),
+        "handlers": w.handlers,
+        "connected": rfc3339(w.connected_ms),
+        "last_heartbeat": rfc3339(w.last_heartbeat_ms),
+        "state": w.state.as_str(),
+    })
+}
+
+/// The `worker list` table.
+pub fn workers_table(workers: &[WorkerInfo]) -> String {
+    let mut b = Builder::new();
+    b.push_record([
+        "id",
+        "name",
+        "host",
+        "type",
+        "slots",
+        "running",
+        "tags",
+        "heartbeat",
+        "state",
+    ]);
+    for w in workers {
+        b.push_record([
+            w.id.to_string(),
+            w.name.clone(),
+            w.host.clone(),
+            w.block.to_string(),
+            w.slots.to_string(),
+            w.running.to_string(),
+            tags(&w.tags).join(","),
+            ago(w.last_heartbeat_ms),
+            w.state.as_str().to_string(),
+        ]);
+    }
+    b.build().with(Style::sharp()).to_string()
+}
