@@ -1,1 +1,76 @@
-//! placeholder
+//! `workwurm`, the tatzelwurm worker, as a library: run [`run`] with your own [`Handlers`] to make
+//! a worker binary that serves custom tasks, or use the `workwurm` binary as it is.
+//!
+//! [`session`] keeps the connection (reconnecting, reattaching, resending unacknowledged results);
+//! [`runner`] runs attempts; [`exec`] runs commands; [`handlers`] holds custom task handlers.
+
+pub mod exec;
+pub mod handlers;
+pub mod runner;
+pub mod session;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use handlers::{Handlers, TaskInput, TaskOutput};
+pub use session::run;
+use tatzelwurm_protocol::{BlockType, BodyCodec, Tag};
+
+/// Everything a worker needs to know.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// `HOST:PORT` of the coordinator.
+    pub coordinator: String,
+    /// Token presented at the handshake (empty when the coordinator runs without auth).
+    pub token: String,
+    /// Which tasks it takes.
+    pub block: BlockType,
+    /// How many at once.
+    pub slots: u32,
+    /// Name for people.
+    pub name: String,
+    /// Host name reported.
+    pub host: String,
+    /// Labels.
+    pub tags: Vec<Tag>,
+    /// Body codec (bincode between Rust peers).
+    pub codec: BodyCodec,
+    /// How long running tasks may take to finish after SIGTERM before they are handed back.
+    pub drain_grace: Duration,
+    /// Between SIGTERM and SIGKILL when an exec task is killed.
+    pub kill_grace: Duration,
+    /// Where to write the worker id once known (for scripts and tests); optional.
+    pub id_file: Option<PathBuf>,
+}
+
+impl WorkerConfig {
+    /// Defaults: async, 256 slots (sync: one per CPU), named after host and pid.
+    pub fn new(coordinator: impl Into<String>, block: BlockType) -> Self {
+        let host = hostname();
+        let slots = match block {
+            BlockType::Sync => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            BlockType::Async => 256,
+        };
+        WorkerConfig {
+            coordinator: coordinator.into(),
+            token: String::new(),
+            block,
+            slots,
+            name: format!("{host}-{}", std::process::id()),
+            host,
+            tags: Vec::new(),
+            codec: BodyCodec::Bincode,
+            drain_grace: Duration::from_secs(60),
+            kill_grace: Duration::from_secs(5),
+            id_file: None,
+        }
+    }
+}
+
+/// This machine's host name, or `localhost` when it cannot be read.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}

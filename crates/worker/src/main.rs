@@ -1,1 +1,111 @@
-fn main() {}
+//! `workwurm`: a long-lived worker that runs exec, sleep and the built-in custom tasks.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tatzelwurm_protocol::client::read_token;
+use tatzelwurm_protocol::{BlockType, BodyCodec, Tag};
+use tatzelwurm_worker::session::Stop;
+use tatzelwurm_worker::{Handlers, WorkerConfig};
+
+/// A tatzelwurm worker: takes tasks of its type from the coordinator and runs them.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Coordinator address.
+    #[arg(long, env = "TATZELWURM_ADDR", default_value = "127.0.0.1:5677")]
+    coordinator: String,
+    /// Which tasks to take: sync (each blocks a thread) or async (many share the runtime).
+    #[arg(long = "type", default_value = "async")]
+    block: BlockType,
+    /// How many tasks at once [default: CPUs for sync, 256 for async].
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Name shown in `worker list` [default: host-pid].
+    #[arg(long)]
+    name: Option<String>,
+    /// A key=value label (repeatable).
+    #[arg(long)]
+    tag: Vec<Tag>,
+    /// File holding the coordinator's token [default: the token of a coordinator on this machine
+    /// with its default data dir].
+    #[arg(long, env = "TATZELWURM_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Body codec: bincode (compact) or msgpack.
+    #[arg(long, default_value = "bincode")]
+    codec: BodyCodec,
+    /// After SIGTERM, how long running tasks may finish before they are handed back.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    drain_grace: Duration,
+    /// Between SIGTERM and SIGKILL when an exec task is killed or times out.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    kill_grace: Duration,
+    /// Do not serve the built-in `echo` and `fail` custom handlers.
+    #[arg(long)]
+    no_builtin_handlers: bool,
+    /// Write the worker id here once connected.
+    #[arg(long)]
+    id_file: Option<PathBuf>,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let level = match args.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let default_token = dirs::data_dir().map(|d| d.join("tatzelwurm").join("token"));
+    let mut cfg = WorkerConfig::new(args.coordinator, args.block);
+    cfg.token = read_token(args.token_file.as_deref(), default_token.as_deref())
+        .context("cannot read the token")?;
+    if let Some(s) = args.slots {
+        anyhow::ensure!(s > 0, "--slots must be at least 1");
+        cfg.slots = s;
+    }
+    if let Some(n) = args.name {
+        cfg.name = n;
+    }
+    cfg.tags = args.tag;
+    cfg.codec = args.codec;
+    cfg.drain_grace = args.drain_grace;
+    cfg.kill_grace = args.kill_grace;
+    cfg.id_file = args.id_file;
+    let handlers = if args.no_builtin_handlers {
+        Handlers::new()
+    } else {
+        Handlers::builtin()
+    };
+
+    let stop = Stop::default();
+    let signals = stop.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!("signal: draining (send another to stop at once)");
+        signals.drain.cancel();
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!("second signal: stopping at once");
+        signals.now.cancel();
+    });
+    tatzelwurm_worker::run(cfg, handlers, stop).await
+}

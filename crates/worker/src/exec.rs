@@ -1,0 +1,165 @@
+//! Running a command: its own process group (so that signals reach the whole tree), bounded tails
+//! of stdout and stderr, a timeout, and kill, pause and resume by signals.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tatzelwurm_protocol::{AttemptReport, EnvVar, OUTPUT_TAIL_LIMIT, Outcome, now_ms};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::runner::Control;
+
+/// Keeps the last [`OUTPUT_TAIL_LIMIT`] bytes of a stream.
+async fn tail<R: AsyncRead + Unpin>(mut r: R) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > 2 * OUTPUT_TAIL_LIMIT {
+                    buf.drain(..buf.len() - OUTPUT_TAIL_LIMIT);
+                }
+            }
+        }
+    }
+    if buf.len() > OUTPUT_TAIL_LIMIT {
+        buf.drain(..buf.len() - OUTPUT_TAIL_LIMIT);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn signal_group(pid: u32, sig: Signal) {
+    if let Err(e) = killpg(Pid::from_raw(pid as i32), sig) {
+        debug!(pid, ?sig, error = %e, "signal not delivered");
+    }
+}
+
+/// Runs `argv` to its end, a timeout, or a kill, and reports how it ended.
+pub async fn run_exec(
+    argv: &[String],
+    env: &[EnvVar],
+    cwd: Option<&str>,
+    extra_env: &[(String, String)],
+    timeout: Option<Duration>,
+    kill_grace: Duration,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) -> AttemptReport {
+    let started = now_ms();
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for e in env {
+        cmd.env(&e.name, &e.value);
+    }
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let where_ = cwd.map(|d| format!(" in {d}")).unwrap_or_default();
+            return AttemptReport {
+                outcome: Some(Outcome::Failed),
+                error: Some(format!("cannot start {:?}{where_}: {e}", argv[0])),
+                started_ms: Some(started),
+                ended_ms: now_ms(),
+                ..Default::default()
+            };
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    let out = tokio::spawn(tail(child.stdout.take().expect("piped")));
+    let err = tokio::spawn(tail(child.stderr.take().expect("piped")));
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut stop: Option<(Outcome, String)> = None;
+    let mut term_sent_at: Option<tokio::time::Instant> = None;
+    let status = loop {
+        let grace_end = term_sent_at.map(|t| t + kill_grace);
+        tokio::select! {
+            st = child.wait() => break st,
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() && stop.is_none() => {
+                stop = Some((Outcome::TimedOut, format!("timed out after {}", humantime_ms(timeout.unwrap_or_default()))));
+                signal_group(pid, Signal::SIGCONT);
+                signal_group(pid, Signal::SIGTERM);
+                term_sent_at = Some(tokio::time::Instant::now());
+            }
+            _ = async { tokio::time::sleep_until(grace_end.expect("guarded")).await }, if grace_end.is_some() => {
+                signal_group(pid, Signal::SIGKILL);
+                term_sent_at = None;
+            }
+            c = control.recv() => match c {
+                Some(Control::Pause) => signal_group(pid, Signal::SIGSTOP),
+                Some(Control::Resume) => signal_group(pid, Signal::SIGCONT),
+                Some(Control::Stop(outcome, why)) if stop.is_none() => {
+                    stop = Some((outcome, why));
+                    signal_group(pid, Signal::SIGCONT);
+                    signal_group(pid, Signal::SIGTERM);
+                    term_sent_at = Some(tokio::time::Instant::now());
+                }
+                Some(Control::Stop(..)) => {}
+                // The runner is gone (the worker stops at once): kill the group now.
+                None => {
+                    signal_group(pid, Signal::SIGKILL);
+                    break child.wait().await;
+                }
+            },
+        }
+    };
+    // The whole group, in case the leader left children behind.
+    signal_group(pid, Signal::SIGKILL);
+    let stdout_tail = out.await.unwrap_or_default();
+    let stderr_tail = err.await.unwrap_or_default();
+    let mut report = AttemptReport {
+        stdout_tail,
+        stderr_tail,
+        started_ms: Some(started),
+        ended_ms: now_ms(),
+        ..Default::default()
+    };
+    match status {
+        Err(e) => {
+            report.outcome = Some(Outcome::Failed);
+            report.error = Some(format!("cannot wait for the process: {e}"));
+        }
+        Ok(st) => {
+            report.exit_code = st.code();
+            use std::os::unix::process::ExitStatusExt;
+            if let Some((outcome, why)) = stop {
+                report.outcome = Some(outcome);
+                report.error = Some(why);
+            } else if st.success() {
+                report.outcome = Some(Outcome::Succeeded);
+            } else {
+                report.outcome = Some(Outcome::Failed);
+                report.error = Some(match (st.code(), st.signal()) {
+                    (Some(c), _) => format!("exit code {c}"),
+                    (None, Some(s)) => format!("killed by signal {s}"),
+                    _ => "ended abnormally".into(),
+                });
+            }
+        }
+    }
+    report
+}
+
+fn humantime_ms(d: Duration) -> String {
+    if d.as_millis() < 1000 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}

@@ -1,0 +1,363 @@
+//! The worker's life: connect, hand-shake, take dispatches, report, heartbeat; when the connection
+//! drops, keep running, reconnect with backoff, reattach what still runs and resend every result
+//! the coordinator has not acknowledged.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::Result;
+use futures_util::{SinkExt, StreamExt};
+use tatzelwurm_protocol::client::{HandshakeError, handshake};
+use tatzelwurm_protocol::{
+    AttemptRef, AttemptReport, BlockType, CoordinatorToWorker, DEFAULT_MAX_FRAME, Hello,
+    MessageCodec, Outcome, Role, WorkerHello, WorkerId, WorkerToCoordinator, now_ms,
+};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::WorkerConfig;
+use crate::handlers::Handlers;
+use crate::runner::{Control, Runner};
+
+type Conn = Framed<TcpStream, MessageCodec<CoordinatorToWorker, WorkerToCoordinator>>;
+
+/// How the worker is asked to stop.
+#[derive(Clone, Default)]
+pub struct Stop {
+    /// Take nothing new, let running tasks finish (up to the drain grace), then exit.
+    pub drain: CancellationToken,
+    /// Hand back what runs and exit now.
+    pub now: CancellationToken,
+}
+
+struct State {
+    cfg: WorkerConfig,
+    handlers: Handlers,
+    runner: Runner,
+    id: Option<WorkerId>,
+    running: HashMap<AttemptRef, mpsc::UnboundedSender<Control>>,
+    /// Attempts the coordinator told us to drop: their reports are not sent.
+    dropped: HashSet<AttemptRef>,
+    /// Finished attempts whose reports the coordinator has not acknowledged.
+    unacked: HashMap<AttemptRef, AttemptReport>,
+    draining: bool,
+    /// The heartbeat interval the coordinator asked for.
+    heartbeat: Duration,
+    drain_deadline: Option<Instant>,
+    /// Set when stopping at once: exit by then even with undelivered reports.
+    exit_deadline: Option<Instant>,
+}
+
+/// Why a connection ended.
+enum End {
+    Lost(String),
+    Done,
+}
+
+/// Runs a worker until it is stopped (see [`Stop`]) and everything it ran is acknowledged.
+pub async fn run(cfg: WorkerConfig, handlers: Handlers, stop: Stop) -> Result<()> {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let sync_slots = (cfg.block == BlockType::Sync).then_some(cfg.slots);
+    let runner = Runner::new(handlers.clone(), sync_slots, cfg.kill_grace, done_tx);
+    let mut st = State {
+        cfg,
+        handlers,
+        runner,
+        id: None,
+        running: HashMap::new(),
+        dropped: HashSet::new(),
+        unacked: HashMap::new(),
+        draining: false,
+        heartbeat: Duration::from_secs(5),
+        drain_deadline: None,
+        exit_deadline: None,
+    };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if st.finished() {
+            info!("nothing left to run or report; exiting");
+            return Ok(());
+        }
+        match connect(&mut st).await {
+            Ok(conn) => {
+                backoff = Duration::from_millis(100);
+                match session(&mut st, conn, &mut done_rx, &stop).await {
+                    End::Done => return Ok(()),
+                    End::Lost(why) => {
+                        warn!(reason = %why, running = st.running.len(), unacked = st.unacked.len(), "connection lost; reconnecting")
+                    }
+                }
+            }
+            Err(e) => {
+                if let Some(HandshakeError::Rejected { kind, message }) =
+                    e.downcast_ref::<HandshakeError>()
+                {
+                    if matches!(
+                        kind,
+                        tatzelwurm_protocol::RejectKind::BadToken
+                            | tatzelwurm_protocol::RejectKind::VersionMismatch
+                    ) {
+                        anyhow::bail!("the coordinator refused this worker: {message}");
+                    }
+                }
+                warn!(coordinator = %st.cfg.coordinator, error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "cannot connect");
+                // Keep collecting results and obeying signals while we wait.
+                let until = Instant::now() + backoff;
+                loop {
+                    tokio::select! {
+                        _ = sleep_until(until) => break,
+                        Some((a, r)) = done_rx.recv() => st.finished_attempt(a, r),
+                        _ = stop.drain.cancelled(), if !st.draining => st.start_drain(),
+                        _ = stop.now.cancelled(), if st.exit_deadline.is_none() => st.stop_now(),
+                        _ = async { sleep_until(st.drain_deadline.expect("guarded")).await }, if st.drain_deadline.is_some() => st.hand_back_all("drain grace ended"),
+                        _ = async { sleep_until(st.exit_deadline.expect("guarded")).await }, if st.exit_deadline.is_some() => {
+                            warn!(unreported = st.unacked.len(), "exiting with reports the coordinator never acknowledged");
+                            return Ok(());
+                        }
+                    }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn connect(st: &mut State) -> Result<Conn> {
+    let stream = TcpStream::connect(&st.cfg.coordinator).await?;
+    let _ = stream.set_nodelay(true);
+    let hello = Hello::new(
+        Role::Worker(WorkerHello {
+            block: st.cfg.block,
+            slots: st.cfg.slots,
+            name: st.cfg.name.clone(),
+            host: st.cfg.host.clone(),
+            tags: st.cfg.tags.clone(),
+            handlers: st.handlers.names(),
+            previous_id: st.id,
+        }),
+        st.cfg.codec,
+        st.cfg.token.clone(),
+    );
+    let (mut conn, welcome) =
+        handshake::<_, CoordinatorToWorker, WorkerToCoordinator>(stream, &hello, DEFAULT_MAX_FRAME)
+            .await?;
+    let id = WorkerId(welcome.peer_id);
+    if st.id.is_some_and(|old| old != id) {
+        warn!(old = %st.id.unwrap_or(id), new = %id, "the coordinator gave a new id; running tasks will be dropped if it does not know them");
+    }
+    st.id = Some(id);
+    if let Some(path) = &st.cfg.id_file {
+        let _ = std::fs::write(path, format!("{}\n", id.0));
+    }
+    info!(worker = %id, coordinator = %st.cfg.coordinator, heartbeat_ms = welcome.heartbeat_ms, "connected");
+    // Claim what runs and what finished unacknowledged, so that none of it is given to another.
+    let claims: Vec<AttemptRef> = st
+        .running
+        .keys()
+        .chain(st.unacked.keys())
+        .copied()
+        .collect();
+    if !claims.is_empty() || hello_had_id(&hello) {
+        conn.feed(WorkerToCoordinator::Reattach { running: claims })
+            .await?;
+    }
+    for (&attempt, report) in &st.unacked {
+        conn.feed(WorkerToCoordinator::Finished {
+            attempt,
+            report: report.clone(),
+        })
+        .await?;
+    }
+    if st.draining {
+        conn.feed(WorkerToCoordinator::Draining).await?;
+    }
+    conn.flush().await?;
+    st.heartbeat = Duration::from_millis(welcome.heartbeat_ms.max(10));
+    Ok(conn)
+}
+
+fn hello_had_id(h: &Hello) -> bool {
+    matches!(&h.role, Role::Worker(w) if w.previous_id.is_some())
+}
+
+impl State {
+    fn finished(&self) -> bool {
+        (self.draining || self.exit_deadline.is_some())
+            && self.running.is_empty()
+            && self.unacked.is_empty()
+    }
+
+    fn finished_attempt(&mut self, attempt: AttemptRef, report: AttemptReport) {
+        self.running.remove(&attempt);
+        if self.dropped.remove(&attempt) {
+            debug!(task = %attempt.task, "dropped attempt ended; not reported");
+            return;
+        }
+        info!(task = %attempt.task, attempt = attempt.attempt, outcome = ?report.outcome, "attempt ended");
+        self.unacked.insert(attempt, report);
+    }
+
+    fn start_drain(&mut self) {
+        info!(
+            running = self.running.len(),
+            grace_s = self.cfg.drain_grace.as_secs(),
+            "draining: taking no new tasks"
+        );
+        self.draining = true;
+        self.drain_deadline = Some(Instant::now() + self.cfg.drain_grace);
+    }
+
+    fn hand_back_all(&mut self, why: &str) {
+        self.drain_deadline = None;
+        for ctl in self.running.values() {
+            let _ = ctl.send(Control::Stop(Outcome::HandedBack, why.to_string()));
+        }
+    }
+
+    fn stop_now(&mut self) {
+        info!(
+            running = self.running.len(),
+            "stopping now: handing back what runs"
+        );
+        self.draining = true;
+        self.hand_back_all("the worker stopped");
+        self.exit_deadline = Some(Instant::now() + Duration::from_secs(3) + self.cfg.kill_grace);
+    }
+}
+
+async fn session(
+    st: &mut State,
+    mut conn: Conn,
+    done_rx: &mut mpsc::UnboundedReceiver<(AttemptRef, AttemptReport)>,
+    stop: &Stop,
+) -> End {
+    let hb = st.heartbeat;
+    let mut ticker = tokio::time::interval(hb);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_inbound = Instant::now();
+    loop {
+        if st.finished() {
+            let _ = conn.close().await;
+            info!("all reports acknowledged; exiting");
+            return End::Done;
+        }
+        let res: Result<(), String> = tokio::select! {
+            frame = conn.next() => match frame {
+                None => Err("the coordinator closed the connection".into()),
+                Some(Err(e)) => Err(format!("bad frame from the coordinator: {e}")),
+                Some(Ok(msg)) => {
+                    last_inbound = Instant::now();
+                    handle(st, &mut conn, msg).await
+                }
+            },
+            Some((a, r)) = done_rx.recv() => {
+                let send = !st.dropped.contains(&a);
+                st.finished_attempt(a, r.clone());
+                if send { conn.send(WorkerToCoordinator::Finished { attempt: a, report: r }).await.map_err(|e| e.to_string()) } else { Ok(()) }
+            }
+            _ = ticker.tick() => {
+                if last_inbound.elapsed() > hb * 4 + Duration::from_secs(2) {
+                    Err(format!("no word from the coordinator for {} ms", last_inbound.elapsed().as_millis()))
+                } else {
+                    conn.send(WorkerToCoordinator::Heartbeat { running: st.running.len() as u32 }).await.map_err(|e| e.to_string())
+                }
+            }
+            _ = stop.drain.cancelled(), if !st.draining => {
+                st.start_drain();
+                conn.send(WorkerToCoordinator::Draining).await.map_err(|e| e.to_string())
+            }
+            _ = stop.now.cancelled(), if st.exit_deadline.is_none() => {
+                st.stop_now();
+                conn.send(WorkerToCoordinator::Draining).await.map_err(|e| e.to_string())
+            }
+            _ = async { sleep_until(st.drain_deadline.expect("guarded")).await }, if st.drain_deadline.is_some() => {
+                st.hand_back_all("drain grace ended");
+                Ok(())
+            }
+            _ = async { sleep_until(st.exit_deadline.expect("guarded")).await }, if st.exit_deadline.is_some() => {
+                warn!(unreported = st.unacked.len(), "exiting with reports the coordinator never acknowledged");
+                return End::Done;
+            }
+        };
+        if let Err(why) = res {
+            return End::Lost(why);
+        }
+    }
+}
+
+async fn handle(st: &mut State, conn: &mut Conn, msg: CoordinatorToWorker) -> Result<(), String> {
+    match msg {
+        CoordinatorToWorker::Dispatch(d) => {
+            let attempt = d.attempt;
+            if st.running.contains_key(&attempt) || st.unacked.contains_key(&attempt) {
+                debug!(task = %attempt.task, "duplicate dispatch ignored");
+                return Ok(());
+            }
+            if st.draining {
+                let report = AttemptReport {
+                    outcome: Some(Outcome::HandedBack),
+                    error: Some("the worker is draining".into()),
+                    ended_ms: now_ms(),
+                    ..Default::default()
+                };
+                st.unacked.insert(attempt, report.clone());
+                return conn
+                    .send(WorkerToCoordinator::Finished { attempt, report })
+                    .await
+                    .map_err(|e| e.to_string());
+            }
+            debug!(task = %attempt.task, attempt = attempt.attempt, payload = %d.payload.describe(), "starting");
+            let ctl = st.runner.start(*d);
+            st.running.insert(attempt, ctl);
+            conn.send(WorkerToCoordinator::Started {
+                attempt,
+                at_ms: now_ms(),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        CoordinatorToWorker::Kill { attempt } => {
+            if let Some(ctl) = st.running.get(&attempt) {
+                info!(task = %attempt.task, "killing");
+                let _ = ctl.send(Control::Stop(Outcome::Killed, "killed on request".into()));
+            }
+        }
+        CoordinatorToWorker::Pause { attempt } => {
+            if let Some(ctl) = st.running.get(&attempt) {
+                let _ = ctl.send(Control::Pause);
+            }
+        }
+        CoordinatorToWorker::Resume { attempt } => {
+            if let Some(ctl) = st.running.get(&attempt) {
+                let _ = ctl.send(Control::Resume);
+            }
+        }
+        CoordinatorToWorker::Ack { attempt } => {
+            st.unacked.remove(&attempt);
+        }
+        CoordinatorToWorker::Reattached { keep, drop } => {
+            info!(kept = keep.len(), dropped = drop.len(), "reattached");
+            for a in drop {
+                if let Some(ctl) = st.running.get(&a) {
+                    st.dropped.insert(a);
+                    let _ = ctl.send(Control::Stop(
+                        Outcome::Killed,
+                        "the coordinator gave this task to another worker".into(),
+                    ));
+                }
+            }
+        }
+        CoordinatorToWorker::HeartbeatAck => {}
+        CoordinatorToWorker::Error(e) => {
+            warn!(kind = e.kind.as_str(), message = %e.message, "the coordinator refused a message")
+        }
+        CoordinatorToWorker::Shutdown { reason } => {
+            return Err(format!("the coordinator is shutting down ({reason})"));
+        }
+    }
+    Ok(())
+}
