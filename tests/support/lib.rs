@@ -1,1 +1,369 @@
-//! support
+//! Test support: starts the real `tatzelwurm`, `workwurm` and `actionwurm` binaries on loopback
+//! ports and temporary data dirs, and cleans them up. Used by the integration tests in `tests/`
+//! and by the load tool in `benches/`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// Where the workspace's binaries are: next to the running test executable's `deps` folder.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("TATZELWURM_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("exe dir");
+    if dir.ends_with("deps") {
+        dir.parent().expect("target dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// The path of one of the binaries; fails clearly when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// Which store a test coordinator uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Db {
+    /// `mem://`: fast, nothing kept.
+    Mem,
+    /// `surrealkv://` in the data dir: persistent.
+    Kv,
+}
+
+/// A running coordinator process.
+pub struct Coordinator {
+    child: Option<Child>,
+    /// `127.0.0.1:PORT` it listens on.
+    pub addr: String,
+    /// Its data dir (kept across restarts).
+    pub dir: PathBuf,
+    /// Keeps the temporary dir alive.
+    _tmp: Option<tempfile::TempDir>,
+    db: Db,
+    extra: Vec<String>,
+    /// Its stderr log file.
+    pub log: PathBuf,
+}
+
+impl Coordinator {
+    /// Starts a coordinator on a fresh temporary data dir with a 1 s lease (so fault tests are quick).
+    pub fn start(db: Db) -> Result<Coordinator> {
+        Self::start_with(db, &["--lease", "1s"])
+    }
+
+    /// Starts one with extra flags.
+    pub fn start_with(db: Db, extra: &[&str]) -> Result<Coordinator> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().to_path_buf();
+        let mut c = Coordinator {
+            child: None,
+            addr: String::new(),
+            log: dir.join("coordinator.log"),
+            dir,
+            _tmp: Some(tmp),
+            db,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        c.spawn("127.0.0.1:0")?;
+        Ok(c)
+    }
+
+    fn spawn(&mut self, listen: &str) -> Result<()> {
+        let db = match self.db {
+            Db::Mem => "mem://".to_string(),
+            Db::Kv => format!("surrealkv://{}", self.dir.join("store").display()),
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut child = Command::new(bin("tatzelwurm"))
+            .args(["--listen", listen, "--data-dir"])
+            .arg(&self.dir)
+            .args(["--db", &db])
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("cannot start tatzelwurm")?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().transpose()?.unwrap_or_default();
+        let Some(addr) = first.strip_prefix("tatzelwurm listening on ") else {
+            let _ = child.kill();
+            bail!(
+                "coordinator did not start: {first:?}; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        };
+        self.addr = addr.trim().to_string();
+        // Drain the rest of stdout in the background so the child never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        self.child = Some(child);
+        // The port is bound before the store opens: wait until it answers requests.
+        wait_for(Duration::from_secs(60), || {
+            self.try_action(&["summary"])
+                .is_ok_and(|o| o.status.success())
+        })
+        .with_context(|| format!("coordinator never answered; log:\n{}", self.log_text()))?;
+        Ok(())
+    }
+
+    /// The token file clients must present.
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.join("token")
+    }
+
+    /// The coordinator's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// `kill -9`: no flush, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        signal(c.id(), "TERM");
+        let status = c.wait().ok()?;
+        status.code()
+    }
+
+    /// Starts again on the same data dir and port.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        let addr = self.addr.clone();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn(&addr) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs `actionwurm` against this coordinator.
+    pub fn try_action(&self, args: &[&str]) -> Result<Output> {
+        Command::new(bin("actionwurm"))
+            .args(["--coordinator", &self.addr, "--token-file"])
+            .arg(self.token_file())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .context("cannot run actionwurm")
+    }
+
+    /// Runs `actionwurm` and requires success; returns stdout.
+    pub fn action(&self, args: &[&str]) -> String {
+        let out = self.try_action(args).expect("actionwurm runs");
+        assert!(
+            out.status.success(),
+            "actionwurm {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `actionwurm --json` and parses its output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.action(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    }
+
+    /// Adds tasks with `actionwurm task add ARGS` and returns their ids.
+    pub fn add(&self, args: &[&str]) -> Vec<String> {
+        let mut all = vec!["task", "add"];
+        all.extend_from_slice(args);
+        let v = self.json(&all);
+        v.as_array()
+            .expect("an array of ids")
+            .iter()
+            .map(|s| s.as_str().expect("id").to_string())
+            .collect()
+    }
+
+    /// `task show --json`.
+    pub fn show(&self, id: &str) -> Value {
+        self.json(&["task", "show", id])
+    }
+
+    /// The state of a task.
+    pub fn state(&self, id: &str) -> String {
+        self.show(id)["state"].as_str().expect("state").to_string()
+    }
+
+    /// Waits until the task reaches `state` (polling `task show`; tests may poll, the product does not).
+    pub fn wait_state(&self, id: &str, state: &str, within: Duration) {
+        let mut last = String::new();
+        let ok = wait_for(within, || {
+            last = self.state(id);
+            last == state
+        });
+        assert!(
+            ok.is_ok(),
+            "task {id} is {last}, not {state}, after {within:?}; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Starts a worker against this coordinator.
+    pub fn worker(&self, args: &[&str]) -> Worker {
+        Worker::start(&self.addr, &self.token_file(), args)
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A running worker process.
+pub struct Worker {
+    child: Option<Child>,
+    /// Its log file.
+    pub log: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Worker {
+    /// Starts `workwurm ARGS` against `addr`.
+    pub fn start(addr: &str, token_file: &Path, args: &[&str]) -> Worker {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let log = tmp.path().join("worker.log");
+        let f = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(bin("workwurm"))
+            .args(["--coordinator", addr, "--token-file"])
+            .arg(token_file)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .expect("start workwurm");
+        Worker {
+            child: Some(child),
+            log,
+            _tmp: tmp,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends a signal by name (TERM, STOP, CONT, KILL).
+    pub fn signal(&self, sig: &str) {
+        signal(self.pid(), sig);
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to exit, up to `within`; returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    self.child = None;
+                    return st.code();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_ref() {
+            signal(c.id(), "CONT");
+        }
+        self.kill9();
+    }
+}
+
+/// Sends a signal with `kill(1)`.
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+}
+
+/// Polls `cond` every 20 ms until it holds or `within` passes.
+pub fn wait_for(within: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("condition not met within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The largest number of attempts that ran at the same time, from their start and end times.
+pub fn max_overlap(intervals: &[(String, String)]) -> usize {
+    let mut points: Vec<(String, i32)> = Vec::new();
+    for (s, e) in intervals {
+        points.push((s.clone(), 1));
+        points.push((e.clone(), -1));
+    }
+    // RFC 3339 in UTC with fixed millisecond precision sorts as text; ends before starts on ties.
+    points.sort();
+    let (mut cur, mut max) = (0i32, 0i32);
+    for (_, d) in points {
+        cur += d;
+        max = max.max(cur);
+    }
+    max as usize
+}

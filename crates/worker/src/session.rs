@@ -120,7 +120,7 @@ pub async fn run(cfg: WorkerConfig, handlers: Handlers, stop: Stop) -> Result<()
                         }
                     }
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
     }

@@ -1,0 +1,324 @@
+//! `actionwurm` against a real coordinator and real workers: every command, as a table and as
+//! JSON, and every error the issue names.
+
+use std::time::Duration;
+
+use tatzelwurm_tests::{Coordinator, Db, bin};
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn add_list_show_play_pause_kill_remove() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let ids = c.add(&[
+        "--name",
+        "build",
+        "--tag",
+        "project=apollo",
+        "--priority",
+        "7",
+        "--",
+        "echo",
+        "hi",
+    ]);
+    assert_eq!(ids.len(), 1);
+    let sleepers = c.add(&["--sleep", "1h30m", "--count", "2", "--block", "sync"]);
+    assert_eq!(sleepers.len(), 2);
+    let mocks = c.add(&["-n", "3", "--scale", "2", "--block-type", "sync"]);
+    assert_eq!(mocks.len(), 3);
+
+    // Without a filter, list shows running tasks (none) and the counts line.
+    let text = c.action(&["task", "list"]);
+    assert!(text.contains("6 tasks: 6 created"), "{text}");
+    let text = c.action(&["task", "list", "--filter", "created"]);
+    assert!(
+        text.contains("echo hi")
+            && text.contains("project=apollo")
+            && text.contains("sleep 5400000ms"),
+        "{text}"
+    );
+
+    let all = c.json(&["task", "list", "--filter", "all"]);
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 6);
+    for t in all {
+        for key in [
+            "id", "state", "priority", "tags", "block", "name", "command", "attempts", "created",
+        ] {
+            assert!(t.get(key).is_some(), "missing {key} in {t}");
+        }
+    }
+    let tagged = c.json(&["task", "list", "-f", "all", "--tag", "project=apollo"]);
+    assert_eq!(tagged.as_array().unwrap().len(), 1);
+    assert_eq!(tagged[0]["priority"], 7);
+    assert_eq!(tagged[0]["tags"][0], "project=apollo");
+    assert_eq!(
+        c.json(&["task", "list", "-f", "all", "--limit", "2"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let mock = c.show(&mocks[0]);
+    assert_eq!(mock["payload"]["kind"], "sleep");
+    assert_eq!(mock["payload"]["duration_ms"], 2000);
+    assert_eq!(mock["block"], "sync");
+
+    // Show by a unique prefix; both forms.
+    let prefix = &ids[0].replace('-', "")[..30];
+    let shown = c.show(prefix);
+    assert_eq!(shown["id"], ids[0].as_str());
+    assert_eq!(shown["name"], "build");
+    assert_eq!(shown["payload"]["argv"][1], "hi");
+    assert!(shown["times"]["created"].as_str().unwrap().ends_with('Z'));
+    let text = c.action(&["task", "show", &ids[0]]);
+    assert!(
+        text.contains("build") && text.contains("created") && text.contains("echo hi"),
+        "{text}"
+    );
+
+    // Pause, play, kill, remove.
+    assert_eq!(
+        c.action(&["task", "pause", &sleepers[0]]).trim(),
+        sleepers[0]
+    );
+    assert_eq!(c.state(&sleepers[0]), "paused");
+    c.action(&["task", "play", &sleepers[0]]);
+    assert_eq!(c.state(&sleepers[0]), "ready");
+    c.action(&["task", "kill", &sleepers[0]]);
+    assert_eq!(c.state(&sleepers[0]), "killed");
+    c.action(&["task", "remove", &sleepers[0]]);
+    let out = c.try_action(&["task", "show", &sleepers[0]]).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains(&sleepers[0]),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // -a forms.
+    let played = c.action(&["-q", "task", "play", "-a"]);
+    assert_eq!(played.lines().count(), 5);
+    let paused = c.json(&["task", "pause", "--all"]);
+    assert_eq!(paused.as_array().unwrap().len(), 5);
+    c.action(&["task", "kill", "-a"]);
+    let counts = c.action(&["task", "list"]);
+    assert!(counts.contains("5 killed"), "{counts}");
+
+    let summary = c.json(&["summary"]);
+    assert_eq!(summary["counts"]["killed"], 5);
+    assert_eq!(summary["workers_connected"], 0);
+    let text = c.action(&["summary"]);
+    assert!(text.contains("0 workers connected"), "{text}");
+}
+
+#[test]
+fn workers_run_tasks_and_wait_reports_failures() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let _w = c.worker(&["--type", "async", "--name", "cli-worker", "--tag", "zone=a"]);
+    tatzelwurm_tests::wait_for(Duration::from_secs(10), || {
+        c.json(&["worker", "list"]).as_array().unwrap().len() == 1
+    })
+    .unwrap();
+    let workers = c.json(&["worker", "list"]);
+    let w = &workers[0];
+    assert_eq!(w["name"], "cli-worker");
+    assert_eq!(w["block"], "async");
+    assert_eq!(w["state"], "active");
+    assert_eq!(w["tags"][0], "zone=a");
+    for key in [
+        "id",
+        "host",
+        "slots",
+        "running",
+        "last_heartbeat",
+        "handlers",
+    ] {
+        assert!(w.get(key).is_some(), "missing {key}");
+    }
+    let table = c.action(&["worker", "list"]);
+    assert!(
+        table.contains("cli-worker") && table.contains("active"),
+        "{table}"
+    );
+
+    let ok = c.add(&[
+        "--play",
+        "--",
+        "sh",
+        "-c",
+        "echo \"index=$TATZELWURM_TASK_INDEX\"",
+    ]);
+    let wait = c.try_action(&["task", "wait", &ok[0]]).unwrap();
+    assert!(wait.status.success(), "{}", stderr_of(&wait));
+    assert_eq!(c.state(&ok[0]), "completed");
+    assert_eq!(c.show(&ok[0])["attempts"][0]["stdout_tail"], "index=\n");
+
+    let copies = c.add(&[
+        "--play",
+        "--count",
+        "3",
+        "--",
+        "sh",
+        "-c",
+        "echo $TATZELWURM_TASK_INDEX",
+    ]);
+    let bad = c.add(&["--play", "--", "false"]);
+    let mut args = vec!["task", "wait"];
+    args.extend(copies.iter().map(String::as_str));
+    args.push(&bad[0]);
+    let wait = c.try_action(&args).unwrap();
+    assert_eq!(
+        wait.status.code(),
+        Some(1),
+        "a failed task makes wait fail: {}",
+        stderr_of(&wait)
+    );
+    assert!(
+        stderr_of(&wait).contains("1 failed"),
+        "{}",
+        stderr_of(&wait)
+    );
+    let mut outs: Vec<String> = copies
+        .iter()
+        .map(|id| {
+            c.show(id)["attempts"][0]["stdout_tail"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    outs.sort();
+    assert_eq!(
+        outs,
+        vec!["0\n", "1\n", "2\n"],
+        "each copy is told its index"
+    );
+
+    let out = c.try_action(&["--json", "task", "wait", "--all"]).unwrap();
+    assert_eq!(out.status.code(), Some(1), "one of them failed");
+    let wait_all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(wait_all.as_object().unwrap().len(), 5);
+    assert_eq!(wait_all[&bad[0]], "failed");
+    let list = c.json(&["task", "list", "-f", "completed", "-f", "failed"]);
+    assert_eq!(list.as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn from_file_adds_all_lines_or_nothing() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.txt");
+    std::fs::write(&good, "# a comment\necho one\n\n{\"sleep\": \"10ms\", \"tags\": [\"k=v\"]}\n{\"custom\": \"echo\", \"data\": {\"n\": 1}}\n").unwrap();
+    assert_eq!(c.add(&["--from-file", good.to_str().unwrap()]).len(), 3);
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(
+        &bad,
+        "echo fine\n{\"sleep\": \"10ms\"}\n{\"sleep\": \"forever\"}\n",
+    )
+    .unwrap();
+    let out = c
+        .try_action(&["task", "add", "--from-file", bad.to_str().unwrap()])
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("line 3") && err.contains("nothing was added"),
+        "{err}"
+    );
+    assert_eq!(
+        c.json(&["task", "list", "-f", "all"])
+            .as_array()
+            .unwrap()
+            .len(),
+        3,
+        "nothing from the bad file"
+    );
+}
+
+#[test]
+fn errors_are_one_clear_line() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    // Unknown id.
+    let out = c.try_action(&["task", "play", "abcdef"]).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("no task with id abcdef"),
+        "{}",
+        stderr_of(&out)
+    );
+    // Not an id at all.
+    let out = c.try_action(&["task", "show", "xyz"]).unwrap();
+    assert!(
+        stderr_of(&out).contains("\"xyz\" is not a task id"),
+        "{}",
+        stderr_of(&out)
+    );
+    // Ambiguous prefix: two tasks added together share their first digits.
+    let ids = c.add(&["--sleep", "1s", "--count", "2"]);
+    let common: String = ids[0]
+        .chars()
+        .zip(ids[1].chars())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
+    let out = c.try_action(&["task", "show", &common]).unwrap();
+    assert!(stderr_of(&out).contains("ambiguous"), "{}", stderr_of(&out));
+    // Invalid operation names the id and its state.
+    c.action(&["task", "kill", &ids[0]]);
+    let out = c.try_action(&["task", "play", &ids[0]]).unwrap();
+    let err = stderr_of(&out);
+    assert!(err.contains(&ids[0]) && err.contains("killed"), "{err}");
+    // Bad flags are refused before anything is sent.
+    for args in [
+        vec!["task", "add", "--sleep", "soon"],
+        vec!["task", "add", "--priority", "high", "--", "true"],
+        vec!["task", "add", "--tag", "novalue", "--", "true"],
+        vec!["task", "add", "--block", "sideways", "--", "true"],
+        vec!["task", "list", "--filter", "sleeping"],
+        vec!["task", "add"],
+    ] {
+        let out = c.try_action(&args).unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(
+            !stderr_of(&out).trim().is_empty(),
+            "{args:?} should say why"
+        );
+    }
+    assert_eq!(
+        c.json(&["task", "list", "-f", "all"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // Unreachable coordinator: one line naming where it tried.
+    let out = std::process::Command::new(bin("actionwurm"))
+        .args(["--coordinator", "127.0.0.1:1", "task", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("127.0.0.1:1") && err.contains("refused"),
+        "{err}"
+    );
+    // Wrong token.
+    let wrong = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(wrong.path(), "0000").unwrap();
+    let out = std::process::Command::new(bin("actionwurm"))
+        .args(["--coordinator", &c.addr, "--token-file"])
+        .arg(wrong.path())
+        .args(["task", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("wrong token"),
+        "{}",
+        stderr_of(&out)
+    );
+}

@@ -1,0 +1,304 @@
+//! The real `workwurm` with the real coordinator: task kinds on both worker types, slot limits,
+//! concurrency, kill, timeout, pause/resume, reconnect without re-running, and draining.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tatzelwurm_tests::{Coordinator, Db, max_overlap, wait_for};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn attempt_intervals(c: &Coordinator, ids: &[String]) -> Vec<(String, String)> {
+    ids.iter()
+        .map(|id| {
+            let a = &c.show(id)["attempts"][0];
+            (
+                a["started"].as_str().unwrap().to_string(),
+                a["ended"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn wait_all(c: &Coordinator, ids: &[String]) -> std::process::Output {
+    let mut args = vec!["task", "wait"];
+    args.extend(ids.iter().map(String::as_str));
+    c.try_action(&args).unwrap()
+}
+
+#[test]
+fn both_worker_types_run_exec_sleep_and_custom_tasks() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let _sync = c.worker(&["--type", "sync", "--slots", "2"]);
+    let _async = c.worker(&["--type", "async", "--slots", "50"]);
+    for block in ["sync", "async"] {
+        let exec = c.add(&[
+            "--play",
+            "--block",
+            block,
+            "--",
+            "sh",
+            "-c",
+            "echo from-$0",
+            block,
+        ]);
+        let sleep = c.add(&["--play", "--block", block, "--sleep", "50ms"]);
+        let custom = c.add(&[
+            "--play",
+            "--block",
+            block,
+            "--custom",
+            "echo",
+            "--data",
+            "{\"n\": 42}",
+        ]);
+        let failing = c.add(&[
+            "--play",
+            "--block",
+            block,
+            "--custom",
+            "fail",
+            "--data",
+            "\"no luck\"",
+        ]);
+        let out = wait_all(
+            &c,
+            &[
+                exec[0].clone(),
+                sleep[0].clone(),
+                custom[0].clone(),
+                failing[0].clone(),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1), "the failing one fails");
+        let e = c.show(&exec[0]);
+        assert_eq!(e["state"], "completed");
+        assert_eq!(e["attempts"][0]["stdout_tail"], format!("from-{block}\n"));
+        assert_eq!(e["attempts"][0]["exit_code"], 0);
+        assert_eq!(c.state(&sleep[0]), "completed");
+        let cu = c.show(&custom[0]);
+        assert_eq!(cu["state"], "completed");
+        assert_eq!(cu["attempts"][0]["output"], serde_json::json!({"n": 42}));
+        assert_eq!(
+            cu["user_data"],
+            serde_json::json!({"n": 42}),
+            "the handler updated the user data"
+        );
+        let f = c.show(&failing[0]);
+        assert_eq!(f["state"], "failed");
+        assert_eq!(f["attempts"][0]["error"], "no luck");
+        // Each ran on a worker of its own type.
+        let workers = c.json(&["worker", "list"]);
+        let worker_id = e["attempts"][0]["worker"].as_str().unwrap().to_string();
+        let w = workers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["id"] == worker_id.as_str())
+            .unwrap();
+        assert_eq!(w["block"], block);
+    }
+}
+
+#[test]
+fn exec_failures_are_reported_with_their_reason() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let _w = c.worker(&["--type", "async"]);
+    let missing = c.add(&["--play", "--", "/no/such/binary-tatzelwurm"]);
+    let bad_dir = c.add(&["--play", "--cwd", "/no/such/dir", "--", "true"]);
+    let code = c.add(&[
+        "--play",
+        "--attempts",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "echo oops >&2; exit 7",
+    ]);
+    wait_all(
+        &c,
+        &[missing[0].clone(), bad_dir[0].clone(), code[0].clone()],
+    );
+    let m = c.show(&missing[0]);
+    assert_eq!(m["state"], "failed");
+    assert!(
+        m["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot start"),
+        "{m}"
+    );
+    let d = c.show(&bad_dir[0]);
+    assert!(
+        d["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("/no/such/dir"),
+        "{d}"
+    );
+    let k = c.show(&code[0]);
+    assert_eq!(k["state"], "failed");
+    assert_eq!(
+        k["attempts"].as_array().unwrap().len(),
+        2,
+        "retried once, every attempt kept"
+    );
+    for a in k["attempts"].as_array().unwrap() {
+        assert_eq!(a["exit_code"], 7);
+        assert_eq!(a["stderr_tail"], "oops\n");
+    }
+}
+
+#[test]
+fn sync_worker_never_runs_more_than_its_slots() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let _w = c.worker(&["--type", "sync", "--slots", "2"]);
+    let ids = c.add(&[
+        "--play", "--block", "sync", "--count", "6", "--sleep", "300ms",
+    ]);
+    assert!(wait_all(&c, &ids).status.success());
+    let overlap = max_overlap(&attempt_intervals(&c, &ids));
+    assert_eq!(overlap, 2, "two slots: exactly two at a time");
+}
+
+#[test]
+fn async_worker_runs_hundreds_of_sleep_tasks_at_once() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let _w = c.worker(&["--type", "async", "--slots", "400"]);
+    let ids = c.add(&["--play", "--count", "300", "--sleep", "2s"]);
+    assert!(wait_all(&c, &ids).status.success());
+    let overlap = max_overlap(&attempt_intervals(&c, &ids));
+    assert!(overlap >= 250, "only {overlap} ran at once");
+}
+
+#[test]
+fn kill_timeout_and_pause_resume_of_exec_tasks() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let _w = c.worker(&["--type", "async", "--kill-grace", "1s"]);
+    let dir = tempfile::tempdir().unwrap();
+
+    // Kill: the whole process group goes.
+    let pidfile = dir.path().join("pid");
+    let script = format!("echo $$ > {}; sleep 60", pidfile.display());
+    let killed = c.add(&["--play", "--", "sh", "-c", &script]);
+    c.wait_state(&killed[0], "running", LONG);
+    wait_for(LONG, || {
+        pidfile.exists() && !std::fs::read_to_string(&pidfile).unwrap().is_empty()
+    })
+    .unwrap();
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    c.action(&["task", "kill", &killed[0]]);
+    wait_for(LONG, || {
+        c.show(&killed[0])["attempts"][0]["outcome"] == "killed"
+    })
+    .unwrap();
+    assert_eq!(c.state(&killed[0]), "killed");
+    wait_for(Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .unwrap();
+
+    // Timeout: the attempt fails as timed out.
+    let slow = c.add(&["--play", "--timeout", "300ms", "--", "sleep", "60"]);
+    c.wait_state(&slow[0], "failed", LONG);
+    let a = &c.show(&slow[0])["attempts"][0];
+    assert_eq!(a["outcome"], "timed_out");
+    assert!(a["error"].as_str().unwrap().contains("timed out"));
+
+    // Pause and resume: SIGSTOP freezes the output, SIGCONT lets it finish.
+    let counter = dir.path().join("count");
+    let script = format!(
+        "for i in $(seq 1 20); do echo $i >> {}; sleep 0.1; done",
+        counter.display()
+    );
+    let task = c.add(&["--play", "--", "sh", "-c", &script]);
+    wait_for(LONG, || {
+        counter.exists() && std::fs::read_to_string(&counter).unwrap().lines().count() >= 2
+    })
+    .unwrap();
+    c.action(&["task", "pause", &task[0]]);
+    assert_eq!(c.state(&task[0]), "paused");
+    std::thread::sleep(Duration::from_millis(300));
+    let frozen = std::fs::read_to_string(&counter).unwrap().lines().count();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        std::fs::read_to_string(&counter).unwrap().lines().count(),
+        frozen,
+        "a paused task makes no progress"
+    );
+    assert!(frozen < 20);
+    c.action(&["task", "play", &task[0]]);
+    assert_eq!(c.state(&task[0]), "running");
+    c.wait_state(&task[0], "completed", LONG);
+    assert_eq!(
+        std::fs::read_to_string(&counter).unwrap().lines().count(),
+        20
+    );
+    assert_eq!(c.show(&task[0])["attempts"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn worker_keeps_running_through_a_coordinator_restart_and_delivers_results_once() {
+    let mut c = Coordinator::start_with(Db::Kv, &["--lease", "10s"]).unwrap();
+    let _w = c.worker(&["--type", "async"]);
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let long = format!("echo long >> {}; sleep 2; echo done", runs.display());
+    let short = format!("echo short >> {}; sleep 0.3; echo quick", runs.display());
+    let long_id = c.add(&["--play", "--", "sh", "-c", &long]);
+    let short_id = c.add(&["--play", "--", "sh", "-c", &short]);
+    c.wait_state(&long_id[0], "running", LONG);
+    c.wait_state(&short_id[0], "running", LONG);
+    c.kill9();
+    // The short task ends while the coordinator is down; its result waits in the worker.
+    std::thread::sleep(Duration::from_millis(800));
+    c.restart().unwrap();
+    c.wait_state(&short_id[0], "completed", LONG);
+    c.wait_state(&long_id[0], "completed", LONG);
+    for (id, out) in [(&long_id[0], "done\n"), (&short_id[0], "quick\n")] {
+        let t = c.show(id);
+        assert_eq!(
+            t["attempts"].as_array().unwrap().len(),
+            1,
+            "not run twice: {t}"
+        );
+        assert_eq!(t["attempts"][0]["stdout_tail"], out);
+    }
+    let lines = std::fs::read_to_string(&runs).unwrap();
+    assert_eq!(lines.lines().count(), 2, "each command ran once: {lines}");
+}
+
+#[test]
+fn sigterm_drains_and_a_second_signal_hands_back() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let mut w = c.worker(&["--type", "async", "--kill-grace", "500ms"]);
+    let t = c.add(&["--play", "--sleep", "700ms"]);
+    c.wait_state(&t[0], "running", LONG);
+    w.signal("TERM");
+    assert_eq!(
+        w.wait_exit(LONG),
+        Some(0),
+        "drained and exited 0: {}",
+        w.log_text()
+    );
+    assert_eq!(c.state(&t[0]), "completed", "the running task finished");
+
+    let mut w = c.worker(&["--type", "async", "--kill-grace", "500ms"]);
+    let t = c.add(&["--play", "--", "sleep", "60"]);
+    c.wait_state(&t[0], "running", LONG);
+    w.signal("TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    w.signal("TERM");
+    assert_eq!(
+        w.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        w.log_text()
+    );
+    let task: Value = c.show(&t[0]);
+    assert_eq!(task["state"], "ready", "handed back to the queue: {task}");
+    assert_eq!(task["attempts"][0]["outcome"], "handed_back");
+}
