@@ -91,10 +91,12 @@ impl Coordinator {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let mut child = Command::new(bin("tatzelwurm"))
-            .args(["--listen", listen, "--data-dir"])
-            .arg(&self.dir)
-            .args(["--db", &db])
+        let mut cmd = Command::new(bin("tatzelwurm"));
+        cmd.args(["--listen", listen, "--data-dir"]).arg(&self.dir);
+        if !self.extra.iter().any(|a| a == "--db") {
+            cmd.args(["--db", &db]);
+        }
+        let mut child = cmd
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

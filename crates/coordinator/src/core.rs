@@ -304,7 +304,32 @@ impl Core {
         let mut removed = batch.removed;
         removed.append(&mut self.removed);
         self.removed = removed;
-        let mut sends = batch.sends;
+        // Replies to actioners are answered now: the change was not acknowledged. It stays in
+        // memory and is written when the store recovers, so a client that retries may add twice
+        // (at-least-once); events and worker messages wait for that commit.
+        let mut sends = Vec::with_capacity(batch.sends.len());
+        for (conn, out) in batch.sends {
+            match out {
+                Out::Actioner(CoordinatorToActioner::Reply {
+                    request,
+                    body: Reply::Added { .. } | Reply::Changed { .. },
+                }) => {
+                    let e = err(
+                        ErrorKind::StoreUnavailable,
+                        "the store failed while writing this change, so it is not acknowledged; it may still be \
+                         written when the store recovers: check with `task list` before retrying",
+                    );
+                    self.immediate.push((
+                        conn,
+                        Out::Actioner(CoordinatorToActioner::Reply {
+                            request,
+                            body: Reply::Error(e),
+                        }),
+                    ));
+                }
+                other => sends.push((conn, other)),
+            }
+        }
         sends.append(&mut self.durable);
         self.durable = sends;
     }
@@ -1317,6 +1342,34 @@ mod tests {
         ));
         assert!(c.take_batch().is_none(), "nothing to write");
         assert_eq!(c.counts().iter().map(|s| s.count).sum::<u64>(), 0);
+    }
+
+    #[test]
+    fn a_failed_commit_turns_held_acknowledgements_into_errors() {
+        let mut c = core();
+        c.connect_actioner(1);
+        let tasks = vec![TaskSpec::new(Payload::Sleep { duration_ms: 1 })];
+        c.actioner(
+            1,
+            RequestId(3),
+            ActionerRequest::Add { tasks, play: true },
+            1,
+        );
+        c.connect_worker(2, hello("w", 1), 1);
+        c.schedule(1);
+        let batch = c.take_batch().unwrap();
+        c.requeue(batch);
+        let imm = c.take_immediate();
+        assert!(
+            matches!(&imm[..], [(1, Out::Actioner(CoordinatorToActioner::Reply { request: RequestId(3), body: Reply::Error(e) }))] if e.kind == ErrorKind::StoreUnavailable)
+        );
+        let retry = c.take_batch().unwrap();
+        assert_eq!(retry.tasks.len(), 1, "the change is written again");
+        assert_eq!(
+            dispatches(&retry).len(),
+            1,
+            "the dispatch still waits for a commit"
+        );
     }
 
     #[test]

@@ -1,0 +1,187 @@
+//! The real coordinator with `mem://` and with `surrealkv://` on disk: the task life, a graceful
+//! restart that keeps every task with its state, attempts and output, and `kill -9` while tasks are
+//! being added and run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tatzelwurm_tests::{Coordinator, Db, wait_for};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn life(db: Db) {
+    let c = Coordinator::start(db).unwrap();
+    let _w = c.worker(&["--type", "async"]);
+    let id = c.add(&["--", "sh", "-c", "echo life"]);
+    assert_eq!(c.state(&id[0]), "created");
+    c.action(&["task", "play", &id[0]]);
+    c.wait_state(&id[0], "completed", LONG);
+    let t = c.show(&id[0]);
+    let times = &t["times"];
+    for stage in ["created", "ready", "assigned", "running", "ended"] {
+        assert!(times[stage].is_string(), "stage {stage} has no time: {t}");
+    }
+    assert_eq!(t["attempts"][0]["outcome"], "succeeded");
+    assert_eq!(t["attempts"][0]["stdout_tail"], "life\n");
+}
+
+#[test]
+fn task_life_with_mem_store() {
+    life(Db::Mem);
+}
+
+#[test]
+fn task_life_with_surrealkv_store() {
+    life(Db::Kv);
+}
+
+/// Everything a restart must keep, without the fields that change by themselves.
+fn snapshot(c: &Coordinator) -> Vec<Value> {
+    let list = c.json(&["task", "list", "-f", "all"]);
+    let mut out: Vec<Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| c.show(t["id"].as_str().unwrap()))
+        .collect();
+    out.sort_by_key(|t| t["id"].as_str().unwrap().to_string());
+    out
+}
+
+#[test]
+fn graceful_restart_keeps_every_task_with_attempts_and_output() {
+    let mut c = Coordinator::start(Db::Kv).unwrap();
+    let mut w = c.worker(&["--type", "async"]);
+    let done = c.add(&[
+        "--play",
+        "--name",
+        "ok",
+        "--tag",
+        "k=v",
+        "--",
+        "sh",
+        "-c",
+        "echo kept-output; echo err >&2",
+    ]);
+    let failed = c.add(&["--play", "--attempts", "2", "--", "sh", "-c", "exit 4"]);
+    let custom = c.add(&[
+        "--play",
+        "--custom",
+        "echo",
+        "--data",
+        "{\"a\": [1, 2]}",
+        "--user-key",
+        "step",
+    ]);
+    c.action(&["task", "wait", &done[0], &custom[0]]);
+    c.wait_state(&failed[0], "failed", LONG);
+    let created = c.add(&["--sleep", "1s", "--priority", "-3"]);
+    let paused = c.add(&["--sleep", "1s"]);
+    c.action(&["task", "pause", &paused[0]]);
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LONG), Some(0));
+
+    let before = snapshot(&c);
+    assert_eq!(before.len(), 5);
+    assert_eq!(c.terminate(), Some(0), "SIGTERM exits 0");
+    assert!(c.log_text().contains("stopped"));
+    c.restart().unwrap();
+    let after = snapshot(&c);
+    assert_eq!(
+        before, after,
+        "every task, state, attempt and output survives a restart"
+    );
+    assert_eq!(c.state(&created[0]), "created");
+    assert_eq!(c.state(&paused[0]), "paused");
+    let f = c.show(&failed[0]);
+    assert_eq!(f["attempts"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        c.show(&done[0])["attempts"][0]["stdout_tail"],
+        "kept-output\n"
+    );
+    assert_eq!(c.show(&done[0])["attempts"][0]["stderr_tail"], "err\n");
+    // The restarted coordinator keeps working on the same tables.
+    let _w2 = c.worker(&["--type", "async"]);
+    c.action(&["task", "play", &created[0]]);
+    c.wait_state(&created[0], "completed", LONG);
+}
+
+#[test]
+fn kill9_while_adding_and_running_loses_no_acknowledged_task() {
+    let mut c = Coordinator::start_with(Db::Kv, &["--lease", "10s"]).unwrap();
+    let _w = c.worker(&["--type", "async", "--slots", "8"]);
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    // Long tasks that are running when the coordinator dies.
+    let script = format!("echo $TATZELWURM_TASK_ID >> {}; sleep 2", runs.display());
+    let running = c.add(&["--play", "--count", "3", "--", "sh", "-c", &script]);
+    for id in &running {
+        c.wait_state(id, "running", LONG);
+    }
+    let finished = c.add(&["--play", "--sleep", "10ms"]);
+    c.wait_state(&finished[0], "completed", LONG);
+
+    // Add tasks from a client as fast as acknowledgements come, and kill -9 in the middle.
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let adder = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        let addr = c.addr.clone();
+        let token = c.token_file();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let out = std::process::Command::new(tatzelwurm_tests::bin("actionwurm"))
+                    .args(["--coordinator", &addr, "--token-file"])
+                    .arg(&token)
+                    .args(["--json", "task", "add", "--sleep", "1h", "--count", "5"])
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    let ids: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+                    acked.lock().unwrap().extend(ids);
+                }
+            }
+        })
+    };
+    wait_for(LONG, || acked.lock().unwrap().len() >= 50).unwrap();
+    c.kill9();
+    stop.store(true, Ordering::SeqCst);
+    adder.join().unwrap();
+    c.restart().unwrap();
+
+    let all: Vec<String> = c
+        .json(&["task", "list", "-f", "all"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    let acked = acked.lock().unwrap().clone();
+    let missing: Vec<&String> = acked.iter().filter(|id| !all.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged adds lost: {missing:?}",
+        missing.len()
+    );
+    assert_eq!(
+        c.state(&finished[0]),
+        "completed",
+        "finished results are kept"
+    );
+    for id in &running {
+        c.wait_state(id, "completed", LONG);
+        assert_eq!(
+            c.show(id)["attempts"].as_array().unwrap().len(),
+            1,
+            "reattached, not rerun"
+        );
+    }
+    let lines = std::fs::read_to_string(&runs).unwrap();
+    assert_eq!(
+        lines.lines().count(),
+        3,
+        "each running task ran exactly once: {lines}"
+    );
+}

@@ -1,0 +1,263 @@
+//! Faults the broker must survive, with the real binaries: a worker killed or frozen, hostile
+//! peers at every stage of a connection, and a full disk under the store.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use tatzelwurm_tests::{Coordinator, Db, wait_for};
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[test]
+fn killed_worker_tasks_run_elsewhere_after_the_lease() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let mut a = c.worker(&["--type", "async", "--name", "doomed"]);
+    let ids = c.add(&["--play", "--count", "3", "--", "sleep", "30"]);
+    for id in &ids {
+        c.wait_state(id, "running", LONG);
+    }
+    a.kill9();
+    let _b = c.worker(&["--type", "async", "--name", "survivor"]);
+    let quick = c.add(&["--play", "--sleep", "10ms"]);
+    c.wait_state(&quick[0], "completed", LONG);
+    for id in &ids {
+        // After the 1 s lease the task is dispatched again, to the survivor.
+        wait_for(LONG, || {
+            c.show(id)["attempts"].as_array().unwrap().len() == 2
+        })
+        .unwrap();
+        let t = c.show(id);
+        assert_eq!(t["attempts"][0]["outcome"], "lost");
+        assert!(
+            t["attempts"][0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("lease")
+        );
+        assert_eq!(t["attempts"][1]["worker_name"], "survivor");
+        c.action(&["task", "kill", id]);
+    }
+}
+
+#[test]
+fn frozen_worker_is_replaced_and_its_late_result_is_only_recorded() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let a = c.worker(&["--type", "async", "--name", "frozen"]);
+    let id = c.add(&["--play", "--", "sh", "-c", "sleep 1; echo from-attempt"]);
+    c.wait_state(&id[0], "running", LONG);
+    a.signal("STOP");
+    // The lease (1 s) passes: the task goes back to ready and waits for another worker.
+    wait_for(LONG, || c.show(&id[0])["attempts"][0]["outcome"] == "lost").unwrap();
+    let _b = c.worker(&["--type", "async", "--name", "fresh"]);
+    c.wait_state(&id[0], "completed", LONG);
+    a.signal("CONT");
+    wait_for(LONG, || {
+        !c.show(&id[0])["attempts"][0]["late_reports"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    })
+    .unwrap();
+    let t = c.show(&id[0]);
+    assert_eq!(t["state"], "completed");
+    assert_eq!(t["attempts"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        t["attempts"][0]["outcome"], "lost",
+        "the late result does not override: {t}"
+    );
+    assert_eq!(t["attempts"][0]["late_reports"][0]["outcome"], "succeeded");
+    assert_eq!(t["attempts"][1]["worker_name"], "fresh");
+}
+
+fn hostile(addr: &str, bytes: &[u8], then_wait: bool) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let _ = s.write_all(bytes);
+    if then_wait {
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+    }
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+#[test]
+fn hostile_peers_close_only_their_own_connection() {
+    let c = Coordinator::start_with(
+        Db::Mem,
+        &[
+            "--lease",
+            "2s",
+            "--handshake-timeout",
+            "1s",
+            "--max-frame",
+            "65536",
+        ],
+    )
+    .unwrap();
+    let _w = c.worker(&["--type", "async"]);
+    let before = c.add(&["--play", "--sleep", "10ms"]);
+    c.wait_state(&before[0], "completed", LONG);
+    let addr = c.addr.clone();
+    let token = std::fs::read_to_string(c.token_file()).unwrap();
+
+    let valid_hello = |tok: &str| {
+        // {"magic": "tatzelwurm", "version": 1, "role": {"actioner": {}}, "codec": "msgpack", "token": tok}
+        let mut b = vec![0x85, 0xa5];
+        b.extend_from_slice(b"magic");
+        b.push(0xaa);
+        b.extend_from_slice(b"tatzelwurm");
+        b.push(0xa7);
+        b.extend_from_slice(b"version");
+        b.push(0x01);
+        b.push(0xa4);
+        b.extend_from_slice(b"role");
+        b.extend_from_slice(&[0x81, 0xa8]);
+        b.extend_from_slice(b"actioner");
+        b.push(0x80);
+        b.push(0xa5);
+        b.extend_from_slice(b"codec");
+        b.push(0xa7);
+        b.extend_from_slice(b"msgpack");
+        b.push(0xa5);
+        b.extend_from_slice(b"token");
+        b.push(0xd9);
+        b.push(tok.len() as u8);
+        b.extend_from_slice(tok.as_bytes());
+        b
+    };
+    let mut rng = 0x1234_5678_9abc_def1u64;
+    let random: Vec<u8> = (0..4096)
+        .map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng as u8
+        })
+        .collect();
+
+    // Before the hello: random bytes, an oversize length, a truncated frame.
+    hostile(&addr, &random, true);
+    hostile(&addr, &0xffff_0000u32.to_be_bytes(), true);
+    hostile(&addr, &[0, 0, 0, 50, 1, 2, 3], false);
+    // In the hello: an undecodable body, a wrong token, a wrong version.
+    hostile(&addr, &frame(&[0xc1, 0xc1, 0xc1]), true);
+    hostile(&addr, &frame(&valid_hello("not-the-token")), true);
+    let mut wrong_version = valid_hello(&token);
+    let pos = wrong_version
+        .windows(8)
+        .position(|w| w == b"version\x01")
+        .unwrap();
+    wrong_version[pos + 7] = 0x63;
+    hostile(&addr, &frame(&wrong_version), true);
+    // After the hello: garbage in a valid frame, then random bytes.
+    let mut after = frame(&valid_hello(&token));
+    after.extend_from_slice(&frame(&[0x81, 0xa3, b'b', b'a', b'd', 0xc0]));
+    hostile(&addr, &after, true);
+    let mut after = frame(&valid_hello(&token));
+    after.extend_from_slice(&random);
+    hostile(&addr, &after, true);
+    // One byte a second: the handshake timeout closes it.
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for b in &frame(&valid_hello(&token))[..3] {
+        if slow.write_all(&[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(slow.read(&mut buf), Ok(0) | Err(_)),
+        "the slow peer was cut off"
+    );
+
+    // Everyone else was served throughout, and nothing was lost.
+    assert_eq!(c.state(&before[0]), "completed");
+    let after_ids = c.add(&["--play", "--sleep", "10ms"]);
+    c.wait_state(&after_ids[0], "completed", LONG);
+    let log = c.log_text();
+    for reason in [
+        "bad hello frame",
+        "bad token",
+        "protocol version mismatch",
+        "bad frame",
+        "handshake timeout",
+        "exceeds the maximum",
+    ] {
+        assert!(
+            log.contains(reason),
+            "no logged reason {reason:?} in:\n{log}"
+        );
+    }
+}
+
+/// A small tmpfs under the store: filled up, the coordinator refuses new work; freed, it
+/// accepts again. Needs root (to mount), as CI has.
+#[test]
+fn full_disk_refuses_work_then_recovers() {
+    let mnt = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .expect("mount runs");
+    assert!(
+        status.success(),
+        "this test needs to mount a tmpfs (run as root)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _guard = Unmount(mnt.path().to_path_buf());
+    let store = mnt.path().join("store");
+    let db = format!("surrealkv://{}", store.display());
+    let c = Coordinator::start_with(Db::Mem, &["--db", &db, "--lease", "5s"]).unwrap();
+    let first = c.add(&["--sleep", "1s"]);
+    // Fill the disk.
+    let filler = mnt.path().join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+    drop(f);
+    // Adds are refused (never acknowledged) while the disk is full.
+    let mut refused = 0;
+    for _ in 0..20 {
+        let out = c
+            .try_action(&["task", "add", "--sleep", "1s", "--name", &"x".repeat(4000)])
+            .unwrap();
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(err.contains("store"), "{err}");
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "a full disk must refuse work");
+    // Reads still work.
+    assert_eq!(c.state(&first[0]), "created");
+    // Free the disk: the coordinator recovers.
+    std::fs::remove_file(&filler).unwrap();
+    wait_for(LONG, || {
+        c.try_action(&["task", "add", "--sleep", "1s"])
+            .is_ok_and(|o| o.status.success())
+    })
+    .unwrap();
+    assert!(
+        c.log_text().contains("store writes again"),
+        "{}",
+        c.log_text()
+    );
+}
