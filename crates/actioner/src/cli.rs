@@ -44,6 +44,8 @@ pub struct Cli {
 }
 
 /// Top-level commands.
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Add, play, pause, kill, list, show and wait for tasks.
@@ -57,6 +59,7 @@ pub enum Command {
 }
 
 /// Task commands.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum TaskCommand {
     /// Add tasks: a command (after --), a mock sleep task, a custom task, or a file of tasks.

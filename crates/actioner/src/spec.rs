@@ -16,10 +16,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "invalid duration {s:?}: must be a non-negative number"
         ));
     }
-    if let Some(secs) = t.strip_suffix('s').and_then(|n| n.parse::<f64>().ok()) {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
-        }
+    if let Some(secs) = t.strip_suffix('s').and_then(|n| n.parse::<f64>().ok())
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        return Ok(Duration::from_secs_f64(secs));
     }
     humantime::parse_duration(t)
         .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 10ms, 2s, 1h30m)"))

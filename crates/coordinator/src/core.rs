@@ -416,15 +416,15 @@ impl Core {
         match self.conns.remove(&conn) {
             Some(Conn::Actioner) => self.subs.retain(|s| s.conn != conn),
             Some(Conn::Worker(id)) => {
-                if let Some(w) = self.workers.get_mut(&id) {
-                    if w.conn == Some(conn) {
-                        w.conn = None;
-                        w.info.state = WorkerState::Lost;
-                        w.lost_since.get_or_insert(now);
-                        info!(worker = %id, holding = w.held.len(), "worker disconnected; its lease runs");
-                        self.sched.set_accepting(id, false);
-                        self.dirty_workers.insert(id);
-                    }
+                if let Some(w) = self.workers.get_mut(&id)
+                    && w.conn == Some(conn)
+                {
+                    w.conn = None;
+                    w.info.state = WorkerState::Lost;
+                    w.lost_since.get_or_insert(now);
+                    info!(worker = %id, holding = w.held.len(), "worker disconnected; its lease runs");
+                    self.sched.set_accepting(id, false);
+                    self.dirty_workers.insert(id);
                 }
             }
             None => {}

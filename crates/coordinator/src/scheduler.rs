@@ -116,21 +116,21 @@ impl Scheduler {
     }
 
     fn unlist(&mut self, id: WorkerId) {
-        if let Some(c) = self.workers.get(&id) {
-            if let Some(set) = self.free.get_mut(&c.block) {
-                set.remove(&(c.load_key(), id));
-            }
+        if let Some(c) = self.workers.get(&id)
+            && let Some(set) = self.free.get_mut(&c.block)
+        {
+            set.remove(&(c.load_key(), id));
         }
     }
 
     fn relist(&mut self, id: WorkerId) {
-        if let Some(c) = self.workers.get(&id) {
-            if c.has_room() {
-                self.free
-                    .entry(c.block)
-                    .or_default()
-                    .insert((c.load_key(), id));
-            }
+        if let Some(c) = self.workers.get(&id)
+            && c.has_room()
+        {
+            self.free
+                .entry(c.block)
+                .or_default()
+                .insert((c.load_key(), id));
         }
     }
 

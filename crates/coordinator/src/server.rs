@@ -220,23 +220,23 @@ impl ConnCtx {
             let _ = send_reject(&mut framed, kind, message).await;
             return;
         }
-        if let Some(secret) = &self.token {
-            if !auth::token_matches(secret, &hello.token) {
-                warn!(peer = %self.peer, "closing: bad token");
-                tokio::time::sleep(self.cfg.auth_failure_delay).await;
-                let msg = if hello.token.is_empty() {
-                    "a token is required"
-                } else {
-                    "wrong token"
-                };
-                let _ = send_reject(
-                    &mut framed,
-                    RejectKind::BadToken,
-                    format!("{msg}: pass --token-file with the coordinator's token file"),
-                )
-                .await;
-                return;
-            }
+        if let Some(secret) = &self.token
+            && !auth::token_matches(secret, &hello.token)
+        {
+            warn!(peer = %self.peer, "closing: bad token");
+            tokio::time::sleep(self.cfg.auth_failure_delay).await;
+            let msg = if hello.token.is_empty() {
+                "a token is required"
+            } else {
+                "wrong token"
+            };
+            let _ = send_reject(
+                &mut framed,
+                RejectKind::BadToken,
+                format!("{msg}: pass --token-file with the coordinator's token file"),
+            )
+            .await;
+            return;
         }
         let (tx, rx) = mpsc::channel::<Out>(self.cfg.conn_queue);
         let handle = ConnHandle {
@@ -259,8 +259,7 @@ impl ConnCtx {
                     let framed = framed.map_codec(|c| {
                         c.retype::<ActionerToCoordinator, CoordinatorToActioner>(body)
                     });
-                    self.pump(framed, rx, |conn, m| Input::Actioner(conn, m))
-                        .await;
+                    self.pump(framed, rx, Input::Actioner).await;
                 }
             }
             Role::Worker(w) => {
@@ -277,8 +276,7 @@ impl ConnCtx {
                 if self.welcome(&mut framed, id.0).await.is_ok() {
                     let framed = framed
                         .map_codec(|c| c.retype::<WorkerToCoordinator, CoordinatorToWorker>(body));
-                    self.pump(framed, rx, |conn, m| Input::Worker(conn, m))
-                        .await;
+                    self.pump(framed, rx, Input::Worker).await;
                 }
             }
         }
@@ -461,19 +459,20 @@ async fn actor(
         }
         core.schedule(now_ms());
         deliver(&mut conns, core.take_immediate());
-        if commit.is_none() && retry_at.is_none() {
-            if let Some(batch) = core.take_batch() {
-                if batch.has_writes() {
-                    let store = store.clone();
-                    commit = Some(tokio::spawn(async move {
-                        let r = store
-                            .write(&batch.tasks, &batch.removed, &batch.workers)
-                            .await;
-                        (batch, r)
-                    }));
-                } else {
-                    deliver(&mut conns, batch.sends);
-                }
+        if commit.is_none()
+            && retry_at.is_none()
+            && let Some(batch) = core.take_batch()
+        {
+            if batch.has_writes() {
+                let store = store.clone();
+                commit = Some(tokio::spawn(async move {
+                    let r = store
+                        .write(&batch.tasks, &batch.removed, &batch.workers)
+                        .await;
+                    (batch, r)
+                }));
+            } else {
+                deliver(&mut conns, batch.sends);
             }
         }
         if stopping && commit.is_none() {

@@ -140,13 +140,13 @@ pub fn check_hello(hello: &Hello) -> Result<(), (RejectKind, String)> {
             ),
         ));
     }
-    if let Role::Worker(w) = &hello.role {
-        if w.slots == 0 {
-            return Err((
-                RejectKind::MalformedHello,
-                "a worker needs at least 1 slot".into(),
-            ));
-        }
+    if let Role::Worker(w) = &hello.role
+        && w.slots == 0
+    {
+        return Err((
+            RejectKind::MalformedHello,
+            "a worker needs at least 1 slot".into(),
+        ));
     }
     Ok(())
 }

@@ -204,10 +204,8 @@ async fn sleep_blocking(
         let mut paused = false;
         loop {
             let now = std::time::Instant::now();
-            if let Some(t) = timeout_at {
-                if now >= t {
-                    return timed_out(started, timeout.unwrap_or_default());
-                }
+            if timeout_at.is_some_and(|t| now >= t) {
+                return timed_out(started, timeout.unwrap_or_default());
             }
             let until_done = if paused {
                 Duration::MAX

@@ -95,14 +95,13 @@ pub async fn run(cfg: WorkerConfig, handlers: Handlers, stop: Stop) -> Result<()
             Err(e) => {
                 if let Some(HandshakeError::Rejected { kind, message }) =
                     e.downcast_ref::<HandshakeError>()
-                {
-                    if matches!(
+                    && matches!(
                         kind,
                         tatzelwurm_protocol::RejectKind::BadToken
                             | tatzelwurm_protocol::RejectKind::VersionMismatch
-                    ) {
-                        anyhow::bail!("the coordinator refused this worker: {message}");
-                    }
+                    )
+                {
+                    anyhow::bail!("the coordinator refused this worker: {message}");
                 }
                 warn!(coordinator = %st.cfg.coordinator, error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "cannot connect");
                 // Keep collecting results and obeying signals while we wait.
