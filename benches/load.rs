@@ -1,1 +1,269 @@
-fn main() {}
+//! `tatzelwurm-bench`: the end-to-end load tool. It starts a real coordinator and real workers,
+//! adds tasks through the real protocol, and reports throughput, latencies and the coordinator's
+//! peak memory. `--smoke` runs a few hundred tasks so that CI keeps it working.
+//!
+//! Build it in release mode for figures: `cargo run --release --bin tatzelwurm-bench -- --help`.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use tatzelwurm_actioner::Client;
+use tatzelwurm_protocol::{
+    ActionerRequest, BlockType, BodyCodec, CoordinatorToActioner, EventFilter, Payload, Reply,
+    RequestId, TaskId, TaskSpec, TaskState,
+};
+use tatzelwurm_tests::{Coordinator, Db, Worker};
+
+/// End-to-end load on a real coordinator and real workers.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Tasks in the throughput run.
+    #[arg(long, default_value_t = 50_000)]
+    tasks: usize,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Slots per worker.
+    #[arg(long, default_value_t = 2000)]
+    slots: u32,
+    /// Store: mem or kv (surrealkv on disk).
+    #[arg(long, default_value = "mem")]
+    db: String,
+    /// noop (sleep 0 on async workers) or exec (`true`, compared with the raw spawn rate).
+    #[arg(long, default_value = "noop")]
+    kind: String,
+    /// Tasks per add request.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Add requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    in_flight: usize,
+    /// Single tasks timed one after another for the add→result latency (0 to skip).
+    #[arg(long, default_value_t = 500)]
+    latency_samples: usize,
+    /// Only queue this many ready tasks with no worker and report the coordinator's memory.
+    #[arg(long)]
+    queue_only: Option<usize>,
+    /// A few hundred tasks, quickly: for CI.
+    #[arg(long)]
+    smoke: bool,
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Peak resident memory of a process, from /proc (kB → MB).
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// CPU seconds a process has used (user + system).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn spec(kind: &str) -> TaskSpec {
+    let payload = match kind {
+        "exec" => Payload::Exec { argv: vec!["true".into()], env: vec![], cwd: None },
+        _ => Payload::Sleep { duration_ms: 0 },
+    };
+    let mut s = TaskSpec::new(payload);
+    s.block = BlockType::Async;
+    s
+}
+
+async fn connect(c: &Coordinator) -> Result<Client> {
+    let token = std::fs::read_to_string(c.token_file())?;
+    Ok(Client::connect(&c.addr, token.trim(), BodyCodec::Bincode).await?)
+}
+
+struct Throughput {
+    tasks: usize,
+    wall: Duration,
+    add_latency: Vec<Duration>,
+    end_to_end: Vec<Duration>,
+    failed: usize,
+}
+
+/// Adds `n` tasks in pipelined batches and waits for every one to end.
+async fn throughput(c: &Coordinator, n: usize, kind: &str, batch: usize, in_flight: usize) -> Result<Throughput> {
+    let mut client = connect(c).await?;
+    client.subscribe(EventFilter { ids: vec![], tags: vec![], all: true }).await?;
+    let mut sent_at: HashMap<RequestId, (Instant, usize)> = HashMap::new();
+    let mut added_at: HashMap<TaskId, Instant> = HashMap::new();
+    let mut ended_early: HashMap<TaskId, Instant> = HashMap::new();
+    let (mut remaining, mut outstanding, mut done, mut failed) = (n, 0usize, 0usize, 0usize);
+    let mut add_latency = Vec::new();
+    let mut end_to_end = Vec::with_capacity(n);
+    let start = Instant::now();
+    while done < n {
+        while outstanding < in_flight && remaining > 0 {
+            let k = remaining.min(batch);
+            let id = client.send(ActionerRequest::Add { tasks: (0..k).map(|_| spec(kind)).collect(), play: true }).await?;
+            sent_at.insert(id, (Instant::now(), k));
+            remaining -= k;
+            outstanding += 1;
+        }
+        match client.next_message().await? {
+            CoordinatorToActioner::Reply { request, body: Reply::Added { ids } } => {
+                let (t, _) = sent_at.remove(&request).context("reply to an unknown request")?;
+                add_latency.push(t.elapsed());
+                for id in ids {
+                    if let Some(end) = ended_early.remove(&id) {
+                        end_to_end.push(end - t);
+                    } else {
+                        added_at.insert(id, t);
+                    }
+                }
+                outstanding -= 1;
+            }
+            CoordinatorToActioner::Reply { body: Reply::Error(e), .. } => bail!("add refused: {e}"),
+            CoordinatorToActioner::Event { event, .. } if event.state.is_final() => {
+                if event.state != TaskState::Completed {
+                    failed += 1;
+                }
+                match added_at.remove(&event.id) {
+                    Some(t) => end_to_end.push(t.elapsed()),
+                    None => {
+                        ended_early.insert(event.id, Instant::now());
+                    }
+                }
+                done += 1;
+            }
+            _ => {}
+        }
+    }
+    let wall = start.elapsed();
+    add_latency.sort();
+    end_to_end.sort();
+    Ok(Throughput { tasks: n, wall, add_latency, end_to_end, failed })
+}
+
+/// One task at a time: add (played), wait for its end.
+async fn latency(c: &Coordinator, samples: usize) -> Result<Vec<Duration>> {
+    let mut client = connect(c).await?;
+    client.subscribe(EventFilter { ids: vec![], tags: vec![], all: true }).await?;
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        let ids = client.add(vec![spec("noop")], true).await?;
+        loop {
+            let ev = client.next_event().await?;
+            if ev.id == ids[0] && ev.state.is_final() {
+                break;
+            }
+        }
+        out.push(t.elapsed());
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// How fast this machine spawns `true` with the given parallelism, per second.
+fn raw_spawn_rate(n: usize, parallel: usize) -> f64 {
+    let start = Instant::now();
+    let per = n.div_ceil(parallel);
+    std::thread::scope(|s| {
+        for _ in 0..parallel {
+            s.spawn(|| {
+                for _ in 0..per {
+                    let _ = Command::new("true").status();
+                }
+            });
+        }
+    });
+    (per * parallel) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn report(name: &str, r: &Throughput) {
+    let rate = r.tasks as f64 / r.wall.as_secs_f64();
+    println!("{name}: {} tasks in {:.2} s = {rate:.0} tasks/s ({} failed)", r.tasks, r.wall.as_secs_f64(), r.failed);
+    println!(
+        "  add latency per request: p50 {} p99 {}; add→result per task: p50 {} p99 {}",
+        ms(pct(&r.add_latency, 0.5)),
+        ms(pct(&r.add_latency, 0.99)),
+        ms(pct(&r.end_to_end, 0.5)),
+        ms(pct(&r.end_to_end, 0.99))
+    );
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut a = Args::parse();
+    if a.smoke {
+        a.tasks = 400;
+        a.batch = 50;
+        a.latency_samples = 20;
+        a.workers = 1;
+        a.slots = 100;
+    }
+    let db = match a.db.as_str() {
+        "mem" => Db::Mem,
+        "kv" => Db::Kv,
+        other => bail!("--db must be mem or kv, not {other}"),
+    };
+    println!("machine: {} CPUs; store {}; kind {}", std::thread::available_parallelism().map_or(1, |n| n.get()), a.db, a.kind);
+
+    if let Some(n) = a.queue_only {
+        let c = Coordinator::start_with(db, &["--lease", "30s"])?;
+        let mut client = connect(&c).await?;
+        let start = Instant::now();
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(10_000);
+            client.add((0..k).map(|_| spec("noop")).collect(), true).await?;
+            left -= k;
+        }
+        println!("queued {n} ready tasks in {:.1} s; coordinator peak RSS {:.0} MB", start.elapsed().as_secs_f64(), peak_rss_mb(c.pid()));
+        return Ok(());
+    }
+
+    let c = Coordinator::start_with(db, &["--lease", "30s"])?;
+    let slots = a.slots.to_string();
+    let workers: Vec<Worker> = (0..a.workers).map(|_| c.worker(&["--type", "async", "--slots", &slots])).collect();
+    tatzelwurm_tests::wait_for(Duration::from_secs(30), || {
+        c.json(&["worker", "list"]).as_array().is_some_and(|w| w.len() == a.workers)
+    })?;
+    let cpu0 = cpu_seconds(c.pid());
+    let r = throughput(&c, a.tasks, &a.kind, a.batch, a.in_flight).await?;
+    let cpu = cpu_seconds(c.pid()) - cpu0;
+    report(&format!("throughput ({}, {})", a.kind, a.db), &r);
+    println!("  coordinator CPU {:.2} s ({:.0}% of one core)", cpu, 100.0 * cpu / r.wall.as_secs_f64());
+    if a.kind == "exec" {
+        // The same parallelism as the workers' slots, capped at 64 spawning threads.
+        let parallel = (a.workers * a.slots as usize).clamp(1, 64);
+        let raw = raw_spawn_rate(a.tasks, parallel);
+        let rate = r.tasks as f64 / r.wall.as_secs_f64();
+        println!("  raw spawn rate of `true`: {raw:.0}/s; ratio {:.2}", rate / raw);
+    }
+    if a.latency_samples > 0 {
+        let l = latency(&c, a.latency_samples).await?;
+        println!("single task add→result ({} samples): p50 {} p99 {}", l.len(), ms(pct(&l, 0.5)), ms(pct(&l, 0.99)));
+    }
+    println!("coordinator peak RSS {:.0} MB", peak_rss_mb(c.pid()));
+    drop(workers);
+    if r.failed > 0 {
+        bail!("{} tasks failed", r.failed);
+    }
+    Ok(())
+}

@@ -104,6 +104,19 @@ impl Client {
         Ok(request)
     }
 
+    /// The next message of any kind (buffered events first), for clients that pipeline requests
+    /// and read replies and events as they come.
+    pub async fn next_message(&mut self) -> Result<CoordinatorToActioner, ClientError> {
+        if let Some(event) = self.events.pop_front() {
+            return Ok(CoordinatorToActioner::Event { subscription: RequestId(0), event });
+        }
+        match self.framed.next().await {
+            None => Err(ClientError::Closed(String::new())),
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok(m)) => Ok(m),
+        }
+    }
+
     /// Waits for the next reply (to any request), buffering events that arrive first.
     pub async fn next_reply(&mut self) -> Result<(RequestId, Reply), ClientError> {
         loop {
