@@ -14,9 +14,16 @@ use tokio_util::codec::Decoder;
 
 fn dispatch() -> CoordinatorToWorker {
     CoordinatorToWorker::Dispatch(Box::new(Dispatch {
-        attempt: AttemptRef { task: TaskId::new(), attempt: 1 },
+        attempt: AttemptRef {
+            task: TaskId::new(),
+            attempt: 1,
+        },
         name: Some("sim-42".into()),
-        payload: Payload::Exec { argv: vec!["./simulate".into(), "--seed".into(), "42".into()], env: vec![], cwd: None },
+        payload: Payload::Exec {
+            argv: vec!["./simulate".into(), "--seed".into(), "42".into()],
+            env: vec![],
+            cwd: None,
+        },
         timeout_ms: Some(60_000),
         user_key: None,
         user_data: Data::encode(&serde_json::json!({"step": 1})).unwrap(),
@@ -25,7 +32,10 @@ fn dispatch() -> CoordinatorToWorker {
 
 fn result() -> WorkerToCoordinator {
     WorkerToCoordinator::Finished {
-        attempt: AttemptRef { task: TaskId::new(), attempt: 1 },
+        attempt: AttemptRef {
+            task: TaskId::new(),
+            attempt: 1,
+        },
         report: AttemptReport {
             outcome: Some(Outcome::Succeeded),
             exit_code: Some(0),

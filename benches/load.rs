@@ -78,13 +78,18 @@ fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
 }
 
 fn spec(kind: &str) -> TaskSpec {
     let payload = match kind {
-        "exec" => Payload::Exec { argv: vec!["true".into()], env: vec![], cwd: None },
+        "exec" => Payload::Exec {
+            argv: vec!["true".into()],
+            env: vec![],
+            cwd: None,
+        },
         _ => Payload::Sleep { duration_ms: 0 },
     };
     let mut s = TaskSpec::new(payload);
@@ -106,9 +111,21 @@ struct Throughput {
 }
 
 /// Adds `n` tasks in pipelined batches and waits for every one to end.
-async fn throughput(c: &Coordinator, n: usize, kind: &str, batch: usize, in_flight: usize) -> Result<Throughput> {
+async fn throughput(
+    c: &Coordinator,
+    n: usize,
+    kind: &str,
+    batch: usize,
+    in_flight: usize,
+) -> Result<Throughput> {
     let mut client = connect(c).await?;
-    client.subscribe(EventFilter { ids: vec![], tags: vec![], all: true }).await?;
+    client
+        .subscribe(EventFilter {
+            ids: vec![],
+            tags: vec![],
+            all: true,
+        })
+        .await?;
     let mut sent_at: HashMap<RequestId, (Instant, usize)> = HashMap::new();
     let mut added_at: HashMap<TaskId, Instant> = HashMap::new();
     let mut ended_early: HashMap<TaskId, Instant> = HashMap::new();
@@ -119,14 +136,24 @@ async fn throughput(c: &Coordinator, n: usize, kind: &str, batch: usize, in_flig
     while done < n {
         while outstanding < in_flight && remaining > 0 {
             let k = remaining.min(batch);
-            let id = client.send(ActionerRequest::Add { tasks: (0..k).map(|_| spec(kind)).collect(), play: true }).await?;
+            let id = client
+                .send(ActionerRequest::Add {
+                    tasks: (0..k).map(|_| spec(kind)).collect(),
+                    play: true,
+                })
+                .await?;
             sent_at.insert(id, (Instant::now(), k));
             remaining -= k;
             outstanding += 1;
         }
         match client.next_message().await? {
-            CoordinatorToActioner::Reply { request, body: Reply::Added { ids } } => {
-                let (t, _) = sent_at.remove(&request).context("reply to an unknown request")?;
+            CoordinatorToActioner::Reply {
+                request,
+                body: Reply::Added { ids },
+            } => {
+                let (t, _) = sent_at
+                    .remove(&request)
+                    .context("reply to an unknown request")?;
                 add_latency.push(t.elapsed());
                 for id in ids {
                     if let Some(end) = ended_early.remove(&id) {
@@ -137,7 +164,10 @@ async fn throughput(c: &Coordinator, n: usize, kind: &str, batch: usize, in_flig
                 }
                 outstanding -= 1;
             }
-            CoordinatorToActioner::Reply { body: Reply::Error(e), .. } => bail!("add refused: {e}"),
+            CoordinatorToActioner::Reply {
+                body: Reply::Error(e),
+                ..
+            } => bail!("add refused: {e}"),
             CoordinatorToActioner::Event { event, .. } if event.state.is_final() => {
                 if event.state != TaskState::Completed {
                     failed += 1;
@@ -156,13 +186,25 @@ async fn throughput(c: &Coordinator, n: usize, kind: &str, batch: usize, in_flig
     let wall = start.elapsed();
     add_latency.sort();
     end_to_end.sort();
-    Ok(Throughput { tasks: n, wall, add_latency, end_to_end, failed })
+    Ok(Throughput {
+        tasks: n,
+        wall,
+        add_latency,
+        end_to_end,
+        failed,
+    })
 }
 
 /// One task at a time: add (played), wait for its end.
 async fn latency(c: &Coordinator, samples: usize) -> Result<Vec<Duration>> {
     let mut client = connect(c).await?;
-    client.subscribe(EventFilter { ids: vec![], tags: vec![], all: true }).await?;
+    client
+        .subscribe(EventFilter {
+            ids: vec![],
+            tags: vec![],
+            all: true,
+        })
+        .await?;
     let mut out = Vec::with_capacity(samples);
     for _ in 0..samples {
         let t = Instant::now();
@@ -197,7 +239,12 @@ fn raw_spawn_rate(n: usize, parallel: usize) -> f64 {
 
 fn report(name: &str, r: &Throughput) {
     let rate = r.tasks as f64 / r.wall.as_secs_f64();
-    println!("{name}: {} tasks in {:.2} s = {rate:.0} tasks/s ({} failed)", r.tasks, r.wall.as_secs_f64(), r.failed);
+    println!(
+        "{name}: {} tasks in {:.2} s = {rate:.0} tasks/s ({} failed)",
+        r.tasks,
+        r.wall.as_secs_f64(),
+        r.failed
+    );
     println!(
         "  add latency per request: p50 {} p99 {}; add→result per task: p50 {} p99 {}",
         ms(pct(&r.add_latency, 0.5)),
@@ -222,7 +269,12 @@ async fn main() -> Result<()> {
         "kv" => Db::Kv,
         other => bail!("--db must be mem or kv, not {other}"),
     };
-    println!("machine: {} CPUs; store {}; kind {}", std::thread::available_parallelism().map_or(1, |n| n.get()), a.db, a.kind);
+    println!(
+        "machine: {} CPUs; store {}; kind {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        a.db,
+        a.kind
+    );
 
     if let Some(n) = a.queue_only {
         let c = Coordinator::start_with(db, &["--lease", "30s"])?;
@@ -231,34 +283,56 @@ async fn main() -> Result<()> {
         let mut left = n;
         while left > 0 {
             let k = left.min(10_000);
-            client.add((0..k).map(|_| spec("noop")).collect(), true).await?;
+            client
+                .add((0..k).map(|_| spec("noop")).collect(), true)
+                .await?;
             left -= k;
         }
-        println!("queued {n} ready tasks in {:.1} s; coordinator peak RSS {:.0} MB", start.elapsed().as_secs_f64(), peak_rss_mb(c.pid()));
+        println!(
+            "queued {n} ready tasks in {:.1} s; coordinator peak RSS {:.0} MB",
+            start.elapsed().as_secs_f64(),
+            peak_rss_mb(c.pid())
+        );
         return Ok(());
     }
 
     let c = Coordinator::start_with(db, &["--lease", "30s"])?;
     let slots = a.slots.to_string();
-    let workers: Vec<Worker> = (0..a.workers).map(|_| c.worker(&["--type", "async", "--slots", &slots])).collect();
+    let workers: Vec<Worker> = (0..a.workers)
+        .map(|_| c.worker(&["--type", "async", "--slots", &slots]))
+        .collect();
     tatzelwurm_tests::wait_for(Duration::from_secs(30), || {
-        c.json(&["worker", "list"]).as_array().is_some_and(|w| w.len() == a.workers)
+        c.json(&["worker", "list"])
+            .as_array()
+            .is_some_and(|w| w.len() == a.workers)
     })?;
     let cpu0 = cpu_seconds(c.pid());
     let r = throughput(&c, a.tasks, &a.kind, a.batch, a.in_flight).await?;
     let cpu = cpu_seconds(c.pid()) - cpu0;
     report(&format!("throughput ({}, {})", a.kind, a.db), &r);
-    println!("  coordinator CPU {:.2} s ({:.0}% of one core)", cpu, 100.0 * cpu / r.wall.as_secs_f64());
+    println!(
+        "  coordinator CPU {:.2} s ({:.0}% of one core)",
+        cpu,
+        100.0 * cpu / r.wall.as_secs_f64()
+    );
     if a.kind == "exec" {
         // The same parallelism as the workers' slots, capped at 64 spawning threads.
         let parallel = (a.workers * a.slots as usize).clamp(1, 64);
         let raw = raw_spawn_rate(a.tasks, parallel);
         let rate = r.tasks as f64 / r.wall.as_secs_f64();
-        println!("  raw spawn rate of `true`: {raw:.0}/s; ratio {:.2}", rate / raw);
+        println!(
+            "  raw spawn rate of `true`: {raw:.0}/s; ratio {:.2}",
+            rate / raw
+        );
     }
     if a.latency_samples > 0 {
         let l = latency(&c, a.latency_samples).await?;
-        println!("single task add→result ({} samples): p50 {} p99 {}", l.len(), ms(pct(&l, 0.5)), ms(pct(&l, 0.99)));
+        println!(
+            "single task add→result ({} samples): p50 {} p99 {}",
+            l.len(),
+            ms(pct(&l, 0.5)),
+            ms(pct(&l, 0.99))
+        );
     }
     println!("coordinator peak RSS {:.0} MB", peak_rss_mb(c.pid()));
     drop(workers);

@@ -12,7 +12,10 @@ fn dispatch_cost(c: &mut Criterion) {
     let mut group = c.benchmark_group("dispatch");
     for queued in [1_000usize, 100_000, 1_000_000] {
         let mut s = Scheduler::new();
-        let key = QueueKey { block: BlockType::Async, handler: None };
+        let key = QueueKey {
+            block: BlockType::Async,
+            handler: None,
+        };
         for i in 0..queued {
             s.enqueue(key.clone(), (i % 8) as i32, TaskId::new());
         }

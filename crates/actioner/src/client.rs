@@ -108,7 +108,10 @@ impl Client {
     /// and read replies and events as they come.
     pub async fn next_message(&mut self) -> Result<CoordinatorToActioner, ClientError> {
         if let Some(event) = self.events.pop_front() {
-            return Ok(CoordinatorToActioner::Event { subscription: RequestId(0), event });
+            return Ok(CoordinatorToActioner::Event {
+                subscription: RequestId(0),
+                event,
+            });
         }
         match self.framed.next().await {
             None => Err(ClientError::Closed(String::new())),
