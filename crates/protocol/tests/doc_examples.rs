@@ -3,7 +3,10 @@
 use tatzelwurm_protocol::*;
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn framed<T: serde::Serialize>(v: &T) -> String {
@@ -33,7 +36,12 @@ fn worker_hello() -> Hello {
 }
 
 fn welcome() -> HelloReply {
-    HelloReply::Welcome { version: 1, peer_id: 3, heartbeat_ms: 5000, lease_ms: 30000 }
+    HelloReply::Welcome {
+        version: 1,
+        peer_id: 3,
+        heartbeat_ms: 5000,
+        lease_ms: 30000,
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -43,9 +51,15 @@ struct Frame {
 
 fn dispatch() -> CoordinatorToWorker {
     CoordinatorToWorker::Dispatch(Box::new(Dispatch {
-        attempt: AttemptRef { task: example_task(), attempt: 1 },
+        attempt: AttemptRef {
+            task: example_task(),
+            attempt: 1,
+        },
         name: None,
-        payload: Payload::Custom { handler: "render".into(), data: Data::encode(&Frame { frame: 7 }).unwrap() },
+        payload: Payload::Custom {
+            handler: "render".into(),
+            data: Data::encode(&Frame { frame: 7 }).unwrap(),
+        },
         timeout_ms: None,
         user_key: None,
         user_data: Data::empty(),
@@ -54,7 +68,10 @@ fn dispatch() -> CoordinatorToWorker {
 
 fn finished() -> WorkerToCoordinator {
     WorkerToCoordinator::Finished {
-        attempt: AttemptRef { task: example_task(), attempt: 1 },
+        attempt: AttemptRef {
+            task: example_task(),
+            attempt: 1,
+        },
         report: AttemptReport {
             outcome: Some(Outcome::Succeeded),
             output: Data::encode(&Frame { frame: 7 }).unwrap(),
@@ -75,7 +92,11 @@ fn print_dumps() {
 
 #[test]
 fn doc_dumps_match_the_encoder() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/PROTOCOL.md")).unwrap();
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/PROTOCOL.md"
+    ))
+    .unwrap();
     // The doc shows each dump as lines of hex bytes, 16 to a line, each line followed by a comment.
     let dumps: Vec<String> = doc
         .split("```hexdump")
@@ -89,9 +110,22 @@ fn doc_dumps_match_the_encoder() {
                 .join(" ")
         })
         .collect();
-    let expected = [framed(&worker_hello()), framed(&welcome()), framed(&dispatch()), framed(&finished())];
-    assert_eq!(dumps.len(), expected.len(), "docs/PROTOCOL.md should hold {} hexdump blocks", expected.len());
+    let expected = [
+        framed(&worker_hello()),
+        framed(&welcome()),
+        framed(&dispatch()),
+        framed(&finished()),
+    ];
+    assert_eq!(
+        dumps.len(),
+        expected.len(),
+        "docs/PROTOCOL.md should hold {} hexdump blocks",
+        expected.len()
+    );
     for (i, (d, e)) in dumps.iter().zip(expected.iter()).enumerate() {
-        assert_eq!(d, e, "hexdump block {i} of docs/PROTOCOL.md differs from the encoder");
+        assert_eq!(
+            d, e,
+            "hexdump block {i} of docs/PROTOCOL.md differs from the encoder"
+        );
     }
 }

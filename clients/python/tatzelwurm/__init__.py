@@ -1,0 +1,18 @@
+"""Client and worker for the tatzelwurm task broker (MessagePack protocol, docs/PROTOCOL.md)."""
+
+from .client import AsyncClient, Client, custom_task, exec_task, sleep_task
+from .protocol import ProtocolError, TatzelwurmError
+from .worker import Result, Task, Worker
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ProtocolError",
+    "Result",
+    "Task",
+    "TatzelwurmError",
+    "Worker",
+    "custom_task",
+    "exec_task",
+    "sleep_task",
+]

@@ -1,0 +1,212 @@
+"""The actioner side: add, play, pause, kill, list, show and wait for tasks."""
+
+import asyncio
+import functools
+import itertools
+import uuid
+
+from .protocol import (
+    DEFAULT_ADDR,
+    ProtocolError,
+    TatzelwurmError,
+    connect,
+    decode_data,
+    decode_ids,
+    encode_data,
+    id_text,
+    read_token,
+    recv_frame,
+    send_frame,
+    tags_list,
+    to_ms,
+    variant,
+)
+
+FINAL_STATES = ("completed", "failed", "killed")
+
+
+def _spec(payload, *, name=None, block="async", priority=0, tags=None, max_attempts=1,
+          timeout=None, user_key=None, user_data=None):
+    return {
+        "name": name,
+        "block": block,
+        "priority": int(priority),
+        "tags": tags_list(tags),
+        "payload": payload,
+        "max_attempts": int(max_attempts),
+        "timeout_ms": to_ms(timeout),
+        "user_key": user_key,
+        "user_data": encode_data(user_data),
+    }
+
+
+def exec_task(argv, *, env=None, cwd=None, **options):
+    """A task that runs a command: argv, extra environment (a dict), working directory."""
+    env_list = [{"name": k, "value": str(v)} for k, v in (env or {}).items()]
+    return _spec({"exec": {"argv": [str(a) for a in argv], "env": env_list, "cwd": cwd}}, **options)
+
+
+def sleep_task(seconds, **options):
+    """The mock task: sleeps (blocking on sync workers, a timer on async ones)."""
+    return _spec({"sleep": {"duration_ms": to_ms(seconds)}}, **options)
+
+
+def custom_task(handler, data=None, **options):
+    """A task for workers serving `handler`; `data` is any MessagePack-able value."""
+    return _spec({"custom": {"handler": handler, "data": encode_data(data)}}, **options)
+
+
+def _selector(ids):
+    if ids == "all":
+        return "all"
+    return {"ids": [id_text(i) for i in ids]}
+
+
+def _decode_task(task):
+    task = decode_ids(task)
+    spec = task.get("spec")
+    if spec:
+        spec["user_data"] = decode_data(spec.get("user_data"))
+        name, body = variant(spec["payload"])
+        if name == "custom":
+            body["data"] = decode_data(body.get("data"))
+    for a in task.get("attempts", []):
+        a["output"] = decode_data(a.get("output"))
+    return task
+
+
+class Client:
+    """A blocking client. Use it as a context manager or call close()."""
+
+    def __init__(self, addr=DEFAULT_ADDR, token_file=None, token=None, timeout=30.0):
+        self.addr = addr
+        tok = token if token is not None else read_token(token_file)
+        self._sock, self.welcome = connect(addr, {"actioner": {"client": "tatzelwurm-python"}}, tok)
+        self._sock.settimeout(timeout)
+        self._ids = itertools.count(1)
+        self._events = []
+
+    def close(self):
+        self._sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _next(self):
+        try:
+            return recv_frame(self._sock)
+        except OSError as e:
+            raise ProtocolError(f"connection to {self.addr} failed: {e}") from e
+
+    def request(self, body):
+        """Sends one request and returns its reply as (name, content); errors raise."""
+        rid = next(self._ids)
+        send_frame(self._sock, {"request": rid, "body": body})
+        while True:
+            name, content = variant(self._next())
+            if name == "event":
+                self._events.append(content["event"])
+            elif name == "shutdown":
+                raise ProtocolError(f"the coordinator is shutting down: {content['reason']}")
+            elif name == "reply" and content["request"] == rid:
+                rname, rbody = variant(content["body"])
+                if rname == "error":
+                    raise TatzelwurmError(rbody["kind"], rbody["message"])
+                return rname, rbody
+
+    def add(self, *specs, play=False):
+        """Adds tasks (built with exec_task, sleep_task, custom_task); returns their ids, durable."""
+        _, body = self.request({"add": {"tasks": list(specs), "play": bool(play)}})
+        return [uuid.UUID(bytes=i) for i in body["ids"]]
+
+    def _change(self, op, ids):
+        _, body = self.request({op: {"selector": _selector(ids)}})
+        return [uuid.UUID(bytes=i) for i in body["ids"]]
+
+    def play(self, *ids):
+        """Makes tasks ready; `play("all")` plays every created or paused task."""
+        return self._change("play", ids[0] if ids == ("all",) else ids)
+
+    def pause(self, *ids):
+        return self._change("pause", ids[0] if ids == ("all",) else ids)
+
+    def kill(self, *ids):
+        return self._change("kill", ids[0] if ids == ("all",) else ids)
+
+    def remove(self, *ids):
+        return self._change("remove", ids[0] if ids == ("all",) else ids)
+
+    def list(self, states=None, tags=None, limit=None):
+        """Task summaries, newest first; `states` None means every state."""
+        _, body = self.request({"list": {"states": list(states or []), "tags": tags_list(tags), "limit": limit}})
+        return decode_ids(body["tasks"])
+
+    def counts(self):
+        _, body = self.request({"list": {"states": [], "tags": [], "limit": 0}})
+        return {c["state"]: c["count"] for c in body["counts"]}
+
+    def show(self, task_id):
+        """One task with every field and attempt; user data and outputs decoded."""
+        _, body = self.request({"show": {"id": id_text(task_id)}})
+        return _decode_task(body["task"])
+
+    def workers(self):
+        _, body = self.request("workers")
+        return body["workers"]
+
+    def summary(self):
+        _, body = self.request("summary")
+        body["counts"] = {c["state"]: c["count"] for c in body["counts"]}
+        return body
+
+    def wait(self, *ids, timeout=None):
+        """Waits until the tasks end (`wait("all")` for every current task); returns {id: state}."""
+        flt = {"ids": [], "tags": [], "all": True} if ids == ("all",) else {"ids": [id_text(i) for i in ids], "tags": [], "all": False}
+        _, body = self.request({"subscribe": {"filter": flt}})
+        states = {s["id"]: s["state"] for s in decode_ids(body["tasks"])}
+        self._sock.settimeout(timeout)
+        try:
+            while any(s not in FINAL_STATES for s in states.values()):
+                if self._events:
+                    ev = decode_ids(self._events.pop(0))
+                else:
+                    name, content = variant(self._next())
+                    if name != "event":
+                        continue
+                    ev = decode_ids(content["event"])
+                if ev["id"] in states:
+                    states[ev["id"]] = ev["state"]
+        finally:
+            self._sock.settimeout(30.0)
+        return states
+
+
+class AsyncClient:
+    """The same client for asyncio code: each call runs the blocking one in a thread."""
+
+    def __init__(self, client):
+        self._client = client
+
+    @classmethod
+    async def connect(cls, addr=DEFAULT_ADDR, token_file=None, token=None):
+        return cls(await asyncio.to_thread(Client, addr, token_file, token))
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        async def call(*args, **kwargs):
+            return await asyncio.to_thread(attr, *args, **kwargs)
+
+        return call
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        self._client.close()

@@ -1,0 +1,138 @@
+"""The Python client and worker against the real coordinator, Rust workers and actionwurm."""
+
+import asyncio
+import json
+import time
+import uuid
+
+import pytest
+
+from tatzelwurm import AsyncClient, TatzelwurmError, custom_task, exec_task, sleep_task
+
+
+def test_python_worker_runs_custom_tasks_added_by_actionwurm(coordinator):
+    coordinator.python_worker("py-1")
+    coordinator.wait_workers(1)
+    out = coordinator.actionwurm("--json", "task", "add", "--play", "--custom", "py_upper", "--data", '"hello"')
+    assert out.returncode == 0, out.stderr
+    task_id = json.loads(out.stdout)[0]
+    out = coordinator.actionwurm("task", "wait", task_id)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(coordinator.actionwurm("--json", "task", "show", task_id).stdout)
+    assert shown["state"] == "completed"
+    assert shown["attempts"][0]["output"] == "HELLO"
+    assert shown["user_data"] == {"seen": "hello", "attempt": 1}
+    workers = json.loads(coordinator.actionwurm("--json", "worker", "list").stdout)
+    assert workers[0]["name"] == "py-1"
+    assert sorted(workers[0]["handlers"]) == ["echo", "py_async", "py_fail", "py_upper"]
+
+
+def test_coroutine_handlers_and_raised_exceptions(coordinator):
+    coordinator.python_worker("py-2")
+    coordinator.wait_workers(1)
+    with coordinator.client() as c:
+        ok, bad = c.add(custom_task("py_async", {"n": 21, "sleep": 0.05}), custom_task("py_fail", [1, 2]), play=True)
+        states = c.wait(ok, bad)
+        assert states == {ok: "completed", bad: "failed"}
+        assert c.show(ok)["attempts"][0]["output"] == {"double": 42}
+        err = c.show(bad)["attempts"][0]["error"]
+        assert "ValueError" in err and "bad input [1, 2]" in err
+
+
+def test_tasks_added_by_python_run_on_a_rust_worker(coordinator):
+    coordinator.rust_worker("--type", "sync", "--slots", "2")
+    coordinator.rust_worker("--type", "async")
+    coordinator.wait_workers(2)
+    with coordinator.client() as c:
+        ids = c.add(
+            exec_task(["sh", "-c", "echo $GREETING from $PWD"], env={"GREETING": "hi"}, cwd="/tmp",
+                      name="greet", block="sync", priority=5, tags={"lang": "py"}, max_attempts=2, timeout=30),
+            sleep_task(0.05, block="async"),
+            custom_task("echo", {"k": [1, 2, 3]}, user_key="step", user_data={"v": 1}),
+            play=True,
+        )
+        assert all(isinstance(i, uuid.UUID) for i in ids)
+        assert c.wait(*ids) == {i: "completed" for i in ids}
+        greet = c.show(ids[0])
+        assert greet["attempts"][0]["stdout_tail"] == "hi from /tmp\n"
+        assert greet["spec"]["priority"] == 5 and greet["spec"]["max_attempts"] == 2
+        assert greet["spec"]["tags"] == [{"key": "lang", "value": "py"}]
+        assert c.show(ids[2])["attempts"][0]["output"] == {"k": [1, 2, 3]}
+        listed = c.list(states=["completed"], tags={"lang": "py"})
+        assert [t["id"] for t in listed] == [ids[0]]
+        assert c.counts()["completed"] == 3
+        assert c.summary()["workers_connected"] == 2
+
+
+def test_errors_round_trip_as_exceptions(coordinator):
+    with coordinator.client() as c:
+        with pytest.raises(TatzelwurmError) as e:
+            c.show("abcdef")
+        assert e.value.kind == "unknown_id" and "abcdef" in e.value.message
+        [tid] = c.add(sleep_task(1))
+        c.kill(tid)
+        with pytest.raises(TatzelwurmError) as e:
+            c.play(tid)
+        assert e.value.kind == "invalid_state" and "killed" in e.value.message
+        with pytest.raises(TatzelwurmError) as e:
+            c.add(exec_task([]))
+        assert e.value.kind == "invalid_request"
+        assert c.remove(tid) == [tid]
+    with pytest.raises(TatzelwurmError) as e:
+        from tatzelwurm import Client
+        Client(coordinator.addr, token="wrong")
+    assert e.value.kind == "bad_token"
+
+
+def test_kill_reaches_a_python_handler(coordinator):
+    coordinator.python_worker("py-3")
+    coordinator.wait_workers(1)
+    with coordinator.client() as c:
+        [tid] = c.add(custom_task("py_async", {"n": 1, "sleep": 60}), play=True)
+        deadline = time.time() + 30
+        while c.show(tid)["state"] != "running":
+            assert time.time() < deadline
+            time.sleep(0.05)
+        c.kill(tid)
+        while c.show(tid)["attempts"][0]["outcome"] is None:
+            assert time.time() < deadline
+            time.sleep(0.05)
+        t = c.show(tid)
+        assert t["state"] == "killed" and t["attempts"][0]["outcome"] == "killed"
+        # The worker is free again.
+        [ok] = c.add(custom_task("py_upper", "x"), play=True)
+        assert c.wait(ok) == {ok: "completed"}
+
+
+def test_killed_python_worker_loses_no_task(coordinator):
+    doomed = coordinator.python_worker("py-doomed")
+    coordinator.wait_workers(1)
+    with coordinator.client() as c:
+        ids = c.add(*[custom_task("echo", {"sleep": 30, "i": i}) for i in range(3)], play=True)
+        deadline = time.time() + 30
+        while any(c.show(i)["state"] != "running" for i in ids):
+            assert time.time() < deadline
+            time.sleep(0.05)
+        doomed.kill()
+        doomed.wait()
+        # A Rust worker serving `echo` picks them up once the 1 s lease ends.
+        coordinator.rust_worker("--type", "async")
+        [fast] = c.add(custom_task("echo", {"i": 99}), play=True)
+        assert c.wait(fast) == {fast: "completed"}
+        states = c.wait(*ids, timeout=120)
+        assert states == {i: "completed" for i in ids}
+        for i in ids:
+            attempts = c.show(i)["attempts"]
+            assert attempts[0]["outcome"] == "lost" and attempts[-1]["outcome"] == "succeeded"
+
+
+def test_async_client(coordinator):
+    coordinator.rust_worker("--type", "async")
+
+    async def main():
+        async with await AsyncClient.connect(coordinator.addr, token_file=coordinator.token_file) as c:
+            [tid] = await c.add(sleep_task(0.01), play=True)
+            return await c.wait(tid), tid
+
+    states, tid = asyncio.run(main())
+    assert states == {tid: "completed"}
