@@ -261,3 +261,27 @@ fn full_disk_refuses_work_then_recovers() {
         c.log_text()
     );
 }
+
+#[test]
+fn connections_beyond_the_limit_are_refused_as_busy() {
+    let c = Coordinator::start_with(
+        Db::Mem,
+        &["--max-connections", "2", "--handshake-timeout", "30s"],
+    )
+    .unwrap();
+    // Two idle peers take both places.
+    let a = TcpStream::connect(&c.addr).unwrap();
+    let b = TcpStream::connect(&c.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let out = c.try_action(&["summary"]).unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("too many connections"), "{err}");
+    // A place frees when a peer leaves.
+    drop(a);
+    wait_for(LONG, || {
+        c.try_action(&["summary"]).is_ok_and(|o| o.status.success())
+    })
+    .unwrap();
+    drop(b);
+}
