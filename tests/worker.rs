@@ -190,6 +190,11 @@ fn kill_timeout_and_pause_resume_of_exec_tasks() {
         .unwrap()
         .trim()
         .to_string();
+    assert_eq!(
+        c.json(&["worker", "list"])[0]["running"],
+        1,
+        "worker list counts what the worker holds"
+    );
     c.action(&["task", "kill", &killed[0]]);
     wait_for(LONG, || {
         c.show(&killed[0])["attempts"][0]["outcome"] == "killed"

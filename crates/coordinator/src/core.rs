@@ -549,51 +549,52 @@ impl Core {
     /// Dispatches ready tasks while workers have room. Called after every batch of inputs.
     pub fn schedule(&mut self, now: u64) -> usize {
         let mut n = 0;
-        let tasks = &self.tasks;
-        let mut picks = Vec::new();
-        while let Some(pick) = self.sched.next(|id, ticket| {
-            tasks
-                .get(&id)
-                .is_some_and(|t| t.state() == TaskState::Ready && t.ticket == ticket)
-        }) {
-            picks.push(pick);
-            // Apply in chunks so that `tasks` can be borrowed again.
-            if picks.len() == 1024 {
-                break;
+        loop {
+            // Picks are gathered in chunks, then applied, so that `tasks` is borrowed by one at a time.
+            let tasks = &self.tasks;
+            let mut picks = Vec::new();
+            while picks.len() < 1024 {
+                let live = |id: TaskId, ticket: u64| {
+                    tasks
+                        .get(&id)
+                        .is_some_and(|t| t.state() == TaskState::Ready && t.ticket == ticket)
+                };
+                match self.sched.next(live) {
+                    Some(pick) => picks.push(pick),
+                    None => break,
+                }
+            }
+            if picks.is_empty() {
+                return n;
+            }
+            for (id, w) in picks {
+                let (Some(worker), Some(task)) =
+                    (self.workers.get_mut(&w), self.tasks.get_mut(&id))
+                else {
+                    continue;
+                };
+                let before = task.state();
+                let attempt = task.assign(w, &worker.info.name, now);
+                worker.held.insert(id);
+                let spec = &task.info.spec;
+                let dispatch = Dispatch {
+                    attempt,
+                    name: spec.name.clone(),
+                    payload: spec.payload.clone(),
+                    timeout_ms: spec.timeout_ms,
+                    user_key: spec.user_key.clone(),
+                    user_data: spec.user_data.clone(),
+                };
+                if let Some(conn) = worker.conn {
+                    self.durable.push((
+                        conn,
+                        Out::Worker(CoordinatorToWorker::Dispatch(Box::new(dispatch))),
+                    ));
+                }
+                self.changed(id, before, now);
+                n += 1;
             }
         }
-        for (id, w) in picks {
-            let Some(worker) = self.workers.get_mut(&w) else {
-                continue;
-            };
-            let Some(task) = self.tasks.get_mut(&id) else {
-                continue;
-            };
-            let before = task.state();
-            let attempt = task.assign(w, &worker.info.name, now);
-            worker.held.insert(id);
-            let spec = &task.info.spec;
-            let dispatch = Dispatch {
-                attempt,
-                name: spec.name.clone(),
-                payload: spec.payload.clone(),
-                timeout_ms: spec.timeout_ms,
-                user_key: spec.user_key.clone(),
-                user_data: spec.user_data.clone(),
-            };
-            if let Some(conn) = worker.conn {
-                self.durable.push((
-                    conn,
-                    Out::Worker(CoordinatorToWorker::Dispatch(Box::new(dispatch))),
-                ));
-            }
-            self.changed(id, before, now);
-            n += 1;
-        }
-        if n == 1024 {
-            n += self.schedule(now);
-        }
-        n
     }
 
     // ---- actioners ---------------------------------------------------------------------
@@ -731,7 +732,14 @@ impl Core {
                 ))
             }
             ActionerRequest::Workers => {
-                let workers = self.workers.values().map(|w| w.info.clone()).collect();
+                let workers = self
+                    .workers
+                    .values()
+                    .map(|w| WorkerInfo {
+                        running: w.held.len() as u32,
+                        ..w.info.clone()
+                    })
+                    .collect();
                 Ok((Reply::Workers { workers }, false))
             }
             ActionerRequest::Summary => {
