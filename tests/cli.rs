@@ -322,3 +322,44 @@ fn errors_are_one_clear_line() {
         stderr_of(&out)
     );
 }
+
+#[test]
+fn token_is_found_in_the_default_data_dir_and_auth_can_be_off() {
+    // A coordinator whose data dir is the default one for XDG_DATA_HOME: clients find the token.
+    let home = tempfile::tempdir().unwrap();
+    let data_dir = home.path().join("tatzelwurm");
+    let c = Coordinator::start_with(Db::Mem, &["--data-dir", data_dir.to_str().unwrap()]).unwrap();
+    let out = std::process::Command::new(bin("actionwurm"))
+        .args(["--coordinator", &c.addr, "summary"])
+        .env("XDG_DATA_HOME", home.path())
+        .env_remove("TATZELWURM_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let out = std::process::Command::new(bin("actionwurm"))
+        .args(["--coordinator", &c.addr, "summary"])
+        .env("XDG_DATA_HOME", tempfile::tempdir().unwrap().path())
+        .env_remove("TATZELWURM_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert!(
+        stderr_of(&out).contains("a token is required"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // --insecure-no-auth takes any token and says so loudly.
+    let open = Coordinator::start_with(Db::Mem, &["--insecure-no-auth"]).unwrap();
+    let out = std::process::Command::new(bin("actionwurm"))
+        .args([
+            "--coordinator",
+            &open.addr,
+            "--token-file",
+            "/dev/null",
+            "summary",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(open.log_text().contains("AUTHENTICATION IS OFF"));
+}

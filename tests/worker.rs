@@ -206,6 +206,28 @@ fn kill_timeout_and_pause_resume_of_exec_tasks() {
     })
     .unwrap();
 
+    // A command that ignores SIGTERM gets SIGKILL when the kill grace (1 s) ends.
+    let stubborn = c.add(&[
+        "--play",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; sleep 60 & wait; sleep 60",
+    ]);
+    c.wait_state(&stubborn[0], "running", LONG);
+    std::thread::sleep(Duration::from_millis(200));
+    c.action(&["task", "kill", &stubborn[0]]);
+    wait_for(Duration::from_secs(20), || {
+        c.show(&stubborn[0])["attempts"][0]["outcome"] == "killed"
+    })
+    .unwrap();
+    assert!(
+        c.show(&stubborn[0])["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("killed")
+    );
+
     // Timeout: the attempt fails as timed out.
     let slow = c.add(&["--play", "--timeout", "300ms", "--", "sleep", "60"]);
     c.wait_state(&slow[0], "failed", LONG);

@@ -92,7 +92,12 @@ impl Coordinator {
             .append(true)
             .open(&self.log)?;
         let mut cmd = Command::new(bin("tatzelwurm"));
-        cmd.args(["--listen", listen, "--data-dir"]).arg(&self.dir);
+        cmd.args(["--listen", listen]);
+        if let Some(i) = self.extra.iter().position(|a| a == "--data-dir") {
+            self.dir = PathBuf::from(&self.extra[i + 1]);
+        } else {
+            cmd.arg("--data-dir").arg(&self.dir);
+        }
         if !self.extra.iter().any(|a| a == "--db") {
             cmd.args(["--db", &db]);
         }
@@ -176,10 +181,13 @@ impl Coordinator {
 
     /// Runs `actionwurm` against this coordinator.
     pub fn try_action(&self, args: &[&str]) -> Result<Output> {
-        Command::new(bin("actionwurm"))
-            .args(["--coordinator", &self.addr, "--token-file"])
-            .arg(self.token_file())
-            .args(args)
+        let mut cmd = Command::new(bin("actionwurm"));
+        cmd.args(["--coordinator", &self.addr]);
+        // A coordinator with --insecure-no-auth has no token file.
+        if self.token_file().exists() {
+            cmd.arg("--token-file").arg(self.token_file());
+        }
+        cmd.args(args)
             .env_remove("RUST_LOG")
             .output()
             .context("cannot run actionwurm")
