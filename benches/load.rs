@@ -47,6 +47,13 @@ struct Args {
     /// Only queue this many ready tasks with no worker and report the coordinator's memory.
     #[arg(long)]
     queue_only: Option<usize>,
+    /// Also connect this many in-process workers (real TCP, the worker library), report the
+    /// coordinator's CPU while they only heartbeat, then run the throughput test with them.
+    #[arg(long, default_value_t = 0)]
+    idle_workers: usize,
+    /// Heartbeat interval the coordinator asks for (e.g. 1s), to load it with heartbeats.
+    #[arg(long, default_value = "5s")]
+    heartbeat: String,
     /// A few hundred tasks, quickly: for CI.
     #[arg(long)]
     smoke: bool,
@@ -296,15 +303,43 @@ async fn main() -> Result<()> {
         return Ok(());
     }
 
-    let c = Coordinator::start_with(db, &["--lease", "30s"])?;
+    let c = Coordinator::start_with(db, &["--lease", "30s", "--heartbeat", &a.heartbeat])?;
+    let stop = tatzelwurm_worker::session::Stop::default();
+    if a.idle_workers > 0 {
+        let token = std::fs::read_to_string(c.token_file())?.trim().to_string();
+        for i in 0..a.idle_workers {
+            let mut cfg = tatzelwurm_worker::WorkerConfig::new(c.addr.clone(), BlockType::Async);
+            cfg.token = token.clone();
+            cfg.slots = 4;
+            cfg.name = format!("bench-{i}");
+            tokio::spawn(tatzelwurm_worker::run(
+                cfg,
+                tatzelwurm_worker::Handlers::new(),
+                stop.clone(),
+            ));
+        }
+        tatzelwurm_tests::wait_for(Duration::from_secs(60), || {
+            c.json(&["summary"])["workers_connected"].as_u64() == Some(a.idle_workers as u64)
+        })?;
+        let window = Duration::from_secs(if a.smoke { 2 } else { 10 });
+        let cpu0 = cpu_seconds(c.pid());
+        tokio::time::sleep(window).await;
+        let cpu = cpu_seconds(c.pid()) - cpu0;
+        println!(
+            "{} connected workers heartbeating every {}: coordinator CPU {:.1}% of one core over {} s",
+            a.idle_workers,
+            a.heartbeat,
+            100.0 * cpu / window.as_secs_f64(),
+            window.as_secs()
+        );
+    }
     let slots = a.slots.to_string();
     let workers: Vec<Worker> = (0..a.workers)
         .map(|_| c.worker(&["--type", "async", "--slots", &slots]))
         .collect();
     tatzelwurm_tests::wait_for(Duration::from_secs(30), || {
-        c.json(&["worker", "list"])
-            .as_array()
-            .is_some_and(|w| w.len() == a.workers)
+        c.json(&["summary"])["workers_connected"].as_u64()
+            == Some((a.workers + a.idle_workers) as u64)
     })?;
     let cpu0 = cpu_seconds(c.pid());
     let r = throughput(&c, a.tasks, &a.kind, a.batch, a.in_flight).await?;
@@ -336,6 +371,7 @@ async fn main() -> Result<()> {
     }
     println!("coordinator peak RSS {:.0} MB", peak_rss_mb(c.pid()));
     drop(workers);
+    stop.now.cancel();
     if r.failed > 0 {
         bail!("{} tasks failed", r.failed);
     }
