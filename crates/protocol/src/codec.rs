@@ -20,6 +20,21 @@ pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
 
+/// The bincode configuration: standard (little-endian, varint integers) with a decode limit.
+///
+/// Without a limit, bincode allocates whatever length a peer claims for a string or a byte buffer
+/// before checking that the body holds that many bytes; a 12-byte frame could make the process
+/// abort on a failed allocation of petabytes (found by the fuzz target). With the limit, a claim
+/// larger than it fails before any allocation, so one message never costs more than the limit.
+/// bincode bodies are therefore limited to 16 MiB even when `--max-frame` allows more.
+fn bincode_config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<DEFAULT_MAX_FRAME>,
+> {
+    bincode::config::standard().with_limit::<DEFAULT_MAX_FRAME>()
+}
+
 /// How message bodies are encoded after the handshake, chosen by the client in its hello.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -52,7 +67,7 @@ impl BodyCodec {
                 rmp_serde::encode::write_named(&mut w, value).map_err(|e| e.to_string())
             }
             BodyCodec::Bincode => {
-                bincode::serde::encode_into_std_write(value, &mut w, bincode::config::standard())
+                bincode::serde::encode_into_std_write(value, &mut w, bincode_config())
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             }
@@ -93,9 +108,8 @@ impl BodyCodec {
                 Ok(value)
             }
             BodyCodec::Bincode => {
-                let (value, used) =
-                    bincode::serde::decode_from_slice(body, bincode::config::standard())
-                        .map_err(|e| err(e.to_string()))?;
+                let (value, used) = bincode::serde::decode_from_slice(body, bincode_config())
+                    .map_err(|e| err(e.to_string()))?;
                 if used != body.len() {
                     return Err(err(format!(
                         "{} trailing bytes after the message",

@@ -662,3 +662,27 @@ fn minimal_python_style_hello_decodes_with_defaults() {
 fn rmp_serde_named<T: serde::Serialize>(v: &T) -> Vec<u8> {
     BodyCodec::Msgpack.encode(v).unwrap().to_vec()
 }
+
+#[test]
+fn huge_length_claims_fail_without_allocating() {
+    // Found by the fuzz target: a bincode body claiming a petabyte-long byte string.
+    let crash: &[u8] = &[
+        0x90, 0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, 0x00, 0x00, 0xfd,
+        0x00, 0xfd, 0xff, 0x00, 0x00, 0x70, 0xff, 0x00, 0x00, 0x70,
+    ];
+    for codec in CODECS {
+        let _ = codec.decode::<ActionerToCoordinator>(crash);
+        let _ = codec.decode::<CoordinatorToWorker>(crash);
+        let _ = codec.decode::<WorkerToCoordinator>(crash);
+    }
+    // A string that claims 2^60 bytes, in both codecs.
+    let mut bin = vec![0xfd_u8]; // bincode varint marker: a u64 follows
+    bin.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    assert!(BodyCodec::Bincode.decode::<String>(&bin).is_err());
+    let mut mp = vec![0xdb]; // msgpack str32
+    mp.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert!(BodyCodec::Msgpack.decode::<String>(&mp).is_err());
+    let mut mp = vec![0xc6]; // msgpack bin32
+    mp.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert!(BodyCodec::Msgpack.decode::<Data>(&mp).is_err());
+}
