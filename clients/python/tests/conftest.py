@@ -23,17 +23,23 @@ def binary(name):
 
 
 class Coordinator:
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, db="mem://", lease="1s"):
         self.dir = str(tmp_path)
-        self.log = open(os.path.join(self.dir, "coordinator.log"), "w")
+        self.db = db if db == "mem://" else f"surrealkv://{os.path.join(self.dir, 'store')}"
+        self.lease = lease
+        self.log = open(os.path.join(self.dir, "coordinator.log"), "a")
+        self.token_file = os.path.join(self.dir, "token")
+        self.workers = []
+        self._spawn("127.0.0.1:0")
+
+    def _spawn(self, listen):
         self.proc = subprocess.Popen(
-            [binary("tatzelwurm"), "--listen", "127.0.0.1:0", "--data-dir", self.dir, "--db", "mem://", "--lease", "1s"],
+            [binary("tatzelwurm"), "--listen", listen, "--data-dir", self.dir, "--db", self.db, "--lease", self.lease],
             stdout=subprocess.PIPE, stderr=self.log, text=True,
         )
         line = self.proc.stdout.readline()
         assert line.startswith("tatzelwurm listening on "), line
         self.addr = line.split()[-1]
-        self.token_file = os.path.join(self.dir, "token")
         deadline = time.time() + 30
         while True:
             try:
@@ -44,7 +50,20 @@ class Coordinator:
                 if time.time() > deadline:
                     raise
                 time.sleep(0.05)
-        self.workers = []
+
+    def restart(self):
+        """kill -9, then start again on the same port and data dir."""
+        self.proc.kill()
+        self.proc.wait()
+        deadline = time.time() + 10
+        while True:
+            try:
+                self._spawn(self.addr)
+                return
+            except AssertionError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def client(self):
         return Client(self.addr, token_file=self.token_file)
@@ -86,5 +105,12 @@ class Coordinator:
 @pytest.fixture
 def coordinator(tmp_path):
     c = Coordinator(tmp_path)
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def durable_coordinator(tmp_path):
+    c = Coordinator(tmp_path, db="kv", lease="10s")
     yield c
     c.stop()

@@ -136,3 +136,23 @@ def test_async_client(coordinator):
 
     states, tid = asyncio.run(main())
     assert states == {tid: "completed"}
+
+
+def test_python_worker_reattaches_after_a_coordinator_restart(durable_coordinator):
+    c = durable_coordinator
+    c.python_worker("py-durable")
+    c.wait_workers(1)
+    with c.client() as cl:
+        [slow] = cl.add(custom_task("py_async", {"n": 5, "sleep": 2.0}), play=True)
+        [quick] = cl.add(custom_task("py_async", {"n": 7, "sleep": 0.3}), play=True)
+        deadline = time.time() + 30
+        while cl.show(slow)["state"] != "running" or cl.show(quick)["state"] != "running":
+            assert time.time() < deadline
+            time.sleep(0.05)
+    c.restart()  # the quick one ends while the coordinator is down
+    with c.client() as cl:
+        assert cl.wait(slow, quick, timeout=60) == {slow: "completed", quick: "completed"}
+        for tid, out in ((slow, {"double": 10}), (quick, {"double": 14})):
+            attempts = cl.show(tid)["attempts"]
+            assert len(attempts) == 1, "reattached, not run again"
+            assert attempts[0]["output"] == out
