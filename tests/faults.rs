@@ -285,3 +285,77 @@ fn connections_beyond_the_limit_are_refused_as_busy() {
     .unwrap();
     drop(b);
 }
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    kb / 1024.0
+}
+
+#[test]
+fn a_peer_that_never_reads_neither_stalls_others_nor_grows_the_coordinator() {
+    use tatzelwurm_protocol::{
+        ActionerRequest, ActionerToCoordinator, BodyCodec, Hello, RequestId, Role,
+        codec::encode_frame,
+    };
+    let c = Coordinator::start(Db::Mem).unwrap();
+    c.add(&[
+        "--count",
+        "2000",
+        "--sleep",
+        "1h",
+        "--name",
+        "a-name-to-make-each-line-longer",
+    ]);
+    let before = rss_mb(c.pid());
+    let token = std::fs::read_to_string(c.token_file()).unwrap();
+    // Hello, then 3,000 requests for the whole table (about 300 KB each), and never a read.
+    let mut out = bytes::BytesMut::new();
+    let hello = Hello::new(
+        Role::Actioner {
+            client: "never-reads".into(),
+        },
+        BodyCodec::Msgpack,
+        token.trim(),
+    );
+    encode_frame(BodyCodec::Msgpack, 1 << 20, &hello, &mut out).unwrap();
+    for i in 0..3000 {
+        let req = ActionerToCoordinator {
+            request: RequestId(i),
+            body: ActionerRequest::List {
+                states: vec![],
+                tags: vec![],
+                limit: None,
+            },
+        };
+        encode_frame(BodyCodec::Msgpack, 1 << 20, &req, &mut out).unwrap();
+    }
+    let mut silent = TcpStream::connect(&c.addr).unwrap();
+    silent
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = silent.write_all(&out);
+    std::thread::sleep(Duration::from_secs(2));
+    // Everyone else is served.
+    let _w = c.worker(&["--type", "async"]);
+    let t = c.add(&["--play", "--sleep", "10ms"]);
+    c.wait_state(&t[0], "completed", LONG);
+    assert!(c.action(&["summary"]).contains("2001 tasks"));
+    // And the coordinator holds only what the socket buffers and a few replies need, not 3,000
+    // replies (about a gigabyte).
+    let after = rss_mb(c.pid());
+    eprintln!("coordinator RSS {before:.0} MB before, {after:.0} MB after");
+    assert!(
+        after - before < 300.0,
+        "the coordinator grew from {before:.0} MB to {after:.0} MB"
+    );
+    drop(silent);
+}
