@@ -309,6 +309,7 @@ fn errors_are_one_clear_line() {
     // Wrong token.
     let wrong = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(wrong.path(), "0000").unwrap();
+    let started = std::time::Instant::now();
     let out = std::process::Command::new(bin("actionwurm"))
         .args(["--coordinator", &c.addr, "--token-file"])
         .arg(wrong.path())
@@ -320,6 +321,12 @@ fn errors_are_one_clear_line() {
         stderr_of(&out).contains("wrong token"),
         "{}",
         stderr_of(&out)
+    );
+    // A security property, not a speed: a wrong token is answered only after the fixed delay.
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "answered after {:?}",
+        started.elapsed()
     );
 }
 
