@@ -199,3 +199,56 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tatzelwurm_protocol::{Payload, StageTimes, TaskSpec, TaskState};
+
+    fn task() -> TaskInfo {
+        TaskInfo {
+            id: TaskId::new(),
+            spec: TaskSpec::new(Payload::Sleep { duration_ms: 0 }),
+            state: TaskState::Ready,
+            times: StageTimes::default(),
+            attempts: vec![],
+            worker: None,
+        }
+    }
+
+    fn opts(url: String) -> StoreOptions {
+        StoreOptions { url, user: None, pass: None, namespace: "t".into(), database: "t".into() }
+    }
+
+    #[tokio::test]
+    async fn writes_round_trip_and_removes_delete() {
+        let store = Store::open(&opts("mem://".into())).await.unwrap();
+        let mut tasks: Vec<TaskInfo> = (0..10).map(|_| task()).collect();
+        store.write(&tasks, &[], &[]).await.unwrap();
+        tasks[0].state = TaskState::Completed;
+        store.write(&tasks[..1], &[tasks[9].id], &[]).await.unwrap();
+        let (mut loaded, workers) = store.load().await.unwrap();
+        loaded.sort_by_key(|t| t.id);
+        assert_eq!(loaded, tasks[..9].to_vec());
+        assert!(workers.is_empty());
+    }
+
+    /// How many records per second the store takes, new and updated, in batches of 1,000:
+    /// `cargo test --release -p tatzelwurm-coordinator store_write_rate -- --ignored --nocapture`.
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore]
+    async fn store_write_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        for url in ["mem://".to_string(), format!("surrealkv://{}", dir.path().join("s").display())] {
+            let store = Store::open(&opts(url.clone())).await.unwrap();
+            let tasks: Vec<TaskInfo> = (0..10_000).map(|_| task()).collect();
+            for phase in ["new", "update"] {
+                let t = std::time::Instant::now();
+                for chunk in tasks.chunks(1000) {
+                    store.write(chunk, &[], &[]).await.unwrap();
+                }
+                println!("{url}: {phase}: {:.0} records/s", 10_000.0 / t.elapsed().as_secs_f64());
+            }
+        }
+    }
+}
