@@ -217,7 +217,13 @@ mod tests {
     }
 
     fn opts(url: String) -> StoreOptions {
-        StoreOptions { url, user: None, pass: None, namespace: "t".into(), database: "t".into() }
+        StoreOptions {
+            url,
+            user: None,
+            pass: None,
+            namespace: "t".into(),
+            database: "t".into(),
+        }
     }
 
     #[tokio::test]
@@ -231,24 +237,5 @@ mod tests {
         loaded.sort_by_key(|t| t.id);
         assert_eq!(loaded, tasks[..9].to_vec());
         assert!(workers.is_empty());
-    }
-
-    /// How many records per second the store takes, new and updated, in batches of 1,000:
-    /// `cargo test --release -p tatzelwurm-coordinator store_write_rate -- --ignored --nocapture`.
-    #[tokio::test(flavor = "multi_thread")]
-    #[ignore]
-    async fn store_write_rate() {
-        let dir = tempfile::tempdir().unwrap();
-        for url in ["mem://".to_string(), format!("surrealkv://{}", dir.path().join("s").display())] {
-            let store = Store::open(&opts(url.clone())).await.unwrap();
-            let tasks: Vec<TaskInfo> = (0..10_000).map(|_| task()).collect();
-            for phase in ["new", "update"] {
-                let t = std::time::Instant::now();
-                for chunk in tasks.chunks(1000) {
-                    store.write(chunk, &[], &[]).await.unwrap();
-                }
-                println!("{url}: {phase}: {:.0} records/s", 10_000.0 / t.elapsed().as_secs_f64());
-            }
-        }
     }
 }
