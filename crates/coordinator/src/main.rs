@@ -68,7 +68,11 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default},surrealdb=warn,surrealkv=warn"))
+        tracing_subscriber::EnvFilter::new(format!(
+            // The embedded engine's background tasks end with the runtime, and it reports that
+            // as errors on every clean exit: silence that one target unless RUST_LOG asks.
+            "{default},surrealdb=warn,surrealdb_core=warn,surrealdb_core::kvs::tasks=off,surrealkv=warn"
+        ))
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
