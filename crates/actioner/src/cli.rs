@@ -393,7 +393,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 print!("{}", output::task_text(&task));
             }
         }
-        Command::Task(TaskCommand::Wait(s)) => return wait(&mut client, s, &json).await,
+        Command::Task(TaskCommand::Wait(s)) => return wait(&mut client, s, json).await,
         Command::Worker(WorkerCommand::List) => {
             let workers = client.workers().await?;
             if json {
@@ -485,7 +485,7 @@ async fn change(
 }
 
 /// Waits for tasks to reach a final state, using the event stream (no polling).
-async fn wait(client: &mut Client, s: Select, json: &bool) -> Result<i32> {
+async fn wait(client: &mut Client, s: Select, json: bool) -> Result<i32> {
     let filter = EventFilter {
         ids: s.ids.clone(),
         tags: vec![],
@@ -529,7 +529,7 @@ async fn wait(client: &mut Client, s: Select, json: &bool) -> Result<i32> {
         .values()
         .filter(|s| matches!(s, TaskState::Failed | TaskState::Killed))
         .count();
-    if *json {
+    if json {
         let v: BTreeMap<String, &str> = states
             .iter()
             .map(|(k, v)| (k.to_string(), v.as_str()))

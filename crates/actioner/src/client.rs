@@ -60,7 +60,8 @@ pub fn default_token_file() -> Option<PathBuf> {
 pub struct Client {
     framed: Framed<TcpStream, MessageCodec<CoordinatorToActioner, ActionerToCoordinator>>,
     next_request: u64,
-    events: VecDeque<TaskEvent>,
+    /// Events that arrived while waiting for a reply, with their subscription.
+    events: VecDeque<(RequestId, TaskEvent)>,
 }
 
 impl Client {
@@ -107,9 +108,9 @@ impl Client {
     /// The next message of any kind (buffered events first), for clients that pipeline requests
     /// and read replies and events as they come.
     pub async fn next_message(&mut self) -> Result<CoordinatorToActioner, ClientError> {
-        if let Some(event) = self.events.pop_front() {
+        if let Some((subscription, event)) = self.events.pop_front() {
             return Ok(CoordinatorToActioner::Event {
-                subscription: RequestId(0),
+                subscription,
                 event,
             });
         }
@@ -129,9 +130,10 @@ impl Client {
                 Some(Ok(CoordinatorToActioner::Reply { request, body })) => {
                     return Ok((request, body));
                 }
-                Some(Ok(CoordinatorToActioner::Event { event, .. })) => {
-                    self.events.push_back(event)
-                }
+                Some(Ok(CoordinatorToActioner::Event {
+                    subscription,
+                    event,
+                })) => self.events.push_back((subscription, event)),
                 Some(Ok(CoordinatorToActioner::Shutdown { reason })) => {
                     return Err(ClientError::Closed(format!(": {reason}")));
                 }
@@ -228,7 +230,7 @@ impl Client {
 
     /// The next event of this connection's subscriptions.
     pub async fn next_event(&mut self) -> Result<TaskEvent, ClientError> {
-        if let Some(e) = self.events.pop_front() {
+        if let Some((_, e)) = self.events.pop_front() {
             return Ok(e);
         }
         match self.framed.next().await {
