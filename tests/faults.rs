@@ -359,3 +359,15 @@ fn a_peer_that_never_reads_neither_stalls_others_nor_grows_the_coordinator() {
     );
     drop(silent);
 }
+
+#[test]
+fn listening_beyond_loopback_works_and_is_logged() {
+    let c = Coordinator::start_with(Db::Mem, &["--listen", "0.0.0.0:0"]).unwrap();
+    let ids = c.add(&["--sleep", "1s"]);
+    assert_eq!(c.state(&ids[0]), "created");
+    assert!(c.log_text().contains("non-loopback"), "{}", c.log_text());
+    // The default is loopback only, and says nothing of the kind.
+    let local = Coordinator::start(Db::Mem).unwrap();
+    assert!(local.addr.starts_with("127.0.0.1:"));
+    assert!(!local.log_text().contains("non-loopback"));
+}

@@ -92,7 +92,10 @@ impl Coordinator {
             .append(true)
             .open(&self.log)?;
         let mut cmd = Command::new(bin("tatzelwurm"));
-        cmd.args(["--listen", listen]);
+        // An explicit --listen in the extra flags wins (the address found is then read back).
+        if !self.extra.iter().any(|a| a == "--listen") {
+            cmd.args(["--listen", listen]);
+        }
         if let Some(i) = self.extra.iter().position(|a| a == "--data-dir") {
             self.dir = PathBuf::from(&self.extra[i + 1]);
         } else {
@@ -118,7 +121,8 @@ impl Coordinator {
                 std::fs::read_to_string(&self.log).unwrap_or_default()
             );
         };
-        self.addr = addr.trim().to_string();
+        // A wildcard listener is reached through loopback.
+        self.addr = addr.trim().replace("0.0.0.0:", "127.0.0.1:");
         // Drain the rest of stdout in the background so the child never blocks on it.
         std::thread::spawn(move || for _ in lines {});
         self.child = Some(child);
