@@ -370,3 +370,50 @@ fn token_is_found_in_the_default_data_dir_and_auth_can_be_off() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(open.log_text().contains("AUTHENTICATION IS OFF"));
 }
+
+#[test]
+fn addresses_and_tokens_come_from_the_environment_and_v_logs() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let env_cmd = |program: &str| {
+        let mut cmd = std::process::Command::new(bin(program));
+        cmd.env("TATZELWURM_ADDR", &c.addr)
+            .env("TATZELWURM_TOKEN_FILE", c.token_file())
+            .env_remove("RUST_LOG");
+        cmd
+    };
+    let mut worker = env_cmd("workwurm")
+        .args(["--type", "async"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = env_cmd("actionwurm")
+        .args(["-v", "task", "add", "--play", "--sleep", "10ms"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("connected to the coordinator"),
+        "-v logs: {}",
+        stderr_of(&out)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let out = env_cmd("actionwurm")
+        .args(["task", "wait", &id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the worker found the coordinator through the environment"
+    );
+    let out = env_cmd("actionwurm")
+        .args(["task", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr_of(&out).is_empty(),
+        "no logs without -v: {}",
+        stderr_of(&out)
+    );
+    let _ = worker.kill();
+    let _ = worker.wait();
+}

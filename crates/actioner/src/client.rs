@@ -88,6 +88,7 @@ impl Client {
                     addr: addr.to_string(),
                     source,
                 })?;
+        tracing::debug!(addr, codec = codec.name(), "connected to the coordinator");
         Ok(Client {
             framed,
             next_request: 1,
