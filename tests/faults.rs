@@ -11,7 +11,7 @@ const LONG: Duration = Duration::from_secs(60);
 
 #[test]
 fn killed_worker_tasks_run_elsewhere_after_the_lease() {
-    let c = Coordinator::start(Db::Mem).unwrap();
+    let c = Coordinator::start_with(Db::Mem, &["--lease", "1s"]).unwrap();
     let mut a = c.worker(&["--type", "async", "--name", "doomed"]);
     let ids = c.add(&["--play", "--count", "3", "--", "sleep", "30"]);
     for id in &ids {
@@ -42,7 +42,7 @@ fn killed_worker_tasks_run_elsewhere_after_the_lease() {
 
 #[test]
 fn frozen_worker_is_replaced_and_its_late_result_is_only_recorded() {
-    let c = Coordinator::start(Db::Mem).unwrap();
+    let c = Coordinator::start_with(Db::Mem, &["--lease", "1s"]).unwrap();
     let a = c.worker(&["--type", "async", "--name", "frozen"]);
     let id = c.add(&["--play", "--", "sh", "-c", "sleep 1; echo from-attempt"]);
     c.wait_state(&id[0], "running", LONG);

@@ -165,7 +165,7 @@ fn sync_worker_never_runs_more_than_its_slots() {
 fn async_worker_runs_hundreds_of_sleep_tasks_at_once() {
     let c = Coordinator::start(Db::Mem).unwrap();
     let _w = c.worker(&["--type", "async", "--slots", "400"]);
-    let ids = c.add(&["--play", "--count", "300", "--sleep", "2s"]);
+    let ids = c.add(&["--play", "--count", "300", "--sleep", "3s"]);
     assert!(wait_all(&c, &ids).status.success());
     let overlap = max_overlap(&attempt_intervals(&c, &ids));
     assert!(overlap >= 250, "only {overlap} ran at once");

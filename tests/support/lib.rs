@@ -60,9 +60,10 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Starts a coordinator on a fresh temporary data dir with a 1 s lease (so fault tests are quick).
+    /// Starts a coordinator on a fresh temporary data dir with a 3 s lease: short enough for
+    /// quick tests, long enough that a busy test machine does not lose its workers.
     pub fn start(db: Db) -> Result<Coordinator> {
-        Self::start_with(db, &["--lease", "1s"])
+        Self::start_with(db, &["--lease", "3s"])
     }
 
     /// Starts one with extra flags.
