@@ -367,9 +367,20 @@ impl Core {
     /// A worker finished its handshake; returns the id it is given (its previous one when it
     /// presents one the table knows and that is not connected elsewhere).
     pub fn connect_worker(&mut self, conn: ConnId, hello: WorkerHello, now: u64) -> WorkerId {
-        let reuse = hello
-            .previous_id
-            .filter(|id| self.workers.get(id).is_some_and(|w| w.conn.is_none()));
+        let reuse = hello.previous_id.filter(|id| self.workers.contains_key(id));
+        // A worker may notice a dead connection before the coordinator does: its new connection
+        // takes over the id, and the old, half-open one is closed.
+        if let Some(old) = reuse
+            .and_then(|id| self.workers.get(&id))
+            .and_then(|w| w.conn)
+        {
+            warn!(worker = %reuse.unwrap_or(WorkerId(0)), old_conn = old, "worker reconnected over a stale connection");
+            self.conns.remove(&old);
+            self.immediate.push((
+                old,
+                Out::Close("replaced by the worker's new connection".into()),
+            ));
+        }
         let id = reuse.unwrap_or_else(|| {
             let id = WorkerId(self.next_worker);
             self.next_worker += 1;
@@ -1196,6 +1207,47 @@ mod tests {
         assert_eq!(t.attempts[0].late_reports.len(), 1);
         let batch = c.take_batch().unwrap();
         assert!(batch.sends.iter().any(|(_, o)| matches!(o, Out::Worker(CoordinatorToWorker::Reattached { keep, drop }) if keep.is_empty() && drop == &vec![claim])));
+    }
+
+    #[test]
+    fn a_reconnect_over_a_stale_connection_keeps_the_id_and_the_tasks() {
+        let mut c = core();
+        c.connect_actioner(1);
+        let ids = add(&mut c, 1, true);
+        let w = c.connect_worker(2, hello("w", 1), 10);
+        c.schedule(10);
+        c.take_batch();
+        // The coordinator has not seen connection 2 close when the worker comes back on 3.
+        let mut h = hello("w", 1);
+        h.previous_id = Some(w);
+        assert_eq!(c.connect_worker(3, h, 20), w);
+        assert!(
+            c.take_immediate()
+                .iter()
+                .any(|(conn, o)| *conn == 2 && matches!(o, Out::Close(_)))
+        );
+        let claim = AttemptRef {
+            task: ids[0],
+            attempt: 1,
+        };
+        c.worker(
+            3,
+            WorkerToCoordinator::Reattach {
+                running: vec![claim],
+            },
+            21,
+        );
+        let batch = c.take_batch().unwrap();
+        assert!(batch.sends.iter().any(|(conn, o)| *conn == 3 && matches!(o, Out::Worker(CoordinatorToWorker::Reattached { keep, .. }) if keep == &vec![claim])));
+        // The old connection's close, when it comes, changes nothing.
+        c.disconnect(2, 22);
+        assert_eq!(c.task(ids[0]).unwrap().state, TaskState::Assigned);
+        assert_eq!(
+            c.workers[&w].info.state,
+            WorkerState::Active,
+            "the worker is still connected"
+        );
+        assert_eq!(c.workers[&w].conn, Some(3));
     }
 
     #[test]
