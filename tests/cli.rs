@@ -107,6 +107,12 @@ fn add_list_show_play_pause_kill_remove() {
     let counts = c.action(&["task", "list"]);
     assert!(counts.contains("5 killed"), "{counts}");
 
+    let breakdown = c.json(&["summary", "--by-tag", "project"]);
+    assert_eq!(breakdown["key"], "project");
+    assert_eq!(breakdown["values"]["apollo"]["killed"], 1, "{breakdown}");
+    let table = c.action(&["summary", "--by-tag", "project"]);
+    assert!(table.contains("apollo") && table.contains("killed"), "{table}");
+
     let summary = c.json(&["summary"]);
     assert_eq!(summary["counts"]["killed"], 5);
     assert_eq!(summary["workers_connected"], 0);

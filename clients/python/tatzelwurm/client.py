@@ -162,6 +162,11 @@ class Client:
         body["counts"] = {c["state"]: c["count"] for c in body["counts"]}
         return body
 
+    def breakdown(self, key):
+        """Counts per state for each value of the tag `key`: {value: {state: count}}."""
+        _, body = self.request({"breakdown": {"key": key}})
+        return {v["value"]: {c["state"]: c["count"] for c in v["counts"]} for v in body["values"]}
+
     def wait(self, *ids, timeout=None):
         """Waits until the tasks end (`wait("all")` for every current task); returns {id: state}."""
         flt = {"ids": [], "tags": [], "all": True} if ids == ("all",) else {"ids": [id_text(i) for i in ids], "tags": [], "all": False}

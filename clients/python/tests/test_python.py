@@ -61,6 +61,7 @@ def test_tasks_added_by_python_run_on_a_rust_worker(coordinator):
         listed = c.list(states=["completed"], tags={"lang": "py"})
         assert [t["id"] for t in listed] == [ids[0]]
         assert c.counts()["completed"] == 3
+        assert c.breakdown("lang") == {"py": {"completed": 1}}
         assert c.summary()["workers_connected"] == 2
 
 

@@ -55,7 +55,11 @@ pub enum Command {
     #[command(subcommand)]
     Worker(WorkerCommand),
     /// Counts per state, connected workers, and tasks finished per second over the last minute.
-    Summary,
+    Summary {
+        /// Instead, counts per state for each value of this tag key.
+        #[arg(long, value_name = "KEY")]
+        by_tag: Option<String>,
+    },
 }
 
 /// Task commands.
@@ -409,31 +413,52 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 println!("{}", output::workers_table(&workers));
             }
         }
-        Command::Summary => match client.request(ActionerRequest::Summary).await? {
-            Reply::Summary {
-                counts,
-                workers_connected,
-                finished_last_minute,
-            } => {
-                let rate = finished_last_minute as f64 / 60.0;
-                if json {
-                    let v = json!({
-                        "counts": output::counts_json(&counts),
-                        "workers_connected": workers_connected,
-                        "finished_last_minute": finished_last_minute,
-                        "finished_per_second": rate,
-                    });
-                    println!("{}", serde_json::to_string_pretty(&v)?);
-                } else {
-                    println!("{}", output::counts_line(&counts));
-                    println!("{workers_connected} workers connected");
-                    println!(
-                        "{rate:.2} tasks/s finished over the last minute ({finished_last_minute} tasks)"
-                    );
+        Command::Summary { by_tag: Some(key) } => {
+            match client.request(ActionerRequest::Breakdown { key }).await? {
+                Reply::Breakdown { key, values } => {
+                    if json {
+                        let v: serde_json::Map<String, serde_json::Value> = values
+                            .iter()
+                            .map(|v| (v.value.clone(), output::counts_json(&v.counts)))
+                            .collect();
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&json!({ "key": key, "values": v }))?
+                        );
+                    } else {
+                        println!("{}", output::breakdown_table(&key, &values));
+                    }
                 }
+                other => bail!("unexpected reply: {other:?}"),
             }
-            other => bail!("unexpected reply: {other:?}"),
-        },
+        }
+        Command::Summary { by_tag: None } => {
+            match client.request(ActionerRequest::Summary).await? {
+                Reply::Summary {
+                    counts,
+                    workers_connected,
+                    finished_last_minute,
+                } => {
+                    let rate = finished_last_minute as f64 / 60.0;
+                    if json {
+                        let v = json!({
+                            "counts": output::counts_json(&counts),
+                            "workers_connected": workers_connected,
+                            "finished_last_minute": finished_last_minute,
+                            "finished_per_second": rate,
+                        });
+                        println!("{}", serde_json::to_string_pretty(&v)?);
+                    } else {
+                        println!("{}", output::counts_line(&counts));
+                        println!("{workers_connected} workers connected");
+                        println!(
+                            "{rate:.2} tasks/s finished over the last minute ({finished_last_minute} tasks)"
+                        );
+                    }
+                }
+                other => bail!("unexpected reply: {other:?}"),
+            }
+        }
     }
     Ok(0)
 }

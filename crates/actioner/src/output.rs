@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use tabled::builder::Builder;
 use tabled::settings::Style;
 use tatzelwurm_protocol::{
-    Attempt, Data, Payload, StateCount, Tag, TaskInfo, TaskSummary, WorkerInfo, now_ms,
+    Attempt, Data, Payload, StateCount, Tag, TagCounts, TaskInfo, TaskState, TaskSummary,
+    WorkerInfo, now_ms,
 };
 
 /// RFC 3339 (UTC, milliseconds) for a timestamp in ms.
@@ -334,6 +335,26 @@ pub fn workers_table(workers: &[WorkerInfo]) -> String {
             ago(w.last_heartbeat_ms),
             w.state.as_str().to_string(),
         ]);
+    }
+    b.build().with(Style::sharp()).to_string()
+}
+
+/// `summary --by-tag KEY`: one row per tag value, one column per state.
+pub fn breakdown_table(key: &str, values: &[TagCounts]) -> String {
+    let mut b = Builder::new();
+    let mut header = vec![key.to_string()];
+    header.extend(TaskState::ALL.iter().map(|s| s.to_string()));
+    b.push_record(header);
+    for v in values {
+        let mut row = vec![v.value.clone()];
+        row.extend(TaskState::ALL.iter().map(|s| {
+            v.counts
+                .iter()
+                .find(|c| c.state == *s)
+                .map_or(0, |c| c.count)
+                .to_string()
+        }));
+        b.push_record(row);
     }
     b.build().with(Style::sharp()).to_string()
 }

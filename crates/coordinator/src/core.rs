@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use tatzelwurm_protocol::{
     ActionerRequest, AttemptRef, AttemptReport, CoordinatorToActioner, CoordinatorToWorker,
     Dispatch, ErrorKind, ErrorReply, EventFilter, Reply, RequestId, Selector, StateCount, Tag,
-    TaskEvent, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus, WorkerHello, WorkerId,
+    TagCounts, TaskEvent, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus, WorkerHello, WorkerId,
     WorkerInfo, WorkerState, WorkerToCoordinator,
 };
 use tracing::{debug, info, warn};
@@ -765,6 +765,29 @@ impl Core {
                     false,
                 ))
             }
+            ActionerRequest::Breakdown { key } => {
+                let mut by_value: BTreeMap<&str, [u64; 8]> = BTreeMap::new();
+                for t in self.tasks.values() {
+                    for tag in t.info.spec.tags.iter().filter(|tag| tag.key == key) {
+                        by_value.entry(tag.value.as_str()).or_insert([0; 8])[idx(t.state())] += 1;
+                    }
+                }
+                let values = by_value
+                    .into_iter()
+                    .map(|(value, counts)| TagCounts {
+                        value: value.to_string(),
+                        counts: TaskState::ALL
+                            .iter()
+                            .filter(|s| counts[idx(**s)] > 0)
+                            .map(|&state| StateCount {
+                                state,
+                                count: counts[idx(state)],
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                Ok((Reply::Breakdown { key, values }, false))
+            }
             ActionerRequest::Subscribe { filter } => {
                 self.subscribe(conn, request, filter).map(|r| (r, false))
             }
@@ -1479,6 +1502,78 @@ mod tests {
             })
             .collect();
         assert_eq!(states, vec![TaskState::Ready, TaskState::Assigned]);
+    }
+
+    #[test]
+    fn breakdown_counts_states_per_tag_value() {
+        let mut c = core();
+        c.connect_actioner(1);
+        let tagged = |v: &str| {
+            let mut s = TaskSpec::new(Payload::Sleep { duration_ms: 1 });
+            s.tags = vec![
+                format!("project={v}").parse().unwrap(),
+                "other=x".parse().unwrap(),
+            ];
+            s
+        };
+        let tasks = vec![
+            tagged("b"),
+            tagged("a"),
+            tagged("a"),
+            TaskSpec::new(Payload::Sleep { duration_ms: 1 }),
+        ];
+        c.actioner(
+            1,
+            RequestId(1),
+            ActionerRequest::Add { tasks, play: false },
+            1,
+        );
+        c.take_batch();
+        c.actioner(
+            1,
+            RequestId(2),
+            ActionerRequest::Kill {
+                selector: Selector::All,
+            },
+            2,
+        );
+        c.actioner(
+            1,
+            RequestId(3),
+            ActionerRequest::Breakdown {
+                key: "project".into(),
+            },
+            3,
+        );
+        let imm = c.take_immediate();
+        let Some((
+            _,
+            Out::Actioner(CoordinatorToActioner::Reply {
+                body: Reply::Breakdown { key, values },
+                ..
+            }),
+        )) = imm.last()
+        else {
+            panic!("{imm:?}")
+        };
+        assert_eq!(key, "project");
+        let got: Vec<(String, Vec<(TaskState, u64)>)> = values
+            .iter()
+            .map(|v| {
+                (
+                    v.value.clone(),
+                    v.counts.iter().map(|c| (c.state, c.count)).collect(),
+                )
+            })
+            .collect();
+        // Counted as the table is now (the kill is not durable yet, but the table has it).
+        assert_eq!(
+            got,
+            vec![
+                ("a".into(), vec![(TaskState::Killed, 2)]),
+                ("b".into(), vec![(TaskState::Killed, 1)])
+            ]
+        );
     }
 
     #[test]

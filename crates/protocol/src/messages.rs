@@ -78,6 +78,11 @@ pub enum ActionerRequest {
     Workers,
     /// Counts and rates.
     Summary,
+    /// Counts per state for each value of one tag key (e.g. every `project=…`).
+    Breakdown {
+        /// The tag key.
+        key: String,
+    },
     /// Streams the events of the matching tasks on this connection until it closes.
     Subscribe {
         /// Which tasks.
@@ -161,6 +166,13 @@ pub enum Reply {
         /// Tasks that reached a final state in the last 60 s.
         finished_last_minute: u64,
     },
+    /// To `Breakdown`: one line per tag value, sorted by value; tasks without the key are left out.
+    Breakdown {
+        /// The tag key asked for.
+        key: String,
+        /// Counts per state for each value.
+        values: Vec<TagCounts>,
+    },
     /// To `Subscribe`: the current state of every matching task, then events follow.
     Subscribed {
         /// A snapshot taken atomically with the subscription, so no change is missed.
@@ -168,6 +180,15 @@ pub enum Reply {
     },
     /// The request failed; nothing changed.
     Error(ErrorReply),
+}
+
+/// The tasks with one tag value, counted per state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagCounts {
+    /// The tag's value.
+    pub value: String,
+    /// Tasks per state (states with none are left out).
+    pub counts: Vec<StateCount>,
 }
 
 /// A task id with its state.

@@ -152,6 +152,9 @@ fn actioner_requests() -> Vec<ActionerRequest> {
     });
     v.push(ActionerRequest::Workers);
     v.push(ActionerRequest::Summary);
+    v.push(ActionerRequest::Breakdown {
+        key: "project".into(),
+    });
     v.push(ActionerRequest::Subscribe {
         filter: EventFilter {
             ids: vec!["01".into()],
@@ -171,6 +174,7 @@ fn actioner_requests() -> Vec<ActionerRequest> {
             | ActionerRequest::Show { .. }
             | ActionerRequest::Workers
             | ActionerRequest::Summary
+            | ActionerRequest::Breakdown { .. }
             | ActionerRequest::Subscribe { .. } => {}
         }
     }
@@ -212,6 +216,13 @@ fn replies() -> Vec<Reply> {
             workers_connected: 4,
             finished_last_minute: 1200,
         },
+        Reply::Breakdown {
+            key: "project".into(),
+            values: vec![TagCounts {
+                value: "apollo".into(),
+                counts: counts(),
+            }],
+        },
         Reply::Subscribed {
             tasks: vec![TaskStatus {
                 id: TaskId::new(),
@@ -232,6 +243,7 @@ fn replies() -> Vec<Reply> {
             | Reply::Workers { .. }
             | Reply::Summary { .. }
             | Reply::Subscribed { .. }
+            | Reply::Breakdown { .. }
             | Reply::Error(_) => {}
         }
     }
