@@ -111,7 +111,10 @@ fn add_list_show_play_pause_kill_remove() {
     assert_eq!(breakdown["key"], "project");
     assert_eq!(breakdown["values"]["apollo"]["killed"], 1, "{breakdown}");
     let table = c.action(&["summary", "--by-tag", "project"]);
-    assert!(table.contains("apollo") && table.contains("killed"), "{table}");
+    assert!(
+        table.contains("apollo") && table.contains("killed"),
+        "{table}"
+    );
 
     let summary = c.json(&["summary"]);
     assert_eq!(summary["counts"]["killed"], 5);
