@@ -426,3 +426,31 @@ fn addresses_and_tokens_come_from_the_environment_and_v_logs() {
     let _ = worker.kill();
     let _ = worker.wait();
 }
+
+/// `task wait` draws a progress bar on a terminal: run it under `script(1)`, which gives it a
+/// pseudo-terminal, and look for the bar's counts in what it drew.
+#[test]
+fn wait_shows_a_progress_bar_on_a_terminal() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let _w = c.worker(&["--type", "async"]);
+    let ids = c.add(&["--play", "--count", "3", "--sleep", "300ms"]);
+    let command = format!(
+        "{} --coordinator {} --token-file {} task wait {}",
+        bin("actionwurm").display(),
+        c.addr,
+        c.token_file().display(),
+        ids.join(" ")
+    );
+    let out = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .output()
+        .expect("script(1) from util-linux");
+    let screen = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("3/3"), "the bar's position: {screen}");
+    assert!(
+        screen.contains("3 completed"),
+        "the counts per state: {screen}"
+    );
+    assert!(screen.contains("eta"), "time left: {screen}");
+}
