@@ -109,6 +109,19 @@ async fn connect(c: &Coordinator) -> Result<Client> {
     Ok(Client::connect(&c.addr, token.trim(), BodyCodec::Bincode).await?)
 }
 
+/// A client subscribed to the events of every task.
+async fn subscribed(c: &Coordinator) -> Result<Client> {
+    let mut client = connect(c).await?;
+    client
+        .subscribe(EventFilter {
+            ids: vec![],
+            tags: vec![],
+            all: true,
+        })
+        .await?;
+    Ok(client)
+}
+
 struct Throughput {
     tasks: usize,
     wall: Duration,
@@ -125,14 +138,7 @@ async fn throughput(
     batch: usize,
     in_flight: usize,
 ) -> Result<Throughput> {
-    let mut client = connect(c).await?;
-    client
-        .subscribe(EventFilter {
-            ids: vec![],
-            tags: vec![],
-            all: true,
-        })
-        .await?;
+    let mut client = subscribed(c).await?;
     let mut sent_at: HashMap<RequestId, (Instant, usize)> = HashMap::new();
     let mut added_at: HashMap<TaskId, Instant> = HashMap::new();
     let mut ended_early: HashMap<TaskId, Instant> = HashMap::new();
@@ -204,14 +210,7 @@ async fn throughput(
 
 /// One task at a time: add (played), wait for its end.
 async fn latency(c: &Coordinator, samples: usize) -> Result<Vec<Duration>> {
-    let mut client = connect(c).await?;
-    client
-        .subscribe(EventFilter {
-            ids: vec![],
-            tags: vec![],
-            all: true,
-        })
-        .await?;
+    let mut client = subscribed(c).await?;
     let mut out = Vec::with_capacity(samples);
     for _ in 0..samples {
         let t = Instant::now();

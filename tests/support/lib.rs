@@ -175,9 +175,9 @@ impl Coordinator {
         loop {
             match self.spawn(&addr) {
                 Ok(()) => return Ok(()),
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(100));
+                // The old process's port may take a moment to be free again.
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
                 }
                 Err(e) => return Err(e),
             }

@@ -123,21 +123,22 @@ class Client:
         return [uuid.UUID(bytes=i) for i in body["ids"]]
 
     def _change(self, op, ids):
-        _, body = self.request({op: {"selector": _selector(ids)}})
+        """`ids` are ids or prefixes, or the single word "all"."""
+        _, body = self.request({op: {"selector": _selector("all" if ids == ("all",) else ids)}})
         return [uuid.UUID(bytes=i) for i in body["ids"]]
 
     def play(self, *ids):
         """Makes tasks ready; `play("all")` plays every created or paused task."""
-        return self._change("play", ids[0] if ids == ("all",) else ids)
+        return self._change("play", ids)
 
     def pause(self, *ids):
-        return self._change("pause", ids[0] if ids == ("all",) else ids)
+        return self._change("pause", ids)
 
     def kill(self, *ids):
-        return self._change("kill", ids[0] if ids == ("all",) else ids)
+        return self._change("kill", ids)
 
     def remove(self, *ids):
-        return self._change("remove", ids[0] if ids == ("all",) else ids)
+        return self._change("remove", ids)
 
     def list(self, states=None, tags=None, limit=None):
         """Task summaries, newest first; `states` None means every state."""

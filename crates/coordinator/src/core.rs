@@ -73,6 +73,16 @@ struct Worker {
     held: HashSet<TaskId>,
 }
 
+impl Worker {
+    /// What is stored and shown, with `running` derived from what it holds.
+    fn info(&self) -> WorkerInfo {
+        WorkerInfo {
+            running: self.held.len() as u32,
+            ..self.info.clone()
+        }
+    }
+}
+
 struct Subscription {
     conn: ConnId,
     request: RequestId,
@@ -279,7 +289,7 @@ impl Core {
         let workers = self
             .dirty_workers
             .drain()
-            .filter_map(|id| self.workers.get(&id).map(|w| w.info.clone()))
+            .filter_map(|id| self.workers.get(&id).map(Worker::info))
             .collect();
         Some(Batch {
             tasks,
@@ -743,14 +753,7 @@ impl Core {
                 ))
             }
             ActionerRequest::Workers => {
-                let workers = self
-                    .workers
-                    .values()
-                    .map(|w| WorkerInfo {
-                        running: w.held.len() as u32,
-                        ..w.info.clone()
-                    })
-                    .collect();
+                let workers = self.workers.values().map(Worker::info).collect();
                 Ok((Reply::Workers { workers }, false))
             }
             ActionerRequest::Summary => {
@@ -932,10 +935,8 @@ impl Core {
             return;
         };
         match msg {
+            // Every message, heartbeats included, refreshes the heartbeat time below.
             WorkerToCoordinator::Heartbeat { .. } => {
-                if let Some(worker) = self.workers.get_mut(&w) {
-                    worker.info.last_heartbeat_ms = now;
-                }
                 self.immediate
                     .push((conn, Out::Worker(CoordinatorToWorker::HeartbeatAck)));
             }
@@ -972,7 +973,6 @@ impl Core {
                 ReportFate::Current => {
                     if let Some(worker) = self.workers.get_mut(&w) {
                         worker.held.remove(&attempt.task);
-                        worker.info.running = worker.held.len() as u32;
                     }
                     self.sched.release(w);
                     self.changed(attempt.task, before, now);
@@ -1029,7 +1029,6 @@ impl Core {
                     .copied()
                     .collect();
                 worker.held.retain(|t| kept.contains(t));
-                worker.info.running = worker.held.len() as u32;
                 gone
             }
             None => Vec::new(),
