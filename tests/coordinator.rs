@@ -110,7 +110,20 @@ fn graceful_restart_keeps_every_task_with_attempts_and_output() {
 
 #[test]
 fn kill9_while_adding_and_running_loses_no_acknowledged_task() {
-    let mut c = Coordinator::start_with(Db::Kv, &["--lease", "10s"]).unwrap();
+    kill9_while_adding_and_running(&[]);
+}
+
+/// The same with checkpoints as often as the rule allows (whenever the journal is as large as the
+/// tables), so that the kill lands before, during or after one.
+#[test]
+fn kill9_while_checkpointing_loses_no_acknowledged_task() {
+    kill9_while_adding_and_running(&["--checkpoint-bytes", "1"]);
+}
+
+fn kill9_while_adding_and_running(extra: &[&str]) {
+    let mut flags = vec!["--lease", "10s"];
+    flags.extend_from_slice(extra);
+    let mut c = Coordinator::start_with(Db::Kv, &flags).unwrap();
     let _w = c.worker(&["--type", "async", "--slots", "8"]);
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
@@ -146,18 +159,18 @@ fn kill9_while_adding_and_running_loses_no_acknowledged_task() {
         })
     };
     wait_for(LONG, || acked.lock().unwrap().len() >= 50).unwrap();
+    if !extra.is_empty() {
+        assert!(
+            c.log_text().contains("checkpoint written"),
+            "checkpoints ran before the kill"
+        );
+    }
     c.kill9();
     stop.store(true, Ordering::SeqCst);
     adder.join().unwrap();
     c.restart().unwrap();
 
-    let all: Vec<String> = c
-        .json(&["task", "list", "-f", "all"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap().to_string())
-        .collect();
+    let all = c.all_ids();
     let acked = acked.lock().unwrap().clone();
     let missing: Vec<&String> = acked.iter().filter(|id| !all.contains(id)).collect();
     assert!(

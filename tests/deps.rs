@@ -16,7 +16,10 @@ fn tree(package: &str) -> String {
             "-p",
             package,
         ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        // At run time, so that a test binary reused from another checkout's build looks here.
+        .current_dir(
+            std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into()),
+        )
         .output()
         .expect("cargo tree runs");
     assert!(

@@ -126,13 +126,24 @@ impl Coordinator {
         self.addr = addr.trim().replace("0.0.0.0:", "127.0.0.1:");
         // Drain the rest of stdout in the background so the child never blocks on it.
         std::thread::spawn(move || for _ in lines {});
-        self.child = Some(child);
-        // The port is bound before the store opens: wait until it answers requests.
+        // The port is bound before the store opens: wait until it answers requests, or exits.
+        let mut exited = None;
         wait_for(Duration::from_secs(60), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                exited = Some(status);
+                return true;
+            }
             self.try_action(&["summary"])
                 .is_ok_and(|o| o.status.success())
         })
         .with_context(|| format!("coordinator never answered; log:\n{}", self.log_text()))?;
+        if let Some(status) = exited {
+            bail!(
+                "coordinator exited ({status}) before answering; log:\n{}",
+                self.log_text()
+            );
+        }
+        self.child = Some(child);
         Ok(())
     }
 
@@ -217,6 +228,19 @@ impl Coordinator {
         all.extend_from_slice(args);
         let out = self.action(&all);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    }
+
+    /// The ids of every task, sorted.
+    pub fn all_ids(&self) -> Vec<String> {
+        let list = self.json(&["task", "list", "-f", "all"]);
+        let mut ids: Vec<String> = list
+            .as_array()
+            .expect("an array of tasks")
+            .iter()
+            .map(|t| t["id"].as_str().expect("id").to_string())
+            .collect();
+        ids.sort();
+        ids
     }
 
     /// Adds tasks with `actionwurm task add ARGS` and returns their ids.
@@ -341,6 +365,127 @@ impl Drop for Worker {
         if let Some(c) = self.child.as_ref() {
             signal(c.id(), "CONT");
         }
+        self.kill9();
+    }
+}
+
+/// The SurrealDB server binary for the `ws://` store tests: `TATZELWURM_SURREAL_BIN`, which
+/// `scripts/test` sets after building `tools/surreal-server`.
+pub fn surreal_bin() -> PathBuf {
+    let p = std::env::var_os("TATZELWURM_SURREAL_BIN")
+        .map(PathBuf::from)
+        .expect("TATZELWURM_SURREAL_BIN is not set: run scripts/test, which builds the server");
+    assert!(p.exists(), "no SurrealDB server at {}", p.display());
+    p
+}
+
+/// A real SurrealDB server on a loopback port, with a root user, storing in `surrealkv` under a
+/// directory that outlives restarts of the server.
+pub struct SurrealServer {
+    child: Option<Child>,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Root user name.
+    pub user: String,
+    /// Root password.
+    pub pass: String,
+    dir: tempfile::TempDir,
+}
+
+impl SurrealServer {
+    /// Starts one on a free port.
+    pub fn start() -> Result<SurrealServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut s = SurrealServer {
+            child: None,
+            addr: format!("127.0.0.1:{port}"),
+            user: "root".into(),
+            pass: "tatzelwurm-test-secret".into(),
+            dir: tempfile::tempdir()?,
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    /// The URL the coordinator's `--db` takes.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// The coordinator flags that log in to this server in `namespace` / `database`.
+    pub fn flags(&self, namespace: &str, database: &str) -> Vec<String> {
+        [
+            "--db",
+            &self.url(),
+            "--db-user",
+            &self.user,
+            "--db-pass",
+            &self.pass,
+            "--db-namespace",
+            namespace,
+            "--db-database",
+            database,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("surreal.log"))?;
+        let child = Command::new(surreal_bin())
+            .args([
+                "start",
+                "--no-banner",
+                "--log",
+                "warn",
+                "--bind",
+                &self.addr,
+            ])
+            .args(["--user", &self.user, "--pass", &self.pass])
+            .arg(format!(
+                "surrealkv://{}",
+                self.dir.path().join("data").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start the SurrealDB server")?;
+        self.child = Some(child);
+        let addr = self.addr.clone();
+        wait_for(Duration::from_secs(60), || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        })
+        .with_context(|| {
+            format!(
+                "SurrealDB server never listened; log:\n{}",
+                std::fs::read_to_string(self.dir.path().join("surreal.log")).unwrap_or_default()
+            )
+        })
+    }
+
+    /// `kill -9`: the server vanishes mid-conversation.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+}
+
+impl Drop for SurrealServer {
+    fn drop(&mut self) {
         self.kill9();
     }
 }

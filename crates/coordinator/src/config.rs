@@ -38,13 +38,7 @@ impl Config {
     pub fn new(data_dir: PathBuf, db_url: String) -> Self {
         Config {
             data_dir,
-            store: StoreOptions {
-                url: db_url,
-                user: None,
-                pass: None,
-                namespace: "tatzelwurm".into(),
-                database: "main".into(),
-            },
+            store: StoreOptions::new(db_url),
             insecure_no_auth: false,
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),

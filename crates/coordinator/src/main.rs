@@ -24,10 +24,15 @@ struct Args {
     #[arg(long, env = "TATZELWURM_DB")]
     db: Option<String>,
     /// SurrealDB root user, for a server.
-    #[arg(long, env = "TATZELWURM_DB_USER")]
+    #[arg(long, env = "TATZELWURM_DB_USER", requires = "db_pass")]
     db_user: Option<String>,
     /// SurrealDB root password, for a server.
-    #[arg(long, env = "TATZELWURM_DB_PASS", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TATZELWURM_DB_PASS",
+        hide_env_values = true,
+        requires = "db_user"
+    )]
     db_pass: Option<String>,
     /// SurrealDB namespace.
     #[arg(long, default_value = "tatzelwurm")]
@@ -35,6 +40,14 @@ struct Args {
     /// SurrealDB database.
     #[arg(long, default_value = "main")]
     db_database: String,
+    /// A store write with no answer within this counts as failed and is retried (e.g. a SurrealDB
+    /// server that vanished).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    db_timeout: Duration,
+    /// Fold the journal into the task buckets once it holds this many bytes and as many as the
+    /// tables (a larger value writes less and replays more at start).
+    #[arg(long, default_value_t = 64 << 20, env = "TATZELWURM_CHECKPOINT_BYTES")]
+    checkpoint_bytes: u64,
     /// How long a silent or disconnected worker keeps its tasks (e.g. 30s, 2m).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     lease: Duration,
@@ -93,6 +106,8 @@ async fn main() -> Result<()> {
     cfg.store.pass = args.db_pass;
     cfg.store.namespace = args.db_namespace;
     cfg.store.database = args.db_database;
+    cfg.store.write_timeout = args.db_timeout;
+    cfg.store.checkpoint_min_bytes = args.checkpoint_bytes;
     cfg.lease = args.lease;
     cfg.heartbeat = args
         .heartbeat

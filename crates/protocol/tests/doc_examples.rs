@@ -92,11 +92,11 @@ fn print_dumps() {
 
 #[test]
 fn doc_dumps_match_the_encoder() {
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../docs/PROTOCOL.md"
-    ))
-    .unwrap();
+    // Cargo sets the variable at run time too; prefer that, so a test binary reused from a build
+    // of another checkout still reads this checkout's document.
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+    let path = format!("{dir}/../../docs/PROTOCOL.md");
+    let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     // The doc shows each dump as lines of hex bytes, 16 to a line, each line followed by a comment.
     let dumps: Vec<String> = doc
         .split("```hexdump")

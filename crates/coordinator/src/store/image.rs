@@ -1,0 +1,541 @@
+//! The store's layout as plain data, with no database in sight: how a journal entry and a bucket
+//! are framed, the in-memory image of what the store holds (so that a checkpoint never has to ask
+//! the actor for anything), and the replay that rebuilds the tables at start.
+//!
+//! Layout (version 2):
+//! - `journal:SEQ`: one record per committed batch; `body` is an [`Entry`].
+//! - `bucket:B` (B in 0..256): every task whose id ends in byte B, as of the last checkpoint;
+//!   `body` is a framed list of bincode tasks.
+//! - `meta:workers`: every worker as of the last checkpoint, a framed list of bincode workers.
+//! - `meta:checkpoint`: `upto`, the last journal sequence number the buckets include.
+//!
+//! The tables are the buckets with every journal entry after `upto` applied in sequence order.
+//! Entries hold whole records, so applying an entry twice, or an entry the buckets already
+//! include, changes nothing: that is what lets a checkpoint write its buckets and drop the
+//! journal in separate transactions.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tatzelwurm_protocol::{BodyCodec, TaskId, TaskInfo, WorkerInfo};
+
+use super::StoreError;
+
+/// The layout this code writes; a store with a higher number was written by a newer version.
+pub(crate) const LAYOUT_VERSION: i64 = 2;
+/// How many buckets the tasks are spread over.
+pub(crate) const BUCKETS: usize = 256;
+const CODEC: BodyCodec = BodyCodec::Bincode;
+
+/// The bucket a task lives in: the last byte of its id, which is random in a UUIDv7.
+pub(crate) fn bucket_of(id: TaskId) -> usize {
+    id.0.as_bytes()[15] as usize % BUCKETS
+}
+
+/// One record in bincode: the unit the journal, the buckets and the image all hold.
+pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Bytes {
+    CODEC
+        .encode(v)
+        .expect("in-memory records always encode")
+        .freeze()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    at: &str,
+    b: &[u8],
+) -> Result<T, StoreError> {
+    CODEC.decode(b).map_err(|e| StoreError::Corrupt {
+        table,
+        id: at.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// A list of byte strings: a u32 count, then each item as a u32 length and its bytes (little
+/// endian).
+pub(crate) fn frame<'a>(items: impl ExactSizeIterator<Item = &'a [u8]>) -> Bytes {
+    let mut out = BytesMut::with_capacity(4 + items.len() * 8);
+    out.put_u32_le(items.len() as u32);
+    for item in items {
+        out.put_u32_le(item.len() as u32);
+        out.put_slice(item);
+    }
+    out.freeze()
+}
+
+/// The items of a [`frame`], as slices of `buf` (no copy).
+pub(crate) fn unframe(buf: &Bytes) -> Result<Vec<Bytes>, String> {
+    let mut rest = &buf[..];
+    if rest.len() < 4 {
+        return Err("shorter than its count".into());
+    }
+    let n = rest.get_u32_le() as usize;
+    // Every item needs at least its length prefix: a count beyond that is corrupt, and checking
+    // it first keeps a damaged count from reserving gigabytes.
+    if n > rest.len() / 4 {
+        return Err(format!("count {n} does not fit in {} bytes", rest.len()));
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        if rest.len() < 4 {
+            return Err(format!("item {i} has no length"));
+        }
+        let len = rest.get_u32_le() as usize;
+        if rest.len() < len {
+            return Err(format!("item {i} claims {len} bytes, {} left", rest.len()));
+        }
+        let start = buf.len() - rest.len();
+        out.push(buf.slice(start..start + len));
+        rest.advance(len);
+    }
+    if !rest.is_empty() {
+        return Err(format!("{} bytes after the last item", rest.len()));
+    }
+    Ok(out)
+}
+
+/// A journal entry read back: its tasks, removed ids and workers.
+type Decoded = (Vec<TaskInfo>, Vec<TaskId>, Vec<WorkerInfo>);
+
+/// One batch as the journal holds it: changed tasks and workers, whole, and removed task ids.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Entry {
+    /// Encoded tasks, each with its id.
+    pub tasks: Vec<(TaskId, Bytes)>,
+    /// Tasks deleted by `remove`.
+    pub removed: Vec<TaskId>,
+    /// Encoded workers, each with its id.
+    pub workers: Vec<(u64, Bytes)>,
+}
+
+impl Entry {
+    /// Encodes the records of one batch.
+    pub fn new(tasks: &[TaskInfo], removed: &[TaskId], workers: &[WorkerInfo]) -> Entry {
+        Entry {
+            tasks: tasks.iter().map(|t| (t.id, encode(t))).collect(),
+            removed: removed.to_vec(),
+            workers: workers.iter().map(|w| (w.id.0, encode(w))).collect(),
+        }
+    }
+
+    /// The journal record's body: a frame of three frames (tasks, removed ids, workers).
+    pub fn to_body(&self) -> Bytes {
+        let tasks = frame(self.tasks.iter().map(|(_, b)| &b[..]));
+        let removed = frame(self.removed.iter().map(|id| &id.0.as_bytes()[..]));
+        let workers = frame(self.workers.iter().map(|(_, b)| &b[..]));
+        frame([&tasks[..], &removed[..], &workers[..]].into_iter())
+    }
+
+    /// Reads a journal body back, decoding every record in it.
+    fn from_body(seq: i64, body: &Bytes) -> Result<Decoded, StoreError> {
+        let at = format!("journal:{seq}");
+        let corrupt = |reason: String| StoreError::Corrupt {
+            table: "journal",
+            id: at.clone(),
+            reason,
+        };
+        let parts = unframe(body).map_err(corrupt)?;
+        let [tasks, removed, workers] = <[Bytes; 3]>::try_from(parts)
+            .map_err(|p| corrupt(format!("{} parts instead of 3", p.len())))?;
+        let tasks = unframe(&tasks)
+            .map_err(corrupt)?
+            .iter()
+            .map(|b| decode("journal", &at, b))
+            .collect::<Result<_, _>>()?;
+        let removed = unframe(&removed)
+            .map_err(corrupt)?
+            .iter()
+            .map(|b| {
+                uuid::Uuid::from_slice(b)
+                    .map(TaskId)
+                    .map_err(|e| corrupt(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        let workers = unframe(&workers)
+            .map_err(corrupt)?
+            .iter()
+            .map(|b| decode("journal", &at, b))
+            .collect::<Result<_, _>>()?;
+        Ok((tasks, removed, workers))
+    }
+}
+
+/// What one checkpoint writes: the dirty buckets' contents and every worker, as of journal
+/// sequence `upto`.
+pub(crate) struct Snapshot {
+    /// The last journal entry these contents include.
+    pub upto: i64,
+    /// Dirty buckets with their tasks' encodings (framed by the checkpoint, off the lock).
+    pub buckets: Vec<(usize, Vec<Bytes>)>,
+    /// Every worker's encoding.
+    pub workers: Vec<Bytes>,
+    /// Journal bytes this checkpoint makes redundant.
+    pub journal_bytes: u64,
+}
+
+/// What the store holds, as encoded records: the buckets' current contents (not only what was
+/// checkpointed), which buckets changed since the last checkpoint, and how much journal there is.
+#[derive(Debug)]
+pub(crate) struct Image {
+    buckets: Vec<HashMap<TaskId, Bytes>>,
+    dirty: Vec<bool>,
+    workers: BTreeMap<u64, Bytes>,
+    table_bytes: u64,
+    journal_bytes: u64,
+    /// The last journal entry applied.
+    last_seq: i64,
+}
+
+impl Default for Image {
+    fn default() -> Self {
+        Image {
+            buckets: vec![HashMap::new(); BUCKETS],
+            dirty: vec![false; BUCKETS],
+            workers: BTreeMap::new(),
+            table_bytes: 0,
+            journal_bytes: 0,
+            last_seq: 0,
+        }
+    }
+}
+
+impl Image {
+    fn put_task(&mut self, id: TaskId, bytes: Bytes) {
+        let b = bucket_of(id);
+        self.table_bytes += bytes.len() as u64;
+        if let Some(old) = self.buckets[b].insert(id, bytes) {
+            self.table_bytes -= old.len() as u64;
+        }
+        self.dirty[b] = true;
+    }
+
+    fn remove_task(&mut self, id: TaskId) {
+        let b = bucket_of(id);
+        if let Some(old) = self.buckets[b].remove(&id) {
+            self.table_bytes -= old.len() as u64;
+            self.dirty[b] = true;
+        }
+    }
+
+    /// Folds in a batch that is now committed to the journal as entry `seq`.
+    pub fn apply(&mut self, seq: i64, entry: Entry, body_len: usize) {
+        for (id, bytes) in entry.tasks {
+            self.put_task(id, bytes);
+        }
+        for id in entry.removed {
+            self.remove_task(id);
+        }
+        for (id, bytes) in entry.workers {
+            self.workers.insert(id, bytes);
+        }
+        self.journal_bytes += body_len as u64;
+        self.last_seq = self.last_seq.max(seq);
+    }
+
+    /// Whether the journal has grown enough to be folded into the buckets: when it is at least
+    /// as large as the tables (so a checkpoint at most doubles what is written) and at least
+    /// `min_bytes` (so small tables are not rewritten all the time).
+    pub fn wants_checkpoint(&self, min_bytes: u64) -> bool {
+        self.journal_bytes > 0 && self.journal_bytes >= min_bytes.max(self.table_bytes)
+    }
+
+    /// Takes the dirty buckets for a checkpoint and marks them clean.
+    pub fn snapshot(&mut self) -> Snapshot {
+        let mut buckets = Vec::new();
+        for (b, dirty) in self.dirty.iter_mut().enumerate() {
+            if std::mem::take(dirty) {
+                buckets.push((b, self.buckets[b].values().cloned().collect()));
+            }
+        }
+        Snapshot {
+            upto: self.last_seq,
+            buckets,
+            workers: self.workers.values().cloned().collect(),
+            journal_bytes: self.journal_bytes,
+        }
+    }
+
+    /// A checkpoint is in the store: its journal bytes no longer count.
+    pub fn checkpointed(&mut self, snap: &Snapshot) {
+        self.journal_bytes -= snap.journal_bytes.min(self.journal_bytes);
+    }
+
+    /// A checkpoint failed: its buckets are dirty again, to be written by the next one.
+    pub fn checkpoint_failed(&mut self, snap: &Snapshot) {
+        for (b, _) in &snap.buckets {
+            self.dirty[*b] = true;
+        }
+    }
+
+    /// Marks every bucket dirty, so that the next checkpoint writes the whole table (after a
+    /// migration from an older layout).
+    pub fn all_dirty(&mut self) {
+        self.dirty.iter_mut().for_each(|d| *d = true);
+    }
+
+    /// The last journal entry applied.
+    pub fn last_seq(&self) -> i64 {
+        self.last_seq
+    }
+
+    /// Encoded bytes of every task (for the checkpoint rule and the logs).
+    pub fn table_bytes(&self) -> u64 {
+        self.table_bytes
+    }
+}
+
+/// What the store holds at start, as read from it.
+#[derive(Default)]
+pub(crate) struct Stored {
+    /// Task records of the layout before journals (one record per task), if any are left.
+    pub legacy_tasks: Vec<Bytes>,
+    /// Worker records of that layout.
+    pub legacy_workers: Vec<Bytes>,
+    /// Bucket bodies.
+    pub buckets: Vec<Bytes>,
+    /// The checkpointed workers' body.
+    pub workers: Option<Bytes>,
+    /// The last journal entry the buckets include.
+    pub upto: i64,
+    /// Journal entries, in any order.
+    pub journal: Vec<(i64, Bytes)>,
+}
+
+/// The tables as the store holds them, with the image to keep writing from.
+pub(crate) struct Replayed {
+    /// Every task.
+    pub tasks: Vec<TaskInfo>,
+    /// Every worker.
+    pub workers: Vec<WorkerInfo>,
+    /// The image of what is stored.
+    pub image: Image,
+    /// Journal entries at or below the checkpoint that were skipped (written late by a write
+    /// that had timed out): the next checkpoint deletes them.
+    pub stale_entries: usize,
+}
+
+/// Rebuilds the tables: legacy records first, then the buckets, then every journal entry after
+/// the checkpoint in sequence order.
+pub(crate) fn replay(stored: Stored) -> Result<Replayed, StoreError> {
+    let mut tasks: HashMap<TaskId, TaskInfo> = HashMap::new();
+    let mut workers: BTreeMap<u64, WorkerInfo> = BTreeMap::new();
+    let mut image = Image::default();
+    for (i, b) in stored.legacy_tasks.iter().enumerate() {
+        let t: TaskInfo = decode("task", &format!("#{i}"), b)?;
+        image.put_task(t.id, b.clone());
+        tasks.insert(t.id, t);
+    }
+    for (i, b) in stored.legacy_workers.iter().enumerate() {
+        let w: WorkerInfo = decode("worker", &format!("#{i}"), b)?;
+        image.workers.insert(w.id.0, b.clone());
+        workers.insert(w.id.0, w);
+    }
+    for (i, body) in stored.buckets.iter().enumerate() {
+        let at = format!("#{i}");
+        let items = unframe(body).map_err(|reason| StoreError::Corrupt {
+            table: "bucket",
+            id: at.clone(),
+            reason,
+        })?;
+        for b in items {
+            let t: TaskInfo = decode("bucket", &at, &b)?;
+            image.put_task(t.id, b);
+            tasks.insert(t.id, t);
+        }
+    }
+    if let Some(body) = &stored.workers {
+        let items = unframe(body).map_err(|reason| StoreError::Corrupt {
+            table: "meta",
+            id: "workers".into(),
+            reason,
+        })?;
+        for b in items {
+            let w: WorkerInfo = decode("meta", "workers", &b)?;
+            image.workers.insert(w.id.0, b);
+            workers.insert(w.id.0, w);
+        }
+    }
+    // What was loaded so far is what the store's buckets hold: nothing is dirty yet.
+    image.dirty.iter_mut().for_each(|d| *d = false);
+    image.last_seq = stored.upto;
+
+    let mut journal = stored.journal;
+    journal.sort_by_key(|(seq, _)| *seq);
+    let mut stale_entries = 0;
+    for (seq, body) in journal {
+        if seq <= stored.upto {
+            stale_entries += 1;
+            continue;
+        }
+        let (ts, removed, ws) = Entry::from_body(seq, &body)?;
+        let mut entry = Entry::default();
+        for t in ts {
+            entry.tasks.push((t.id, encode(&t)));
+            tasks.insert(t.id, t);
+        }
+        for id in removed {
+            tasks.remove(&id);
+            entry.removed.push(id);
+        }
+        for w in ws {
+            entry.workers.push((w.id.0, encode(&w)));
+            workers.insert(w.id.0, w);
+        }
+        image.apply(seq, entry, body.len());
+    }
+    Ok(Replayed {
+        tasks: tasks.into_values().collect(),
+        workers: workers.into_values().collect(),
+        image,
+        stale_entries,
+    })
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use tatzelwurm_protocol::{Payload, TaskSpec, TaskState};
+
+    /// A fresh ready noop task.
+    pub(crate) fn task() -> TaskInfo {
+        let spec = TaskSpec::new(Payload::Sleep { duration_ms: 0 });
+        crate::task::Task::new(TaskId::new(), spec, 0, true).info
+    }
+
+    fn sorted(mut v: Vec<TaskInfo>) -> Vec<TaskInfo> {
+        v.sort_by_key(|t| t.id);
+        v
+    }
+
+    #[test]
+    fn frames_round_trip_and_damage_is_refused() {
+        let items: Vec<&[u8]> = vec![b"", b"a", b"hello"];
+        let f = frame(items.iter().copied());
+        let back = unframe(&f).unwrap();
+        assert_eq!(back.iter().map(|b| &b[..]).collect::<Vec<_>>(), items);
+        assert_eq!(unframe(&frame(std::iter::empty())).unwrap().len(), 0);
+        for cut in 0..f.len() {
+            assert!(unframe(&f.slice(..cut)).is_err(), "cut at {cut} accepted");
+        }
+        let mut long = f.to_vec();
+        long.push(0);
+        assert!(unframe(&Bytes::from(long)).is_err(), "trailing bytes");
+        let huge = Bytes::from_static(&[0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0]);
+        assert!(unframe(&huge).is_err(), "a count that cannot fit");
+    }
+
+    #[test]
+    fn an_entry_decodes_to_what_was_written() {
+        let ts = vec![task(), task()];
+        let gone = TaskId::new();
+        let e = Entry::new(&ts, &[gone], &[]);
+        let (back, removed, workers) = Entry::from_body(7, &e.to_body()).unwrap();
+        assert_eq!(back, ts);
+        assert_eq!(removed, vec![gone]);
+        assert!(workers.is_empty());
+        let damaged = e.to_body().slice(..10);
+        assert!(matches!(
+            Entry::from_body(7, &damaged),
+            Err(StoreError::Corrupt {
+                table: "journal",
+                ..
+            })
+        ));
+    }
+
+    /// Plays a sequence of batches into an image and a journal, checkpointing after `checkpoint_at`
+    /// batches, and returns what a restart would find.
+    fn run(batches: &[(Vec<TaskInfo>, Vec<TaskId>)], checkpoint_at: usize) -> Replayed {
+        let mut image = Image::default();
+        let mut stored = Stored::default();
+        for (i, (ts, removed)) in batches.iter().enumerate() {
+            let seq = i as i64 + 1;
+            let e = Entry::new(ts, removed, &[]);
+            let body = e.to_body();
+            stored.journal.push((seq, body.clone()));
+            image.apply(seq, e, body.len());
+            if seq as usize == checkpoint_at {
+                let snap = image.snapshot();
+                // The checkpoint writes the dirty buckets, then drops the journal up to `upto`.
+                for (b, items) in &snap.buckets {
+                    let body = frame(items.iter().map(|b| &b[..]));
+                    stored.buckets.retain(|old| {
+                        unframe(old).unwrap().first().is_none_or(|first| {
+                            let t: TaskInfo = decode("bucket", "", first).unwrap();
+                            bucket_of(t.id) != *b
+                        })
+                    });
+                    if !items.is_empty() {
+                        stored.buckets.push(body);
+                    }
+                }
+                stored.upto = snap.upto;
+                stored.journal.retain(|(s, _)| *s > snap.upto);
+                image.checkpointed(&snap);
+            }
+        }
+        replay(stored).unwrap()
+    }
+
+    #[test]
+    fn replay_gives_the_latest_record_of_every_task_with_or_without_checkpoints() {
+        let mut a = task();
+        let b = task();
+        let c = task();
+        let batches = {
+            let mut v = vec![(vec![a.clone(), b.clone()], vec![])];
+            a.state = TaskState::Running;
+            v.push((vec![a.clone(), c.clone()], vec![]));
+            v.push((vec![], vec![b.id]));
+            a.state = TaskState::Completed;
+            v.push((vec![a.clone()], vec![]));
+            v
+        };
+        let want = sorted(vec![a, c]);
+        for checkpoint_at in 0..=batches.len() {
+            let r = run(&batches, checkpoint_at);
+            assert_eq!(sorted(r.tasks), want, "checkpoint after {checkpoint_at}");
+            assert_eq!(r.image.last_seq(), batches.len() as i64);
+        }
+    }
+
+    #[test]
+    fn journal_entries_at_or_below_the_checkpoint_are_skipped() {
+        let mut t = task();
+        let old = Entry::new(std::slice::from_ref(&t), &[], &[]).to_body();
+        t.state = TaskState::Completed;
+        let bucket = frame([&encode(&t)[..]].into_iter());
+        let r = replay(Stored {
+            buckets: vec![bucket],
+            upto: 5,
+            // A write that timed out and landed after the checkpoint that covered its number.
+            journal: vec![(3, old)],
+            ..Stored::default()
+        })
+        .unwrap();
+        assert_eq!(r.tasks, vec![t]);
+        assert_eq!(r.stale_entries, 1);
+    }
+
+    #[test]
+    fn checkpoints_are_due_when_the_journal_outgrows_the_tables() {
+        let mut image = Image::default();
+        assert!(!image.wants_checkpoint(0), "no journal, nothing to do");
+        let e = Entry::new(&[task()], &[], &[]);
+        let len = e.to_body().len();
+        image.apply(1, e, len);
+        assert!(image.wants_checkpoint(0));
+        assert!(!image.wants_checkpoint(1 << 20), "below the minimum");
+        let snap = image.snapshot();
+        assert_eq!(snap.buckets.len(), 1, "only the touched bucket");
+        image.checkpoint_failed(&snap);
+        assert_eq!(
+            image.snapshot().buckets.len(),
+            1,
+            "dirty again after a failure"
+        );
+        image.checkpointed(&snap);
+        assert!(!image.wants_checkpoint(0));
+    }
+}

@@ -1,0 +1,555 @@
+//! The SurrealDB edge: the only module that knows the store exists.
+//!
+//! Every committed batch is one journal record, so a commit costs SurrealDB one insert however
+//! many tasks changed (a per-task upsert costs it about 100 µs; the journal brings that to about
+//! a microsecond a task). When the journal has grown as large as the tables, a checkpoint in the
+//! background folds it into 256 bucket records and drops it. [`image`] holds the layout as plain
+//! code; this module does the reading and writing.
+
+mod image;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use surrealdb::Surreal;
+use surrealdb::engine::any::Any;
+use surrealdb::opt::auth::Root;
+use surrealdb::types::{RecordId, SurrealValue};
+use tatzelwurm_protocol::{TaskId, TaskInfo, WorkerInfo};
+use tracing::{info, warn};
+
+use image::{Entry, Image, LAYOUT_VERSION, Snapshot, Stored, frame};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed an operation (its words are the message).
+    #[error(transparent)]
+    Db(#[from] surrealdb::Error),
+    /// A stored record could not be decoded (written by an incompatible version?).
+    #[error("stored {table} record {id} is unreadable: {reason}")]
+    Corrupt {
+        /// Which table.
+        table: &'static str,
+        /// Which record.
+        id: String,
+        /// The decoder's words.
+        reason: String,
+    },
+    /// The store was written by a newer tatzelwurm whose layout this one cannot read.
+    #[error(
+        "the store has layout version {found}; this tatzelwurm reads up to {LAYOUT_VERSION}: upgrade it"
+    )]
+    NewerLayout {
+        /// The version found.
+        found: i64,
+    },
+    /// A write got no answer in time (a remote server that vanished, a network that dropped
+    /// packets). Whether it was applied is unknown; the batch is written again, which is safe
+    /// because every write carries whole records and replay follows sequence numbers.
+    #[error("store write got no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Where the store is and how to log in.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// `surrealkv://PATH`, `mem://`, `ws://HOST:PORT`, …
+    pub url: String,
+    /// Root user for a remote server.
+    pub user: Option<String>,
+    /// Root password for a remote server.
+    pub pass: Option<String>,
+    /// SurrealDB namespace.
+    pub namespace: String,
+    /// SurrealDB database.
+    pub database: String,
+    /// How long one batch write may take before it counts as failed.
+    pub write_timeout: Duration,
+    /// The journal is folded into the buckets once it is this large (and as large as the
+    /// tables): small enough that a start replays little, large enough that a small queue is not
+    /// rewritten all the time.
+    pub checkpoint_min_bytes: u64,
+}
+
+impl StoreOptions {
+    /// The defaults for a store URL.
+    pub fn new(url: String) -> StoreOptions {
+        StoreOptions {
+            url,
+            user: None,
+            pass: None,
+            namespace: "tatzelwurm".into(),
+            database: "main".into(),
+            write_timeout: Duration::from_secs(30),
+            checkpoint_min_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(SurrealValue)]
+struct JournalRow {
+    id: RecordId,
+    seq: i64,
+    body: Bytes,
+}
+
+#[derive(SurrealValue)]
+struct SeqBody {
+    seq: i64,
+    body: Bytes,
+}
+
+#[derive(SurrealValue)]
+struct BodyRow {
+    id: RecordId,
+    body: Bytes,
+}
+
+#[derive(SurrealValue)]
+struct BodyOnly {
+    body: Bytes,
+}
+
+#[derive(SurrealValue)]
+struct Upto {
+    upto: i64,
+}
+
+#[derive(SurrealValue)]
+struct Layout {
+    version: i64,
+}
+
+/// The writer's side of the store: what is stored, and whether a checkpoint is under way.
+struct State {
+    image: Image,
+    next_seq: i64,
+    checkpointing: bool,
+    /// Records of the layout before journals are still stored; the next checkpoint deletes them.
+    legacy: bool,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            image: Image::default(),
+            // Sequence numbers start at 1: a store without a checkpoint has `upto` 0.
+            next_seq: 1,
+            checkpointing: false,
+            legacy: false,
+        }
+    }
+}
+
+/// A connection to the store. Clones share it; writes must come one at a time (the actor's
+/// single commit in flight), checkpoints run beside them.
+#[derive(Clone)]
+pub struct Store {
+    db: Surreal<Any>,
+    write_timeout: Duration,
+    checkpoint_min_bytes: u64,
+    state: Arc<Mutex<State>>,
+}
+
+const SCHEMA: &str = "DEFINE TABLE IF NOT EXISTS journal SCHEMALESS;
+DEFINE TABLE IF NOT EXISTS bucket SCHEMALESS;
+DEFINE TABLE IF NOT EXISTS meta SCHEMALESS;
+DEFINE TABLE IF NOT EXISTS task SCHEMALESS;
+DEFINE TABLE IF NOT EXISTS worker SCHEMALESS;";
+
+/// Refuses a store written in a newer layout, and marks a new one with this layout.
+async fn check_layout(db: &Surreal<Any>) -> Result<(), StoreError> {
+    let found: Vec<Layout> = db
+        .query("SELECT version FROM meta:layout")
+        .await?
+        .check()?
+        .take(0)?;
+    match found.first() {
+        Some(l) if l.version > LAYOUT_VERSION => Err(StoreError::NewerLayout { found: l.version }),
+        Some(_) => Ok(()),
+        None => {
+            db.query("UPSERT meta:layout CONTENT { version: $v }")
+                .bind(("v", LAYOUT_VERSION))
+                .await?
+                .check()?;
+            Ok(())
+        }
+    }
+}
+
+impl Store {
+    /// Connects (creating an embedded database when the URL names one), selects the namespace
+    /// and database, and checks that this version can read what is there.
+    pub async fn open(opts: &StoreOptions) -> Result<Store, StoreError> {
+        let db = surrealdb::engine::any::connect(opts.url.as_str()).await?;
+        if let (Some(user), Some(pass)) = (&opts.user, &opts.pass) {
+            db.signin(Root {
+                username: user.clone(),
+                password: pass.clone(),
+            })
+            .await?;
+        }
+        db.use_ns(opts.namespace.as_str())
+            .use_db(opts.database.as_str())
+            .await?;
+        db.query(SCHEMA).await?.check()?;
+        check_layout(&db).await?;
+        info!(url = %opts.url, ns = %opts.namespace, db = %opts.database, "store open");
+        Ok(Store {
+            db,
+            write_timeout: opts.write_timeout,
+            checkpoint_min_bytes: opts.checkpoint_min_bytes,
+            state: Arc::default(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is plain data updated in a few lines; a panic there is a bug, not a reason
+        // to stop writing.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every task and worker the store holds. Records of the layout before journals are read
+    /// too, and rewritten in the current layout before this returns.
+    pub async fn load(&self) -> Result<(Vec<TaskInfo>, Vec<WorkerInfo>), StoreError> {
+        let mut res = self
+            .db
+            .query("SELECT upto FROM meta:checkpoint")
+            .query("SELECT body FROM meta:workers")
+            .query("SELECT body FROM bucket")
+            .query("SELECT seq, body FROM journal")
+            .query("SELECT body FROM task")
+            .query("SELECT body FROM worker")
+            .await?
+            .check()?;
+        let upto: Vec<Upto> = res.take(0)?;
+        let workers: Vec<BodyOnly> = res.take(1)?;
+        let buckets: Vec<BodyOnly> = res.take(2)?;
+        let journal: Vec<SeqBody> = res.take(3)?;
+        let legacy_tasks: Vec<BodyOnly> = res.take(4)?;
+        let legacy_workers: Vec<BodyOnly> = res.take(5)?;
+        let body = |r: BodyOnly| r.body;
+        let legacy = !legacy_tasks.is_empty() || !legacy_workers.is_empty();
+        let replayed = image::replay(Stored {
+            legacy_tasks: legacy_tasks.into_iter().map(body).collect(),
+            legacy_workers: legacy_workers.into_iter().map(body).collect(),
+            buckets: buckets.into_iter().map(body).collect(),
+            workers: workers.into_iter().next().map(body),
+            upto: upto.first().map_or(0, |u| u.upto),
+            journal: journal.into_iter().map(|r| (r.seq, r.body)).collect(),
+        })?;
+        info!(
+            tasks = replayed.tasks.len(),
+            table_bytes = replayed.image.table_bytes(),
+            last_seq = replayed.image.last_seq(),
+            stale_entries = replayed.stale_entries,
+            "store replayed"
+        );
+        {
+            let mut st = self.state();
+            st.next_seq = replayed.image.last_seq() + 1;
+            st.image = replayed.image;
+            st.legacy = legacy;
+            if legacy {
+                st.image.all_dirty();
+            }
+        }
+        if legacy {
+            info!("rewriting the store from one record per task to the journal layout");
+            self.checkpoint().await?;
+        }
+        Ok((replayed.tasks, replayed.workers))
+    }
+
+    async fn timed<T>(
+        &self,
+        f: impl std::future::IntoFuture<Output = Result<T, surrealdb::Error>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.write_timeout, f.into_future())
+            .await
+            .map_err(|_| StoreError::Timeout(self.write_timeout))?
+            .map_err(StoreError::from)
+    }
+
+    /// Writes a batch as one journal record: all of it is durable when this returns `Ok`, none
+    /// of it when it returns `Err`. Starts a checkpoint in the background when one is due.
+    pub async fn write(
+        &self,
+        tasks: &[TaskInfo],
+        removed: &[TaskId],
+        workers: &[WorkerInfo],
+    ) -> Result<(), StoreError> {
+        let entry = Entry::new(tasks, removed, workers);
+        let body = entry.to_body();
+        let body_len = body.len();
+        let seq = {
+            let mut st = self.state();
+            let seq = st.next_seq;
+            // A failed write burns its number; replay only needs the order.
+            st.next_seq += 1;
+            seq
+        };
+        let row = JournalRow {
+            id: RecordId::new("journal", seq),
+            seq,
+            body,
+        };
+        self.timed(
+            self.db
+                .query("CREATE journal CONTENT $row")
+                .bind(("row", row)),
+        )
+        .await?
+        .check()?;
+        let due = {
+            let mut st = self.state();
+            st.image.apply(seq, entry, body_len);
+            !st.checkpointing && st.image.wants_checkpoint(self.checkpoint_min_bytes)
+        };
+        if due {
+            let store = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.checkpoint().await {
+                    warn!(error = %e, "checkpoint failed; the journal keeps everything, retrying later");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Folds the journal into the buckets now: writes every bucket that changed, then, in one
+    /// transaction, the workers, the new checkpoint mark and the deletion of the journal it
+    /// covers. Returns without doing anything when a checkpoint is already running.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        let (snap, legacy) = {
+            let mut st = self.state();
+            if st.checkpointing {
+                return Ok(());
+            }
+            st.checkpointing = true;
+            (st.image.snapshot(), st.legacy)
+        };
+        let started = std::time::Instant::now();
+        let result = self.write_checkpoint(&snap, legacy).await;
+        let mut st = self.state();
+        st.checkpointing = false;
+        match &result {
+            Ok(()) => {
+                st.image.checkpointed(&snap);
+                st.legacy &= !legacy;
+                info!(
+                    upto = snap.upto,
+                    buckets = snap.buckets.len(),
+                    journal_bytes = snap.journal_bytes,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "checkpoint written"
+                );
+            }
+            Err(_) => st.image.checkpoint_failed(&snap),
+        }
+        result
+    }
+
+    async fn write_checkpoint(&self, snap: &Snapshot, legacy: bool) -> Result<(), StoreError> {
+        // Buckets go in transactions of a few MiB each; any of them may land without the rest
+        // (a crash between them), which replay tolerates because the journal is still there.
+        const TXN_BYTES: usize = 8 << 20;
+        let mut rows: Vec<BodyRow> = Vec::new();
+        let mut size = 0;
+        let mut buckets = snap.buckets.iter().peekable();
+        while let Some((b, items)) = buckets.next() {
+            let body = frame(items.iter().map(|i| &i[..]));
+            size += body.len();
+            rows.push(BodyRow {
+                id: RecordId::new("bucket", *b as i64),
+                body,
+            });
+            if size >= TXN_BYTES || buckets.peek().is_none() {
+                size = 0;
+                self.timed(
+                    self.db
+                        .query(
+                            "BEGIN; INSERT INTO bucket $rows ON DUPLICATE KEY UPDATE \
+                             body = $input.body; COMMIT;",
+                        )
+                        .bind(("rows", std::mem::take(&mut rows))),
+                )
+                .await?
+                .check()?;
+            }
+        }
+        let mut sql = String::from(
+            "BEGIN;
+             UPSERT meta:workers CONTENT { body: $workers };
+             UPSERT meta:checkpoint CONTENT { upto: $upto };
+             DELETE journal WHERE seq <= $upto;", // stale late entries too
+        );
+        if legacy {
+            sql.push_str("DELETE task; DELETE worker;");
+        }
+        sql.push_str("COMMIT;");
+        let workers = frame(snap.workers.iter().map(|w| &w[..]));
+        self.timed(
+            self.db
+                .query(sql)
+                .bind(("workers", workers))
+                .bind(("upto", snap.upto)),
+        )
+        .await?
+        .check()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::image::tests::task;
+    use super::*;
+    use tatzelwurm_protocol::TaskState;
+
+    fn opts(url: &str, checkpoint_min_bytes: u64) -> StoreOptions {
+        StoreOptions {
+            namespace: "t".into(),
+            database: "t".into(),
+            checkpoint_min_bytes,
+            ..StoreOptions::new(url.into())
+        }
+    }
+
+    async fn count(store: &Store, table: &str) -> usize {
+        let mut res = store
+            .db
+            .query(format!("SELECT count() AS n FROM {table} GROUP ALL"))
+            .await
+            .unwrap();
+        let n: Option<i64> = res.take((0, "n")).unwrap();
+        n.unwrap_or(0) as usize
+    }
+
+    async fn loaded(store: &Store) -> Vec<TaskInfo> {
+        let (mut tasks, _) = store.load().await.unwrap();
+        tasks.sort_by_key(|t| t.id);
+        tasks
+    }
+
+    #[tokio::test]
+    async fn writes_round_trip_and_removes_delete() {
+        let store = Store::open(&opts("mem://", 64 << 20)).await.unwrap();
+        let mut tasks: Vec<TaskInfo> = (0..10).map(|_| task()).collect();
+        store.write(&tasks, &[], &[]).await.unwrap();
+        tasks[0].state = TaskState::Completed;
+        store.write(&tasks[..1], &[tasks[9].id], &[]).await.unwrap();
+        let (mut got, workers) = store.load().await.unwrap();
+        got.sort_by_key(|t| t.id);
+        tasks.sort_by_key(|t| t.id);
+        tasks.retain(|t| got.iter().any(|g| g.id == t.id));
+        assert_eq!(got.len(), 9);
+        assert_eq!(got, tasks);
+        assert!(workers.is_empty());
+        assert_eq!(count(&store, "journal").await, 2, "one record per batch");
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_folds_the_journal_into_buckets_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("surrealkv://{}", dir.path().join("s").display());
+        let store = Store::open(&opts(&url, 0)).await.unwrap();
+        let mut tasks: Vec<TaskInfo> = (0..300).map(|_| task()).collect();
+        store.write(&tasks, &[], &[]).await.unwrap();
+        store.checkpoint().await.unwrap();
+        for t in tasks.iter_mut().take(100) {
+            t.state = TaskState::Completed;
+        }
+        store
+            .write(&tasks[..100], &[tasks[299].id], &[])
+            .await
+            .unwrap();
+        store.checkpoint().await.unwrap();
+        assert_eq!(count(&store, "journal").await, 0, "the journal is folded");
+        assert!(
+            count(&store, "bucket").await > 100,
+            "tasks spread over buckets"
+        );
+        tasks.pop();
+        tasks.sort_by_key(|t| t.id);
+        assert_eq!(loaded(&store).await, tasks);
+        // And after the checkpoint, the journal carries on from where it was.
+        tasks[0].state = TaskState::Failed;
+        store.write(&tasks[..1], &[], &[]).await.unwrap();
+        assert_eq!(loaded(&store).await, tasks);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_cut_short_after_its_buckets_loses_nothing() {
+        let store = Store::open(&opts("mem://", u64::MAX)).await.unwrap();
+        let mut tasks: Vec<TaskInfo> = (0..50).map(|_| task()).collect();
+        store.write(&tasks, &[], &[]).await.unwrap();
+        // Write the buckets of a checkpoint but not its mark and journal deletion, as a crash
+        // between the two would leave it.
+        let mut partial = store.state().image.snapshot();
+        partial.buckets.truncate(20);
+        for (b, items) in &partial.buckets {
+            let row = BodyRow {
+                id: RecordId::new("bucket", *b as i64),
+                body: frame(items.iter().map(|i| &i[..])),
+            };
+            store
+                .db
+                .query("INSERT INTO bucket $row")
+                .bind(("row", row))
+                .await
+                .unwrap()
+                .check()
+                .unwrap();
+        }
+        tasks[3].state = TaskState::Running;
+        store
+            .write(&tasks[3..4], &[tasks[4].id], &[])
+            .await
+            .unwrap();
+        tasks.remove(4);
+        tasks.sort_by_key(|t| t.id);
+        assert_eq!(loaded(&store).await, tasks);
+    }
+
+    #[tokio::test]
+    async fn records_of_the_old_layout_are_read_and_rewritten() {
+        let store = Store::open(&opts("mem://", 64 << 20)).await.unwrap();
+        let mut tasks: Vec<TaskInfo> = (0..5).map(|_| task()).collect();
+        for t in &tasks {
+            store
+                .db
+                .query("CREATE type::record('task', $id) CONTENT { state: 'ready', body: $body }")
+                .bind(("id", t.id.simple()))
+                .bind(("body", image::encode(t)))
+                .await
+                .unwrap()
+                .check()
+                .unwrap();
+        }
+        tasks.sort_by_key(|t| t.id);
+        assert_eq!(loaded(&store).await, tasks);
+        assert_eq!(count(&store, "task").await, 0, "old records are gone");
+        assert_eq!(loaded(&store).await, tasks, "and live on in the buckets");
+    }
+
+    #[tokio::test]
+    async fn a_store_from_a_newer_version_is_refused() {
+        let store = Store::open(&opts("mem://", 0)).await.unwrap();
+        check_layout(&store.db).await.unwrap();
+        store
+            .db
+            .query("UPSERT meta:layout CONTENT { version: 99 }")
+            .await
+            .unwrap()
+            .check()
+            .unwrap();
+        let err = check_layout(&store.db).await.err().unwrap();
+        assert!(
+            matches!(err, StoreError::NewerLayout { found: 99 }),
+            "{err}"
+        );
+    }
+}
