@@ -454,3 +454,50 @@ fn wait_shows_a_progress_bar_on_a_terminal() {
     );
     assert!(screen.contains("eta"), "time left: {screen}");
 }
+
+#[test]
+fn answers_larger_than_a_frame_come_in_parts_or_as_a_clear_error() {
+    // A small frame limit stands in for a table of millions under the default 16 MiB.
+    let c = Coordinator::start_with(Db::Mem, &["--lease", "3s", "--max-frame", "2048"]).unwrap();
+    let _w = c.worker(&["--type", "async"]);
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.extend(c.add(&["--play", "--sleep", "0s", "--count", "15"]));
+    }
+    // The snapshot behind `wait --all` (300 states) takes several frames: every task is waited on.
+    let waited = c.json(&["task", "wait", "--all"]);
+    let waited = waited.as_object().unwrap();
+    assert_eq!(waited.len(), 300, "every task is in the snapshot");
+    for id in &ids {
+        assert_eq!(waited[id], "completed", "{id}");
+    }
+    // The ids a change to every task touched come in parts too.
+    let mut waiting = Vec::new();
+    for _ in 0..20 {
+        waiting.extend(c.add(&["--sleep", "1h", "--count", "15"]));
+    }
+    let killed = c.json(&["task", "kill", "--all"]);
+    let mut killed: Vec<String> = killed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    killed.sort();
+    waiting.sort();
+    assert_eq!(killed, waiting, "every killed id, once");
+    // A list of 600 tasks cannot be split: a clear error, not a hang up.
+    let out = c.try_action(&["task", "list", "-f", "all"]).unwrap();
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("does not fit in a frame") && err.contains("--limit"),
+        "{err}"
+    );
+    let few = c.json(&["task", "list", "-f", "all", "--limit", "5"]);
+    assert_eq!(
+        few.as_array().unwrap().len(),
+        5,
+        "a smaller answer still works"
+    );
+}

@@ -105,6 +105,21 @@ class Client:
         """Sends one request and returns its reply as (name, content); errors raise."""
         rid = next(self._ids)
         send_frame(self._sock, {"request": rid, "body": body})
+        return self._reply_to(rid)
+
+    def _request_parts(self, body):
+        """Sends one request whose reply may come in parts (`more`); returns every part's body."""
+        rid = next(self._ids)
+        send_frame(self._sock, {"request": rid, "body": body})
+        parts = []
+        while True:
+            _, part = self._reply_to(rid)
+            parts.append(part)
+            if not part.get("more", False):
+                return parts
+
+    def _reply_to(self, rid):
+        """The next reply to request `rid`, keeping events that come first; errors raise."""
         while True:
             name, content = variant(self._next())
             if name == "event":
@@ -124,8 +139,8 @@ class Client:
 
     def _change(self, op, ids):
         """`ids` are ids or prefixes, or the single word "all"."""
-        _, body = self.request({op: {"selector": _selector("all" if ids == ("all",) else ids)}})
-        return [uuid.UUID(bytes=i) for i in body["ids"]]
+        parts = self._request_parts({op: {"selector": _selector("all" if ids == ("all",) else ids)}})
+        return [uuid.UUID(bytes=i) for part in parts for i in part["ids"]]
 
     def play(self, *ids):
         """Makes tasks ready; `play("all")` plays every created or paused task."""
@@ -171,8 +186,9 @@ class Client:
     def wait(self, *ids, timeout=None):
         """Waits until the tasks end (`wait("all")` for every current task); returns {id: state}."""
         flt = {"ids": [], "tags": [], "all": True} if ids == ("all",) else {"ids": [id_text(i) for i in ids], "tags": [], "all": False}
-        _, body = self.request({"subscribe": {"filter": flt}})
-        states = {s["id"]: s["state"] for s in decode_ids(body["tasks"])}
+        # A large snapshot comes in parts; events follow the last one.
+        parts = self._request_parts({"subscribe": {"filter": flt}})
+        states = {s["id"]: s["state"] for part in parts for s in decode_ids(part["tasks"])}
         self._sock.settimeout(timeout)
         try:
             while any(s not in FINAL_STATES for s in states.values()):

@@ -23,8 +23,9 @@ def binary(name):
 
 
 class Coordinator:
-    def __init__(self, tmp_path, db="mem://", lease="1s"):
+    def __init__(self, tmp_path, db="mem://", lease="1s", extra=()):
         self.dir = str(tmp_path)
+        self.extra = list(extra)
         self.db = db if db == "mem://" else f"surrealkv://{os.path.join(self.dir, 'store')}"
         self.lease = lease
         self.log = open(os.path.join(self.dir, "coordinator.log"), "a")
@@ -34,7 +35,8 @@ class Coordinator:
 
     def _spawn(self, listen):
         self.proc = subprocess.Popen(
-            [binary("tatzelwurm"), "--listen", listen, "--data-dir", self.dir, "--db", self.db, "--lease", self.lease],
+            [binary("tatzelwurm"), "--listen", listen, "--data-dir", self.dir, "--db", self.db, "--lease", self.lease,
+             *self.extra],
             stdout=subprocess.PIPE, stderr=self.log, text=True,
         )
         line = self.proc.stdout.readline()
@@ -112,5 +114,13 @@ def coordinator(tmp_path):
 @pytest.fixture
 def durable_coordinator(tmp_path):
     c = Coordinator(tmp_path, db="kv", lease="10s")
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def small_frame_coordinator(tmp_path):
+    """Frames of at most 2 KiB, so that a few hundred tasks stand in for millions."""
+    c = Coordinator(tmp_path, extra=["--max-frame", "2048"])
     yield c
     c.stop()

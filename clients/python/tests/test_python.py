@@ -157,3 +157,18 @@ def test_python_worker_reattaches_after_a_coordinator_restart(durable_coordinato
             attempts = cl.show(tid)["attempts"]
             assert len(attempts) == 1, "reattached, not run again"
             assert attempts[0]["output"] == out
+
+
+def test_wait_reads_a_snapshot_that_comes_in_parts(small_frame_coordinator):
+    with small_frame_coordinator.client() as c:
+        ids = []
+        for _ in range(20):
+            ids += c.add(*[sleep_task(3600) for _ in range(15)])
+        c.kill("all")
+        # 300 states in MessagePack do not fit in one 2 KiB frame: the snapshot comes in parts.
+        states = c.wait("all", timeout=30)
+        assert sorted(states) == sorted(ids)
+        assert set(states.values()) == {"killed"}
+        with pytest.raises(TatzelwurmError) as e:
+            c.list()
+        assert e.value.kind == "limit_exceeded"

@@ -145,6 +145,29 @@ impl Client {
     /// Sends a request and waits for its reply; an error reply becomes [`ClientError::Server`].
     pub async fn request(&mut self, body: ActionerRequest) -> Result<Reply, ClientError> {
         let id = self.send(body).await?;
+        self.reply_to(id).await
+    }
+
+    /// Sends a request whose answer is a list that may come in parts, and joins them; `part`
+    /// takes a reply apart into its items and its `more` flag.
+    async fn request_parts<T>(
+        &mut self,
+        body: ActionerRequest,
+        part: impl Fn(Reply) -> Result<(Vec<T>, bool), Reply>,
+    ) -> Result<Vec<T>, ClientError> {
+        let id = self.send(body).await?;
+        let mut all = Vec::new();
+        loop {
+            let (mut items, more) = part(self.reply_to(id).await?).map_err(unexpected)?;
+            all.append(&mut items);
+            if !more {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Waits for the next reply to request `id`, dropping replies to others.
+    async fn reply_to(&mut self, id: RequestId) -> Result<Reply, ClientError> {
         loop {
             let (got, reply) = self.next_reply().await?;
             if got != id {
@@ -169,12 +192,13 @@ impl Client {
         }
     }
 
-    /// Plays, pauses, kills or removes; returns the tasks that changed.
+    /// Plays, pauses, kills or removes; returns the tasks that changed (every part of the list).
     pub async fn change(&mut self, body: ActionerRequest) -> Result<Vec<TaskId>, ClientError> {
-        match self.request(body).await? {
-            Reply::Changed { ids } => Ok(ids),
-            other => Err(unexpected(other)),
-        }
+        self.request_parts(body, |reply| match reply {
+            Reply::Changed { ids, more } => Ok((ids, more)),
+            other => Err(other),
+        })
+        .await
     }
 
     /// Makes tasks ready.
@@ -221,12 +245,14 @@ impl Client {
         }
     }
 
-    /// Subscribes to events; returns the matching tasks' current states.
+    /// Subscribes to events; returns the matching tasks' current states (every part of the
+    /// snapshot, however many replies it took).
     pub async fn subscribe(&mut self, filter: EventFilter) -> Result<Vec<TaskStatus>, ClientError> {
-        match self.request(ActionerRequest::Subscribe { filter }).await? {
-            Reply::Subscribed { tasks } => Ok(tasks),
-            other => Err(unexpected(other)),
-        }
+        self.request_parts(ActionerRequest::Subscribe { filter }, |reply| match reply {
+            Reply::Subscribed { tasks, more } => Ok((tasks, more)),
+            other => Err(other),
+        })
+        .await
     }
 
     /// The next event of this connection's subscriptions.

@@ -57,6 +57,19 @@ pub struct CoreConfig {
     pub lease_ms: u64,
     /// Send the tasks of a lost worker to `paused` instead of `ready`.
     pub lost_to_paused: bool,
+    /// Most items in one reply that lists tasks (a `subscribed` snapshot, the ids a change
+    /// touched); a longer list goes in several parts, so that each fits in a frame.
+    pub reply_chunk: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            lease_ms: 30_000,
+            lost_to_paused: false,
+            reply_chunk: 100_000,
+        }
+    }
 }
 
 enum Conn {
@@ -151,6 +164,35 @@ fn idx(s: TaskState) -> usize {
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
     ErrorReply::new(kind, message)
+}
+
+/// Splits a reply whose list grows with the table (the ids a `kill --all` changed, a snapshot)
+/// into parts of at most `chunk` items, so that each fits in a frame; every part but the last
+/// says `more`. Other replies pass whole.
+fn split_reply(reply: Reply, chunk: usize) -> Vec<Reply> {
+    fn parts<T>(
+        mut items: Vec<T>,
+        chunk: usize,
+        make: impl Fn(Vec<T>, bool) -> Reply,
+    ) -> Vec<Reply> {
+        let chunk = chunk.max(1);
+        let last = items.split_off(items.len().saturating_sub(1) / chunk * chunk);
+        let mut out = Vec::with_capacity(items.len() / chunk + 1);
+        let mut rest = items.into_iter().peekable();
+        while rest.peek().is_some() {
+            out.push(make(rest.by_ref().take(chunk).collect(), true));
+        }
+        out.push(make(last, false));
+        out
+    }
+    match reply {
+        Reply::Subscribed { tasks, .. } => parts(tasks, chunk, |tasks, more| Reply::Subscribed {
+            tasks,
+            more,
+        }),
+        Reply::Changed { ids, .. } => parts(ids, chunk, |ids, more| Reply::Changed { ids, more }),
+        other => vec![other],
+    }
 }
 
 fn has_tags(task: &Task, tags: &[Tag]) -> bool {
@@ -653,17 +695,17 @@ impl Core {
             Ok((reply, durable)) => (reply, durable),
             Err(e) => (Reply::Error(e), false),
         };
-        let out = (
-            conn,
-            Out::Actioner(CoordinatorToActioner::Reply {
-                request,
-                body: reply,
-            }),
-        );
-        if durable {
-            self.durable.push(out);
+        // Every part leaves in order, the parts of a snapshot before any event they precede.
+        let queue = if durable {
+            &mut self.durable
         } else {
-            self.immediate.push(out);
+            &mut self.immediate
+        };
+        for body in split_reply(reply, self.cfg.reply_chunk) {
+            queue.push((
+                conn,
+                Out::Actioner(CoordinatorToActioner::Reply { request, body }),
+            ));
         }
     }
 
@@ -718,7 +760,7 @@ impl Core {
                         self.removed.push(*id);
                     }
                 }
-                Ok((Reply::Changed { ids }, true))
+                Ok((Reply::Changed { ids, more: false }, true))
             }
             ActionerRequest::List {
                 states,
@@ -814,7 +856,7 @@ impl Core {
                 "subscribe to some ids, some tags, or all",
             ));
         }
-        let tasks = self
+        let tasks: Vec<TaskStatus> = self
             .tasks
             .values()
             .filter(|t| {
@@ -834,7 +876,7 @@ impl Core {
             tags: filter.tags,
             all: filter.all,
         });
-        Ok(Reply::Subscribed { tasks })
+        Ok(Reply::Subscribed { tasks, more: false })
     }
 
     /// Resolves an id or a unique prefix of one (hex digits, hyphens ignored).
@@ -924,7 +966,7 @@ impl Core {
             }
         }
         debug!(op, tasks = ids.len(), "applied");
-        Ok((Reply::Changed { ids }, true))
+        Ok((Reply::Changed { ids, more: false }, true))
     }
 
     // ---- workers -----------------------------------------------------------------------
@@ -1053,7 +1095,7 @@ mod tests {
     fn core() -> Core {
         Core::new(CoreConfig {
             lease_ms: 1000,
-            lost_to_paused: false,
+            ..CoreConfig::default()
         })
     }
 
@@ -1285,7 +1327,7 @@ mod tests {
         let mut r = Core::restore(
             CoreConfig {
                 lease_ms: 1000,
-                lost_to_paused: false,
+                ..CoreConfig::default()
             },
             tasks,
             workers,
@@ -1455,6 +1497,86 @@ mod tests {
     }
 
     #[test]
+    fn long_lists_are_split_into_parts_and_other_replies_pass_whole() {
+        let ids: Vec<TaskId> = (0..5).map(|_| TaskId::new()).collect();
+        let parts = split_reply(
+            Reply::Changed {
+                ids: ids.clone(),
+                more: false,
+            },
+            2,
+        );
+        let shapes: Vec<(usize, bool)> = parts
+            .iter()
+            .map(|p| match p {
+                Reply::Changed { ids, more } => (ids.len(), *more),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(shapes, vec![(2, true), (2, true), (1, false)]);
+        let joined: Vec<TaskId> = parts
+            .into_iter()
+            .flat_map(|p| match p {
+                Reply::Changed { ids, .. } => ids,
+                _ => vec![],
+            })
+            .collect();
+        assert_eq!(joined, ids, "in order, each once");
+        for n in [0, 1, 2, 4] {
+            let parts = split_reply(
+                Reply::Changed {
+                    ids: ids[..n].to_vec(),
+                    more: false,
+                },
+                2,
+            );
+            assert_eq!(parts.len(), n.div_ceil(2).max(1), "{n} ids");
+        }
+        assert_eq!(split_reply(Reply::Added { ids: ids.clone() }, 2).len(), 1);
+    }
+
+    #[test]
+    fn a_large_snapshot_is_sent_in_parts_before_the_reply() {
+        let mut c = Core::new(CoreConfig {
+            reply_chunk: 2,
+            ..CoreConfig::default()
+        });
+        c.connect_actioner(1);
+        let mut ids = add(&mut c, 5, false);
+        c.take_immediate();
+        let all = EventFilter {
+            ids: vec![],
+            tags: vec![],
+            all: true,
+        };
+        c.actioner(
+            1,
+            RequestId(9),
+            ActionerRequest::Subscribe { filter: all },
+            20,
+        );
+        let mut seen = Vec::new();
+        let mut flags = Vec::new();
+        for (conn, out) in c.take_immediate() {
+            assert_eq!(conn, 1);
+            let Out::Actioner(CoordinatorToActioner::Reply {
+                request: RequestId(9),
+                body: Reply::Subscribed { tasks, more },
+            }) = out
+            else {
+                panic!("not a part of the snapshot: {out:?}");
+            };
+            assert!(tasks.len() <= 2, "a part holds at most the chunk");
+            seen.extend(tasks.iter().map(|t| t.id));
+            flags.push(more);
+        }
+        assert_eq!(flags, vec![true, true, false], "the last part says so");
+        seen.sort();
+        ids.sort();
+        assert_eq!(seen, ids, "every task once");
+    }
+
+    #[test]
     fn subscribers_get_every_state_change_after_the_commit() {
         let mut c = core();
         c.connect_actioner(1);
@@ -1473,7 +1595,7 @@ mod tests {
             20,
         );
         assert!(
-            matches!(&c.take_immediate()[0].1, Out::Actioner(CoordinatorToActioner::Reply { body: Reply::Subscribed { tasks }, .. }) if tasks[0].state == TaskState::Created)
+            matches!(&c.take_immediate()[0].1, Out::Actioner(CoordinatorToActioner::Reply { body: Reply::Subscribed { tasks, more: false }, .. }) if tasks[0].state == TaskState::Created)
         );
         c.actioner(
             1,

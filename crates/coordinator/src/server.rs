@@ -14,9 +14,9 @@ use anyhow::{Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use tatzelwurm_protocol::handshake::check_hello;
 use tatzelwurm_protocol::{
-    ActionerToCoordinator, BodyCodec, CoordinatorToActioner, CoordinatorToWorker, FrameError,
-    Hello, HelloReply, MessageCodec, PROTOCOL_VERSION, RejectKind, Role, WorkerHello, WorkerId,
-    WorkerToCoordinator, now_ms,
+    ActionerToCoordinator, BodyCodec, CoordinatorToActioner, CoordinatorToWorker, ErrorKind,
+    ErrorReply, FrameError, Hello, HelloReply, MessageCodec, PROTOCOL_VERSION, RejectKind, Reply,
+    RequestId, Role, WorkerHello, WorkerId, WorkerToCoordinator, now_ms,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -85,6 +85,9 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     let core_cfg = CoreConfig {
         lease_ms: cfg.lease.as_millis() as u64,
         lost_to_paused: cfg.lost_to_paused,
+        // An id or a task's state takes at most about 40 bytes in either codec: keep each part
+        // well inside the frame.
+        reply_chunk: (cfg.max_frame / 64).max(1),
     };
     let core = Core::restore(core_cfg, tasks, workers, now_ms());
 
@@ -330,11 +333,28 @@ impl ConnCtx {
                     let mut closing = None;
                     for m in batch {
                         match Outgoing::pick(m) {
-                            Ok(msg) => if let Err(e) = framed.feed(msg).await {
-                                warn!(conn = self.conn, error = %e, "cannot send; closing");
-                                failed = true;
-                                break;
-                            },
+                            Ok(msg) => {
+                                let request = msg.request();
+                                let Err(e) = framed.feed(msg).await else { continue };
+                                // A reply too large for a frame becomes an error reply to the same
+                                // request; the encoder left nothing of it behind.
+                                let instead = match &e {
+                                    FrameError::Encode { .. } => {
+                                        Outgoing::instead_of_unsendable(request, &e.to_string())
+                                    }
+                                    _ => None,
+                                };
+                                let sent = match instead {
+                                    Some(err) => framed.feed(err).await.is_ok(),
+                                    None => false,
+                                };
+                                if !sent {
+                                    warn!(conn = self.conn, error = %e, "cannot send; closing");
+                                    failed = true;
+                                    break;
+                                }
+                                warn!(conn = self.conn, error = %e, "reply too large; sent an error");
+                            }
                             Err(reason) => { closing = Some(reason); break; }
                         }
                     }
@@ -354,6 +374,15 @@ impl ConnCtx {
 trait OutFilter: Sized {
     /// The message, or the reason to close.
     fn pick(out: Out) -> Result<Self, String>;
+    /// The request this message answers, if it is a reply.
+    fn request(&self) -> Option<RequestId> {
+        None
+    }
+    /// What to send instead of a reply that could not be encoded (too large for a frame), so
+    /// that the client hears why; `None` closes the connection.
+    fn instead_of_unsendable(_request: Option<RequestId>, _why: &str) -> Option<Self> {
+        None
+    }
 }
 
 impl OutFilter for CoordinatorToActioner {
@@ -363,6 +392,25 @@ impl OutFilter for CoordinatorToActioner {
             Out::Close(r) => Err(r),
             Out::Worker(_) => Err("internal: worker message for an actioner".into()),
         }
+    }
+
+    fn request(&self) -> Option<RequestId> {
+        match self {
+            CoordinatorToActioner::Reply { request, .. } => Some(*request),
+            _ => None,
+        }
+    }
+
+    fn instead_of_unsendable(request: Option<RequestId>, why: &str) -> Option<Self> {
+        Some(CoordinatorToActioner::Reply {
+            request: request?,
+            body: Reply::Error(ErrorReply::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "the reply does not fit in a frame ({why}): ask for less (a filter, --limit)"
+                ),
+            )),
+        })
     }
 }
 

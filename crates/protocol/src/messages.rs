@@ -139,6 +139,10 @@ pub enum Reply {
     Changed {
         /// Changed tasks.
         ids: Vec<TaskId>,
+        /// More ids follow in further `Changed` replies to the same request (a change to
+        /// millions of tasks is listed in parts, so that each fits in a frame).
+        #[serde(default)]
+        more: bool,
     },
     /// To `List`.
     Tasks {
@@ -177,6 +181,11 @@ pub enum Reply {
     Subscribed {
         /// A snapshot taken atomically with the subscription, so no change is missed.
         tasks: Vec<TaskStatus>,
+        /// More of the snapshot follows in further `Subscribed` replies to the same request
+        /// (a large snapshot is split so that each part fits in a frame); events come after the
+        /// last part.
+        #[serde(default)]
+        more: bool,
     },
     /// The request failed; nothing changed.
     Error(ErrorReply),

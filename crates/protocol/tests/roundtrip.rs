@@ -188,6 +188,7 @@ fn replies() -> Vec<Reply> {
         },
         Reply::Changed {
             ids: vec![TaskId::new()],
+            more: false,
         },
         Reply::Tasks {
             tasks: vec![summary(), summary()],
@@ -228,6 +229,7 @@ fn replies() -> Vec<Reply> {
                 id: TaskId::new(),
                 state: TaskState::Ready,
             }],
+            more: true,
         },
         Reply::Error(ErrorReply::new(
             ErrorKind::AmbiguousId,
