@@ -106,15 +106,16 @@ fn hostile_peers_close_only_their_own_connection() {
     let addr = c.addr.clone();
     let token = std::fs::read_to_string(c.token_file()).unwrap();
 
+    const VERSION: u8 = tatzelwurm_protocol::PROTOCOL_VERSION as u8;
     let valid_hello = |tok: &str| {
-        // {"magic": "tatzelwurm", "version": 1, "role": {"actioner": {}}, "codec": "msgpack", "token": tok}
+        // {"magic": "tatzelwurm", "version": V, "role": {"actioner": {}}, "codec": "msgpack", "token": tok}
         let mut b = vec![0x85, 0xa5];
         b.extend_from_slice(b"magic");
         b.push(0xaa);
         b.extend_from_slice(b"tatzelwurm");
         b.push(0xa7);
         b.extend_from_slice(b"version");
-        b.push(0x01);
+        b.push(VERSION); // a positive fixint
         b.push(0xa4);
         b.extend_from_slice(b"role");
         b.extend_from_slice(&[0x81, 0xa8]);
@@ -151,7 +152,7 @@ fn hostile_peers_close_only_their_own_connection() {
     let mut wrong_version = valid_hello(&token);
     let pos = wrong_version
         .windows(8)
-        .position(|w| w == b"version\x01")
+        .position(|w| w[..7] == *b"version" && w[7] == VERSION)
         .unwrap();
     wrong_version[pos + 7] = 0x63;
     hostile(&addr, &frame(&wrong_version), true);

@@ -13,7 +13,7 @@ use crate::task::{BlockType, Tag};
 pub const MAGIC: &str = "tatzelwurm";
 
 /// The protocol version; a coordinator refuses hellos of any other version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The client's first frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

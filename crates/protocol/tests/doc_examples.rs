@@ -37,7 +37,7 @@ fn worker_hello() -> Hello {
 
 fn welcome() -> HelloReply {
     HelloReply::Welcome {
-        version: 1,
+        version: PROTOCOL_VERSION,
         peer_id: 3,
         heartbeat_ms: 5000,
         lease_ms: 30000,
