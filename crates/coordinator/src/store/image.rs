@@ -119,6 +119,27 @@ impl Entry {
         }
     }
 
+    /// Cuts the entry into entries of at most about `max_bytes` of records each (a record larger
+    /// than that goes alone), in order: the removals and the workers in the first.
+    pub fn split(self, max_bytes: usize) -> Vec<Entry> {
+        let mut out = vec![Entry {
+            tasks: Vec::new(),
+            removed: self.removed,
+            workers: self.workers,
+        }];
+        let mut size: usize = out[0].workers.iter().map(|(_, b)| b.len()).sum();
+        for (id, bytes) in self.tasks {
+            let last = out.last_mut().expect("never empty");
+            if size + bytes.len() > max_bytes && !(last.tasks.is_empty() && size == 0) {
+                size = 0;
+                out.push(Entry::default());
+            }
+            size += bytes.len();
+            out.last_mut().expect("never empty").tasks.push((id, bytes));
+        }
+        out
+    }
+
     /// The journal record's body: a frame of three frames (tasks, removed ids, workers).
     pub fn to_body(&self) -> Bytes {
         let tasks = frame(self.tasks.iter().map(|(_, b)| &b[..]));
@@ -423,6 +444,31 @@ pub(super) mod tests {
         assert!(unframe(&Bytes::from(long)).is_err(), "trailing bytes");
         let huge = Bytes::from_static(&[0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0]);
         assert!(unframe(&huge).is_err(), "a count that cannot fit");
+    }
+
+    #[test]
+    fn a_large_entry_is_split_in_order_and_a_large_record_goes_alone() {
+        let ts: Vec<TaskInfo> = (0..10).map(|_| task()).collect();
+        let gone = TaskId::new();
+        let whole = Entry::new(&ts, &[gone], &[]);
+        let one = whole.tasks[0].1.len();
+        let parts = Entry::new(&ts, &[gone], &[]).split(3 * one);
+        assert_eq!(
+            parts.iter().map(|p| p.tasks.len()).collect::<Vec<_>>(),
+            vec![3, 3, 3, 1]
+        );
+        assert_eq!(parts[0].removed, vec![gone], "removals go first");
+        assert!(parts[1..].iter().all(|p| p.removed.is_empty()));
+        let joined: Vec<_> = parts.into_iter().flat_map(|p| p.tasks).collect();
+        assert_eq!(joined, whole.tasks, "every record once, in order");
+        let alone = Entry::new(&ts, &[], &[]).split(one / 2);
+        assert_eq!(alone.len(), 10, "a record larger than the limit goes alone");
+        assert_eq!(Entry::new(&ts, &[], &[]).split(usize::MAX).len(), 1);
+        assert_eq!(
+            Entry::default().split(1).len(),
+            1,
+            "an empty batch is one record"
+        );
     }
 
     #[test]

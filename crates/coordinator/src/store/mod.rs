@@ -153,6 +153,11 @@ pub struct Store {
     state: Arc<Mutex<State>>,
 }
 
+/// The largest journal record a batch is written as (a single larger task gets a record of its
+/// own). A SurrealDB server refuses WebSocket messages over 128 MiB by default, and large records
+/// cost it memory; clients may send a 16 MiB task each, and a batch gathers many clients.
+pub const ENTRY_BYTES: usize = 4 << 20;
+
 const SCHEMA: &str = "DEFINE TABLE IF NOT EXISTS journal SCHEMALESS;
 DEFINE TABLE IF NOT EXISTS bucket SCHEMALESS;
 DEFINE TABLE IF NOT EXISTS meta SCHEMALESS;
@@ -273,39 +278,44 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// Writes a batch as one journal record: all of it is durable when this returns `Ok`, none
-    /// of it when it returns `Err`. Starts a checkpoint in the background when one is due.
+    /// Writes a batch as journal records: one, unless the batch is larger than
+    /// [`ENTRY_BYTES`]. All of it is durable when this returns `Ok`; when it returns `Err`, a
+    /// prefix of its parts may be, each part whole (the caller writes the batch again, which is
+    /// safe: records are whole and replay follows sequence numbers). Starts a checkpoint in the
+    /// background when one is due.
     pub async fn write(
         &self,
         tasks: &[TaskInfo],
         removed: &[TaskId],
         workers: &[WorkerInfo],
     ) -> Result<(), StoreError> {
-        let entry = Entry::new(tasks, removed, workers);
-        let body = entry.to_body();
-        let body_len = body.len();
-        let seq = {
-            let mut st = self.state();
-            let seq = st.next_seq;
-            // A failed write burns its number; replay only needs the order.
-            st.next_seq += 1;
-            seq
-        };
-        let row = JournalRow {
-            id: RecordId::new("journal", seq),
-            seq,
-            body,
-        };
-        self.timed(
-            self.db
-                .query("CREATE journal CONTENT $row")
-                .bind(("row", row)),
-        )
-        .await?
-        .check()?;
+        for entry in Entry::new(tasks, removed, workers).split(ENTRY_BYTES) {
+            let body = entry.to_body();
+            let body_len = body.len();
+            let seq = {
+                let mut st = self.state();
+                let seq = st.next_seq;
+                // A failed write burns its number; replay only needs the order.
+                st.next_seq += 1;
+                seq
+            };
+            let row = JournalRow {
+                id: RecordId::new("journal", seq),
+                seq,
+                body,
+            };
+            self.timed(
+                self.db
+                    .query("CREATE journal CONTENT $row")
+                    .bind(("row", row)),
+            )
+            .await?
+            .check()?;
+            // The image follows the journal part by part, so that it never lacks a committed one.
+            self.state().image.apply(seq, entry, body_len);
+        }
         let due = {
-            let mut st = self.state();
-            st.image.apply(seq, entry, body_len);
+            let st = self.state();
             !st.checkpointing && st.image.wants_checkpoint(self.checkpoint_min_bytes)
         };
         if due {
@@ -449,6 +459,23 @@ mod tests {
         assert_eq!(got, tasks);
         assert!(workers.is_empty());
         assert_eq!(count(&store, "journal").await, 2, "one record per batch");
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_a_record_is_written_in_parts() {
+        let store = Store::open(&opts("mem://", 64 << 20)).await.unwrap();
+        let mut tasks: Vec<TaskInfo> = (0..5).map(|_| task()).collect();
+        for t in &mut tasks {
+            t.spec.user_data = tatzelwurm_protocol::Data(vec![7; 1 << 20]);
+        }
+        store.write(&tasks, &[], &[]).await.unwrap();
+        assert_eq!(
+            count(&store, "journal").await,
+            2,
+            "records of at most 4 MiB: 3 + 2 tasks of 1 MiB"
+        );
+        tasks.sort_by_key(|t| t.id);
+        assert_eq!(loaded(&store).await, tasks);
     }
 
     #[tokio::test]
