@@ -360,12 +360,17 @@ impl Core {
         // memory and is written when the store recovers, so a client that retries may add twice
         // (at-least-once); events and worker messages wait for that commit.
         let mut sends = Vec::with_capacity(batch.sends.len());
+        // A reply in parts gets one error, not one per part.
+        let mut refused: HashSet<(ConnId, RequestId)> = HashSet::new();
         for (conn, out) in batch.sends {
             match out {
                 Out::Actioner(CoordinatorToActioner::Reply {
                     request,
                     body: Reply::Added { .. } | Reply::Changed { .. },
                 }) => {
+                    if !refused.insert((conn, request)) {
+                        continue;
+                    }
                     let e = err(
                         ErrorKind::StoreUnavailable,
                         "the store failed while writing this change, so it is not acknowledged; it may still be \
@@ -1493,6 +1498,32 @@ mod tests {
             dispatches(&retry).len(),
             1,
             "the dispatch still waits for a commit"
+        );
+    }
+
+    #[test]
+    fn a_failed_commit_of_a_reply_in_parts_is_refused_once() {
+        let mut c = Core::new(CoreConfig {
+            reply_chunk: 2,
+            ..CoreConfig::default()
+        });
+        c.connect_actioner(1);
+        add(&mut c, 5, false);
+        c.actioner(
+            1,
+            RequestId(4),
+            ActionerRequest::Play {
+                selector: Selector::All,
+            },
+            2,
+        );
+        let batch = c.take_batch().unwrap();
+        assert_eq!(batch.sends.len(), 3, "the ids go in three parts");
+        c.requeue(batch);
+        let imm = c.take_immediate();
+        assert!(
+            matches!(&imm[..], [(1, Out::Actioner(CoordinatorToActioner::Reply { request: RequestId(4), body: Reply::Error(e) }))] if e.kind == ErrorKind::StoreUnavailable),
+            "{imm:?}"
         );
     }
 
