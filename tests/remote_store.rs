@@ -134,3 +134,39 @@ fn ws_store_server_that_vanishes_and_returns_loses_no_acknowledged_task() {
         assert_eq!(c.state(id), "completed");
     }
 }
+
+#[test]
+#[ignore = "needs a SurrealDB server: scripts/test builds one and runs this"]
+fn ws_store_opened_by_a_second_coordinator_stops_the_first() {
+    let server = SurrealServer::start().unwrap();
+    let mut first = coordinator(&server, "ns", "db", &[]);
+    let kept = first.add(&["--sleep", "1s"]);
+    let second = coordinator(&server, "ns", "db", &[]);
+    assert_eq!(
+        second.all_ids(),
+        kept,
+        "the second finds what the first wrote"
+    );
+    // The first learns at its next write that it no longer owns the store, refuses the change
+    // and stops, rather than writing over the second's journal.
+    let refused = first.try_action(&["task", "add", "--sleep", "1s"]).unwrap();
+    assert!(!refused.status.success(), "the first acknowledged a change");
+    assert_eq!(
+        first.wait_exit(LONG),
+        Some(1),
+        "the first stops with an error"
+    );
+    assert!(
+        first
+            .log_text()
+            .contains("another coordinator took over this store"),
+        "{}",
+        first.log_text()
+    );
+    assert!(second.log_text().contains("took the store over"));
+    let added = second.add(&["--sleep", "1s"]);
+    let mut all = kept.clone();
+    all.extend(added);
+    all.sort();
+    assert_eq!(second.all_ids(), all, "the second goes on");
+}

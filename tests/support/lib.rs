@@ -170,6 +170,11 @@ impl Coordinator {
         }
     }
 
+    /// Waits for the process to exit by itself, up to `within`; returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        wait_exit(&mut self.child, within)
+    }
+
     /// SIGTERM and wait; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
@@ -341,17 +346,7 @@ impl Worker {
 
     /// Waits for the process to exit, up to `within`; returns its exit code.
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(c) = self.child.as_mut()
-                && let Ok(Some(st)) = c.try_wait()
-            {
-                self.child = None;
-                return st.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        wait_exit(&mut self.child, within)
     }
 
     /// Its log so far.
@@ -488,6 +483,21 @@ impl Drop for SurrealServer {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Waits for a child to exit, up to `within`; returns its exit code and forgets it.
+fn wait_exit(child: &mut Option<Child>, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(c) = child.as_mut()
+            && let Ok(Some(st)) = c.try_wait()
+        {
+            *child = None;
+            return st.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
 
 /// Sends a signal with `kill(1)`.

@@ -150,11 +150,11 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     }
     info!("shutting down: no longer accepting");
     drop(in_tx);
-    match actor.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => error!(error = %e, "the actor stopped with an error"),
-        Err(e) => error!(error = %e, "the actor panicked"),
-    }
+    let outcome = match actor.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(anyhow::anyhow!("the actor panicked: {e}")),
+    };
     tracker.close();
     conns_closed.cancel();
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
@@ -164,7 +164,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         warn!("some connections did not close within 5 s");
     }
     info!("stopped");
-    Ok(())
+    outcome
 }
 
 async fn reject_busy(stream: TcpStream, ctx: &ConnCtx) {
@@ -475,6 +475,17 @@ async fn actor(
                             core.set_store_ok(true);
                         }
                         deliver(&mut conns, batch.sends);
+                    }
+                    Ok((_, Err(StoreError::Superseded))) => {
+                        // Nothing of the batch was written, nor acknowledged; the other
+                        // coordinator now owns the tables and the clients must go there.
+                        let reason = StoreError::Superseded.to_string();
+                        error!("{reason}");
+                        deliver(&mut conns, core.shutdown_messages(&reason));
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        conns_closed.cancel();
+                        shutdown.cancel();
+                        return Err(anyhow::anyhow!(reason));
                     }
                     Ok((batch, Err(e))) => {
                         failures += 1;

@@ -45,6 +45,12 @@ pub enum StoreError {
         /// The version found.
         found: i64,
     },
+    /// Another coordinator opened this store after this one: this one must stop writing, or the
+    /// two would overwrite each other's journal and checkpoints.
+    #[error(
+        "another coordinator took over this store (same namespace and database); this one stops"
+    )]
+    Superseded,
     /// A write got no answer in time (a remote server that vanished, a network that dropped
     /// packets). Whether it was applied is unknown; the batch is written again, which is safe
     /// because every write carries whole records and replay follows sequence numbers.
@@ -148,6 +154,8 @@ impl Default for State {
 #[derive(Clone)]
 pub struct Store {
     db: Surreal<Any>,
+    /// This coordinator's mark in `meta:owner`.
+    owner: String,
     write_timeout: Duration,
     checkpoint_min_bytes: u64,
     state: Arc<Mutex<State>>,
@@ -157,6 +165,9 @@ pub struct Store {
 /// own). A SurrealDB server refuses WebSocket messages over 128 MiB by default, and large records
 /// cost it memory; clients may send a 16 MiB task each, and a batch gathers many clients.
 pub const ENTRY_BYTES: usize = 4 << 20;
+
+/// What the ownership check throws, to tell it from other failures.
+const SUPERSEDED: &str = "tatzelwurm: superseded by another coordinator";
 
 const SCHEMA: &str = "DEFINE TABLE IF NOT EXISTS journal SCHEMALESS;
 DEFINE TABLE IF NOT EXISTS bucket SCHEMALESS;
@@ -199,15 +210,64 @@ impl Store {
         db.use_ns(opts.namespace.as_str())
             .use_db(opts.database.as_str())
             .await?;
+        let store = Store::attach(db, opts).await?;
+        info!(url = %opts.url, ns = %opts.namespace, db = %opts.database, "store open");
+        Ok(store)
+    }
+
+    /// Takes a connected database over: checks its layout and makes this coordinator its owner,
+    /// so that a coordinator that had it before stops at its next write.
+    async fn attach(db: Surreal<Any>, opts: &StoreOptions) -> Result<Store, StoreError> {
         db.query(SCHEMA).await?.check()?;
         check_layout(&db).await?;
-        info!(url = %opts.url, ns = %opts.namespace, db = %opts.database, "store open");
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        let previous: Option<String> = db
+            .query("SELECT VALUE coordinator FROM ONLY meta:owner")
+            .query("UPSERT meta:owner CONTENT { coordinator: $me }")
+            .bind(("me", owner.clone()))
+            .await?
+            .check()?
+            .take(0)?;
+        if let Some(previous) = previous {
+            info!(%previous, now = %owner, "took the store over from the coordinator that had it");
+        }
         Ok(Store {
             db,
+            owner,
             write_timeout: opts.write_timeout,
             checkpoint_min_bytes: opts.checkpoint_min_bytes,
             state: Arc::default(),
         })
+    }
+
+    /// Runs `sql` (statements without BEGIN/COMMIT) in one transaction that first checks this
+    /// coordinator still owns the store; `$me` is bound here. With `claim`, the check writes the
+    /// owner record, so that a takeover racing this transaction conflicts with it instead of
+    /// slipping past; journal writes claim, checkpoints only read (they run beside journal writes
+    /// and must not conflict with them).
+    async fn owned(
+        &self,
+        claim: bool,
+        sql: &str,
+        bind: impl FnOnce(surrealdb::method::Query<'_, Any>) -> surrealdb::method::Query<'_, Any>,
+    ) -> Result<(), StoreError> {
+        let check = if claim {
+            "array::len(UPDATE meta:owner SET writes += 1 WHERE coordinator = $me) = 0"
+        } else {
+            "(SELECT VALUE coordinator FROM ONLY meta:owner) != $me"
+        };
+        let guarded = format!(
+            "BEGIN;
+             IF {check} {{ THROW '{SUPERSEDED}'; }};
+             {sql}
+             COMMIT;"
+        );
+        let query = bind(self.db.query(guarded).bind(("me", self.owner.clone())));
+        match self.timed(query).await?.check() {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains(SUPERSEDED) => Err(StoreError::Superseded),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -304,13 +364,10 @@ impl Store {
                 seq,
                 body,
             };
-            self.timed(
-                self.db
-                    .query("CREATE journal CONTENT $row")
-                    .bind(("row", row)),
-            )
-            .await?
-            .check()?;
+            self.owned(true, "CREATE journal CONTENT $row;", |q| {
+                q.bind(("row", row))
+            })
+            .await?;
             // The image follows the journal part by part, so that it never lacks a committed one.
             self.state().image.apply(seq, entry, body_len);
         }
@@ -391,25 +448,18 @@ impl Store {
             }
         }
         let mut sql = String::from(
-            "BEGIN;
-             UPSERT meta:workers CONTENT { body: $workers };
+            "UPSERT meta:workers CONTENT { body: $workers };
              UPSERT meta:checkpoint CONTENT { upto: $upto };
              DELETE journal WHERE seq <= $upto;", // stale late entries too
         );
         if legacy {
             sql.push_str("DELETE task; DELETE worker;");
         }
-        sql.push_str("COMMIT;");
         let workers = frame(snap.workers.iter().map(|w| &w[..]));
-        self.timed(
-            self.db
-                .query(sql)
-                .bind(("workers", workers))
-                .bind(("upto", snap.upto)),
-        )
-        .await?
-        .check()?;
-        Ok(())
+        self.owned(false, &sql, |q| {
+            q.bind(("workers", workers)).bind(("upto", snap.upto))
+        })
+        .await
     }
 }
 
@@ -459,6 +509,33 @@ mod tests {
         assert_eq!(got, tasks);
         assert!(workers.is_empty());
         assert_eq!(count(&store, "journal").await, 2, "one record per batch");
+    }
+
+    #[tokio::test]
+    async fn a_coordinator_that_was_taken_over_cannot_write() {
+        let o = opts("mem://", 0);
+        let first = Store::open(&o).await.unwrap();
+        let mut tasks = vec![task()];
+        first.write(&tasks, &[], &[]).await.unwrap();
+        // A second coordinator opens the same database.
+        let second = Store::attach(first.db.clone(), &o).await.unwrap();
+        assert_eq!(
+            loaded(&second).await,
+            tasks,
+            "it finds what the first wrote"
+        );
+        tasks[0].state = TaskState::Completed;
+        assert!(matches!(
+            first.write(&tasks, &[], &[]).await,
+            Err(StoreError::Superseded)
+        ));
+        assert!(matches!(
+            first.checkpoint().await,
+            Err(StoreError::Superseded)
+        ));
+        second.write(&tasks, &[], &[]).await.unwrap();
+        second.checkpoint().await.unwrap();
+        assert_eq!(loaded(&second).await, tasks);
     }
 
     #[tokio::test]
