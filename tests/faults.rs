@@ -276,12 +276,14 @@ fn connections_beyond_the_limit_are_refused_as_busy() {
     // Once the coordinator has accepted both (at once, or later on a loaded machine), a third
     // client is refused with the reason.
     let mut err = String::new();
+    let mut answered = 0;
     wait_for(LONG, || {
         let out = c.try_action(&["summary"]).unwrap();
         err = String::from_utf8_lossy(&out.stderr).to_string();
+        answered += out.status.success() as u32;
         !out.status.success()
     })
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e}: answered {answered} times; log:\n{}", c.log_text()));
     assert!(err.contains("too many connections"), "{err}");
     // A place frees when a peer leaves.
     drop(a);

@@ -156,6 +156,8 @@ pub struct Store {
     db: Surreal<Any>,
     /// This coordinator's mark in `meta:owner`.
     owner: String,
+    /// Whether writes check the mark (a server that other coordinators can reach).
+    fenced: bool,
     write_timeout: Duration,
     checkpoint_min_bytes: u64,
     state: Arc<Mutex<State>>,
@@ -210,14 +212,23 @@ impl Store {
         db.use_ns(opts.namespace.as_str())
             .use_db(opts.database.as_str())
             .await?;
-        let store = Store::attach(db, opts).await?;
+        // An embedded store belongs to this process alone (surrealkv locks its directory, and
+        // mem:// is private), so only a server needs the ownership check in every write.
+        let embedded = ["mem:", "memory", "surrealkv:", "file:", "rocksdb:"]
+            .iter()
+            .any(|p| opts.url.starts_with(p));
+        let store = Store::attach(db, opts, !embedded).await?;
         info!(url = %opts.url, ns = %opts.namespace, db = %opts.database, "store open");
         Ok(store)
     }
 
     /// Takes a connected database over: checks its layout and makes this coordinator its owner,
     /// so that a coordinator that had it before stops at its next write.
-    async fn attach(db: Surreal<Any>, opts: &StoreOptions) -> Result<Store, StoreError> {
+    async fn attach(
+        db: Surreal<Any>,
+        opts: &StoreOptions,
+        fenced: bool,
+    ) -> Result<Store, StoreError> {
         db.query(SCHEMA).await?.check()?;
         check_layout(&db).await?;
         let owner = uuid::Uuid::new_v4().simple().to_string();
@@ -234,6 +245,7 @@ impl Store {
         Ok(Store {
             db,
             owner,
+            fenced,
             write_timeout: opts.write_timeout,
             checkpoint_min_bytes: opts.checkpoint_min_bytes,
             state: Arc::default(),
@@ -251,7 +263,9 @@ impl Store {
         sql: &str,
         bind: impl FnOnce(surrealdb::method::Query<'_, Any>) -> surrealdb::method::Query<'_, Any>,
     ) -> Result<(), StoreError> {
-        let check = if claim {
+        let check = if !self.fenced {
+            "false"
+        } else if claim {
             "array::len(UPDATE meta:owner SET writes += 1 WHERE coordinator = $me) = 0"
         } else {
             "(SELECT VALUE coordinator FROM ONLY meta:owner) != $me"
@@ -514,11 +528,13 @@ mod tests {
     #[tokio::test]
     async fn a_coordinator_that_was_taken_over_cannot_write() {
         let o = opts("mem://", 0);
+        // Two coordinators on one database, as two would share a server.
         let first = Store::open(&o).await.unwrap();
+        let first = Store::attach(first.db.clone(), &o, true).await.unwrap();
         let mut tasks = vec![task()];
         first.write(&tasks, &[], &[]).await.unwrap();
         // A second coordinator opens the same database.
-        let second = Store::attach(first.db.clone(), &o).await.unwrap();
+        let second = Store::attach(first.db.clone(), &o, true).await.unwrap();
         assert_eq!(
             loaded(&second).await,
             tasks,
