@@ -379,3 +379,33 @@ fn listening_beyond_loopback_works_and_is_logged() {
     assert!(local.addr.starts_with("127.0.0.1:"));
     assert!(!local.log_text().contains("non-loopback"));
 }
+
+#[test]
+fn a_worker_lost_past_the_forget_time_leaves_the_table_for_good() {
+    let mut c =
+        Coordinator::start_with(Db::Kv, &["--lease", "1s", "--forget-lost-after", "2s"]).unwrap();
+    let mut w = c.worker(&["--type", "async", "--name", "short-lived"]);
+    let listed = |c: &Coordinator| {
+        c.json(&["worker", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    wait_for(LONG, || listed(&c) == ["short-lived"]).unwrap();
+    w.kill9();
+    wait_for(LONG, || listed(&c).is_empty()).unwrap();
+    assert!(c.log_text().contains("forgotten"), "{}", c.log_text());
+    c.restart().unwrap();
+    assert!(listed(&c).is_empty(), "still forgotten after a restart");
+
+    // The flag takes a duration or `never`, and says so when it gets neither.
+    let out = std::process::Command::new(tatzelwurm_tests::bin("tatzelwurm"))
+        .args(["--forget-lost-after", "soon"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`never`"), "{err}");
+}

@@ -21,6 +21,8 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Send a lost worker's tasks to `paused` instead of `ready`.
     pub lost_to_paused: bool,
+    /// Forget a worker lost for this long (it holds nothing by then); `None` keeps them all.
+    pub forget_lost: Option<Duration>,
     /// Largest frame accepted or sent.
     pub max_frame: usize,
     /// A client must finish its hello within this.
@@ -43,6 +45,7 @@ impl Config {
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
             lost_to_paused: false,
+            forget_lost: Some(Duration::from_secs(24 * 3600)),
             max_frame: tatzelwurm_protocol::DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(10),
             max_connections: 4096,

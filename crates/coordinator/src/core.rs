@@ -39,6 +39,8 @@ pub struct Batch {
     pub removed: Vec<TaskId>,
     /// Workers to write.
     pub workers: Vec<WorkerInfo>,
+    /// Workers to delete (lost for longer than the config keeps them).
+    pub removed_workers: Vec<WorkerId>,
     /// Sent after the commit, in order.
     pub sends: Vec<(ConnId, Out)>,
 }
@@ -46,7 +48,10 @@ pub struct Batch {
 impl Batch {
     /// Whether the batch writes anything to the store.
     pub fn has_writes(&self) -> bool {
-        !(self.tasks.is_empty() && self.removed.is_empty() && self.workers.is_empty())
+        !(self.tasks.is_empty()
+            && self.removed.is_empty()
+            && self.workers.is_empty()
+            && self.removed_workers.is_empty())
     }
 }
 
@@ -57,6 +62,9 @@ pub struct CoreConfig {
     pub lease_ms: u64,
     /// Send the tasks of a lost worker to `paused` instead of `ready`.
     pub lost_to_paused: bool,
+    /// A worker lost for this long, holding nothing, is forgotten (removed from the table and
+    /// the store); `None` keeps every worker.
+    pub forget_lost_ms: Option<u64>,
     /// Most items in one reply that lists tasks (a `subscribed` snapshot, the ids a change
     /// touched); a longer list goes in several parts, so that each fits in a frame.
     pub reply_chunk: usize,
@@ -67,6 +75,7 @@ impl Default for CoreConfig {
         CoreConfig {
             lease_ms: 30_000,
             lost_to_paused: false,
+            forget_lost_ms: Some(24 * 3600 * 1000),
             reply_chunk: 100_000,
         }
     }
@@ -151,6 +160,7 @@ pub struct Core {
     dirty_tasks: HashSet<TaskId>,
     removed: Vec<TaskId>,
     dirty_workers: HashSet<WorkerId>,
+    removed_workers: Vec<WorkerId>,
     durable: Vec<(ConnId, Out)>,
     immediate: Vec<(ConnId, Out)>,
     rate: FinishRate,
@@ -221,6 +231,7 @@ impl Core {
             dirty_tasks: HashSet::new(),
             removed: Vec::new(),
             dirty_workers: HashSet::new(),
+            removed_workers: Vec::new(),
             durable: Vec::new(),
             immediate: Vec::new(),
             rate: FinishRate::default(),
@@ -254,6 +265,10 @@ impl Core {
             );
         }
         for info in tasks {
+            // Forgotten workers leave their ids in attempts: never hand one out again.
+            for a in &info.attempts {
+                core.next_worker = core.next_worker.max(a.worker.0 + 1);
+            }
             let id = info.id;
             let mut task = Task { info, ticket: 0 };
             if let Some(w) = task.holder() {
@@ -319,6 +334,7 @@ impl Core {
         if self.dirty_tasks.is_empty()
             && self.removed.is_empty()
             && self.dirty_workers.is_empty()
+            && self.removed_workers.is_empty()
             && self.durable.is_empty()
         {
             return None;
@@ -337,6 +353,7 @@ impl Core {
             tasks,
             removed: std::mem::take(&mut self.removed),
             workers,
+            removed_workers: std::mem::take(&mut self.removed_workers),
             sends: std::mem::take(&mut self.durable),
         })
     }
@@ -351,8 +368,16 @@ impl Core {
                 .map(|t| t.id)
                 .filter(|id| self.tasks.contains_key(id)),
         );
-        self.dirty_workers
-            .extend(batch.workers.iter().map(|w| w.id));
+        self.dirty_workers.extend(
+            batch
+                .workers
+                .iter()
+                .map(|w| w.id)
+                .filter(|id| self.workers.contains_key(id)),
+        );
+        let mut removed_workers = batch.removed_workers;
+        removed_workers.append(&mut self.removed_workers);
+        self.removed_workers = removed_workers;
         let mut removed = batch.removed;
         removed.append(&mut self.removed);
         self.removed = removed;
@@ -545,6 +570,22 @@ impl Core {
                 self.lose_task(t, &format!("worker {id} lost: lease expired"), now);
             }
             self.dirty_workers.insert(id);
+        }
+        if let Some(keep) = self.cfg.forget_lost_ms {
+            let forgotten: Vec<WorkerId> = self
+                .workers
+                .values()
+                .filter(|w| w.conn.is_none() && w.held.is_empty())
+                .filter(|w| w.lost_since.is_some_and(|t| now.saturating_sub(t) >= keep))
+                .map(|w| w.info.id)
+                .collect();
+            for id in forgotten {
+                info!(worker = %id, "worker lost for too long; forgotten");
+                self.workers.remove(&id);
+                self.sched.remove_worker(id);
+                self.dirty_workers.remove(&id);
+                self.removed_workers.push(id);
+            }
         }
     }
 
@@ -1317,6 +1358,50 @@ mod tests {
             "the worker is still connected"
         );
         assert_eq!(c.workers[&w].conn, Some(3));
+    }
+
+    #[test]
+    fn workers_lost_past_the_forget_time_are_forgotten_and_their_ids_never_reused() {
+        let mut c = Core::new(CoreConfig {
+            lease_ms: 1000,
+            forget_lost_ms: Some(5000),
+            ..CoreConfig::default()
+        });
+        c.connect_actioner(1);
+        let ids = add(&mut c, 1, true);
+        // `stays` takes only sync tasks, so the async task goes to `gone`, the newer worker.
+        let mut sync = hello("stays", 1);
+        sync.block = BlockType::Sync;
+        let stays = c.connect_worker(3, sync, 10);
+        let gone = c.connect_worker(2, hello("gone", 1), 10);
+        c.schedule(10);
+        c.take_batch();
+        let held_by = c.task(ids[0]).unwrap().worker.unwrap();
+        assert_eq!(held_by, gone, "the first worker holds the task");
+        c.disconnect(2, 100);
+        // The lease ends at 1,100: the task goes back to the queue, the worker is kept.
+        c.worker(3, WorkerToCoordinator::Heartbeat { running: 0 }, 1000);
+        c.tick(1100);
+        assert!(c.workers.contains_key(&gone));
+        // The other worker stays connected and heartbeats; it is never forgotten.
+        c.worker(3, WorkerToCoordinator::Heartbeat { running: 0 }, 5000);
+        c.tick(5099);
+        assert!(c.workers.contains_key(&gone), "lost for less than 5 s");
+        c.take_batch();
+        c.worker(3, WorkerToCoordinator::Heartbeat { running: 0 }, 5100);
+        c.tick(5100);
+        assert!(!c.workers.contains_key(&gone), "forgotten after 5 s");
+        assert!(c.workers.contains_key(&stays));
+        let batch = c.take_batch().unwrap();
+        assert_eq!(batch.removed_workers, vec![gone]);
+        // A restart from what is stored (the task's attempt still names the forgotten worker)
+        // hands out a new id, not the forgotten one.
+        let tasks = vec![c.task(ids[0]).unwrap().clone()];
+        let kept = vec![c.workers[&stays].info()];
+        let mut r = Core::restore(CoreConfig::default(), tasks, kept, 6000);
+        let new = r.connect_worker(4, hello("new", 1), 6000);
+        assert!(gone.0 > stays.0);
+        assert!(new.0 > gone.0, "{new} reuses the forgotten {gone}");
     }
 
     #[test]

@@ -57,6 +57,10 @@ struct Args {
     /// Send the tasks of a lost worker to `paused` instead of `ready`.
     #[arg(long)]
     lost_to_paused: bool,
+    /// Forget a worker that has been lost this long (its tasks went back to the queue when its
+    /// lease ended); `never` keeps every worker in `worker list`.
+    #[arg(long, default_value = "24h", value_parser = parse_forget)]
+    forget_lost_after: Forget,
     /// Accept clients without the token. For trials only.
     #[arg(long)]
     insecure_no_auth: bool,
@@ -72,6 +76,19 @@ struct Args {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+}
+
+/// A duration, or never.
+#[derive(Clone, Debug)]
+struct Forget(Option<Duration>);
+
+fn parse_forget(s: &str) -> Result<Forget, String> {
+    if s == "never" {
+        return Ok(Forget(None));
+    }
+    humantime::parse_duration(s)
+        .map(|d| Forget(Some(d)))
+        .map_err(|e| format!("{e} (a duration such as 24h, or `never`)"))
 }
 
 fn init_logging(verbose: u8) {
@@ -114,6 +131,7 @@ async fn main() -> Result<()> {
         .unwrap_or(args.lease / 6)
         .max(Duration::from_millis(10));
     cfg.lost_to_paused = args.lost_to_paused;
+    cfg.forget_lost = args.forget_lost_after.0;
     cfg.insecure_no_auth = args.insecure_no_auth;
     cfg.max_frame = args.max_frame;
     cfg.max_connections = args.max_connections;

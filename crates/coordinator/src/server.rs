@@ -85,6 +85,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     let core_cfg = CoreConfig {
         lease_ms: cfg.lease.as_millis() as u64,
         lost_to_paused: cfg.lost_to_paused,
+        forget_lost_ms: cfg.forget_lost.map(|d| d.as_millis() as u64),
         // An id or a task's state takes at most about 40 bytes in either codec: keep each part
         // well inside the frame.
         reply_chunk: (cfg.max_frame / 64).max(1),
@@ -526,7 +527,12 @@ async fn actor(
                 let store = store.clone();
                 commit = Some(tokio::spawn(async move {
                     let r = store
-                        .write(&batch.tasks, &batch.removed, &batch.workers)
+                        .write(
+                            &batch.tasks,
+                            &batch.removed,
+                            &batch.workers,
+                            &batch.removed_workers,
+                        )
                         .await;
                     (batch, r)
                 }));

@@ -3,7 +3,7 @@
 //! the actor for anything), and the replay that rebuilds the tables at start.
 //!
 //! Layout (version 2):
-//! - `journal:SEQ`: one record per committed batch; `body` is an [`Entry`].
+//! - `journal:SEQ`: one record per committed batch (or part of one); `body` is an [`Entry`].
 //! - `bucket:B` (B in 0..256): every task whose id ends in byte B, as of the last checkpoint;
 //!   `body` is a framed list of bincode tasks.
 //! - `meta:workers`: every worker as of the last checkpoint, a framed list of bincode workers.
@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tatzelwurm_protocol::{BodyCodec, TaskId, TaskInfo, WorkerInfo};
+use tatzelwurm_protocol::{BodyCodec, TaskId, TaskInfo, WorkerId, WorkerInfo};
 
 use super::StoreError;
 
@@ -95,8 +95,8 @@ pub(crate) fn unframe(buf: &Bytes) -> Result<Vec<Bytes>, String> {
     Ok(out)
 }
 
-/// A journal entry read back: its tasks, removed ids and workers.
-type Decoded = (Vec<TaskInfo>, Vec<TaskId>, Vec<WorkerInfo>);
+/// A journal entry read back: its tasks, removed task ids, workers and removed worker ids.
+type Decoded = (Vec<TaskInfo>, Vec<TaskId>, Vec<WorkerInfo>, Vec<u64>);
 
 /// One batch as the journal holds it: changed tasks and workers, whole, and removed task ids.
 #[derive(Debug, Default, PartialEq)]
@@ -107,15 +107,23 @@ pub(crate) struct Entry {
     pub removed: Vec<TaskId>,
     /// Encoded workers, each with its id.
     pub workers: Vec<(u64, Bytes)>,
+    /// Workers forgotten.
+    pub removed_workers: Vec<u64>,
 }
 
 impl Entry {
     /// Encodes the records of one batch.
-    pub fn new(tasks: &[TaskInfo], removed: &[TaskId], workers: &[WorkerInfo]) -> Entry {
+    pub fn new(
+        tasks: &[TaskInfo],
+        removed: &[TaskId],
+        workers: &[WorkerInfo],
+        removed_workers: &[WorkerId],
+    ) -> Entry {
         Entry {
             tasks: tasks.iter().map(|t| (t.id, encode(t))).collect(),
             removed: removed.to_vec(),
             workers: workers.iter().map(|w| (w.id.0, encode(w))).collect(),
+            removed_workers: removed_workers.iter().map(|w| w.0).collect(),
         }
     }
 
@@ -126,6 +134,7 @@ impl Entry {
             tasks: Vec::new(),
             removed: self.removed,
             workers: self.workers,
+            removed_workers: self.removed_workers,
         }];
         let mut size: usize = out[0].workers.iter().map(|(_, b)| b.len()).sum();
         for (id, bytes) in self.tasks {
@@ -140,12 +149,19 @@ impl Entry {
         out
     }
 
-    /// The journal record's body: a frame of three frames (tasks, removed ids, workers).
+    /// The journal record's body: a frame of four frames (tasks, removed task ids, workers,
+    /// removed worker ids as 8 bytes little endian).
     pub fn to_body(&self) -> Bytes {
         let tasks = frame(self.tasks.iter().map(|(_, b)| &b[..]));
         let removed = frame(self.removed.iter().map(|id| &id.0.as_bytes()[..]));
         let workers = frame(self.workers.iter().map(|(_, b)| &b[..]));
-        frame([&tasks[..], &removed[..], &workers[..]].into_iter())
+        let ids: Vec<[u8; 8]> = self
+            .removed_workers
+            .iter()
+            .map(|w| w.to_le_bytes())
+            .collect();
+        let removed_workers = frame(ids.iter().map(|b| &b[..]));
+        frame([&tasks[..], &removed[..], &workers[..], &removed_workers[..]].into_iter())
     }
 
     /// Reads a journal body back, decoding every record in it.
@@ -156,9 +172,13 @@ impl Entry {
             id: at.clone(),
             reason,
         };
-        let parts = unframe(body).map_err(corrupt)?;
-        let [tasks, removed, workers] = <[Bytes; 3]>::try_from(parts)
-            .map_err(|p| corrupt(format!("{} parts instead of 3", p.len())))?;
+        let mut parts = unframe(body).map_err(corrupt)?;
+        // Entries written before workers could be forgotten have three parts.
+        if parts.len() == 3 {
+            parts.push(frame(std::iter::empty()));
+        }
+        let [tasks, removed, workers, removed_workers] = <[Bytes; 4]>::try_from(parts)
+            .map_err(|p| corrupt(format!("{} parts instead of 4", p.len())))?;
         let tasks = unframe(&tasks)
             .map_err(corrupt)?
             .iter()
@@ -178,7 +198,16 @@ impl Entry {
             .iter()
             .map(|b| decode("journal", &at, b))
             .collect::<Result<_, _>>()?;
-        Ok((tasks, removed, workers))
+        let removed_workers = unframe(&removed_workers)
+            .map_err(corrupt)?
+            .iter()
+            .map(|b| {
+                <[u8; 8]>::try_from(&b[..])
+                    .map(u64::from_le_bytes)
+                    .map_err(|_| corrupt(format!("a worker id of {} bytes", b.len())))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((tasks, removed, workers, removed_workers))
     }
 }
 
@@ -249,6 +278,9 @@ impl Image {
         }
         for (id, bytes) in entry.workers {
             self.workers.insert(id, bytes);
+        }
+        for id in entry.removed_workers {
+            self.workers.remove(&id);
         }
         self.journal_bytes += body_len as u64;
         self.last_seq = self.last_seq.max(seq);
@@ -389,7 +421,7 @@ pub(crate) fn replay(stored: Stored) -> Result<Replayed, StoreError> {
             stale_entries += 1;
             continue;
         }
-        let (ts, removed, ws) = Entry::from_body(seq, &body)?;
+        let (ts, removed, ws, removed_ws) = Entry::from_body(seq, &body)?;
         let mut entry = Entry::default();
         for t in ts {
             entry.tasks.push((t.id, encode(&t)));
@@ -402,6 +434,10 @@ pub(crate) fn replay(stored: Stored) -> Result<Replayed, StoreError> {
         for w in ws {
             entry.workers.push((w.id.0, encode(&w)));
             workers.insert(w.id.0, w);
+        }
+        for id in removed_ws {
+            workers.remove(&id);
+            entry.removed_workers.push(id);
         }
         image.apply(seq, entry, body.len());
     }
@@ -450,9 +486,9 @@ pub(super) mod tests {
     fn a_large_entry_is_split_in_order_and_a_large_record_goes_alone() {
         let ts: Vec<TaskInfo> = (0..10).map(|_| task()).collect();
         let gone = TaskId::new();
-        let whole = Entry::new(&ts, &[gone], &[]);
+        let whole = Entry::new(&ts, &[gone], &[], &[]);
         let one = whole.tasks[0].1.len();
-        let parts = Entry::new(&ts, &[gone], &[]).split(3 * one);
+        let parts = Entry::new(&ts, &[gone], &[], &[]).split(3 * one);
         assert_eq!(
             parts.iter().map(|p| p.tasks.len()).collect::<Vec<_>>(),
             vec![3, 3, 3, 1]
@@ -461,9 +497,9 @@ pub(super) mod tests {
         assert!(parts[1..].iter().all(|p| p.removed.is_empty()));
         let joined: Vec<_> = parts.into_iter().flat_map(|p| p.tasks).collect();
         assert_eq!(joined, whole.tasks, "every record once, in order");
-        let alone = Entry::new(&ts, &[], &[]).split(one / 2);
+        let alone = Entry::new(&ts, &[], &[], &[]).split(one / 2);
         assert_eq!(alone.len(), 10, "a record larger than the limit goes alone");
-        assert_eq!(Entry::new(&ts, &[], &[]).split(usize::MAX).len(), 1);
+        assert_eq!(Entry::new(&ts, &[], &[], &[]).split(usize::MAX).len(), 1);
         assert_eq!(
             Entry::default().split(1).len(),
             1,
@@ -475,11 +511,22 @@ pub(super) mod tests {
     fn an_entry_decodes_to_what_was_written() {
         let ts = vec![task(), task()];
         let gone = TaskId::new();
-        let e = Entry::new(&ts, &[gone], &[]);
-        let (back, removed, workers) = Entry::from_body(7, &e.to_body()).unwrap();
+        let e = Entry::new(&ts, &[gone], &[], &[]);
+        let (back, removed, workers, removed_workers) = Entry::from_body(7, &e.to_body()).unwrap();
         assert_eq!(back, ts);
         assert_eq!(removed, vec![gone]);
         assert!(workers.is_empty());
+        assert!(removed_workers.is_empty());
+        let forgot = Entry::new(&[], &[], &[], &[WorkerId(3), WorkerId(u64::MAX)]);
+        let (.., removed_workers) = Entry::from_body(8, &forgot.to_body()).unwrap();
+        assert_eq!(removed_workers, vec![3, u64::MAX]);
+        // An entry from before workers could be forgotten: tasks, removed ids, workers.
+        let parts = unframe(&e.to_body()).unwrap();
+        let three = frame(parts[..3].iter().map(|b| &b[..]));
+        let (back, removed, ..) = Entry::from_body(9, &three).unwrap();
+        assert_eq!((back, removed), (ts.clone(), vec![gone]));
+        let two = frame(parts[..2].iter().map(|b| &b[..]));
+        assert!(Entry::from_body(9, &two).is_err(), "two parts is damage");
         let damaged = e.to_body().slice(..10);
         assert!(matches!(
             Entry::from_body(7, &damaged),
@@ -497,7 +544,7 @@ pub(super) mod tests {
         let mut stored = Stored::default();
         for (i, (ts, removed)) in batches.iter().enumerate() {
             let seq = i as i64 + 1;
-            let e = Entry::new(ts, removed, &[]);
+            let e = Entry::new(ts, removed, &[], &[]);
             let body = e.to_body();
             stored.journal.push((seq, body.clone()));
             image.apply(seq, e, body.len());
@@ -549,7 +596,7 @@ pub(super) mod tests {
     #[test]
     fn journal_entries_at_or_below_the_checkpoint_are_skipped() {
         let mut t = task();
-        let old = Entry::new(std::slice::from_ref(&t), &[], &[]).to_body();
+        let old = Entry::new(std::slice::from_ref(&t), &[], &[], &[]).to_body();
         t.state = TaskState::Completed;
         let bucket = frame([&encode(&t)[..]].into_iter());
         let r = replay(Stored {
@@ -568,7 +615,7 @@ pub(super) mod tests {
     fn checkpoints_are_due_when_the_journal_outgrows_the_tables() {
         let mut image = Image::default();
         assert!(!image.wants_checkpoint(0), "no journal, nothing to do");
-        let e = Entry::new(&[task()], &[], &[]);
+        let e = Entry::new(&[task()], &[], &[], &[]);
         let len = e.to_body().len();
         image.apply(1, e, len);
         assert!(image.wants_checkpoint(0));

@@ -16,7 +16,7 @@ use surrealdb::Surreal;
 use surrealdb::engine::any::Any;
 use surrealdb::opt::auth::Root;
 use surrealdb::types::{RecordId, SurrealValue};
-use tatzelwurm_protocol::{TaskId, TaskInfo, WorkerInfo};
+use tatzelwurm_protocol::{TaskId, TaskInfo, WorkerId, WorkerInfo};
 use tracing::{info, warn};
 
 use image::{Entry, Image, LAYOUT_VERSION, Snapshot, Stored, frame};
@@ -362,8 +362,9 @@ impl Store {
         tasks: &[TaskInfo],
         removed: &[TaskId],
         workers: &[WorkerInfo],
+        removed_workers: &[WorkerId],
     ) -> Result<(), StoreError> {
-        for entry in Entry::new(tasks, removed, workers).split(ENTRY_BYTES) {
+        for entry in Entry::new(tasks, removed, workers, removed_workers).split(ENTRY_BYTES) {
             let body = entry.to_body();
             let body_len = body.len();
             let seq = {
@@ -512,9 +513,12 @@ mod tests {
     async fn writes_round_trip_and_removes_delete() {
         let store = Store::open(&opts("mem://", 64 << 20)).await.unwrap();
         let mut tasks: Vec<TaskInfo> = (0..10).map(|_| task()).collect();
-        store.write(&tasks, &[], &[]).await.unwrap();
+        store.write(&tasks, &[], &[], &[]).await.unwrap();
         tasks[0].state = TaskState::Completed;
-        store.write(&tasks[..1], &[tasks[9].id], &[]).await.unwrap();
+        store
+            .write(&tasks[..1], &[tasks[9].id], &[], &[])
+            .await
+            .unwrap();
         let (mut got, workers) = store.load().await.unwrap();
         got.sort_by_key(|t| t.id);
         tasks.sort_by_key(|t| t.id);
@@ -525,6 +529,37 @@ mod tests {
         assert_eq!(count(&store, "journal").await, 2, "one record per batch");
     }
 
+    fn worker(id: u64) -> WorkerInfo {
+        WorkerInfo {
+            id: WorkerId(id),
+            name: format!("w{id}"),
+            host: "h".into(),
+            block: tatzelwurm_protocol::BlockType::Async,
+            slots: 1,
+            running: 0,
+            tags: vec![],
+            handlers: vec![],
+            connected_ms: 0,
+            last_heartbeat_ms: 0,
+            state: tatzelwurm_protocol::WorkerState::Lost,
+        }
+    }
+
+    #[tokio::test]
+    async fn forgotten_workers_stay_forgotten_with_and_without_a_checkpoint() {
+        let store = Store::open(&opts("mem://", 64 << 20)).await.unwrap();
+        store
+            .write(&[], &[], &[worker(1), worker(2)], &[])
+            .await
+            .unwrap();
+        store.write(&[], &[], &[], &[WorkerId(1)]).await.unwrap();
+        let (_, workers) = store.load().await.unwrap();
+        assert_eq!(workers, vec![worker(2)], "replayed from the journal");
+        store.checkpoint().await.unwrap();
+        let (_, workers) = store.load().await.unwrap();
+        assert_eq!(workers, vec![worker(2)], "read from the checkpoint");
+    }
+
     #[tokio::test]
     async fn a_coordinator_that_was_taken_over_cannot_write() {
         let o = opts("mem://", 0);
@@ -532,7 +567,7 @@ mod tests {
         let first = Store::open(&o).await.unwrap();
         let first = Store::attach(first.db.clone(), &o, true).await.unwrap();
         let mut tasks = vec![task()];
-        first.write(&tasks, &[], &[]).await.unwrap();
+        first.write(&tasks, &[], &[], &[]).await.unwrap();
         // A second coordinator opens the same database.
         let second = Store::attach(first.db.clone(), &o, true).await.unwrap();
         assert_eq!(
@@ -542,14 +577,14 @@ mod tests {
         );
         tasks[0].state = TaskState::Completed;
         assert!(matches!(
-            first.write(&tasks, &[], &[]).await,
+            first.write(&tasks, &[], &[], &[]).await,
             Err(StoreError::Superseded)
         ));
         assert!(matches!(
             first.checkpoint().await,
             Err(StoreError::Superseded)
         ));
-        second.write(&tasks, &[], &[]).await.unwrap();
+        second.write(&tasks, &[], &[], &[]).await.unwrap();
         second.checkpoint().await.unwrap();
         assert_eq!(loaded(&second).await, tasks);
     }
@@ -561,7 +596,7 @@ mod tests {
         for t in &mut tasks {
             t.spec.user_data = tatzelwurm_protocol::Data(vec![7; 1 << 20]);
         }
-        store.write(&tasks, &[], &[]).await.unwrap();
+        store.write(&tasks, &[], &[], &[]).await.unwrap();
         assert_eq!(
             count(&store, "journal").await,
             2,
@@ -577,13 +612,13 @@ mod tests {
         let url = format!("surrealkv://{}", dir.path().join("s").display());
         let store = Store::open(&opts(&url, 0)).await.unwrap();
         let mut tasks: Vec<TaskInfo> = (0..300).map(|_| task()).collect();
-        store.write(&tasks, &[], &[]).await.unwrap();
+        store.write(&tasks, &[], &[], &[]).await.unwrap();
         store.checkpoint().await.unwrap();
         for t in tasks.iter_mut().take(100) {
             t.state = TaskState::Completed;
         }
         store
-            .write(&tasks[..100], &[tasks[299].id], &[])
+            .write(&tasks[..100], &[tasks[299].id], &[], &[])
             .await
             .unwrap();
         store.checkpoint().await.unwrap();
@@ -597,7 +632,7 @@ mod tests {
         assert_eq!(loaded(&store).await, tasks);
         // And after the checkpoint, the journal carries on from where it was.
         tasks[0].state = TaskState::Failed;
-        store.write(&tasks[..1], &[], &[]).await.unwrap();
+        store.write(&tasks[..1], &[], &[], &[]).await.unwrap();
         assert_eq!(loaded(&store).await, tasks);
     }
 
@@ -605,7 +640,7 @@ mod tests {
     async fn a_checkpoint_cut_short_after_its_buckets_loses_nothing() {
         let store = Store::open(&opts("mem://", u64::MAX)).await.unwrap();
         let mut tasks: Vec<TaskInfo> = (0..50).map(|_| task()).collect();
-        store.write(&tasks, &[], &[]).await.unwrap();
+        store.write(&tasks, &[], &[], &[]).await.unwrap();
         // Write the buckets of a checkpoint but not its mark and journal deletion, as a crash
         // between the two would leave it.
         let mut partial = store.state().image.snapshot();
@@ -626,7 +661,7 @@ mod tests {
         }
         tasks[3].state = TaskState::Running;
         store
-            .write(&tasks[3..4], &[tasks[4].id], &[])
+            .write(&tasks[3..4], &[tasks[4].id], &[], &[])
             .await
             .unwrap();
         tasks.remove(4);
