@@ -312,6 +312,11 @@ fn sigterm_drains_and_a_second_signal_hands_back() {
         w.log_text()
     );
     assert_eq!(c.state(&t[0]), "completed", "the running task finished");
+    // It left on purpose with nothing to report: it is gone from the table, not `lost`.
+    wait_for(LONG, || {
+        c.json(&["worker", "list"]).as_array().unwrap().is_empty()
+    })
+    .unwrap_or_else(|_| panic!("{}", c.json(&["worker", "list"])));
 
     let mut w = c.worker(&["--type", "async", "--kill-grace", "500ms"]);
     let t = c.add(&["--play", "--", "sleep", "60"]);

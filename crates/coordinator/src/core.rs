@@ -512,6 +512,13 @@ impl Core {
                 if let Some(w) = self.workers.get_mut(&id)
                     && w.conn == Some(conn)
                 {
+                    if w.info.state == WorkerState::Draining && w.held.is_empty() {
+                        // It said it would leave and has nothing left to report: it is gone, not
+                        // lost.
+                        info!(worker = %id, "worker drained and left");
+                        self.forget_worker(id);
+                        return;
+                    }
                     w.conn = None;
                     w.info.state = WorkerState::Lost;
                     w.lost_since.get_or_insert(now);
@@ -581,12 +588,18 @@ impl Core {
                 .collect();
             for id in forgotten {
                 info!(worker = %id, "worker lost for too long; forgotten");
-                self.workers.remove(&id);
-                self.sched.remove_worker(id);
-                self.dirty_workers.remove(&id);
-                self.removed_workers.push(id);
+                self.forget_worker(id);
             }
         }
+    }
+
+    /// Removes a worker that holds nothing from the table and the store. Its id is not handed
+    /// out again: attempts keep naming it.
+    fn forget_worker(&mut self, id: WorkerId) {
+        self.workers.remove(&id);
+        self.sched.remove_worker(id);
+        self.dirty_workers.remove(&id);
+        self.removed_workers.push(id);
     }
 
     fn lose_task(&mut self, id: TaskId, reason: &str, now: u64) {
@@ -1402,6 +1415,38 @@ mod tests {
         let new = r.connect_worker(4, hello("new", 1), 6000);
         assert!(gone.0 > stays.0);
         assert!(new.0 > gone.0, "{new} reuses the forgotten {gone}");
+    }
+
+    #[test]
+    fn a_drained_worker_that_leaves_is_removed_and_one_that_holds_tasks_is_lost() {
+        let mut c = core();
+        c.connect_actioner(1);
+        let ids = add(&mut c, 1, true);
+        let busy = c.connect_worker(2, hello("busy", 1), 10);
+        c.schedule(10);
+        c.take_batch();
+        let idle = c.connect_worker(3, hello("idle", 1), 11);
+        c.take_batch();
+        for conn in [2, 3] {
+            c.worker(conn, WorkerToCoordinator::Draining, 12);
+        }
+        assert_eq!(c.workers[&idle].info.state, WorkerState::Draining);
+        c.disconnect(3, 13);
+        assert!(
+            !c.workers.contains_key(&idle),
+            "left on purpose, holding nothing"
+        );
+        assert_eq!(c.take_batch().unwrap().removed_workers, vec![idle]);
+        // A draining worker that vanishes with a task is lost like any other: the lease runs.
+        c.disconnect(2, 14);
+        assert_eq!(c.workers[&busy].info.state, WorkerState::Lost);
+        assert_eq!(c.task(ids[0]).unwrap().worker, Some(busy));
+        let batch = c.take_batch().unwrap();
+        assert!(batch.removed_workers.is_empty());
+        assert_eq!(batch.workers.len(), 1);
+        // A new worker does not get the removed worker's id.
+        let next = c.connect_worker(4, hello("next", 1), 15);
+        assert!(next.0 > idle.0);
     }
 
     #[test]
