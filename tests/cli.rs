@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tatzelwurm_tests::{Coordinator, Db, bin};
+use tatzelwurm_tests::{Coordinator, Db, bin, wait_for};
 
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -340,7 +340,7 @@ fn errors_are_one_clear_line() {
 }
 
 #[test]
-fn token_is_found_in_the_default_data_dir_and_auth_can_be_off() {
+fn token_is_found_in_the_default_or_named_data_dir_and_auth_can_be_off() {
     // A coordinator whose data dir is the default one for XDG_DATA_HOME: clients find the token.
     let home = tempfile::tempdir().unwrap();
     let data_dir = home.path().join("tatzelwurm");
@@ -349,13 +349,16 @@ fn token_is_found_in_the_default_data_dir_and_auth_can_be_off() {
         .args(["--coordinator", &c.addr, "summary"])
         .env("XDG_DATA_HOME", home.path())
         .env_remove("TATZELWURM_TOKEN_FILE")
+        .env_remove("TATZELWURM_DATA_DIR")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
+    let elsewhere = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(bin("actionwurm"))
         .args(["--coordinator", &c.addr, "summary"])
-        .env("XDG_DATA_HOME", tempfile::tempdir().unwrap().path())
+        .env("XDG_DATA_HOME", elsewhere.path())
         .env_remove("TATZELWURM_TOKEN_FILE")
+        .env_remove("TATZELWURM_DATA_DIR")
         .output()
         .unwrap();
     assert!(
@@ -363,6 +366,34 @@ fn token_is_found_in_the_default_data_dir_and_auth_can_be_off() {
         "{}",
         stderr_of(&out)
     );
+
+    // A coordinator started with TATZELWURM_DATA_DIR: clients with the same variable find its
+    // token, wherever the default data dir is.
+    let custom = tempfile::tempdir().unwrap();
+    let c =
+        Coordinator::start_with(Db::Mem, &["--data-dir", custom.path().to_str().unwrap()]).unwrap();
+    let client = |program: &str| {
+        let mut cmd = std::process::Command::new(bin(program));
+        cmd.args(["--coordinator", &c.addr])
+            .env("XDG_DATA_HOME", elsewhere.path())
+            .env("TATZELWURM_DATA_DIR", custom.path())
+            .env_remove("TATZELWURM_TOKEN_FILE")
+            .env_remove("RUST_LOG");
+        cmd
+    };
+    let out = client("actionwurm").arg("summary").output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let mut worker = client("workwurm")
+        .args(["--type", "async", "--name", "found-it"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let joined = wait_for(Duration::from_secs(30), || {
+        c.json(&["worker", "list"]).as_array().unwrap().len() == 1
+    });
+    let _ = worker.kill();
+    let _ = worker.wait();
+    joined.unwrap_or_else(|_| panic!("the worker never joined:\n{}", c.log_text()));
 
     // --insecure-no-auth takes any token and says so loudly.
     let open = Coordinator::start_with(Db::Mem, &["--insecure-no-auth"]).unwrap();

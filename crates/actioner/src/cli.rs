@@ -25,8 +25,8 @@ pub struct Cli {
     /// Coordinator address.
     #[arg(long, global = true, env = "TATZELWURM_ADDR", default_value = DEFAULT_ADDR)]
     pub coordinator: String,
-    /// File holding the coordinator's token [default: the token of a coordinator on this machine
-    /// with its default data dir].
+    /// File holding the coordinator's token [default: the token of a coordinator on this machine:
+    /// in $TATZELWURM_DATA_DIR, else in its default data dir].
     #[arg(long, global = true, env = "TATZELWURM_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// Print JSON (stable, documented in README.md) instead of tables.

@@ -51,9 +51,10 @@ pub enum ClientError {
     Unexpected(String),
 }
 
-/// The token file next to a coordinator running with its default data dir on this machine.
+/// The token file of a coordinator on this machine (`TATZELWURM_DATA_DIR`, else its default data
+/// dir).
 pub fn default_token_file() -> Option<PathBuf> {
-    dirs::data_dir().map(|d| d.join("tatzelwurm").join("token"))
+    tatzelwurm_protocol::client::default_token_file(dirs::data_dir())
 }
 
 /// A connection to the coordinator as an actioner.

@@ -82,6 +82,16 @@ where
     }
 }
 
+/// Where a coordinator on this machine keeps its token: in `TATZELWURM_DATA_DIR` when that is set
+/// (the coordinator reads the same variable), else in `tatzelwurm` under the user's data directory
+/// (`user_data_dir`, which the binaries look up; this crate stays free of platform lookups).
+pub fn default_token_file(user_data_dir: Option<std::path::PathBuf>) -> Option<std::path::PathBuf> {
+    match std::env::var_os("TATZELWURM_DATA_DIR") {
+        Some(dir) if !dir.is_empty() => Some(std::path::PathBuf::from(dir).join("token")),
+        _ => user_data_dir.map(|d| d.join("tatzelwurm").join("token")),
+    }
+}
+
 /// Finds the token to present: the file named explicitly (which must exist), else the default
 /// file when it exists (a coordinator on this machine with its default data dir), else none.
 pub fn read_token(

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use tatzelwurm_protocol::client::read_token;
+use tatzelwurm_protocol::client::{default_token_file, read_token};
 use tatzelwurm_protocol::{BlockType, BodyCodec, Tag};
 use tatzelwurm_worker::session::Stop;
 use tatzelwurm_worker::{Handlers, WorkerConfig};
@@ -29,8 +29,8 @@ struct Args {
     /// A key=value label (repeatable).
     #[arg(long)]
     tag: Vec<Tag>,
-    /// File holding the coordinator's token [default: the token of a coordinator on this machine
-    /// with its default data dir].
+    /// File holding the coordinator's token [default: the token of a coordinator on this machine:
+    /// in $TATZELWURM_DATA_DIR, else in its default data dir].
     #[arg(long, env = "TATZELWURM_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Body codec: bincode (compact) or msgpack.
@@ -68,7 +68,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
-    let default_token = dirs::data_dir().map(|d| d.join("tatzelwurm").join("token"));
+    let default_token = default_token_file(dirs::data_dir());
     let mut cfg = WorkerConfig::new(args.coordinator, args.block);
     cfg.token = read_token(args.token_file.as_deref(), default_token.as_deref())
         .context("cannot read the token")?;
