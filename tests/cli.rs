@@ -39,6 +39,26 @@ fn add_list_show_play_pause_kill_remove() {
             && text.contains("sleep 5400000ms"),
         "{text}"
     );
+    // The ids in the table are prefixes that name one task each, though the three mocks were
+    // made in the same millisecond: each can be pasted back.
+    let shown: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("│ "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|id| *id != "id")
+        .collect();
+    assert_eq!(shown.len(), 6, "{text}");
+    for id in shown {
+        let task = c.show(id);
+        assert!(
+            task["id"]
+                .as_str()
+                .unwrap()
+                .replace('-', "")
+                .starts_with(id),
+            "{id}: {task}"
+        );
+    }
 
     let all = c.json(&["task", "list", "--filter", "all"]);
     let all = all.as_array().unwrap();

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tabled::builder::Builder;
 use tabled::settings::Style;
 use tatzelwurm_protocol::{
-    Attempt, Data, Payload, StateCount, Tag, TagCounts, TaskInfo, TaskState, TaskSummary,
+    Attempt, Data, Payload, StateCount, Tag, TagCounts, TaskId, TaskInfo, TaskState, TaskSummary,
     WorkerInfo, now_ms,
 };
 
@@ -96,9 +96,10 @@ pub fn tasks_table(tasks: &[TaskSummary]) -> String {
     b.push_record([
         "id", "name", "state", "block", "prio", "tags", "command", "tries", "worker", "changed",
     ]);
-    for t in tasks {
+    let ids = short_ids(tasks.iter().map(|t| t.id));
+    for (t, id) in tasks.iter().zip(ids) {
         b.push_record([
-            t.id.simple()[..12].to_string(),
+            id,
             t.name.clone().unwrap_or_default(),
             t.state.to_string(),
             t.block.to_string(),
@@ -111,6 +112,27 @@ pub fn tasks_table(tasks: &[TaskSummary]) -> String {
         ]);
     }
     b.build().with(Style::sharp()).to_string()
+}
+
+/// The ids as hex prefixes, all of one length (at least 12) and long enough that no two shown
+/// are alike, so that any of them can be pasted back as a prefix. Ids created in the same
+/// millisecond share their first 12 digits (the time) and more, as a UUIDv7 counts within a
+/// millisecond.
+pub fn short_ids(ids: impl Iterator<Item = TaskId>) -> Vec<String> {
+    let hex: Vec<String> = ids.map(|id| id.simple()).collect();
+    let mut sorted: Vec<&str> = hex.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    let len = sorted
+        .windows(2)
+        .map(|w| common_prefix(w[0], w[1]) + 1)
+        .fold(12, usize::max);
+    hex.iter()
+        .map(|h| h[..len.min(h.len())].to_string())
+        .collect()
+}
+
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count()
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -357,4 +379,30 @@ pub fn breakdown_table(key: &str, values: &[TagCounts]) -> String {
         b.push_record(row);
     }
     b.build().with(Style::sharp()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_ids_are_unique_among_those_shown_and_at_least_twelve_digits() {
+        // A thousand ids made at once share their time prefix and most of their counter.
+        let ids: Vec<TaskId> = (0..1000).map(|_| TaskId::new()).collect();
+        let short = short_ids(ids.iter().copied());
+        let len = short[0].len();
+        assert!(
+            len > 12,
+            "ids made in one millisecond need more than the time: {len}"
+        );
+        assert!(short.iter().all(|s| s.len() == len));
+        let distinct: std::collections::HashSet<&String> = short.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        for (id, s) in ids.iter().zip(&short) {
+            assert!(id.simple().starts_with(s.as_str()));
+        }
+        // One id, or ids far apart, show 12 digits.
+        assert_eq!(short_ids(ids[..1].iter().copied())[0].len(), 12);
+        assert!(short_ids(std::iter::empty()).is_empty());
+    }
 }
