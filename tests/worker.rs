@@ -150,6 +150,51 @@ fn exec_failures_are_reported_with_their_reason() {
 }
 
 #[test]
+fn a_failed_task_retried_runs_again_and_keeps_its_first_attempt() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let _w = c.worker(&["--type", "async"]);
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("second-time");
+    // Fails the first time, succeeds once the flag exists.
+    let script = format!(
+        "if [ -e {0} ]; then echo fine; else touch {0}; exit 5; fi",
+        flag.display()
+    );
+    let t = c.add(&["--play", "--", "sh", "-c", &script]);
+    wait_all(&c, &t);
+    assert_eq!(c.state(&t[0]), "failed");
+    let refused = c
+        .try_action(&["task", "retry", "--attempts", "0", &t[0]])
+        .unwrap();
+    assert!(!refused.status.success(), "zero attempts is a bad flag");
+
+    let out = c.action(&["task", "retry", "-a"]);
+    assert_eq!(out.trim(), t[0], "the ids retried");
+    wait_all(&c, &t);
+    let task = c.show(&t[0]);
+    assert_eq!(task["state"], "completed", "{task}");
+    let attempts = task["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{task}");
+    assert_eq!(attempts[0]["exit_code"], 5);
+    assert_eq!(attempts[1]["outcome"], "succeeded");
+    assert_eq!(attempts[1]["stdout_tail"], "fine\n");
+    let text = c.action(&["task", "show", &t[0]]);
+    assert_eq!(
+        text.matches("exit code 5").count(),
+        1,
+        "said once, on its attempt: {text}"
+    );
+
+    // A completed task is not retried; the error names it and its state.
+    let out = c.try_action(&["task", "retry", &t[0]]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&t[0]) && err.contains("completed"),
+        "{err}"
+    );
+}
+
+#[test]
 fn sync_worker_never_runs_more_than_its_slots() {
     let c = Coordinator::start(Db::Mem).unwrap();
     let _w = c.worker(&["--type", "sync", "--slots", "2"]);

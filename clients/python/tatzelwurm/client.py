@@ -137,9 +137,10 @@ class Client:
         _, body = self.request({"add": {"tasks": list(specs), "play": bool(play)}})
         return [uuid.UUID(bytes=i) for i in body["ids"]]
 
-    def _change(self, op, ids):
+    def _change(self, op, ids, **fields):
         """`ids` are ids or prefixes, or the single word "all"."""
-        parts = self._request_parts({op: {"selector": _selector("all" if ids == ("all",) else ids)}})
+        body = {"selector": _selector("all" if ids == ("all",) else ids), **fields}
+        parts = self._request_parts({op: body})
         return [uuid.UUID(bytes=i) for part in parts for i in part["ids"]]
 
     def play(self, *ids):
@@ -154,6 +155,11 @@ class Client:
 
     def remove(self, *ids):
         return self._change("remove", ids)
+
+    def retry(self, *ids, attempts=1):
+        """Runs failed or killed tasks again with `attempts` more attempts; `retry("all")` takes
+        every failed task."""
+        return self._change("retry", ids, attempts=attempts)
 
     def list(self, states=None, tags=None, limit=None):
         """Task summaries, newest first; `states` None means every state."""

@@ -37,6 +37,13 @@ def test_coroutine_handlers_and_raised_exceptions(coordinator):
         assert c.show(ok)["attempts"][0]["output"] == {"double": 42}
         err = c.show(bad)["attempts"][0]["error"]
         assert "ValueError" in err and "bad input [1, 2]" in err
+        # Retried with two more attempts, it fails twice more; every attempt is kept.
+        assert c.retry(str(bad), attempts=2) == [bad]
+        assert c.wait(bad) == {bad: "failed"}
+        assert [a["outcome"] for a in c.show(bad)["attempts"]] == ["failed"] * 3
+        with pytest.raises(TatzelwurmError) as e:
+            c.retry(str(ok))
+        assert e.value.kind == "invalid_state"
 
 
 def test_tasks_added_by_python_run_on_a_rust_worker(coordinator):

@@ -74,6 +74,8 @@ pub enum TaskCommand {
     Pause(Select),
     /// End tasks as killed; running ones are stopped on their worker.
     Kill(Select),
+    /// Run failed or killed tasks again, keeping their earlier attempts (-a: every failed task).
+    Retry(RetryArgs),
     /// Forget finished tasks (completed, failed, killed).
     Remove(Select),
     /// List tasks (running ones unless filtered), then the counts per state.
@@ -103,6 +105,17 @@ pub struct Select {
     /// Every task the command applies to.
     #[arg(short, long)]
     pub all: bool,
+}
+
+/// Which tasks to run again, and how many more attempts they get.
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// Which tasks.
+    #[command(flatten)]
+    pub select: Select,
+    /// Attempts each task gets beyond those it has used.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub attempts: u32,
 }
 
 impl Select {
@@ -347,6 +360,19 @@ pub async fn run(cli: Cli) -> Result<i32> {
                     selector: s.selector(),
                 },
                 "killed",
+                json,
+                quiet,
+            )
+            .await?
+        }
+        Command::Task(TaskCommand::Retry(r)) => {
+            change(
+                &mut client,
+                ActionerRequest::Retry {
+                    selector: r.select.selector(),
+                    attempts: r.attempts,
+                },
+                "retried",
                 json,
                 quiet,
             )

@@ -284,6 +284,8 @@ pub fn task_text(t: &TaskInfo) -> String {
                 .unwrap_or_default(),
             a.error
                 .as_ref()
+                // An exec worker's error for a non-zero exit repeats the exit code.
+                .filter(|e| a.exit_code.is_none_or(|c| **e != format!("exit code {c}")))
                 .map(|e| format!(", {e}"))
                 .unwrap_or_default(),
             rfc3339(a.assigned_ms),

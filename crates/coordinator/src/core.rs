@@ -730,6 +730,7 @@ impl Core {
                 | ActionerRequest::Pause { .. }
                 | ActionerRequest::Kill { .. }
                 | ActionerRequest::Remove { .. }
+                | ActionerRequest::Retry { .. }
         );
         let refusal = if !mutating {
             None
@@ -809,6 +810,29 @@ impl Core {
             }
             ActionerRequest::Kill { selector } => {
                 self.apply(selector, "kill", Task::check_kill, Task::kill, now)
+            }
+            ActionerRequest::Retry { selector, attempts } => {
+                if attempts == 0 {
+                    return Err(err(
+                        ErrorKind::InvalidRequest,
+                        "retry: attempts must be at least 1",
+                    ));
+                }
+                // `all` retries what failed; a killed task comes back only when named.
+                let check = match selector {
+                    Selector::All => |t: &Task| match t.state() {
+                        TaskState::Failed => t.check_retry(),
+                        s => Err(err(ErrorKind::InvalidState, s.to_string())),
+                    },
+                    Selector::Ids(_) => Task::check_retry,
+                };
+                self.apply(
+                    selector,
+                    "retry",
+                    check,
+                    |t, now| t.retry(attempts, now),
+                    now,
+                )
             }
             ActionerRequest::Remove { selector } => {
                 let ids = self.select(&selector, "remove", Task::check_remove)?;
@@ -1002,7 +1026,7 @@ impl Core {
         selector: Selector,
         op: &str,
         check: fn(&Task) -> Result<(), ErrorReply>,
-        action: fn(&mut Task, u64) -> Result<WorkerOrder, ErrorReply>,
+        action: impl Fn(&mut Task, u64) -> Result<WorkerOrder, ErrorReply>,
         now: u64,
     ) -> Result<(Reply, bool), ErrorReply> {
         let ids = self.select(&selector, op, check)?;
@@ -1655,6 +1679,115 @@ mod tests {
             matches!(&imm[..], [(1, Out::Actioner(CoordinatorToActioner::Reply { request: RequestId(4), body: Reply::Error(e) }))] if e.kind == ErrorKind::StoreUnavailable),
             "{imm:?}"
         );
+    }
+
+    /// The ids of the one `changed` reply in a batch, or the error it carries.
+    fn changed_reply(sends: &[(ConnId, Out)]) -> Result<Vec<TaskId>, ErrorReply> {
+        let replies: Vec<&Reply> = sends
+            .iter()
+            .filter_map(|(_, o)| match o {
+                Out::Actioner(CoordinatorToActioner::Reply { body, .. }) => Some(body),
+                _ => None,
+            })
+            .collect();
+        match &replies[..] {
+            [Reply::Changed { ids, more: false }] => Ok(ids.clone()),
+            [Reply::Error(e)] => Err(e.clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn retry_all_takes_failed_tasks_and_a_named_killed_one_runs_again() {
+        let mut c = core();
+        c.connect_actioner(1);
+        let ids = add(&mut c, 3, true);
+        c.connect_worker(2, hello("w", 2), 10);
+        c.schedule(10);
+        let sent = dispatches(&c.take_batch().unwrap());
+        assert_eq!(sent.len(), 2);
+        let failed = AttemptReport {
+            outcome: Some(Outcome::Failed),
+            ended_ms: 12,
+            ..Default::default()
+        };
+        c.worker(
+            2,
+            WorkerToCoordinator::Finished {
+                attempt: sent[0],
+                report: failed,
+            },
+            12,
+        );
+        let (failed, queued) = (sent[0].task, sent[1].task);
+        let other = *ids
+            .iter()
+            .find(|id| **id != failed && **id != queued)
+            .unwrap();
+        let retry = |c: &mut Core, selector: Selector, attempts: u32| {
+            c.actioner(
+                1,
+                RequestId(9),
+                ActionerRequest::Retry { selector, attempts },
+                13,
+            );
+            let sends = c.take_immediate();
+            let sends = if sends.is_empty() {
+                c.take_batch().unwrap().sends
+            } else {
+                sends
+            };
+            changed_reply(&sends)
+        };
+        // The third task, never dispatched, is killed; the second is still held by the worker.
+        c.actioner(
+            1,
+            RequestId(8),
+            ActionerRequest::Kill {
+                selector: Selector::Ids(vec![other.to_string()]),
+            },
+            13,
+        );
+        c.take_batch();
+        assert_eq!(c.task(failed).unwrap().state, TaskState::Failed);
+        assert_eq!(
+            retry(&mut c, Selector::All, 1),
+            Ok(vec![failed]),
+            "only the failed one"
+        );
+        assert_eq!(c.task(failed).unwrap().state, TaskState::Ready);
+        let e = retry(&mut c, Selector::Ids(vec![queued.to_string()]), 1).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidState, "{e}");
+        let e = retry(&mut c, Selector::Ids(vec![other.to_string()]), 0).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidRequest, "{e}");
+        assert_eq!(
+            retry(&mut c, Selector::Ids(vec![other.to_string()]), 3),
+            Ok(vec![other])
+        );
+        assert_eq!(c.task(other).unwrap().spec.max_attempts, 3);
+        // Both go to the worker again as it frees its slot.
+        let done = AttemptReport {
+            outcome: Some(Outcome::Succeeded),
+            ended_ms: 14,
+            ..Default::default()
+        };
+        c.worker(
+            2,
+            WorkerToCoordinator::Finished {
+                attempt: sent[1],
+                report: done,
+            },
+            14,
+        );
+        c.schedule(15);
+        let again = dispatches(&c.take_batch().unwrap());
+        let mut tasks: Vec<TaskId> = again.iter().map(|a| a.task).collect();
+        tasks.sort();
+        let mut want = vec![failed, other];
+        want.sort();
+        assert_eq!(tasks, want);
+        let failed_again = again.iter().find(|a| a.task == failed).unwrap();
+        assert_eq!(failed_again.attempt, 2, "a new attempt; the first is kept");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //!    │                ▲                    │                     │        ╲──────▶ failed
 //!    │                └──── failed attempt with attempts left, lost, handed back ◀┘
 //!    └─pause─▶ paused ◀──pause── ready / assigned / running;   play: paused ──▶ ready or resumed
-//! any non-final state ──kill──▶ killed
+//! any non-final state ──kill──▶ killed;   failed / killed ──retry──▶ ready
 //! ```
 //! A task held by a worker (assigned, running, or paused on its worker) has a `holder`; a kill or a
 //! pause of such a task is also sent to the worker, and the holder is cleared by the worker's
@@ -204,6 +204,24 @@ impl Task {
         } else {
             Err(refuse(self.id(), self.state(), "remove"))
         }
+    }
+
+    /// Checks `retry`: a failed or killed task that no worker holds any more.
+    pub fn check_retry(&self) -> Result<(), ErrorReply> {
+        match self.state() {
+            TaskState::Failed | TaskState::Killed if self.holder().is_none() => Ok(()),
+            s => Err(refuse(self.id(), s, "retry")),
+        }
+    }
+
+    /// Failed or killed → ready, allowed `more` attempts beyond those it has used (its earlier
+    /// attempts stay in the history).
+    pub fn retry(&mut self, more: u32, now: u64) -> Result<WorkerOrder, ErrorReply> {
+        self.check_retry()?;
+        self.info.spec.max_attempts = self.counted_attempts().saturating_add(more.max(1));
+        self.info.times.ended_ms = None;
+        self.enter(TaskState::Ready, now);
+        Ok(WorkerOrder::None)
     }
 
     /// Ready → assigned to `worker`: a new attempt begins.
@@ -495,6 +513,47 @@ mod tests {
                 assert_eq!(matches!(order, WorkerOrder::Kill(..)), s.on_worker());
             }
         }
+    }
+
+    #[test]
+    fn retry_is_allowed_from_failed_and_killed_once_no_worker_holds_them() {
+        for s in TaskState::ALL {
+            let mut t = task(s, 1);
+            let used = t.counted_attempts();
+            let res = t.retry(2, 10);
+            match s {
+                TaskState::Failed | TaskState::Killed => {
+                    assert_eq!(res.unwrap(), WorkerOrder::None);
+                    assert_eq!(t.state(), TaskState::Ready);
+                    assert_eq!(t.info.spec.max_attempts, used + 2, "{s}: two more attempts");
+                    assert_eq!(t.info.times.ready_ms, Some(10));
+                    assert_eq!(t.info.times.ended_ms, None, "it has not ended now");
+                    assert_eq!(t.info.attempts.len() as u32, used, "history kept");
+                }
+                _ => {
+                    let e = res.unwrap_err();
+                    assert_eq!(e.kind, ErrorKind::InvalidState);
+                    assert!(e.message.contains(s.as_str()), "{e}");
+                    assert_eq!(t.state(), s, "a refused retry changes nothing");
+                }
+            }
+        }
+        // A task killed while on a worker waits for the worker's report before it can run again.
+        let mut t = task(TaskState::Running, 1);
+        t.kill(10).unwrap();
+        assert!(t.retry(1, 11).is_err());
+        assert_eq!(t.state(), TaskState::Killed);
+        assert_eq!(
+            t.report(W, 1, report(Outcome::Killed), 12),
+            ReportFate::Current
+        );
+        t.retry(1, 13).unwrap();
+        assert_eq!(t.state(), TaskState::Ready);
+        // The retried attempt runs and fails: with no attempts left, the task fails again.
+        t.assign(W, "w", 14);
+        t.report(W, 2, report(Outcome::Failed), 15);
+        assert_eq!(t.state(), TaskState::Failed);
+        assert_eq!(t.info.attempts.len(), 2);
     }
 
     #[test]

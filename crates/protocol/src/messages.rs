@@ -88,6 +88,14 @@ pub enum ActionerRequest {
         /// Which tasks.
         filter: EventFilter,
     },
+    /// Runs failed or killed tasks again: back to ready, allowed `attempts` more attempts than
+    /// they have used. `All` takes the failed tasks only (a kill was somebody's decision).
+    Retry {
+        /// Which tasks.
+        selector: Selector,
+        /// How many more attempts (at least 1).
+        attempts: u32,
+    },
 }
 
 /// Which events a subscription receives.

@@ -162,6 +162,10 @@ fn actioner_requests() -> Vec<ActionerRequest> {
             all: false,
         },
     });
+    v.push(ActionerRequest::Retry {
+        selector: selector_ids(),
+        attempts: 2,
+    });
     // Fails to compile when a variant is added and not listed above.
     for r in &v {
         match r {
@@ -175,7 +179,8 @@ fn actioner_requests() -> Vec<ActionerRequest> {
             | ActionerRequest::Workers
             | ActionerRequest::Summary
             | ActionerRequest::Breakdown { .. }
-            | ActionerRequest::Subscribe { .. } => {}
+            | ActionerRequest::Subscribe { .. }
+            | ActionerRequest::Retry { .. } => {}
         }
     }
     v
