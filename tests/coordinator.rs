@@ -51,6 +51,25 @@ fn snapshot(c: &Coordinator) -> Vec<Value> {
 }
 
 #[test]
+fn a_second_coordinator_on_the_same_data_dir_is_refused_and_the_first_carries_on() {
+    let c = Coordinator::start(Db::Kv).unwrap();
+    let before = c.add(&["--sleep", "1s"]);
+    let dir = c.dir.to_str().unwrap().to_string();
+    let second = Coordinator::start_with(Db::Kv, &["--data-dir", &dir]);
+    let err = format!("{:#}", second.err().expect("the second one must not start"));
+    assert!(
+        err.contains("another coordinator is using this data dir"),
+        "{err}"
+    );
+    let after = c.add(&["--sleep", "1s"]);
+    let mut ids = c.all_ids();
+    ids.sort();
+    let mut want = vec![before[0].clone(), after[0].clone()];
+    want.sort();
+    assert_eq!(ids, want, "the first coordinator still works");
+}
+
+#[test]
 fn graceful_restart_keeps_every_task_with_attempts_and_output() {
     let mut c = Coordinator::start(Db::Kv).unwrap();
     let mut w = c.worker(&["--type", "async"]);

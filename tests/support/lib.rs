@@ -84,6 +84,11 @@ impl Coordinator {
     }
 
     fn spawn(&mut self, listen: &str) -> Result<()> {
+        // An explicit --data-dir in the extra flags wins; the store goes inside it.
+        let explicit_dir = self.extra.iter().position(|a| a == "--data-dir");
+        if let Some(i) = explicit_dir {
+            self.dir = PathBuf::from(&self.extra[i + 1]);
+        }
         let db = match self.db {
             Db::Mem => "mem://".to_string(),
             Db::Kv => format!("surrealkv://{}", self.dir.join("store").display()),
@@ -97,9 +102,7 @@ impl Coordinator {
         if !self.extra.iter().any(|a| a == "--listen") {
             cmd.args(["--listen", listen]);
         }
-        if let Some(i) = self.extra.iter().position(|a| a == "--data-dir") {
-            self.dir = PathBuf::from(&self.extra[i + 1]);
-        } else {
+        if explicit_dir.is_none() {
             cmd.arg("--data-dir").arg(&self.dir);
         }
         if !self.extra.iter().any(|a| a == "--db") {

@@ -70,9 +70,16 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         info!(path = %path.display(), "clients authenticate with the token in this file");
         Some(Arc::new(token))
     };
-    let store = Store::open(&cfg.store)
-        .await
-        .with_context(|| format!("cannot open store {}", cfg.store.url))?;
+    let store = Store::open(&cfg.store).await.map_err(|e| {
+        // surrealkv holds a lock on its directory while it is open.
+        let hint = if e.to_string().contains("already locked") {
+            ": another coordinator is using this data dir; stop it, or give this one its own \
+             --data-dir"
+        } else {
+            ""
+        };
+        anyhow::Error::new(e).context(format!("cannot open store {}{hint}", cfg.store.url))
+    })?;
     let (tasks, workers) = store
         .load()
         .await
