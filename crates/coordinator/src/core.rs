@@ -150,7 +150,9 @@ impl FinishRate {
 /// The tables: tasks, workers, connections, subscriptions, and the scheduler over them.
 pub struct Core {
     cfg: CoreConfig,
-    tasks: BTreeMap<TaskId, Task>,
+    /// Boxed: a B-tree leaf is about half full after ascending inserts (ids grow with time),
+    /// and an empty slot costs the whole value; boxed, it costs a pointer.
+    tasks: BTreeMap<TaskId, Box<Task>>,
     counts: [u64; 8],
     workers: BTreeMap<WorkerId, Worker>,
     next_worker: u64,
@@ -293,7 +295,7 @@ impl Core {
                     core.sched
                         .enqueue(queue_key(&task.info.spec), task.info.spec.priority, id);
             }
-            core.tasks.insert(id, task);
+            core.tasks.insert(id, Box::new(task));
         }
         core
     }
@@ -795,7 +797,7 @@ impl Core {
                             id,
                         );
                     }
-                    self.tasks.insert(id, task);
+                    self.tasks.insert(id, Box::new(task));
                     self.dirty_tasks.insert(id);
                     self.emit(id, now);
                     ids.push(id);
@@ -858,7 +860,7 @@ impl Core {
                     .filter(|t| states.is_empty() || states.contains(&t.state()))
                     .filter(|t| has_tags(t, &tags))
                     .take(limit)
-                    .map(Task::summary)
+                    .map(|t| t.summary())
                     .collect();
                 Ok((
                     Reply::Tasks {
@@ -1001,7 +1003,7 @@ impl Core {
                 .tasks
                 .values()
                 .filter(|t| check(t).is_ok())
-                .map(Task::id)
+                .map(|t| t.id())
                 .collect()),
             Selector::Ids(texts) if texts.is_empty() => Err(err(
                 ErrorKind::InvalidRequest,
