@@ -34,10 +34,24 @@ pub(crate) fn bucket_of(id: TaskId) -> usize {
 
 /// One record in bincode: the unit the journal, the buckets and the image all hold.
 pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Bytes {
-    CODEC
-        .encode(v)
-        .expect("in-memory records always encode")
-        .freeze()
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    }
+    // Encoded into a reused buffer, then copied into an allocation of exactly its size: the image
+    // keeps one of these per task, and a buffer grown by doubling would keep up to twice that.
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        scratch.clear();
+        CODEC
+            .encode_into(v, &mut scratch)
+            .expect("in-memory records always encode");
+        let bytes = Bytes::copy_from_slice(&scratch);
+        // One huge record (user data of megabytes) must not stay resident in every thread.
+        if scratch.capacity() > 1 << 20 {
+            *scratch = BytesMut::new();
+        }
+        bytes
+    })
 }
 
 fn decode<T: serde::de::DeserializeOwned>(
