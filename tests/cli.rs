@@ -552,3 +552,34 @@ fn answers_larger_than_a_frame_come_in_parts_or_as_a_clear_error() {
         "a smaller answer still works"
     );
 }
+
+#[test]
+fn coordinator_refuses_flags_that_cannot_work_before_it_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flags, says) in [
+        (vec!["--lease", "0s"], "--lease 0s is too short"),
+        (
+            vec!["--lease", "1s", "--heartbeat", "2s"],
+            "must be shorter than --lease 1s",
+        ),
+        (vec!["--db", "foo://bar"], "not a store URL"),
+        (vec!["--forget-lost-after", "soon"], "or `never`"),
+    ] {
+        let out = std::process::Command::new(bin("tatzelwurm"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args(&flags)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains(says),
+            "{flags:?}: {}",
+            stderr_of(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).is_empty(),
+            "{flags:?}: it never listened"
+        );
+    }
+}

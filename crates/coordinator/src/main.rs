@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tatzelwurm_coordinator::config::{Config, default_data_dir, default_listen};
 use tokio_util::sync::CancellationToken;
 
 /// The tatzelwurm coordinator: a task queue and broker with persistent storage.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(name = "tatzelwurm", version, about)]
 struct Args {
     /// Address to listen on (loopback by default; other addresses are reachable from the network).
     #[arg(long, default_value_t = default_listen(), env = "TATZELWURM_LISTEN")]
@@ -91,6 +91,42 @@ fn parse_forget(s: &str) -> Result<Forget, String> {
         .map_err(|e| format!("{e} (a duration such as 24h, or `never`)"))
 }
 
+/// The shortest lease that leaves room for heartbeats on a busy machine.
+const MIN_LEASE: Duration = Duration::from_millis(100);
+
+/// Store URL schemes the coordinator is built with.
+const SCHEMES: [&str; 6] = ["surrealkv", "mem", "ws", "wss", "http", "https"];
+
+/// Refuses flag values that parse but cannot work, before anything is bound or opened.
+fn check(args: &Args) -> Result<(), String> {
+    if args.lease < MIN_LEASE {
+        return Err(format!(
+            "--lease {} is too short: workers would be lost between heartbeats (at least {})",
+            humantime::format_duration(args.lease),
+            humantime::format_duration(MIN_LEASE)
+        ));
+    }
+    if let Some(h) = args.heartbeat
+        && h >= args.lease
+    {
+        return Err(format!(
+            "--heartbeat {} must be shorter than --lease {}, or every worker is lost",
+            humantime::format_duration(h),
+            humantime::format_duration(args.lease)
+        ));
+    }
+    if let Some(db) = &args.db {
+        let scheme = db.split_once("://").map(|(s, _)| s);
+        if !scheme.is_some_and(|s| SCHEMES.contains(&s)) {
+            return Err(format!(
+                "--db {db:?} is not a store URL this coordinator knows: use surrealkv://PATH, \
+                 mem:// or ws://HOST:PORT"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "info",
@@ -113,6 +149,11 @@ fn init_logging(verbose: u8) {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if let Err(msg) = check(&args) {
+        Args::command()
+            .error(clap::error::ErrorKind::ValueValidation, msg)
+            .exit();
+    }
     init_logging(args.verbose);
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let db = args
