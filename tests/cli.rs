@@ -268,6 +268,42 @@ fn from_file_adds_all_lines_or_nothing() {
 }
 
 #[test]
+fn a_large_add_from_standard_input_goes_in_several_requests() {
+    use std::io::Write;
+    let c = Coordinator::start(Db::Mem).unwrap();
+    // More than one request holds, so the client splits it.
+    let n = tatzelwurm_protocol::MAX_ADD_TASKS * 2 + 500;
+    let lines: String = (0..n).map(|i| format!("sim --seed {i}\n")).collect();
+    let mut child = std::process::Command::new(bin("actionwurm"))
+        .args(["--coordinator", &c.addr, "--token-file"])
+        .arg(c.token_file())
+        .args(["-q", "task", "add", "--from-file", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(lines.as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let ids: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(ids.len(), n, "one distinct id per line");
+    let summary = c.action(&["summary"]);
+    assert!(
+        summary.contains(&format!("{n} tasks: {n} created")),
+        "{summary}"
+    );
+    // The last line is the last task, with its own command.
+    let newest = c.json(&["task", "list", "-f", "all", "--limit", "1"]);
+    assert_eq!(newest[0]["command"], format!("sh -c sim --seed {}", n - 1));
+}
+
+#[test]
 fn errors_are_one_clear_line() {
     let c = Coordinator::start(Db::Mem).unwrap();
     // Unknown id.

@@ -24,6 +24,20 @@ from .protocol import (
 
 FINAL_STATES = ("completed", "failed", "killed")
 
+# The most tasks one add request may carry (docs/PROTOCOL.md); larger adds are split.
+MAX_ADD_TASKS = 10_000
+
+
+class PartlyAdded(TatzelwurmError):
+    """An add split over several requests failed after some were added: `added` holds their ids
+    (durable), `total` how many were to be added, `cause` the error of the request that failed."""
+
+    def __init__(self, added, total, cause):
+        super().__init__(cause.kind, f"added {len(added)} of {total} tasks, then: {cause.message}")
+        self.added = added
+        self.total = total
+        self.cause = cause
+
 
 def _spec(payload, *, name=None, block="async", priority=0, tags=None, max_attempts=1,
           timeout=None, user_key=None, user_data=None):
@@ -133,9 +147,22 @@ class Client:
                 return rname, rbody
 
     def add(self, *specs, play=False):
-        """Adds tasks (built with exec_task, sleep_task, custom_task); returns their ids, durable."""
-        _, body = self.request({"add": {"tasks": list(specs), "play": bool(play)}})
-        return [uuid.UUID(bytes=i) for i in body["ids"]]
+        """Adds tasks (built with exec_task, sleep_task, custom_task); returns their ids, durable.
+
+        More than MAX_ADD_TASKS go in several requests, each all-or-nothing; if one fails, the
+        PartlyAdded error carries the ids the earlier ones added."""
+        added = []
+        specs = list(specs)
+        for start in range(0, max(len(specs), 1), MAX_ADD_TASKS):
+            chunk = specs[start:start + MAX_ADD_TASKS]
+            try:
+                _, body = self.request({"add": {"tasks": chunk, "play": bool(play)}})
+            except TatzelwurmError as e:
+                if not added:
+                    raise
+                raise PartlyAdded(added, len(specs), e) from e
+            added.extend(uuid.UUID(bytes=i) for i in body["ids"])
+        return added
 
     def _change(self, op, ids, **fields):
         """`ids` are ids or prefixes, or the single word "all"."""

@@ -92,6 +92,20 @@ def test_errors_round_trip_as_exceptions(coordinator):
     assert e.value.kind == "bad_token"
 
 
+def test_a_large_add_goes_in_several_requests(coordinator):
+    from tatzelwurm import MAX_ADD_TASKS
+    with coordinator.client() as c:
+        n = MAX_ADD_TASKS + 5
+        ids = c.add(*[sleep_task(1) for _ in range(n)])
+        assert len(set(ids)) == n
+        assert c.counts()["created"] == n
+        # One request beyond the limit is refused whole.
+        with pytest.raises(TatzelwurmError) as e:
+            c.request({"add": {"tasks": [sleep_task(1)] * (MAX_ADD_TASKS + 1), "play": False}})
+        assert e.value.kind == "limit_exceeded" and "nothing was added" in e.value.message
+        assert c.counts()["created"] == n
+
+
 def test_kill_reaches_a_python_handler(coordinator):
     coordinator.python_worker("py-3")
     coordinator.wait_workers(1)

@@ -14,7 +14,7 @@ use tatzelwurm_protocol::{
     Tag, TaskId, TaskState,
 };
 
-use crate::client::{Client, DEFAULT_ADDR, default_token_file};
+use crate::client::{Client, ClientError, DEFAULT_ADDR, default_token_file};
 use crate::output;
 use crate::spec::{self, Common, millis, parse_duration};
 
@@ -154,7 +154,8 @@ pub struct AddArgs {
     /// The custom task's input, as JSON.
     #[arg(long, requires = "custom")]
     pub data: Option<String>,
-    /// Read tasks from a file, one per line: a shell command line or a JSON object.
+    /// Read tasks from a file (`-`: standard input), one per line: a shell command line or a JSON
+    /// object.
     #[arg(long, conflicts_with = "number")]
     pub from_file: Option<PathBuf>,
     /// Make N mock sleep tasks (upstream form; with --scale and --block-type).
@@ -258,15 +259,20 @@ impl AddArgs {
             _ => bail!("give only one of a command, --sleep, --custom, --from-file, --number"),
         }
         if let Some(path) = &self.from_file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
+            let (name, text) = if path.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .context("cannot read the tasks from standard input")?;
+                ("standard input".to_string(), text)
+            } else {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                (path.display().to_string(), text)
+            };
             let specs = spec::parse_task_file(&text, &common)
-                .map_err(|e| anyhow::anyhow!("{}: {e}; nothing was added", path.display()))?;
+                .map_err(|e| anyhow::anyhow!("{name}: {e}; nothing was added"))?;
             if specs.is_empty() {
-                bail!(
-                    "{}: no tasks in the file; nothing was added",
-                    path.display()
-                );
+                bail!("{name}: no tasks in it; nothing was added");
             }
             return Ok(specs);
         }
@@ -326,8 +332,22 @@ pub async fn run(cli: Cli) -> Result<i32> {
     let (json, quiet) = (cli.json, cli.quiet);
     match cli.command {
         Command::Task(TaskCommand::Add(a)) => {
-            let ids = client.add(add_specs.expect("parsed above"), a.play).await?;
-            print_ids(&ids, json);
+            match client.add(add_specs.expect("parsed above"), a.play).await {
+                Ok(ids) => print_ids(&ids, json),
+                // What was added is durable: say which, so nothing is added twice on a retry.
+                Err(ClientError::PartlyAdded {
+                    added,
+                    total,
+                    source,
+                }) => {
+                    print_ids(&added, json);
+                    bail!(
+                        "added {} of {total} tasks (their ids are above), then: {source}",
+                        added.len()
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Command::Task(TaskCommand::Play(s)) => {
             change(

@@ -8,9 +8,9 @@ use futures_util::{SinkExt, StreamExt};
 use tatzelwurm_protocol::client::{HandshakeError, handshake};
 use tatzelwurm_protocol::{
     ActionerRequest, ActionerToCoordinator, BodyCodec, CoordinatorToActioner, DEFAULT_MAX_FRAME,
-    ErrorReply, EventFilter, FrameError, Hello, MessageCodec, Reply, RequestId, Role, Selector,
-    StateCount, Tag, TaskEvent, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus, TaskSummary,
-    WorkerInfo,
+    ErrorReply, EventFilter, FrameError, Hello, MAX_ADD_TASKS, MessageCodec, Reply, RequestId,
+    Role, Selector, StateCount, Tag, TaskEvent, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
+    TaskSummary, WorkerInfo,
 };
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -46,6 +46,16 @@ pub enum ClientError {
     /// The coordinator answered with an error.
     #[error("{}", .0.message)]
     Server(ErrorReply),
+    /// An add split over several requests failed after some of them were added.
+    #[error("added {} of {total} tasks, then: {source}", added.len())]
+    PartlyAdded {
+        /// The tasks that were added (durable).
+        added: Vec<TaskId>,
+        /// How many were to be added.
+        total: usize,
+        /// Why the next request failed.
+        source: Box<ClientError>,
+    },
     /// The coordinator answered with something this client did not expect.
     #[error("unexpected reply from the coordinator: {0}")]
     Unexpected(String),
@@ -181,15 +191,40 @@ impl Client {
         }
     }
 
-    /// Adds tasks; returns their ids once they are durable.
+    /// Adds tasks; returns their ids once they are durable. More than [`MAX_ADD_TASKS`] go in
+    /// several requests, each all-or-nothing: if one fails, the error names the tasks the earlier
+    /// ones added.
     pub async fn add(
         &mut self,
         tasks: Vec<TaskSpec>,
         play: bool,
     ) -> Result<Vec<TaskId>, ClientError> {
-        match self.request(ActionerRequest::Add { tasks, play }).await? {
-            Reply::Added { ids } => Ok(ids),
-            other => Err(unexpected(other)),
+        let total = tasks.len();
+        let mut added: Vec<TaskId> = Vec::with_capacity(total);
+        let mut rest = tasks;
+        loop {
+            let tail = rest.split_off(rest.len().min(MAX_ADD_TASKS));
+            let chunk = std::mem::replace(&mut rest, tail);
+            let reply = self
+                .request(ActionerRequest::Add { tasks: chunk, play })
+                .await;
+            match reply.and_then(|r| match r {
+                Reply::Added { ids } => Ok(ids),
+                other => Err(unexpected(other)),
+            }) {
+                Ok(ids) => added.extend(ids),
+                Err(e) if added.is_empty() => return Err(e),
+                Err(e) => {
+                    return Err(ClientError::PartlyAdded {
+                        added,
+                        total,
+                        source: Box::new(e),
+                    });
+                }
+            }
+            if rest.is_empty() {
+                return Ok(added);
+            }
         }
     }
 

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use tatzelwurm_protocol::{
     ActionerRequest, AttemptRef, AttemptReport, CoordinatorToActioner, CoordinatorToWorker,
-    Dispatch, ErrorKind, ErrorReply, EventFilter, Reply, RequestId, Selector, StateCount, Tag,
-    TagCounts, TaskEvent, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus, WorkerHello, WorkerId,
-    WorkerInfo, WorkerState, WorkerToCoordinator,
+    Dispatch, ErrorKind, ErrorReply, EventFilter, MAX_ADD_TASKS, Reply, RequestId, Selector,
+    StateCount, Tag, TagCounts, TaskEvent, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
+    WorkerHello, WorkerId, WorkerInfo, WorkerState, WorkerToCoordinator,
 };
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -781,6 +781,16 @@ impl Core {
     ) -> Result<(Reply, bool), ErrorReply> {
         match body {
             ActionerRequest::Add { tasks, play } => {
+                if tasks.len() > MAX_ADD_TASKS {
+                    return Err(err(
+                        ErrorKind::LimitExceeded,
+                        format!(
+                            "an add of {} tasks; at most {MAX_ADD_TASKS} per request, so split \
+                             it (nothing was added)",
+                            tasks.len()
+                        ),
+                    ));
+                }
                 for (i, spec) in tasks.iter().enumerate() {
                     spec.validate()
                         .map_err(|e| err(ErrorKind::InvalidRequest, format!("task {i}: {e}")))?;
@@ -1226,6 +1236,40 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn an_add_beyond_the_request_limit_is_refused_whole() {
+        let mut c = core();
+        c.connect_actioner(1);
+        let tasks = vec![TaskSpec::new(Payload::Sleep { duration_ms: 1 }); MAX_ADD_TASKS + 1];
+        c.actioner(
+            1,
+            RequestId(5),
+            ActionerRequest::Add { tasks, play: true },
+            10,
+        );
+        match &c.take_immediate()[..] {
+            [
+                (
+                    1,
+                    Out::Actioner(CoordinatorToActioner::Reply {
+                        body: Reply::Error(e),
+                        ..
+                    }),
+                ),
+            ] => {
+                assert_eq!(e.kind, ErrorKind::LimitExceeded);
+                assert!(e.message.contains("nothing was added"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(c.tasks.is_empty());
+        assert_eq!(
+            add(&mut c, MAX_ADD_TASKS, false).len(),
+            MAX_ADD_TASKS,
+            "the limit itself is fine"
+        );
     }
 
     #[test]

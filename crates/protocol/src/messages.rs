@@ -28,11 +28,17 @@ pub struct ActionerToCoordinator {
     pub body: ActionerRequest,
 }
 
+/// The most tasks one `Add` may carry. It keeps a request's decoded size bounded (bincode
+/// reserves room for every element a body announces, and the coordinator refuses bodies that
+/// would reserve more than 16 MiB); clients split larger adds into several requests.
+pub const MAX_ADD_TASKS: usize = 10_000;
+
 /// What an actioner can ask.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionerRequest {
     /// Adds tasks; all or none (a bad spec rejects the whole request). Replied to once durable.
+    /// At most [`MAX_ADD_TASKS`] per request.
     Add {
         /// The tasks.
         tasks: Vec<TaskSpec>,
