@@ -13,11 +13,23 @@ const LONG: Duration = Duration::from_secs(60);
 fn killed_worker_tasks_run_elsewhere_after_the_lease() {
     let c = Coordinator::start_with(Db::Mem, &["--lease", "1s"]).unwrap();
     let mut a = c.worker(&["--type", "async", "--name", "doomed"]);
-    let ids = c.add(&["--play", "--count", "3", "--", "sleep", "30"]);
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let script = format!("echo $$ >> {}; exec sleep 30", pids.display());
+    let ids = c.add(&["--play", "--count", "3", "--", "sh", "-c", &script]);
     for id in &ids {
         c.wait_state(id, "running", LONG);
     }
+    wait_for(LONG, || {
+        std::fs::read_to_string(&pids).is_ok_and(|p| p.lines().count() == 3)
+    })
+    .unwrap();
     a.kill9();
+    // Its commands die with it, or they would run a second time beside the new attempts.
+    for pid in std::fs::read_to_string(&pids).unwrap().lines() {
+        wait_for(Duration::from_secs(10), || !alive(pid.trim()))
+            .unwrap_or_else(|_| panic!("command {pid} outlived its worker"));
+    }
     let _b = c.worker(&["--type", "async", "--name", "survivor"]);
     let quick = c.add(&["--play", "--sleep", "10ms"]);
     c.wait_state(&quick[0], "completed", LONG);
@@ -38,6 +50,14 @@ fn killed_worker_tasks_run_elsewhere_after_the_lease() {
         assert_eq!(t["attempts"][1]["worker_name"], "survivor");
         c.action(&["task", "kill", id]);
     }
+}
+
+/// Whether a process runs (a zombie waiting for its reaper does not).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
 }
 
 #[test]

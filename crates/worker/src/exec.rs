@@ -41,6 +41,33 @@ fn signal_group(pid: u32, sig: Signal) {
     }
 }
 
+/// Makes the command die with the worker (Linux: the parent-death signal). A worker killed with
+/// `kill -9` cannot stop its commands, and its tasks go to other workers when its lease ends: a
+/// command that outlived it would run twice at once. The signal is sent when the thread that
+/// started the command ends; commands are started on the runtime's worker threads, which live as
+/// long as the worker. It survives `exec`, so `sh -c 'CMD'` (which execs a lone command) is covered.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_the_worker(cmd: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec. It only calls prctl(2) and
+    // getppid(2), which are async-signal-safe; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // The worker may have died between the fork and the prctl (an OS error, so that
+            // nothing is allocated here).
+            if nix::unistd::getppid() != parent {
+                return Err(nix::errno::Errno::ESRCH.into());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_the_worker(_cmd: &mut Command) {}
+
 /// Runs `argv` to its end, a timeout, or a kill, and reports how it ended.
 pub async fn run_exec(
     argv: &[String],
@@ -68,6 +95,7 @@ pub async fn run_exec(
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
+    die_with_the_worker(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
