@@ -304,6 +304,39 @@ fn a_large_add_from_standard_input_goes_in_several_requests() {
 }
 
 #[test]
+fn a_split_add_that_fails_midway_names_what_it_added() {
+    use tatzelwurm_actioner::client::{Client, ClientError};
+    use tatzelwurm_protocol::{BodyCodec, MAX_ADD_TASKS, Payload, TaskSpec};
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let token = std::fs::read_to_string(c.token_file()).unwrap();
+    // The first request's tasks are fine; the second request holds a task the coordinator
+    // refuses, so it adds nothing.
+    let mut specs = vec![TaskSpec::new(Payload::Sleep { duration_ms: 1 }); MAX_ADD_TASKS + 1];
+    specs[MAX_ADD_TASKS].max_attempts = 0;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let result = rt.block_on(async {
+        let mut client = Client::connect(&c.addr, token.trim(), BodyCodec::Bincode).await?;
+        client.add(specs, false).await
+    });
+    match result {
+        Err(ClientError::PartlyAdded {
+            added,
+            total,
+            source,
+        }) => {
+            assert_eq!((added.len(), total), (MAX_ADD_TASKS, MAX_ADD_TASKS + 1));
+            assert!(source.to_string().contains("max_attempts"), "{source}");
+            let summary = c.action(&["summary"]);
+            assert!(
+                summary.contains(&format!("{MAX_ADD_TASKS} tasks: {MAX_ADD_TASKS} created")),
+                "exactly the first request's tasks: {summary}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn errors_are_one_clear_line() {
     let c = Coordinator::start(Db::Mem).unwrap();
     // Unknown id.
