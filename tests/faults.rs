@@ -417,6 +417,9 @@ fn a_worker_lost_past_the_forget_time_leaves_the_table_for_good() {
     w.kill9();
     wait_for(LONG, || listed(&c).is_empty()).unwrap();
     assert!(c.log_text().contains("forgotten"), "{}", c.log_text());
+    // Commits are sequential: once a later change is acknowledged, the forgetting is durable too
+    // (before that, a crash may bring the worker back, to be forgotten again).
+    c.add(&["--sleep", "1s"]);
     c.restart().unwrap();
     assert!(listed(&c).is_empty(), "still forgotten after a restart");
 
