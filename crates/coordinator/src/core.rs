@@ -160,6 +160,9 @@ pub struct Core {
     subs: Vec<Subscription>,
     sched: Scheduler,
     dirty_tasks: HashSet<TaskId>,
+    /// Tasks changed in a way nobody waits on (an attempt started): written with the next batch
+    /// that has something else to write, or at the next tick, never in a commit of their own.
+    lazy_tasks: HashSet<TaskId>,
     removed: Vec<TaskId>,
     dirty_workers: HashSet<WorkerId>,
     removed_workers: Vec<WorkerId>,
@@ -231,6 +234,7 @@ impl Core {
             subs: Vec::new(),
             sched: Scheduler::new(),
             dirty_tasks: HashSet::new(),
+            lazy_tasks: HashSet::new(),
             removed: Vec::new(),
             dirty_workers: HashSet::new(),
             removed_workers: Vec::new(),
@@ -331,8 +335,13 @@ impl Core {
         std::mem::take(&mut self.immediate)
     }
 
-    /// What to write next and the messages waiting on it; `None` when there is nothing.
+    /// What to write next and the messages waiting on it; `None` when there is nothing. Lazy
+    /// changes alone make no batch: the next batch or [`Core::tick`] takes them.
     pub fn take_batch(&mut self) -> Option<Batch> {
+        // Lazy changes wait for company, except when the coordinator is about to stop.
+        if self.shutting_down {
+            self.flush_lazy();
+        }
         if self.dirty_tasks.is_empty()
             && self.removed.is_empty()
             && self.dirty_workers.is_empty()
@@ -341,6 +350,7 @@ impl Core {
         {
             return None;
         }
+        self.flush_lazy();
         let tasks = self
             .dirty_tasks
             .drain()
@@ -420,7 +430,7 @@ impl Core {
 
     /// How many task writes wait for the next batch (for backpressure).
     pub fn pending_writes(&self) -> usize {
-        self.dirty_tasks.len() + self.removed.len()
+        self.dirty_tasks.len() + self.lazy_tasks.len() + self.removed.len()
     }
 
     /// Goodbye messages for every connection.
@@ -536,6 +546,7 @@ impl Core {
     /// Lets time pass: workers silent past their lease lose their connection, and workers gone
     /// past their lease lose their tasks.
     pub fn tick(&mut self, now: u64) {
+        self.flush_lazy();
         let lease = self.cfg.lease_ms;
         let silent: Vec<(WorkerId, ConnId, u64)> = self
             .workers
@@ -616,12 +627,36 @@ impl Core {
     // ---- bookkeeping -------------------------------------------------------------------
 
     /// Records that a task changed: counts, queue, events, the next batch.
+    /// Records a change that must be durable before anything waiting on it is sent.
     fn changed(&mut self, id: TaskId, before: TaskState, now: u64) {
+        if self.tasks.contains_key(&id) {
+            self.dirty_tasks.insert(id);
+            self.lazy_tasks.remove(&id);
+            self.transition(id, before, now, false);
+        }
+    }
+
+    /// Records a change nobody waits on: written lazily, its event sent at once.
+    fn changed_lazily(&mut self, id: TaskId, before: TaskState, now: u64) {
+        if self.tasks.contains_key(&id) {
+            if !self.dirty_tasks.contains(&id) {
+                self.lazy_tasks.insert(id);
+            }
+            self.transition(id, before, now, true);
+        }
+    }
+
+    /// Moves the lazy changes into the next write.
+    fn flush_lazy(&mut self) {
+        self.dirty_tasks.extend(self.lazy_tasks.drain());
+    }
+
+    /// Counts, queues and announces a task's move from `before` to its state now.
+    fn transition(&mut self, id: TaskId, before: TaskState, now: u64, at_once: bool) {
         let Some(task) = self.tasks.get_mut(&id) else {
             return;
         };
         let after = task.state();
-        self.dirty_tasks.insert(id);
         if after == before {
             return;
         }
@@ -635,10 +670,11 @@ impl Core {
         if after.is_final() {
             self.rate.add(now);
         }
-        self.emit(id, now);
+        self.emit(id, now, at_once);
     }
 
-    fn emit(&mut self, id: TaskId, now: u64) {
+    /// Sends the task's event to its subscribers: with the next commit, or `at_once`.
+    fn emit(&mut self, id: TaskId, now: u64, at_once: bool) {
         if self.subs.is_empty() {
             return;
         }
@@ -657,7 +693,12 @@ impl Core {
                     subscription: s.request,
                     event: event.clone(),
                 };
-                self.durable.push((s.conn, Out::Actioner(msg)));
+                let queue = if at_once {
+                    &mut self.immediate
+                } else {
+                    &mut self.durable
+                };
+                queue.push((s.conn, Out::Actioner(msg)));
             }
         }
     }
@@ -809,7 +850,7 @@ impl Core {
                     }
                     self.tasks.insert(id, Box::new(task));
                     self.dirty_tasks.insert(id);
-                    self.emit(id, now);
+                    self.emit(id, now, false);
                     ids.push(id);
                 }
                 Ok((Reply::Added { ids }, true))
@@ -1081,8 +1122,9 @@ impl Core {
             WorkerToCoordinator::Started { attempt, at_ms } => {
                 if let Some(task) = self.tasks.get_mut(&attempt.task) {
                     let before = task.state();
+                    // Nobody waits on a start: it must not cost a commit of its own.
                     if task.started(w, attempt.attempt, at_ms, now) {
-                        self.changed(attempt.task, before, now);
+                        self.changed_lazily(attempt.task, before, now);
                     }
                 }
             }
@@ -1269,6 +1311,84 @@ mod tests {
             add(&mut c, MAX_ADD_TASKS, false).len(),
             MAX_ADD_TASKS,
             "the limit itself is fine"
+        );
+    }
+
+    #[test]
+    fn a_start_costs_no_commit_of_its_own_but_is_written_with_the_next() {
+        let mut c = core();
+        c.connect_actioner(1);
+        let ids = add(&mut c, 2, true);
+        c.actioner(
+            1,
+            RequestId(7),
+            ActionerRequest::Subscribe {
+                filter: EventFilter {
+                    ids: vec![],
+                    tags: vec![],
+                    all: true,
+                },
+            },
+            10,
+        );
+        c.take_immediate();
+        c.connect_worker(2, hello("w", 2), 10);
+        c.schedule(10);
+        let sent = dispatches(&c.take_batch().unwrap());
+        let started = |c: &mut Core, a: AttemptRef, now| {
+            c.worker(
+                2,
+                WorkerToCoordinator::Started {
+                    attempt: a,
+                    at_ms: now,
+                },
+                now,
+            )
+        };
+        started(&mut c, sent[0], 11);
+        assert_eq!(c.task(sent[0].task).unwrap().state, TaskState::Running);
+        let events = c.take_immediate();
+        assert!(
+            matches!(&events[..], [(1, Out::Actioner(CoordinatorToActioner::Event { event, .. }))] if event.state == TaskState::Running),
+            "the running event leaves at once: {events:?}"
+        );
+        assert!(c.take_batch().is_none(), "no commit for a start alone");
+        assert_eq!(c.pending_writes(), 1);
+        // The next change that needs a commit takes it along.
+        c.actioner(
+            1,
+            RequestId(8),
+            ActionerRequest::Pause {
+                selector: Selector::Ids(vec![sent[1].task.to_string()]),
+            },
+            12,
+        );
+        let batch = c.take_batch().unwrap();
+        let mut written: Vec<TaskId> = batch.tasks.iter().map(|t| t.id).collect();
+        written.sort();
+        let mut both = ids.clone();
+        both.sort();
+        assert_eq!(written, both);
+        let running = batch.tasks.iter().find(|t| t.id == sent[0].task).unwrap();
+        assert_eq!(running.state, TaskState::Running);
+        assert_eq!(running.attempts[0].started_ms, Some(11));
+        // Alone, a start is written at the next tick, and before a shutdown.
+        started(&mut c, sent[1], 13);
+        assert!(c.take_batch().is_none());
+        c.tick(14);
+        assert_eq!(c.take_batch().unwrap().tasks.len(), 1);
+        let mut d = core();
+        d.connect_actioner(1);
+        add(&mut d, 1, true);
+        d.connect_worker(2, hello("w", 1), 10);
+        d.schedule(10);
+        let sent = dispatches(&d.take_batch().unwrap());
+        started(&mut d, sent[0], 11);
+        d.begin_shutdown();
+        assert_eq!(
+            d.take_batch().unwrap().tasks.len(),
+            1,
+            "flushed on the way out"
         );
     }
 

@@ -156,6 +156,11 @@ async fn sleep_async(
     let timeout_at = timeout.map(|t| begin + t);
     loop {
         let wake = (!paused).then(|| resumed_at + remaining);
+        // Tokio's timer rounds a deadline up to its next millisecond tick: a sleep that is already
+        // over must not wait for one (a `sleep 0ms` would take a millisecond).
+        if wake.is_some_and(|w| w <= Instant::now()) {
+            return ended(started, Outcome::Succeeded, None);
+        }
         tokio::select! {
             _ = async { tokio::time::sleep_until(wake.expect("guarded")).await }, if wake.is_some() => {
                 return ended(started, Outcome::Succeeded, None);
@@ -287,5 +292,21 @@ async fn run_custom(
                 None => return ended(started, Outcome::HandedBack, Some("worker stopped".into())),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sleep_that_is_already_over_ends_without_a_timer() {
+        // A runtime without a time driver panics on any timer: a zero sleep must not need one.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (_control, rx) = mpsc::unbounded_channel();
+        let report = rt.block_on(sleep_async(Duration::ZERO, None, rx));
+        assert_eq!(report.outcome, Some(Outcome::Succeeded));
     }
 }
