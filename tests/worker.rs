@@ -379,3 +379,50 @@ fn sigterm_drains_and_a_second_signal_hands_back() {
     assert_eq!(task["state"], "ready", "handed back to the queue: {task}");
     assert_eq!(task["attempts"][0]["outcome"], "handed_back");
 }
+
+#[test]
+fn a_worker_without_its_coordinator_retries_and_warns_ever_more_rarely() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "unused").unwrap();
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = dir.path().join("worker.log");
+    let mut child = std::process::Command::new(tatzelwurm_tests::bin("workwurm"))
+        .args([
+            "--coordinator",
+            &format!("127.0.0.1:{port}"),
+            "--token-file",
+        ])
+        .arg(&token)
+        .args(["--type", "async"])
+        .env("RUST_LOG", "debug")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let attempts = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains("cannot connect"))
+            .count()
+    };
+    let waited = wait_for(LONG, || {
+        attempts(&std::fs::read_to_string(&log).unwrap_or_default()) >= 6
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    waited.unwrap_or_else(|_| panic!("it stopped retrying:\n{text}"));
+    let failures = attempts(&text);
+    let warnings = text
+        .lines()
+        .filter(|l| l.contains("cannot connect") && l.contains("WARN"))
+        .count();
+    // The 1st, 2nd, 4th, 8th… failure warns; the rest are debug lines.
+    let expected = (1..=failures).filter(|n| n.is_power_of_two()).count();
+    assert_eq!(warnings, expected, "{failures} failures:\n{text}");
+    assert!(warnings < failures);
+}

@@ -77,6 +77,7 @@ pub async fn run(cfg: WorkerConfig, handlers: Handlers, stop: Stop) -> Result<()
         exit_deadline: None,
     };
     let mut backoff = Duration::from_millis(100);
+    let mut failures: u64 = 0;
     loop {
         if st.finished() {
             info!("nothing left to run or report; exiting");
@@ -85,6 +86,7 @@ pub async fn run(cfg: WorkerConfig, handlers: Handlers, stop: Stop) -> Result<()
         match connect(&mut st).await {
             Ok(conn) => {
                 backoff = Duration::from_millis(100);
+                failures = 0;
                 match session(&mut st, conn, &mut done_rx, &stop).await {
                     End::Done => return Ok(()),
                     End::Lost(why) => {
@@ -103,7 +105,14 @@ pub async fn run(cfg: WorkerConfig, handlers: Handlers, stop: Stop) -> Result<()
                 {
                     anyhow::bail!("the coordinator refused this worker: {message}");
                 }
-                warn!(coordinator = %st.cfg.coordinator, error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "cannot connect");
+                failures += 1;
+                // A coordinator down for a day must not fill the log: the 1st, 2nd, 4th, 8th…
+                // failure in a row is a warning, the others are debug lines.
+                if failures.is_power_of_two() {
+                    warn!(coordinator = %st.cfg.coordinator, error = %format!("{e:#}"), failures, retry_in_ms = backoff.as_millis() as u64, "cannot connect");
+                } else {
+                    debug!(coordinator = %st.cfg.coordinator, error = %format!("{e:#}"), failures, "cannot connect");
+                }
                 // Keep collecting results and obeying signals while we wait.
                 let until = Instant::now() + backoff;
                 loop {
