@@ -50,9 +50,13 @@ pub enum ReportFate {
 }
 
 fn refuse(id: TaskId, state: TaskState, op: &str) -> ErrorReply {
+    let hint = match (op, state) {
+        ("play", TaskState::Failed | TaskState::Killed) => " (a retry runs it again)",
+        _ => "",
+    };
     ErrorReply::new(
         ErrorKind::InvalidState,
-        format!("cannot {op} task {id}: it is {state}"),
+        format!("cannot {op} task {id}: it is {state}{hint}"),
     )
 }
 
@@ -459,6 +463,11 @@ mod tests {
                     assert_eq!(e.kind, ErrorKind::InvalidState);
                     assert!(
                         e.message.contains(&t.id().to_string()) && e.message.contains(s.as_str()),
+                        "{e}"
+                    );
+                    assert_eq!(
+                        e.message.contains("retry"),
+                        matches!(s, TaskState::Failed | TaskState::Killed),
                         "{e}"
                     );
                     assert_eq!(t.state(), s, "a refused play changes nothing");
