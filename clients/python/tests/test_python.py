@@ -93,7 +93,7 @@ def test_errors_round_trip_as_exceptions(coordinator):
 
 
 def test_a_large_add_goes_in_several_requests(coordinator):
-    from tatzelwurm import MAX_ADD_TASKS
+    from tatzelwurm import MAX_ADD_TASKS, PartlyAdded
     with coordinator.client() as c:
         n = MAX_ADD_TASKS + 5
         ids = c.add(*[sleep_task(1) for _ in range(n)])
@@ -104,6 +104,13 @@ def test_a_large_add_goes_in_several_requests(coordinator):
             c.request({"add": {"tasks": [sleep_task(1)] * (MAX_ADD_TASKS + 1), "play": False}})
         assert e.value.kind == "limit_exceeded" and "nothing was added" in e.value.message
         assert c.counts()["created"] == n
+        # A split add whose second request is refused names what the first one added.
+        specs = [sleep_task(1) for _ in range(MAX_ADD_TASKS)] + [sleep_task(1, max_attempts=0)]
+        with pytest.raises(PartlyAdded) as e:
+            c.add(*specs)
+        assert len(e.value.added) == MAX_ADD_TASKS and e.value.total == MAX_ADD_TASKS + 1
+        assert e.value.cause.kind == "invalid_request"
+        assert c.counts()["created"] == n + MAX_ADD_TASKS
 
 
 def test_kill_reaches_a_python_handler(coordinator):
