@@ -90,14 +90,16 @@ fn frozen_worker_is_replaced_and_its_late_result_is_only_recorded() {
     assert_eq!(t["attempts"][1]["worker_name"], "fresh");
 }
 
-fn hostile(addr: &str, bytes: &[u8], then_wait: bool) {
+/// Sends `bytes`; when `then_wait`, returns what the coordinator answered before it closed.
+fn hostile(addr: &str, bytes: &[u8], then_wait: bool) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let _ = s.write_all(bytes);
+    let mut buf = Vec::new();
     if then_wait {
-        let mut buf = Vec::new();
         let _ = s.read_to_end(&mut buf);
     }
+    buf
 }
 
 fn frame(body: &[u8]) -> Vec<u8> {
@@ -179,7 +181,11 @@ fn hostile_peers_close_only_their_own_connection() {
     // After the hello: garbage in a valid frame, then random bytes.
     let mut after = frame(&valid_hello(&token));
     after.extend_from_slice(&frame(&[0x81, 0xa3, b'b', b'a', b'd', 0xc0]));
-    hostile(&addr, &after, true);
+    let answer = String::from_utf8_lossy(&hostile(&addr, &after, true)).into_owned();
+    assert!(
+        answer.contains("shutdown") && answer.contains("could not be read"),
+        "the peer hears why it is closed: {answer:?}"
+    );
     let mut after = frame(&valid_hello(&token));
     after.extend_from_slice(&random);
     hostile(&addr, &after, true);

@@ -328,7 +328,16 @@ impl ConnCtx {
                 }
                 frame = framed.next() => match frame {
                     None => { debug!(conn = self.conn, "peer closed"); break; }
-                    Some(Err(e)) => { warn!(conn = self.conn, peer = %self.peer, error = %e, "closing connection: bad frame"); break; }
+                    Some(Err(e)) => {
+                        warn!(conn = self.conn, peer = %self.peer, error = %e, "closing connection: bad frame");
+                        // A peer that sent something unreadable hears why before the close (an
+                        // i/o error has nobody left to tell).
+                        if matches!(e, FrameError::TooLarge { .. } | FrameError::Decode { .. }) {
+                            let bye = Outgoing::closing(&format!("a frame from this peer could not be read: {e}"));
+                            let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(bye)).await;
+                        }
+                        break;
+                    }
                     Some(Ok(msg)) => if self.actor.send(wrap(self.conn, msg)).await.is_err() { break; },
                 },
                 out = rx.recv() => {
@@ -391,9 +400,17 @@ trait OutFilter: Sized {
     fn instead_of_unsendable(_request: Option<RequestId>, _why: &str) -> Option<Self> {
         None
     }
+    /// The last message before the coordinator closes the connection.
+    fn closing(reason: &str) -> Self;
 }
 
 impl OutFilter for CoordinatorToActioner {
+    fn closing(reason: &str) -> Self {
+        CoordinatorToActioner::Shutdown {
+            reason: reason.to_string(),
+        }
+    }
+
     fn pick(out: Out) -> Result<Self, String> {
         match out {
             Out::Actioner(m) => Ok(m),
@@ -423,6 +440,12 @@ impl OutFilter for CoordinatorToActioner {
 }
 
 impl OutFilter for CoordinatorToWorker {
+    fn closing(reason: &str) -> Self {
+        CoordinatorToWorker::Shutdown {
+            reason: reason.to_string(),
+        }
+    }
+
     fn pick(out: Out) -> Result<Self, String> {
         match out {
             Out::Worker(m) => Ok(m),

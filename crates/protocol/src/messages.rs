@@ -133,7 +133,8 @@ pub enum CoordinatorToActioner {
         /// What happened.
         event: TaskEvent,
     },
-    /// The coordinator is going away; reconnect later.
+    /// The coordinator closes this connection: it is going away (reconnect later), or it could
+    /// not read a frame from this client (`reason` says which).
     Shutdown {
         /// Why, in words.
         reason: String,
@@ -332,7 +333,8 @@ pub enum CoordinatorToWorker {
     HeartbeatAck,
     /// A request from this worker was refused.
     Error(ErrorReply),
-    /// The coordinator is going away; keep running and reconnect.
+    /// The coordinator closes this connection (it is going away, or it could not read a frame
+    /// from this worker; `reason` says which); keep running and reconnect.
     Shutdown {
         /// Why, in words.
         reason: String,
