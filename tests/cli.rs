@@ -337,6 +337,30 @@ fn a_split_add_that_fails_midway_names_what_it_added() {
 }
 
 #[test]
+fn an_add_larger_than_a_frame_goes_in_several_requests() {
+    use tatzelwurm_actioner::client::Client;
+    use tatzelwurm_protocol::{BodyCodec, Data, Payload, TaskSpec};
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let token = std::fs::read_to_string(c.token_file()).unwrap();
+    // 20 tasks of 1 MiB of user data: more than one 16 MiB frame holds.
+    let mut spec = TaskSpec::new(Payload::Sleep { duration_ms: 1 });
+    spec.user_data = Data(vec![0xc0; 1 << 20]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ids = rt
+        .block_on(async {
+            let mut client = Client::connect(&c.addr, token.trim(), BodyCodec::Bincode).await?;
+            client.add(vec![spec; 20], false).await
+        })
+        .unwrap();
+    assert_eq!(
+        ids.iter().collect::<std::collections::HashSet<_>>().len(),
+        20
+    );
+    let summary = c.action(&["summary"]);
+    assert!(summary.contains("20 tasks: 20 created"), "{summary}");
+}
+
+#[test]
 fn errors_are_one_clear_line() {
     let c = Coordinator::start(Db::Mem).unwrap();
     // Unknown id.

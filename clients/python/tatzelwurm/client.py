@@ -7,6 +7,7 @@ import uuid
 
 from .protocol import (
     DEFAULT_ADDR,
+    MAX_FRAME,
     ProtocolError,
     TatzelwurmError,
     connect,
@@ -14,6 +15,7 @@ from .protocol import (
     decode_ids,
     encode_data,
     id_text,
+    pack,
     read_token,
     recv_frame,
     send_frame,
@@ -26,6 +28,22 @@ FINAL_STATES = ("completed", "failed", "killed")
 
 # The most tasks one add request may carry (docs/PROTOCOL.md); larger adds are split.
 MAX_ADD_TASKS = 10_000
+
+
+def _add_chunks(specs):
+    """The specs in requests of at most MAX_ADD_TASKS tasks and about half a frame each, in order;
+    always at least one request, so that an empty add is still answered."""
+    chunks, current, size = [], [], 0
+    for spec in specs:
+        n = len(pack(spec))
+        if current and (len(current) == MAX_ADD_TASKS or size + n > MAX_FRAME // 2):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(spec)
+        size += n
+    if current or not chunks:
+        chunks.append(current)
+    return chunks
 
 
 class PartlyAdded(TatzelwurmError):
@@ -149,12 +167,12 @@ class Client:
     def add(self, *specs, play=False):
         """Adds tasks (built with exec_task, sleep_task, custom_task); returns their ids, durable.
 
-        More than MAX_ADD_TASKS go in several requests, each all-or-nothing; if one fails, the
-        PartlyAdded error carries the ids the earlier ones added."""
+        More than MAX_ADD_TASKS, or more than half a frame of them, go in several requests, each
+        all-or-nothing; if one fails, the PartlyAdded error carries the ids the earlier ones
+        added."""
         added = []
         specs = list(specs)
-        for start in range(0, max(len(specs), 1), MAX_ADD_TASKS):
-            chunk = specs[start:start + MAX_ADD_TASKS]
+        for chunk in _add_chunks(specs):
             try:
                 _, body = self.request({"add": {"tasks": chunk, "play": bool(play)}})
             except TatzelwurmError as e:

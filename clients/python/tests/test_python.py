@@ -111,6 +111,10 @@ def test_a_large_add_goes_in_several_requests(coordinator):
         assert len(e.value.added) == MAX_ADD_TASKS and e.value.total == MAX_ADD_TASKS + 1
         assert e.value.cause.kind == "invalid_request"
         assert c.counts()["created"] == n + MAX_ADD_TASKS
+        # Twenty tasks of a megabyte each: more than one frame holds.
+        big = sleep_task(1, user_data="x" * (1 << 20))
+        assert len(set(c.add(*[big] * 20))) == 20
+        assert c.counts()["created"] == n + MAX_ADD_TASKS + 20
 
 
 def test_kill_reaches_a_python_handler(coordinator):

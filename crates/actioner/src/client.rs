@@ -67,6 +67,29 @@ pub fn default_token_file() -> Option<PathBuf> {
     tatzelwurm_protocol::client::default_token_file(dirs::data_dir())
 }
 
+/// Splits an add into requests of at most [`MAX_ADD_TASKS`] tasks and about half a frame each,
+/// in order; never none, so that an empty add still gets its answer. A task too large for a
+/// frame on its own goes alone, and its request fails with the reason.
+fn add_chunks(tasks: Vec<TaskSpec>, codec: BodyCodec) -> Vec<Vec<TaskSpec>> {
+    let budget = DEFAULT_MAX_FRAME / 2;
+    let mut chunks = Vec::new();
+    let mut current = Vec::new();
+    let mut size = 0;
+    for task in tasks {
+        let len = codec.encode(&task).map_or(0, |b| b.len());
+        if !current.is_empty() && (current.len() == MAX_ADD_TASKS || size + len > budget) {
+            chunks.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += len;
+        current.push(task);
+    }
+    if !current.is_empty() || chunks.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
 /// A connection to the coordinator as an actioner.
 pub struct Client {
     framed: Framed<TcpStream, MessageCodec<CoordinatorToActioner, ActionerToCoordinator>>,
@@ -201,10 +224,8 @@ impl Client {
     ) -> Result<Vec<TaskId>, ClientError> {
         let total = tasks.len();
         let mut added: Vec<TaskId> = Vec::with_capacity(total);
-        let mut rest = tasks;
-        loop {
-            let tail = rest.split_off(rest.len().min(MAX_ADD_TASKS));
-            let chunk = std::mem::replace(&mut rest, tail);
+        let codec = self.framed.codec().body_codec();
+        for chunk in add_chunks(tasks, codec) {
             let reply = self
                 .request(ActionerRequest::Add { tasks: chunk, play })
                 .await;
@@ -222,10 +243,8 @@ impl Client {
                     });
                 }
             }
-            if rest.is_empty() {
-                return Ok(added);
-            }
         }
+        Ok(added)
     }
 
     /// Plays, pauses, kills or removes; returns the tasks that changed (every part of the list).
@@ -314,4 +333,42 @@ impl Client {
 
 fn unexpected(reply: Reply) -> ClientError {
     ClientError::Unexpected(format!("{reply:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tatzelwurm_protocol::{Data, Payload};
+
+    fn sleep() -> TaskSpec {
+        TaskSpec::new(Payload::Sleep { duration_ms: 1 })
+    }
+
+    #[test]
+    fn adds_are_split_by_count_and_by_size_in_order() {
+        let n = MAX_ADD_TASKS * 2 + 1;
+        let mut tasks: Vec<TaskSpec> = (0..n).map(|_| sleep()).collect();
+        for (i, t) in tasks.iter_mut().enumerate() {
+            t.priority = i as i32;
+        }
+        let chunks = add_chunks(tasks, BodyCodec::Bincode);
+        let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![MAX_ADD_TASKS, MAX_ADD_TASKS, 1]);
+        let order: Vec<i32> = chunks.iter().flatten().map(|t| t.priority).collect();
+        assert_eq!(order, (0..n as i32).collect::<Vec<_>>());
+
+        // 40 tasks of 1 MiB each: a frame holds 16 MiB, so at most 8 go in each request.
+        let mut big = sleep();
+        big.user_data = Data(vec![7; 1 << 20]);
+        let chunks = add_chunks(vec![big; 40], BodyCodec::Msgpack);
+        assert!(chunks.len() >= 5, "{} requests", chunks.len());
+        assert!(chunks.iter().all(|c| !c.is_empty() && c.len() <= 8));
+        assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), 40);
+
+        assert_eq!(
+            add_chunks(vec![], BodyCodec::Bincode).len(),
+            1,
+            "an empty add is asked"
+        );
+    }
 }
