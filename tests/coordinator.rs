@@ -70,6 +70,23 @@ fn a_second_coordinator_on_the_same_data_dir_is_refused_and_the_first_carries_on
 }
 
 #[test]
+fn finished_tasks_expire_when_the_coordinator_is_told_to_remove_them() {
+    let mut c =
+        Coordinator::start_with(Db::Kv, &["--lease", "3s", "--remove-finished-after", "2s"])
+            .unwrap();
+    let _w = c.worker(&["--type", "async"]);
+    let done = c.add(&["--play", "--sleep", "10ms"]);
+    let failed = c.add(&["--play", "--", "false"]);
+    let waiting = c.add(&["--sleep", "10ms"]);
+    c.wait_state(&done[0], "completed", LONG);
+    c.wait_state(&failed[0], "failed", LONG);
+    // Across a restart too: the expiry is rebuilt from the store.
+    c.restart().unwrap();
+    wait_for(LONG, || c.all_ids() == waiting).unwrap_or_else(|_| panic!("{:?}", c.all_ids()));
+    assert_eq!(c.state(&waiting[0]), "created", "unfinished tasks stay");
+}
+
+#[test]
 fn graceful_restart_keeps_every_task_with_attempts_and_output() {
     let mut c = Coordinator::start(Db::Kv).unwrap();
     let mut w = c.worker(&["--type", "async"]);

@@ -23,6 +23,8 @@ pub struct Config {
     pub lost_to_paused: bool,
     /// Forget a worker lost for this long (it holds nothing by then); `None` keeps them all.
     pub forget_lost: Option<Duration>,
+    /// Remove a finished task this long after it ended; `None` keeps every task.
+    pub remove_finished: Option<Duration>,
     /// Largest frame accepted or sent.
     pub max_frame: usize,
     /// A client must finish its hello within this.
@@ -46,6 +48,7 @@ impl Config {
             heartbeat: Duration::from_secs(5),
             lost_to_paused: false,
             forget_lost: Some(Duration::from_secs(24 * 3600)),
+            remove_finished: None,
             max_frame: tatzelwurm_protocol::DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(10),
             max_connections: 4096,

@@ -2,7 +2,7 @@
 //! connection change, the passing of time) is applied here, synchronously, producing store writes
 //! and outgoing messages. No I/O happens here; `server` feeds it and carries out what it produces.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use tatzelwurm_protocol::{
     ActionerRequest, AttemptRef, AttemptReport, CoordinatorToActioner, CoordinatorToWorker,
@@ -65,6 +65,9 @@ pub struct CoreConfig {
     /// A worker lost for this long, holding nothing, is forgotten (removed from the table and
     /// the store); `None` keeps every worker.
     pub forget_lost_ms: Option<u64>,
+    /// A finished task (completed, failed, killed) is removed this long after it ended; `None`
+    /// keeps every task until somebody removes it.
+    pub remove_finished_ms: Option<u64>,
     /// Most items in one reply that lists tasks (a `subscribed` snapshot, the ids a change
     /// touched); a longer list goes in several parts, so that each fits in a frame.
     pub reply_chunk: usize,
@@ -76,6 +79,7 @@ impl Default for CoreConfig {
             lease_ms: 30_000,
             lost_to_paused: false,
             forget_lost_ms: Some(24 * 3600 * 1000),
+            remove_finished_ms: None,
             reply_chunk: 100_000,
         }
     }
@@ -163,6 +167,9 @@ pub struct Core {
     /// Tasks changed in a way nobody waits on (an attempt started): written with the next batch
     /// that has something else to write, or at the next tick, never in a commit of their own.
     lazy_tasks: HashSet<TaskId>,
+    /// Finished tasks by the time they ended, when they expire (`remove_finished_ms`). An entry
+    /// whose task has since changed (retried, removed) is stale and skipped.
+    ended: BTreeSet<(u64, TaskId)>,
     removed: Vec<TaskId>,
     dirty_workers: HashSet<WorkerId>,
     removed_workers: Vec<WorkerId>,
@@ -235,6 +242,7 @@ impl Core {
             sched: Scheduler::new(),
             dirty_tasks: HashSet::new(),
             lazy_tasks: HashSet::new(),
+            ended: BTreeSet::new(),
             removed: Vec::new(),
             dirty_workers: HashSet::new(),
             removed_workers: Vec::new(),
@@ -294,6 +302,7 @@ impl Core {
                 }
             }
             core.counts[idx(task.state())] += 1;
+            core.note_ended(id, task.state(), task.info.times.ended_ms);
             if task.state() == TaskState::Ready {
                 task.ticket =
                     core.sched
@@ -547,6 +556,7 @@ impl Core {
     /// past their lease lose their tasks.
     pub fn tick(&mut self, now: u64) {
         self.flush_lazy();
+        self.remove_expired(now);
         let lease = self.cfg.lease_ms;
         let silent: Vec<(WorkerId, ConnId, u64)> = self
             .workers
@@ -646,6 +656,54 @@ impl Core {
         }
     }
 
+    /// Deletes a task from the table and the store.
+    fn remove_task(&mut self, id: TaskId) {
+        if let Some(t) = self.tasks.remove(&id) {
+            self.counts[idx(t.state())] -= 1;
+            self.dirty_tasks.remove(&id);
+            self.lazy_tasks.remove(&id);
+            self.removed.push(id);
+        }
+    }
+
+    /// Remembers when a finished task ended, if finished tasks expire.
+    fn note_ended(&mut self, id: TaskId, state: TaskState, ended_at: Option<u64>) {
+        if self.cfg.remove_finished_ms.is_some()
+            && state.is_final()
+            && let Some(at) = ended_at
+        {
+            self.ended.insert((at, id));
+        }
+    }
+
+    /// Removes the finished tasks that ended at least `remove_finished_ms` ago.
+    fn remove_expired(&mut self, now: u64) {
+        let Some(keep) = self.cfg.remove_finished_ms else {
+            return;
+        };
+        let mut waiting = Vec::new();
+        while let Some(&(at, id)) = self.ended.first() {
+            if now.saturating_sub(at) < keep {
+                break;
+            }
+            self.ended.pop_first();
+            let Some(task) = self.tasks.get(&id) else {
+                continue;
+            };
+            if !task.state().is_final() || task.info.times.ended_ms != Some(at) {
+                continue; // retried since: a later end brings it back
+            }
+            if task.holder().is_some() {
+                // Killed, and its worker has not yet said it stopped: look again next time.
+                waiting.push((at, id));
+                continue;
+            }
+            debug!(task = %id, "finished task expired; removed");
+            self.remove_task(id);
+        }
+        self.ended.extend(waiting);
+    }
+
     /// Moves the lazy changes into the next write.
     fn flush_lazy(&mut self) {
         self.dirty_tasks.extend(self.lazy_tasks.drain());
@@ -667,8 +725,10 @@ impl Core {
                 self.sched
                     .enqueue(queue_key(&task.info.spec), task.info.spec.priority, id);
         }
+        let ended_at = task.info.times.ended_ms;
         if after.is_final() {
             self.rate.add(now);
+            self.note_ended(id, after, ended_at);
         }
         self.emit(id, now, at_once);
     }
@@ -890,11 +950,7 @@ impl Core {
             ActionerRequest::Remove { selector } => {
                 let ids = self.select(&selector, "remove", Task::check_remove)?;
                 for id in &ids {
-                    if let Some(t) = self.tasks.remove(id) {
-                        self.counts[idx(t.state())] -= 1;
-                        self.dirty_tasks.remove(id);
-                        self.removed.push(*id);
-                    }
+                    self.remove_task(*id);
                 }
                 Ok((Reply::Changed { ids, more: false }, true))
             }
@@ -1390,6 +1446,83 @@ mod tests {
             1,
             "flushed on the way out"
         );
+    }
+
+    #[test]
+    fn finished_tasks_expire_when_asked_and_only_then() {
+        let mut c = Core::new(CoreConfig {
+            lease_ms: 1000,
+            remove_finished_ms: Some(500),
+            ..CoreConfig::default()
+        });
+        c.connect_actioner(1);
+        let ids = add(&mut c, 3, true);
+        c.connect_worker(2, hello("w", 2), 10);
+        c.schedule(10);
+        let sent = dispatches(&c.take_batch().unwrap());
+        let report = |outcome| AttemptReport {
+            outcome: Some(outcome),
+            ended_ms: 20,
+            ..Default::default()
+        };
+        c.worker(
+            2,
+            WorkerToCoordinator::Finished {
+                attempt: sent[0],
+                report: report(Outcome::Succeeded),
+            },
+            20,
+        );
+        c.worker(
+            2,
+            WorkerToCoordinator::Finished {
+                attempt: sent[1],
+                report: report(Outcome::Failed),
+            },
+            30,
+        );
+        c.take_batch();
+        let queued = *ids
+            .iter()
+            .find(|id| **id != sent[0].task && **id != sent[1].task)
+            .unwrap();
+        c.tick(519);
+        assert!(c.task(sent[0].task).is_some(), "ended 499 ms ago: kept");
+        c.tick(520);
+        assert!(c.task(sent[0].task).is_none(), "ended 500 ms ago: removed");
+        assert!(c.task(sent[1].task).is_some(), "the failed one ended later");
+        assert_eq!(c.take_batch().unwrap().removed, vec![sent[0].task]);
+        // A task retried before it expires is not removed for its old end.
+        c.actioner(
+            1,
+            RequestId(9),
+            ActionerRequest::Retry {
+                selector: Selector::Ids(vec![sent[1].task.to_string()]),
+                attempts: 1,
+            },
+            40,
+        );
+        c.take_batch();
+        c.tick(10_000);
+        assert!(c.task(sent[1].task).is_some(), "retried: it runs again");
+        assert!(c.task(queued).is_some(), "unfinished tasks never expire");
+        // Without the option, nothing is removed however old.
+        let mut keep = core();
+        keep.connect_actioner(1);
+        let ids = add(&mut keep, 1, true);
+        keep.connect_worker(2, hello("w", 1), 10);
+        keep.schedule(10);
+        let sent = dispatches(&keep.take_batch().unwrap());
+        keep.worker(
+            2,
+            WorkerToCoordinator::Finished {
+                attempt: sent[0],
+                report: report(Outcome::Succeeded),
+            },
+            20,
+        );
+        keep.tick(u64::MAX / 2);
+        assert!(keep.task(ids[0]).is_some());
     }
 
     #[test]

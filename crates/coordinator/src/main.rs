@@ -59,8 +59,13 @@ struct Args {
     lost_to_paused: bool,
     /// Forget a worker that has been lost this long (its tasks went back to the queue when its
     /// lease ended); `never` keeps every worker in `worker list`.
-    #[arg(long, default_value = "24h", value_parser = parse_forget)]
-    forget_lost_after: Forget,
+    #[arg(long, default_value = "24h", value_parser = parse_or_never)]
+    forget_lost_after: OrNever,
+    /// Remove a finished task (completed, failed, killed) this long after it ended, with its
+    /// attempts and output, so that a queue that runs for months does not grow without end;
+    /// `never` keeps every task until `task remove`.
+    #[arg(long, default_value = "never", value_parser = parse_or_never)]
+    remove_finished_after: OrNever,
     /// Accept clients without the token. For trials only.
     #[arg(long)]
     insecure_no_auth: bool,
@@ -80,14 +85,14 @@ struct Args {
 
 /// A duration, or never.
 #[derive(Clone, Debug)]
-struct Forget(Option<Duration>);
+struct OrNever(Option<Duration>);
 
-fn parse_forget(s: &str) -> Result<Forget, String> {
+fn parse_or_never(s: &str) -> Result<OrNever, String> {
     if s == "never" {
-        return Ok(Forget(None));
+        return Ok(OrNever(None));
     }
     humantime::parse_duration(s)
-        .map(|d| Forget(Some(d)))
+        .map(|d| OrNever(Some(d)))
         .map_err(|e| format!("{e} (a duration such as 24h, or `never`)"))
 }
 
@@ -173,6 +178,7 @@ async fn main() -> Result<()> {
         .max(Duration::from_millis(10));
     cfg.lost_to_paused = args.lost_to_paused;
     cfg.forget_lost = args.forget_lost_after.0;
+    cfg.remove_finished = args.remove_finished_after.0;
     cfg.insecure_no_auth = args.insecure_no_auth;
     cfg.max_frame = args.max_frame;
     cfg.max_connections = args.max_connections;

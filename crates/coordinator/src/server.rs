@@ -93,6 +93,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         lease_ms: cfg.lease.as_millis() as u64,
         lost_to_paused: cfg.lost_to_paused,
         forget_lost_ms: cfg.forget_lost.map(|d| d.as_millis() as u64),
+        remove_finished_ms: cfg.remove_finished.map(|d| d.as_millis() as u64),
         // An id or a task's state takes at most about 40 bytes in either codec: keep each part
         // well inside the frame.
         reply_chunk: (cfg.max_frame / 64).max(1),
