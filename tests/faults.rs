@@ -438,3 +438,27 @@ fn a_worker_lost_past_the_forget_time_leaves_the_table_for_good() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`never`"), "{err}");
 }
+
+#[test]
+fn a_coordinator_that_was_stopped_for_longer_than_the_lease_keeps_its_workers_tasks() {
+    let c = Coordinator::start_with(Db::Mem, &["--lease", "1s"]).unwrap();
+    let _w = c.worker(&["--type", "async"]);
+    let t = c.add(&["--play", "--", "sleep", "4"]);
+    c.wait_state(&t[0], "running", LONG);
+    // Stopped (as a suspended laptop is) for three leases: the workers did nothing wrong.
+    tatzelwurm_tests::signal(c.pid(), "STOP");
+    std::thread::sleep(Duration::from_secs(3));
+    tatzelwurm_tests::signal(c.pid(), "CONT");
+    c.wait_state(&t[0], "completed", LONG);
+    let task = c.show(&t[0]);
+    assert_eq!(
+        task["attempts"].as_array().unwrap().len(),
+        1,
+        "run once, not given away: {task}"
+    );
+    assert!(
+        c.log_text().contains("did not run for a while"),
+        "{}",
+        c.log_text()
+    );
+}

@@ -68,6 +68,10 @@ pub struct CoreConfig {
     /// A finished task (completed, failed, killed) is removed this long after it ended; `None`
     /// keeps every task until somebody removes it.
     pub remove_finished_ms: Option<u64>,
+    /// A gap between two ticks longer than this means the coordinator itself did not run
+    /// (suspended, stopped): workers then get a fresh lease. `None` trusts every gap (tests that
+    /// jump in time).
+    pub stall_ms: Option<u64>,
     /// Most items in one reply that lists tasks (a `subscribed` snapshot, the ids a change
     /// touched); a longer list goes in several parts, so that each fits in a frame.
     pub reply_chunk: usize,
@@ -80,6 +84,7 @@ impl Default for CoreConfig {
             lost_to_paused: false,
             forget_lost_ms: Some(24 * 3600 * 1000),
             remove_finished_ms: None,
+            stall_ms: None,
             reply_chunk: 100_000,
         }
     }
@@ -160,6 +165,10 @@ pub struct Core {
     counts: [u64; 8],
     workers: BTreeMap<WorkerId, Worker>,
     next_worker: u64,
+    /// The time of the last tick. A gap far longer than ticks leave means that the coordinator
+    /// itself did not run (a suspended laptop, SIGSTOP, a paused VM): the workers' silence is then
+    /// its own, and they get a fresh lease instead of losing their tasks.
+    last_tick: Option<u64>,
     conns: HashMap<ConnId, Conn>,
     subs: Vec<Subscription>,
     sched: Scheduler,
@@ -237,6 +246,7 @@ impl Core {
             counts: [0; 8],
             workers: BTreeMap::new(),
             next_worker: 1,
+            last_tick: None,
             conns: HashMap::new(),
             subs: Vec::new(),
             sched: Scheduler::new(),
@@ -555,9 +565,26 @@ impl Core {
     /// Lets time pass: workers silent past their lease lose their connection, and workers gone
     /// past their lease lose their tasks.
     pub fn tick(&mut self, now: u64) {
+        let lease = self.cfg.lease_ms;
+        if let (Some(last), Some(stall)) = (self.last_tick, self.cfg.stall_ms)
+            && now.saturating_sub(last) > stall
+        {
+            warn!(
+                asleep_ms = now - last,
+                "the coordinator did not run for a while; every worker gets a fresh lease"
+            );
+            for w in self.workers.values_mut() {
+                if w.conn.is_some() {
+                    w.info.last_heartbeat_ms = w.info.last_heartbeat_ms.max(now);
+                }
+                if let Some(since) = w.lost_since.as_mut() {
+                    *since = now;
+                }
+            }
+        }
+        self.last_tick = Some(now);
         self.flush_lazy();
         self.remove_expired(now);
-        let lease = self.cfg.lease_ms;
         let silent: Vec<(WorkerId, ConnId, u64)> = self
             .workers
             .values()
@@ -1523,6 +1550,33 @@ mod tests {
         );
         keep.tick(u64::MAX / 2);
         assert!(keep.task(ids[0]).is_some());
+    }
+
+    #[test]
+    fn a_coordinator_that_did_not_run_gives_workers_a_fresh_lease() {
+        let mut c = Core::new(CoreConfig {
+            lease_ms: 1000,
+            stall_ms: Some(500),
+            ..CoreConfig::default()
+        });
+        c.connect_actioner(1);
+        let ids = add(&mut c, 1, true);
+        let w = c.connect_worker(2, hello("w", 1), 10);
+        c.schedule(10);
+        c.take_batch();
+        c.tick(100);
+        // The coordinator was suspended for an hour: the worker's silence is not its fault.
+        c.tick(3_600_000);
+        assert_eq!(c.workers[&w].conn, Some(2), "not dropped");
+        assert_eq!(c.task(ids[0]).unwrap().worker, Some(w), "its task stays");
+        // From then on the lease counts again.
+        c.tick(3_600_400);
+        c.tick(3_600_800);
+        c.tick(3_601_100);
+        assert_eq!(
+            c.workers[&w].conn, None,
+            "silent for a lease after the wake-up"
+        );
     }
 
     #[test]

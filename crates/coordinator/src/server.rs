@@ -94,6 +94,9 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         lost_to_paused: cfg.lost_to_paused,
         forget_lost_ms: cfg.forget_lost.map(|d| d.as_millis() as u64),
         remove_finished_ms: cfg.remove_finished.map(|d| d.as_millis() as u64),
+        // Ticks come every `tick_every` (at most a second); a gap of half a lease, and at least
+        // three ticks, is the coordinator's own absence.
+        stall_ms: Some((cfg.lease / 2).max(tick_every(&cfg) * 3).as_millis() as u64),
         // An id or a task's state takes at most about 40 bytes in either codec: keep each part
         // well inside the frame.
         reply_chunk: (cfg.max_frame / 64).max(1),
@@ -471,6 +474,11 @@ async fn send_reject(
 }
 
 /// The actor: the only code that touches the [`Core`].
+/// How often the core's tick runs: a quarter of the lease, between 50 ms and a second.
+fn tick_every(cfg: &Config) -> Duration {
+    (cfg.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
 async fn actor(
     mut core: Core,
     store: Store,
@@ -483,8 +491,9 @@ async fn actor(
     let mut commit: Option<JoinHandle<(Batch, Result<(), StoreError>)>> = None;
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut failures: u32 = 0;
-    let tick_every = (cfg.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let tick_every = tick_every(&cfg);
     let mut tick = tokio::time::interval(tick_every);
+    let mut last_tick = tokio::time::Instant::now();
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = false;
     let mut inputs_open = true;
@@ -546,7 +555,15 @@ async fn actor(
                     }
                 }
             },
-            _ = tick.tick() => core.tick(now_ms()),
+            _ = tick.tick() => {
+                core.tick(now_ms());
+                last_tick = tokio::time::Instant::now();
+            }
+        }
+        // Under a steady stream of inputs the timer branch may never win the select.
+        if last_tick.elapsed() >= tick_every {
+            core.tick(now_ms());
+            last_tick = tokio::time::Instant::now();
         }
         core.schedule(now_ms());
         deliver(&mut conns, core.take_immediate());
