@@ -109,8 +109,23 @@ pub(crate) fn unframe(buf: &Bytes) -> Result<Vec<Bytes>, String> {
     Ok(out)
 }
 
-/// A journal entry read back: its tasks, removed task ids, workers and removed worker ids.
-type Decoded = (Vec<TaskInfo>, Vec<TaskId>, Vec<WorkerInfo>, Vec<u64>);
+/// A journal entry read back: its tasks and workers (each with its encoding), removed task ids
+/// and removed worker ids.
+type Decoded = (
+    Vec<(TaskInfo, Bytes)>,
+    Vec<TaskId>,
+    Vec<(WorkerInfo, Bytes)>,
+    Vec<u64>,
+);
+
+/// The items of one framed part of a record, each read by `read`.
+fn read_items<T>(
+    part: &Bytes,
+    corrupt: &impl Fn(String) -> StoreError,
+    read: impl Fn(&Bytes) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    unframe(part).map_err(corrupt)?.iter().map(read).collect()
+}
 
 /// One batch as the journal holds it: changed tasks and workers, whole, and removed task ids.
 #[derive(Debug, Default, PartialEq)]
@@ -178,7 +193,8 @@ impl Entry {
         frame([&tasks[..], &removed[..], &workers[..], &removed_workers[..]].into_iter())
     }
 
-    /// Reads a journal body back, decoding every record in it.
+    /// Reads a journal body back, decoding every record in it. Each task and worker comes with its
+    /// encoding (copied out of the body, to its size), so that the image needs no second encode.
     fn from_body(seq: i64, body: &Bytes) -> Result<Decoded, StoreError> {
         let at = format!("journal:{seq}");
         let corrupt = |reason: String| StoreError::Corrupt {
@@ -193,34 +209,22 @@ impl Entry {
         }
         let [tasks, removed, workers, removed_workers] = <[Bytes; 4]>::try_from(parts)
             .map_err(|p| corrupt(format!("{} parts instead of 4", p.len())))?;
-        let tasks = unframe(&tasks)
-            .map_err(corrupt)?
-            .iter()
-            .map(|b| decode("journal", &at, b))
-            .collect::<Result<_, _>>()?;
-        let removed = unframe(&removed)
-            .map_err(corrupt)?
-            .iter()
-            .map(|b| {
-                uuid::Uuid::from_slice(b)
-                    .map(TaskId)
-                    .map_err(|e| corrupt(e.to_string()))
-            })
-            .collect::<Result<_, _>>()?;
-        let workers = unframe(&workers)
-            .map_err(corrupt)?
-            .iter()
-            .map(|b| decode("journal", &at, b))
-            .collect::<Result<_, _>>()?;
-        let removed_workers = unframe(&removed_workers)
-            .map_err(corrupt)?
-            .iter()
-            .map(|b| {
-                <[u8; 8]>::try_from(&b[..])
-                    .map(u64::from_le_bytes)
-                    .map_err(|_| corrupt(format!("a worker id of {} bytes", b.len())))
-            })
-            .collect::<Result<_, _>>()?;
+        let tasks = read_items(&tasks, &corrupt, |b| {
+            Ok((decode("journal", &at, b)?, Bytes::copy_from_slice(b)))
+        })?;
+        let removed = read_items(&removed, &corrupt, |b| {
+            uuid::Uuid::from_slice(b)
+                .map(TaskId)
+                .map_err(|e| corrupt(e.to_string()))
+        })?;
+        let workers = read_items(&workers, &corrupt, |b| {
+            Ok((decode("journal", &at, b)?, Bytes::copy_from_slice(b)))
+        })?;
+        let removed_workers = read_items(&removed_workers, &corrupt, |b| {
+            <[u8; 8]>::try_from(&b[..])
+                .map(u64::from_le_bytes)
+                .map_err(|_| corrupt(format!("a worker id of {} bytes", b.len())))
+        })?;
         Ok((tasks, removed, workers, removed_workers))
     }
 }
@@ -437,16 +441,16 @@ pub(crate) fn replay(stored: Stored) -> Result<Replayed, StoreError> {
         }
         let (ts, removed, ws, removed_ws) = Entry::from_body(seq, &body)?;
         let mut entry = Entry::default();
-        for t in ts {
-            entry.tasks.push((t.id, encode(&t)));
+        for (t, bytes) in ts {
+            entry.tasks.push((t.id, bytes));
             tasks.insert(t.id, t);
         }
         for id in removed {
             tasks.remove(&id);
             entry.removed.push(id);
         }
-        for w in ws {
-            entry.workers.push((w.id.0, encode(&w)));
+        for (w, bytes) in ws {
+            entry.workers.push((w.id.0, bytes));
             workers.insert(w.id.0, w);
         }
         for id in removed_ws {
@@ -527,7 +531,13 @@ pub(super) mod tests {
         let gone = TaskId::new();
         let e = Entry::new(&ts, &[gone], &[], &[]);
         let (back, removed, workers, removed_workers) = Entry::from_body(7, &e.to_body()).unwrap();
+        let (back, bytes): (Vec<TaskInfo>, Vec<Bytes>) = back.into_iter().unzip();
         assert_eq!(back, ts);
+        assert_eq!(
+            bytes,
+            ts.iter().map(encode).collect::<Vec<_>>(),
+            "their encodings"
+        );
         assert_eq!(removed, vec![gone]);
         assert!(workers.is_empty());
         assert!(removed_workers.is_empty());
@@ -538,6 +548,7 @@ pub(super) mod tests {
         let parts = unframe(&e.to_body()).unwrap();
         let three = frame(parts[..3].iter().map(|b| &b[..]));
         let (back, removed, ..) = Entry::from_body(9, &three).unwrap();
+        let back: Vec<TaskInfo> = back.into_iter().map(|(t, _)| t).collect();
         assert_eq!((back, removed), (ts.clone(), vec![gone]));
         let two = frame(parts[..2].iter().map(|b| &b[..]));
         assert!(Entry::from_body(9, &two).is_err(), "two parts is damage");
