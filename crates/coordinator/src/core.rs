@@ -666,20 +666,16 @@ impl Core {
     /// Records that a task changed: counts, queue, events, the next batch.
     /// Records a change that must be durable before anything waiting on it is sent.
     fn changed(&mut self, id: TaskId, before: TaskState, now: u64) {
-        if self.tasks.contains_key(&id) {
+        if self.transition(id, before, now, false) {
             self.dirty_tasks.insert(id);
             self.lazy_tasks.remove(&id);
-            self.transition(id, before, now, false);
         }
     }
 
     /// Records a change nobody waits on: written lazily, its event sent at once.
     fn changed_lazily(&mut self, id: TaskId, before: TaskState, now: u64) {
-        if self.tasks.contains_key(&id) {
-            if !self.dirty_tasks.contains(&id) {
-                self.lazy_tasks.insert(id);
-            }
-            self.transition(id, before, now, true);
+        if self.transition(id, before, now, true) && !self.dirty_tasks.contains(&id) {
+            self.lazy_tasks.insert(id);
         }
     }
 
@@ -736,14 +732,15 @@ impl Core {
         self.dirty_tasks.extend(self.lazy_tasks.drain());
     }
 
-    /// Counts, queues and announces a task's move from `before` to its state now.
-    fn transition(&mut self, id: TaskId, before: TaskState, now: u64, at_once: bool) {
+    /// Counts, queues and announces a task's move from `before` to its state now; false when
+    /// the task is not in the table.
+    fn transition(&mut self, id: TaskId, before: TaskState, now: u64, at_once: bool) -> bool {
         let Some(task) = self.tasks.get_mut(&id) else {
-            return;
+            return false;
         };
         let after = task.state();
         if after == before {
-            return;
+            return true;
         }
         self.counts[idx(before)] -= 1;
         self.counts[idx(after)] += 1;
@@ -758,6 +755,7 @@ impl Core {
             self.note_ended(id, after, ended_at);
         }
         self.emit(id, now, at_once);
+        true
     }
 
     /// Sends the task's event to its subscribers: with the next commit, or `at_once`.
