@@ -70,16 +70,9 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         info!(path = %path.display(), "clients authenticate with the token in this file");
         Some(Arc::new(token))
     };
-    let store = Store::open(&cfg.store).await.map_err(|e| {
-        // surrealkv holds a lock on its directory while it is open.
-        let hint = if e.to_string().contains("already locked") {
-            ": another coordinator is using this data dir; stop it, or give this one its own \
-             --data-dir"
-        } else {
-            ""
-        };
-        anyhow::Error::new(e).context(format!("cannot open store {}{hint}", cfg.store.url))
-    })?;
+    let store = Store::open(&cfg.store)
+        .await
+        .with_context(|| format!("cannot open store {}", cfg.store.url))?;
     let (tasks, workers) = store
         .load()
         .await
@@ -555,15 +548,15 @@ async fn actor(
                     }
                 }
             },
-            _ = tick.tick() => {
-                core.tick(now_ms());
-                last_tick = tokio::time::Instant::now();
-            }
+            // Only wakes the loop: the tick itself runs below.
+            _ = tick.tick() => {}
         }
-        // Under a steady stream of inputs the timer branch may never win the select.
+        // Here rather than in the timer branch, which a steady stream of inputs may never let
+        // win the select.
         if last_tick.elapsed() >= tick_every {
             core.tick(now_ms());
             last_tick = tokio::time::Instant::now();
+            tick.reset();
         }
         core.schedule(now_ms());
         deliver(&mut conns, core.take_immediate());

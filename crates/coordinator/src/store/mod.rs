@@ -51,6 +51,12 @@ pub enum StoreError {
         "another coordinator took over this store (same namespace and database); this one stops"
     )]
     Superseded,
+    /// An embedded store's directory is locked by another process: surrealkv lets one process
+    /// open it at a time.
+    #[error(
+        "another coordinator is using this data dir; stop it, or give this one its own --data-dir ({0})"
+    )]
+    InUse(String),
     /// A write got no answer in time (a remote server that vanished, a network that dropped
     /// packets). Whether it was applied is unknown; the batch is written again, which is safe
     /// because every write carries whole records and replay follows sequence numbers.
@@ -201,7 +207,12 @@ impl Store {
     /// Connects (creating an embedded database when the URL names one), selects the namespace
     /// and database, and checks that this version can read what is there.
     pub async fn open(opts: &StoreOptions) -> Result<Store, StoreError> {
-        let db = surrealdb::engine::any::connect(opts.url.as_str()).await?;
+        let db = surrealdb::engine::any::connect(opts.url.as_str())
+            .await
+            .map_err(|e| match e.to_string() {
+                words if words.contains("already locked") => StoreError::InUse(words),
+                _ => StoreError::Db(e),
+            })?;
         if let (Some(user), Some(pass)) = (&opts.user, &opts.pass) {
             db.signin(Root {
                 username: user.clone(),
