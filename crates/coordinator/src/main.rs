@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser};
 use tatzelwurm_coordinator::config::{Config, default_data_dir, default_listen};
+use tatzelwurm_coordinator::store;
 use tokio_util::sync::CancellationToken;
 
 /// The tatzelwurm coordinator: a task queue and broker with persistent storage.
@@ -99,9 +100,6 @@ fn parse_or_never(s: &str) -> Result<OrNever, String> {
 /// The shortest lease that leaves room for heartbeats on a busy machine.
 const MIN_LEASE: Duration = Duration::from_millis(100);
 
-/// Store URL schemes the coordinator is built with.
-const SCHEMES: [&str; 6] = ["surrealkv", "mem", "ws", "wss", "http", "https"];
-
 /// Refuses flag values that parse but cannot work, before anything is bound or opened.
 fn check(args: &Args) -> Result<(), String> {
     if args.lease < MIN_LEASE {
@@ -120,14 +118,13 @@ fn check(args: &Args) -> Result<(), String> {
             humantime::format_duration(args.lease)
         ));
     }
-    if let Some(db) = &args.db {
-        let scheme = db.split_once("://").map(|(s, _)| s);
-        if !scheme.is_some_and(|s| SCHEMES.contains(&s)) {
-            return Err(format!(
-                "--db {db:?} is not a store URL this coordinator knows: use surrealkv://PATH, \
-                 mem:// or ws://HOST:PORT"
-            ));
-        }
+    if let Some(db) = &args.db
+        && store::kind(db).is_none()
+    {
+        return Err(format!(
+            "--db {db:?} is not a store URL this coordinator knows: use surrealkv://PATH, \
+             mem:// or ws://HOST:PORT"
+        ));
     }
     Ok(())
 }

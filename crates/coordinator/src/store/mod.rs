@@ -64,6 +64,26 @@ pub enum StoreError {
     Timeout(Duration),
 }
 
+/// What a store URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A database inside this process (`surrealkv://PATH`, `mem://`).
+    Embedded,
+    /// A SurrealDB server (`ws://HOST:PORT`, …), which other coordinators may reach too.
+    Server,
+}
+
+/// What `url` names, or `None` when this build cannot open it (an unknown scheme, or an engine
+/// it was built without), so that a bad `--db` is refused before anything starts.
+pub fn kind(url: &str) -> Option<Kind> {
+    let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
+    match scheme {
+        "surrealkv" | "mem" | "memory" => Some(Kind::Embedded),
+        "ws" | "wss" | "http" | "https" => Some(Kind::Server),
+        _ => None,
+    }
+}
+
 /// Where the store is and how to log in.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -225,10 +245,8 @@ impl Store {
             .await?;
         // An embedded store belongs to this process alone (surrealkv locks its directory, and
         // mem:// is private), so only a server needs the ownership check in every write.
-        let embedded = ["mem:", "memory", "surrealkv:", "file:", "rocksdb:"]
-            .iter()
-            .any(|p| opts.url.starts_with(p));
-        let store = Store::attach(db, opts, !embedded).await?;
+        let server = kind(&opts.url) == Some(Kind::Server);
+        let store = Store::attach(db, opts, server).await?;
         info!(url = %opts.url, ns = %opts.namespace, db = %opts.database, "store open");
         Ok(store)
     }
@@ -518,6 +536,17 @@ mod tests {
         let (mut tasks, _) = store.load().await.unwrap();
         tasks.sort_by_key(|t| t.id);
         tasks
+    }
+
+    #[test]
+    fn store_urls_are_told_apart_and_unknown_ones_refused() {
+        assert_eq!(kind("surrealkv:///var/lib/t/store"), Some(Kind::Embedded));
+        assert_eq!(kind("mem://"), Some(Kind::Embedded));
+        assert_eq!(kind("ws://db:8000"), Some(Kind::Server));
+        assert_eq!(kind("wss://db:443"), Some(Kind::Server));
+        for bad in ["foo://bar", "rocksdb:///x", "relative/path", ""] {
+            assert_eq!(kind(bad), None, "{bad}");
+        }
     }
 
     #[tokio::test]
