@@ -214,9 +214,9 @@ impl Client {
         }
     }
 
-    /// Adds tasks; returns their ids once they are durable. More than [`MAX_ADD_TASKS`] go in
-    /// several requests, each all-or-nothing: if one fails, the error names the tasks the earlier
-    /// ones added.
+    /// Adds tasks; returns their ids once they are durable. More than [`MAX_ADD_TASKS`] (or more
+    /// than half a frame of them) go in several requests, each all-or-nothing: if one fails, the
+    /// error names the tasks the earlier ones added.
     pub async fn add(
         &mut self,
         tasks: Vec<TaskSpec>,
