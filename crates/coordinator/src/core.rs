@@ -1350,6 +1350,16 @@ mod tests {
         }
     }
 
+    /// The worker on `conn` reports that `attempt` ended with `outcome` at `now`.
+    fn finish(c: &mut Core, conn: ConnId, attempt: AttemptRef, outcome: Outcome, now: u64) {
+        let report = AttemptReport {
+            outcome: Some(outcome),
+            ended_ms: now,
+            ..Default::default()
+        };
+        c.worker(conn, WorkerToCoordinator::Finished { attempt, report }, now);
+    }
+
     fn dispatches(batch: &Batch) -> Vec<AttemptRef> {
         batch
             .sends
@@ -1485,27 +1495,8 @@ mod tests {
         c.connect_worker(2, hello("w", 2), 10);
         c.schedule(10);
         let sent = dispatches(&c.take_batch().unwrap());
-        let report = |outcome| AttemptReport {
-            outcome: Some(outcome),
-            ended_ms: 20,
-            ..Default::default()
-        };
-        c.worker(
-            2,
-            WorkerToCoordinator::Finished {
-                attempt: sent[0],
-                report: report(Outcome::Succeeded),
-            },
-            20,
-        );
-        c.worker(
-            2,
-            WorkerToCoordinator::Finished {
-                attempt: sent[1],
-                report: report(Outcome::Failed),
-            },
-            30,
-        );
+        finish(&mut c, 2, sent[0], Outcome::Succeeded, 20);
+        finish(&mut c, 2, sent[1], Outcome::Failed, 30);
         c.take_batch();
         let queued = *ids
             .iter()
@@ -1538,14 +1529,7 @@ mod tests {
         keep.connect_worker(2, hello("w", 1), 10);
         keep.schedule(10);
         let sent = dispatches(&keep.take_batch().unwrap());
-        keep.worker(
-            2,
-            WorkerToCoordinator::Finished {
-                attempt: sent[0],
-                report: report(Outcome::Succeeded),
-            },
-            20,
-        );
+        finish(&mut keep, 2, sent[0], Outcome::Succeeded, 20);
         keep.tick(u64::MAX / 2);
         assert!(keep.task(ids[0]).is_some());
     }
@@ -1613,19 +1597,7 @@ mod tests {
             12,
         );
         assert_eq!(c.task(sent[0].task).unwrap().state, TaskState::Running);
-        let report = AttemptReport {
-            outcome: Some(Outcome::Succeeded),
-            ended_ms: 13,
-            ..Default::default()
-        };
-        c.worker(
-            2,
-            WorkerToCoordinator::Finished {
-                attempt: sent[0],
-                report,
-            },
-            13,
-        );
+        finish(&mut c, 2, sent[0], Outcome::Succeeded, 13);
         assert_eq!(c.task(sent[0].task).unwrap().state, TaskState::Completed);
         assert_eq!(c.schedule(14), 1, "the freed slot takes the third task");
         let batch = c.take_batch().unwrap();
@@ -1687,19 +1659,7 @@ mod tests {
             },
             2100,
         );
-        let report = AttemptReport {
-            outcome: Some(Outcome::Succeeded),
-            ended_ms: 2101,
-            ..Default::default()
-        };
-        c.worker(
-            3,
-            WorkerToCoordinator::Finished {
-                attempt: claim,
-                report,
-            },
-            2101,
-        );
+        finish(&mut c, 3, claim, Outcome::Succeeded, 2101);
         let t = c.task(ids[0]).unwrap();
         assert_eq!(t.attempts[0].outcome, Some(Outcome::Lost));
         assert_eq!(t.attempts[0].late_reports.len(), 1);
@@ -2057,19 +2017,7 @@ mod tests {
         c.schedule(10);
         let sent = dispatches(&c.take_batch().unwrap());
         assert_eq!(sent.len(), 2);
-        let failed = AttemptReport {
-            outcome: Some(Outcome::Failed),
-            ended_ms: 12,
-            ..Default::default()
-        };
-        c.worker(
-            2,
-            WorkerToCoordinator::Finished {
-                attempt: sent[0],
-                report: failed,
-            },
-            12,
-        );
+        finish(&mut c, 2, sent[0], Outcome::Failed, 12);
         let (failed, queued) = (sent[0].task, sent[1].task);
         let other = *ids
             .iter()
@@ -2117,19 +2065,7 @@ mod tests {
         );
         assert_eq!(c.task(other).unwrap().spec.max_attempts, 3);
         // Both go to the worker again as it frees its slot.
-        let done = AttemptReport {
-            outcome: Some(Outcome::Succeeded),
-            ended_ms: 14,
-            ..Default::default()
-        };
-        c.worker(
-            2,
-            WorkerToCoordinator::Finished {
-                attempt: sent[1],
-                report: done,
-            },
-            14,
-        );
+        finish(&mut c, 2, sent[1], Outcome::Succeeded, 14);
         c.schedule(15);
         let again = dispatches(&c.take_batch().unwrap());
         let mut tasks: Vec<TaskId> = again.iter().map(|a| a.task).collect();
