@@ -90,6 +90,38 @@ fn frozen_worker_is_replaced_and_its_late_result_is_only_recorded() {
     assert_eq!(t["attempts"][1]["worker_name"], "fresh");
 }
 
+/// Issue 13: a worker that came back under its old id while tasks waited used to be sent a
+/// dispatch before its `reattach` was read; the reattach then lost that attempt and the task ran
+/// twice. Frozen past the lease, the worker loses its connection; tasks are added meanwhile.
+#[test]
+fn a_worker_back_after_its_lease_while_tasks_wait_runs_each_once() {
+    let c = Coordinator::start_with(Db::Mem, &["--lease", "2s", "--heartbeat", "300ms"]).unwrap();
+    let w = c.worker(&["--type", "async", "--name", "sleeper"]);
+    let warm = c.add(&["--play", "--sleep", "1ms"]);
+    c.wait_state(&warm[0], "completed", LONG);
+    w.signal("STOP");
+    wait_for(LONG, || c.json(&["worker", "list"])[0]["state"] == "lost").unwrap();
+    std::thread::sleep(Duration::from_millis(2800));
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let script = format!("echo run >> {}", runs.display());
+    let ids = c.add(&["--play", "--count", "3", "--", "sh", "-c", &script]);
+    w.signal("CONT");
+    for id in &ids {
+        c.wait_state(id, "completed", LONG);
+        let t = c.show(id);
+        let outcomes: Vec<&str> = t["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(outcomes, ["succeeded"], "one attempt, never lost: {t}");
+    }
+    let lines = std::fs::read_to_string(&runs).unwrap();
+    assert_eq!(lines.lines().count(), 3, "each command ran once: {lines}");
+}
+
 /// Sends `bytes`; when `then_wait`, returns what the coordinator answered before it closed.
 fn hostile(addr: &str, bytes: &[u8], then_wait: bool) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).unwrap();

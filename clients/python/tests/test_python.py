@@ -204,3 +204,31 @@ def test_wait_reads_a_snapshot_that_comes_in_parts(small_frame_coordinator):
         with pytest.raises(TatzelwurmError) as e:
             c.list()
         assert e.value.kind == "limit_exceeded"
+
+
+def test_python_worker_back_after_its_lease_runs_the_tasks_that_waited_once(tmp_path):
+    """Issue 13 with the Python worker: frozen past the lease, it reconnects under its old id
+    while tasks wait for it; each runs once."""
+    import os
+    import signal
+
+    from conftest import Coordinator
+
+    c = Coordinator(tmp_path, lease="2s", extra=["--heartbeat", "300ms"])
+    try:
+        p = c.python_worker("py-frozen")
+        c.wait_workers(1)
+        os.kill(p.pid, signal.SIGSTOP)
+        with c.client() as cl:
+            deadline = time.time() + 30
+            while cl.workers()[0]["state"] != "lost":
+                assert time.time() < deadline
+                time.sleep(0.05)
+            time.sleep(2.8)
+            ids = cl.add(*[custom_task("echo", {"n": i}) for i in range(3)], play=True)
+            os.kill(p.pid, signal.SIGCONT)
+            assert cl.wait(*ids, timeout=60) == {i: "completed" for i in ids}
+            for i in ids:
+                assert [a["outcome"] for a in cl.show(i)["attempts"]] == ["succeeded"]
+    finally:
+        c.stop()

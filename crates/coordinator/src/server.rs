@@ -319,7 +319,18 @@ impl ConnCtx {
         loop {
             tokio::select! {
                 _ = self.close.cancelled() => {
-                    let _ = framed.flush().await;
+                    // What was queued before the close (a `shutdown` saying why) still goes out,
+                    // unless the peer does not read.
+                    let goodbye = async {
+                        while let Ok(m) = rx.try_recv() {
+                            let Ok(msg) = Outgoing::pick(m) else { break };
+                            if framed.feed(msg).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = framed.flush().await;
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
                     debug!(conn = self.conn, "closed by the coordinator");
                     break;
                 }

@@ -261,6 +261,14 @@ impl Task {
             && self.current_attempt().is_some_and(|a| a.attempt == attempt)
     }
 
+    /// Whether `attempt` was ever dispatched to `worker` (current or not).
+    pub fn was_given(&self, worker: WorkerId, attempt: u32) -> bool {
+        self.info
+            .attempts
+            .iter()
+            .any(|a| a.number == attempt && a.worker == worker)
+    }
+
     /// The worker says the attempt started: assigned → running (a paused task stays paused).
     pub fn started(&mut self, worker: WorkerId, attempt: u32, at_ms: u64, now: u64) -> bool {
         if !self.is_current(worker, attempt) {
@@ -284,7 +292,13 @@ impl Task {
         now: u64,
     ) -> ReportFate {
         if !self.is_current(worker, attempt) {
-            return match self.info.attempts.iter_mut().find(|a| a.number == attempt) {
+            // Another worker's attempt is not this worker's to report on.
+            return match self
+                .info
+                .attempts
+                .iter_mut()
+                .find(|a| a.number == attempt && a.worker == worker)
+            {
                 Some(a) => {
                     if !a.late_reports.contains(&report) {
                         a.late_reports.push(report);

@@ -42,7 +42,8 @@ pub enum ActionerRequest {
     Add {
         /// The tasks.
         tasks: Vec<TaskSpec>,
-        /// Make them ready at once.
+        /// Make them ready at once (default: no, they wait in `created`).
+        #[serde(default)]
         play: bool,
     },
     /// Makes created or paused tasks ready (a paused running task resumes on its worker).
@@ -69,10 +70,13 @@ pub enum ActionerRequest {
     /// Lists tasks, newest first.
     List {
         /// Only these states; all when empty.
+        #[serde(default)]
         states: Vec<TaskState>,
         /// Only tasks with all of these tags.
+        #[serde(default)]
         tags: Vec<Tag>,
         /// At most this many (the newest).
+        #[serde(default)]
         limit: Option<u32>,
     },
     /// One task with every field and attempt.
@@ -99,19 +103,33 @@ pub enum ActionerRequest {
     Retry {
         /// Which tasks.
         selector: Selector,
-        /// How many more attempts (at least 1).
+        /// How many more attempts (at least 1; 1 when left out).
+        #[serde(default = "one")]
         attempts: u32,
     },
+    /// Ends a subscription of this connection: no event of it follows the reply.
+    Unsubscribe {
+        /// The id of the `Subscribe` request.
+        subscription: RequestId,
+    },
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Which events a subscription receives.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventFilter {
     /// Tasks by id or unique prefix.
+    #[serde(default)]
     pub ids: Vec<String>,
-    /// Tasks with all of these tags.
+    /// Tasks with all of these tags (a task matches when it is named in `ids` or has these
+    /// tags: the union).
+    #[serde(default)]
     pub tags: Vec<Tag>,
     /// Every task (ids and tags are then ignored).
+    #[serde(default)]
     pub all: bool,
 }
 
@@ -204,6 +222,11 @@ pub enum Reply {
     },
     /// The request failed; nothing changed.
     Error(ErrorReply),
+    /// To `Unsubscribe`: no event of that subscription follows.
+    Unsubscribed {
+        /// The subscription that ended.
+        subscription: RequestId,
+    },
 }
 
 /// The tasks with one tag value, counted per state.
@@ -244,11 +267,13 @@ pub enum WorkerToCoordinator {
     /// Sent every heartbeat interval, however busy the worker is.
     Heartbeat {
         /// Tasks it runs now.
+        #[serde(default)]
         running: u32,
     },
     /// Sent first after a reconnect: what it still runs, so nobody else gets those tasks.
     Reattach {
-        /// Attempts still running on this worker.
+        /// Attempts still running on this worker, and finished ones not yet acknowledged.
+        #[serde(default)]
         running: Vec<AttemptRef>,
     },
     /// An attempt started.

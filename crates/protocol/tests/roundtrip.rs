@@ -166,6 +166,9 @@ fn actioner_requests() -> Vec<ActionerRequest> {
         selector: selector_ids(),
         attempts: 2,
     });
+    v.push(ActionerRequest::Unsubscribe {
+        subscription: RequestId(7),
+    });
     // Fails to compile when a variant is added and not listed above.
     for r in &v {
         match r {
@@ -180,7 +183,8 @@ fn actioner_requests() -> Vec<ActionerRequest> {
             | ActionerRequest::Summary
             | ActionerRequest::Breakdown { .. }
             | ActionerRequest::Subscribe { .. }
-            | ActionerRequest::Retry { .. } => {}
+            | ActionerRequest::Retry { .. }
+            | ActionerRequest::Unsubscribe { .. } => {}
         }
     }
     v
@@ -240,6 +244,9 @@ fn replies() -> Vec<Reply> {
             ErrorKind::AmbiguousId,
             "prefix 01 matches 2 tasks",
         )),
+        Reply::Unsubscribed {
+            subscription: RequestId(7),
+        },
     ];
     for r in &v {
         match r {
@@ -251,7 +258,8 @@ fn replies() -> Vec<Reply> {
             | Reply::Summary { .. }
             | Reply::Subscribed { .. }
             | Reply::Breakdown { .. }
-            | Reply::Error(_) => {}
+            | Reply::Error(_)
+            | Reply::Unsubscribed { .. } => {}
         }
     }
     v

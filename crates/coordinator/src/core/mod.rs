@@ -1,0 +1,602 @@
+//! The coordinator's tables and their one owner: every input (a request, a worker message, a
+//! connection change, the passing of time) is applied here, synchronously, producing store writes
+//! and outgoing messages. No I/O happens here; `server` feeds it and carries out what it produces.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use tatzelwurm_protocol::{
+    ActionerRequest, AttemptRef, AttemptReport, CoordinatorToActioner, CoordinatorToWorker,
+    Dispatch, ErrorKind, ErrorReply, EventFilter, MAX_ADD_TASKS, Reply, RequestId, Selector,
+    StateCount, Tag, TagCounts, TaskEvent, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
+    WorkerHello, WorkerId, WorkerInfo, WorkerState, WorkerToCoordinator,
+};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::scheduler::{QueueKey, Scheduler};
+use crate::task::{ReportFate, Task, WorkerOrder};
+use subscriptions::Subscription;
+
+/// A connection's number, unique for the life of the process.
+pub type ConnId = u64;
+
+/// A message for one connection.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Out {
+    /// To an actioner.
+    Actioner(CoordinatorToActioner),
+    /// To a worker.
+    Worker(CoordinatorToWorker),
+    /// Close the connection, for the logged reason.
+    Close(String),
+}
+
+/// What must be made durable, and the messages that may only leave once it is.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Tasks to write, whole.
+    pub tasks: Vec<TaskInfo>,
+    /// Tasks to delete.
+    pub removed: Vec<TaskId>,
+    /// Workers to write.
+    pub workers: Vec<WorkerInfo>,
+    /// Workers to delete (lost for longer than the config keeps them).
+    pub removed_workers: Vec<WorkerId>,
+    /// Sent after the commit, in order.
+    pub sends: Vec<(ConnId, Out)>,
+}
+
+impl Batch {
+    /// Whether the batch writes anything to the store.
+    pub fn has_writes(&self) -> bool {
+        !(self.tasks.is_empty()
+            && self.removed.is_empty()
+            && self.workers.is_empty()
+            && self.removed_workers.is_empty())
+    }
+}
+
+/// Tunables of the core.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// How long a silent or disconnected worker keeps its tasks.
+    pub lease_ms: u64,
+    /// Send the tasks of a lost worker to `paused` instead of `ready`.
+    pub lost_to_paused: bool,
+    /// A worker lost for this long, holding nothing, is forgotten (removed from the table and
+    /// the store); `None` keeps every worker.
+    pub forget_lost_ms: Option<u64>,
+    /// A finished task (completed, failed, killed) is removed this long after it ended; `None`
+    /// keeps every task until somebody removes it.
+    pub remove_finished_ms: Option<u64>,
+    /// A gap between two ticks longer than this means the coordinator itself did not run
+    /// (suspended, stopped): workers then get a fresh lease. `None` trusts every gap (tests that
+    /// jump in time).
+    pub stall_ms: Option<u64>,
+    /// Most items in one reply that lists tasks (a `subscribed` snapshot, the ids a change
+    /// touched); a longer list goes in several parts, so that each fits in a frame.
+    pub reply_chunk: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            lease_ms: 30_000,
+            lost_to_paused: false,
+            forget_lost_ms: Some(24 * 3600 * 1000),
+            remove_finished_ms: None,
+            stall_ms: None,
+            reply_chunk: 100_000,
+        }
+    }
+}
+
+enum Conn {
+    Actioner,
+    Worker(WorkerId),
+}
+
+struct Worker {
+    info: WorkerInfo,
+    conn: Option<ConnId>,
+    /// Since when it is disconnected or silent; its lease runs from here.
+    lost_since: Option<u64>,
+    /// Tasks it holds (assigned, running, paused on it).
+    held: HashSet<TaskId>,
+    /// After a reconnect under its previous id: the tasks it held when this connection began,
+    /// which its `reattach` must claim or lose. Until that `reattach` arrives the worker gets no
+    /// dispatch, so that a task given on the new connection can never be mistaken for one the
+    /// worker forgot (the double run of issue 13).
+    awaiting_reattach: Option<HashSet<TaskId>>,
+}
+
+impl Worker {
+    /// What is stored and shown, with `running` derived from what it holds.
+    fn info(&self) -> WorkerInfo {
+        WorkerInfo {
+            running: self.held.len() as u32,
+            ..self.info.clone()
+        }
+    }
+}
+
+/// Tasks finished per second over the last minute, in 60 one-second buckets.
+struct FinishRate {
+    /// (second, tasks finished in it), indexed by second modulo 60.
+    buckets: [(u64, u64); 60],
+}
+
+impl Default for FinishRate {
+    fn default() -> Self {
+        FinishRate {
+            buckets: [(0, 0); 60],
+        }
+    }
+}
+
+impl FinishRate {
+    fn add(&mut self, now_ms: u64) {
+        let sec = now_ms / 1000;
+        let b = &mut self.buckets[(sec % 60) as usize];
+        if b.0 != sec {
+            *b = (sec, 0);
+        }
+        b.1 += 1;
+    }
+
+    fn last_minute(&self, now_ms: u64) -> u64 {
+        let sec = now_ms / 1000;
+        self.buckets
+            .iter()
+            .filter(|(s, _)| sec.saturating_sub(*s) < 60)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// The tables: tasks, workers, connections, subscriptions, and the scheduler over them.
+pub struct Core {
+    cfg: CoreConfig,
+    /// Boxed: a B-tree leaf is about half full after ascending inserts (ids grow with time),
+    /// and an empty slot costs the whole value; boxed, it costs a pointer.
+    tasks: BTreeMap<TaskId, Box<Task>>,
+    counts: [u64; 8],
+    workers: BTreeMap<WorkerId, Worker>,
+    next_worker: u64,
+    /// The time of the last tick. A gap far longer than ticks leave means that the coordinator
+    /// itself did not run (a suspended laptop, SIGSTOP, a paused VM): the workers' silence is then
+    /// its own, and they get a fresh lease instead of losing their tasks.
+    last_tick: Option<u64>,
+    conns: HashMap<ConnId, Conn>,
+    subs: Vec<Subscription>,
+    sched: Scheduler,
+    dirty_tasks: HashSet<TaskId>,
+    /// Tasks changed in a way nobody waits on (an attempt started): written with the next batch
+    /// that has something else to write, or at the next tick, never in a commit of their own.
+    lazy_tasks: HashSet<TaskId>,
+    /// Finished tasks by the time they ended, when they expire (`remove_finished_ms`). An entry
+    /// whose task has since changed (retried, removed) is stale and skipped.
+    ended: BTreeSet<(u64, TaskId)>,
+    removed: Vec<TaskId>,
+    /// Attempts with a timeout, by when the coordinator ends them itself if their worker has
+    /// not (the task's timeout plus a lease of grace, from the dispatch). Entries of attempts
+    /// that ended meanwhile are stale and skipped.
+    deadlines: BTreeSet<(u64, TaskId, u32)>,
+    dirty_workers: HashSet<WorkerId>,
+    removed_workers: Vec<WorkerId>,
+    durable: Vec<(ConnId, Out)>,
+    immediate: Vec<(ConnId, Out)>,
+    rate: FinishRate,
+    store_ok: bool,
+    shutting_down: bool,
+}
+
+fn idx(s: TaskState) -> usize {
+    s as usize
+}
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(kind, message)
+}
+
+/// Splits a reply whose list grows with the table (the ids a `kill --all` changed, a snapshot)
+/// into parts of at most `chunk` items, so that each fits in a frame; every part but the last
+/// says `more`. Other replies pass whole.
+fn split_reply(reply: Reply, chunk: usize) -> Vec<Reply> {
+    fn parts<T>(
+        mut items: Vec<T>,
+        chunk: usize,
+        make: impl Fn(Vec<T>, bool) -> Reply,
+    ) -> Vec<Reply> {
+        let chunk = chunk.max(1);
+        let last = items.split_off(items.len().saturating_sub(1) / chunk * chunk);
+        let mut out = Vec::with_capacity(items.len() / chunk + 1);
+        let mut rest = items.into_iter().peekable();
+        while rest.peek().is_some() {
+            out.push(make(rest.by_ref().take(chunk).collect(), true));
+        }
+        out.push(make(last, false));
+        out
+    }
+    match reply {
+        Reply::Subscribed { tasks, .. } => parts(tasks, chunk, |tasks, more| Reply::Subscribed {
+            tasks,
+            more,
+        }),
+        Reply::Changed { ids, .. } => parts(ids, chunk, |ids, more| Reply::Changed { ids, more }),
+        other => vec![other],
+    }
+}
+
+/// When the coordinator ends an attempt whose worker did not stop it at the task's timeout: the
+/// timeout plus a lease of grace after `from` (the dispatch).
+fn overdue_at(timeout_ms: Option<u64>, from: u64, lease_ms: u64) -> Option<u64> {
+    timeout_ms.map(|t| from.saturating_add(t).saturating_add(lease_ms))
+}
+
+fn has_tags(task: &Task, tags: &[Tag]) -> bool {
+    tags.iter().all(|t| task.info.spec.tags.contains(t))
+}
+
+fn queue_key(spec: &TaskSpec) -> QueueKey {
+    QueueKey {
+        block: spec.block,
+        handler: spec.payload.handler().map(str::to_string),
+    }
+}
+
+impl Core {
+    /// An empty coordinator.
+    pub fn new(cfg: CoreConfig) -> Self {
+        Core {
+            cfg,
+            tasks: BTreeMap::new(),
+            counts: [0; 8],
+            workers: BTreeMap::new(),
+            next_worker: 1,
+            last_tick: None,
+            conns: HashMap::new(),
+            subs: Vec::new(),
+            sched: Scheduler::new(),
+            dirty_tasks: HashSet::new(),
+            lazy_tasks: HashSet::new(),
+            ended: BTreeSet::new(),
+            removed: Vec::new(),
+            deadlines: BTreeSet::new(),
+            dirty_workers: HashSet::new(),
+            removed_workers: Vec::new(),
+            durable: Vec::new(),
+            immediate: Vec::new(),
+            rate: FinishRate::default(),
+            store_ok: true,
+            shutting_down: false,
+        }
+    }
+
+    /// Rebuilds the tables from what the store holds after a restart. Every worker starts lost,
+    /// with a fresh lease: the tasks it held wait for it to reconnect and reattach them.
+    pub fn restore(
+        cfg: CoreConfig,
+        tasks: Vec<TaskInfo>,
+        workers: Vec<WorkerInfo>,
+        now: u64,
+    ) -> Self {
+        let mut core = Core::new(cfg);
+        for mut info in workers {
+            core.next_worker = core.next_worker.max(info.id.0 + 1);
+            info.state = WorkerState::Lost;
+            info.running = 0;
+            let id = info.id;
+            core.workers.insert(
+                id,
+                Worker {
+                    info,
+                    conn: None,
+                    lost_since: Some(now),
+                    held: HashSet::new(),
+                    awaiting_reattach: None,
+                },
+            );
+        }
+        for info in tasks {
+            // Forgotten workers leave their ids in attempts: never hand one out again.
+            for a in &info.attempts {
+                core.next_worker = core.next_worker.max(a.worker.0 + 1);
+            }
+            let id = info.id;
+            let mut task = Task { info, ticket: 0 };
+            if let Some(w) = task.holder() {
+                match core.workers.get_mut(&w) {
+                    Some(worker) => {
+                        worker.held.insert(id);
+                        if let Some(a) = task.info.attempts.last()
+                            && let Some(at) = overdue_at(
+                                task.info.spec.timeout_ms,
+                                a.assigned_ms,
+                                core.cfg.lease_ms,
+                            )
+                        {
+                            core.deadlines.insert((at, id, a.number));
+                        }
+                    }
+                    None => {
+                        warn!(task = %id, worker = %w, "task held by an unknown worker; requeued");
+                        task.lose(
+                            "held by a worker the store does not know",
+                            core.cfg.lost_to_paused,
+                            now,
+                        );
+                        core.dirty_tasks.insert(id);
+                    }
+                }
+            }
+            core.counts[idx(task.state())] += 1;
+            core.note_ended(id, task.state(), task.info.times.ended_ms);
+            if task.state() == TaskState::Ready {
+                task.ticket =
+                    core.sched
+                        .enqueue(queue_key(&task.info.spec), task.info.spec.priority, id);
+            }
+            core.tasks.insert(id, Box::new(task));
+        }
+        core
+    }
+
+    /// Tasks per state.
+    pub fn counts(&self) -> Vec<StateCount> {
+        TaskState::ALL
+            .iter()
+            .map(|&state| StateCount {
+                state,
+                count: self.counts[idx(state)],
+            })
+            .collect()
+    }
+
+    /// A task, for tests and diagnostics.
+    pub fn task(&self, id: TaskId) -> Option<&TaskInfo> {
+        self.tasks.get(&id).map(|t| &t.info)
+    }
+
+    /// Tells the core whether the store can write; while it cannot, changes are refused.
+    pub fn set_store_ok(&mut self, ok: bool) {
+        self.store_ok = ok;
+    }
+
+    /// From now on, refuse changes and let workers finish.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+    }
+
+    /// Messages that may leave now, before the current batch is durable.
+    pub fn take_immediate(&mut self) -> Vec<(ConnId, Out)> {
+        std::mem::take(&mut self.immediate)
+    }
+
+    /// What to write next and the messages waiting on it; `None` when there is nothing. Lazy
+    /// changes alone make no batch: the next batch or [`Core::tick`] takes them.
+    pub fn take_batch(&mut self) -> Option<Batch> {
+        // Lazy changes wait for company, except when the coordinator is about to stop.
+        if self.shutting_down {
+            self.flush_lazy();
+        }
+        if self.dirty_tasks.is_empty()
+            && self.removed.is_empty()
+            && self.dirty_workers.is_empty()
+            && self.removed_workers.is_empty()
+            && self.durable.is_empty()
+        {
+            return None;
+        }
+        self.flush_lazy();
+        let tasks = self
+            .dirty_tasks
+            .drain()
+            .filter_map(|id| self.tasks.get(&id).map(|t| t.info.clone()))
+            .collect();
+        let workers = self
+            .dirty_workers
+            .drain()
+            .filter_map(|id| self.workers.get(&id).map(Worker::info))
+            .collect();
+        Some(Batch {
+            tasks,
+            removed: std::mem::take(&mut self.removed),
+            workers,
+            removed_workers: std::mem::take(&mut self.removed_workers),
+            sends: std::mem::take(&mut self.durable),
+        })
+    }
+
+    /// Puts a batch whose commit failed back, so that its changes are written (as they are by
+    /// then) and its messages sent by a later batch, ahead of newer ones.
+    pub fn requeue(&mut self, batch: Batch) {
+        self.dirty_tasks.extend(
+            batch
+                .tasks
+                .iter()
+                .map(|t| t.id)
+                .filter(|id| self.tasks.contains_key(id)),
+        );
+        self.dirty_workers.extend(
+            batch
+                .workers
+                .iter()
+                .map(|w| w.id)
+                .filter(|id| self.workers.contains_key(id)),
+        );
+        let mut removed_workers = batch.removed_workers;
+        removed_workers.append(&mut self.removed_workers);
+        self.removed_workers = removed_workers;
+        let mut removed = batch.removed;
+        removed.append(&mut self.removed);
+        self.removed = removed;
+        // Replies to actioners are answered now: the change was not acknowledged. It stays in
+        // memory and is written when the store recovers, so a client that retries may add twice
+        // (at-least-once); events and worker messages wait for that commit.
+        let mut sends = Vec::with_capacity(batch.sends.len());
+        // A reply in parts gets one error, not one per part.
+        let mut refused: HashSet<(ConnId, RequestId)> = HashSet::new();
+        for (conn, out) in batch.sends {
+            match out {
+                Out::Actioner(CoordinatorToActioner::Reply {
+                    request,
+                    body: Reply::Added { .. } | Reply::Changed { .. },
+                }) => {
+                    if !refused.insert((conn, request)) {
+                        continue;
+                    }
+                    let e = err(
+                        ErrorKind::StoreUnavailable,
+                        "the store failed while writing this change, so it is not acknowledged; it may still be \
+                         written when the store recovers: check with `task list` before retrying",
+                    );
+                    self.immediate.push((
+                        conn,
+                        Out::Actioner(CoordinatorToActioner::Reply {
+                            request,
+                            body: Reply::Error(e),
+                        }),
+                    ));
+                }
+                other => sends.push((conn, other)),
+            }
+        }
+        sends.append(&mut self.durable);
+        self.durable = sends;
+    }
+
+    /// How many task writes wait for the next batch (for backpressure).
+    pub fn pending_writes(&self) -> usize {
+        self.dirty_tasks.len() + self.lazy_tasks.len() + self.removed.len()
+    }
+
+    /// Goodbye messages for every connection.
+    pub fn shutdown_messages(&self, reason: &str) -> Vec<(ConnId, Out)> {
+        self.conns
+            .iter()
+            .map(|(&c, kind)| {
+                let msg = match kind {
+                    Conn::Actioner => Out::Actioner(CoordinatorToActioner::Shutdown {
+                        reason: reason.into(),
+                    }),
+                    Conn::Worker(_) => Out::Worker(CoordinatorToWorker::Shutdown {
+                        reason: reason.into(),
+                    }),
+                };
+                (c, msg)
+            })
+            .collect()
+    }
+
+    // ---- bookkeeping -------------------------------------------------------------------
+
+    /// Records that a task changed: counts, queue, events, the next batch.
+    /// Records a change that must be durable before anything waiting on it is sent.
+    fn changed(&mut self, id: TaskId, before: TaskState, now: u64) {
+        if self.transition(id, before, now, false) {
+            self.dirty_tasks.insert(id);
+            self.lazy_tasks.remove(&id);
+        }
+    }
+
+    /// Records a change nobody waits on: written lazily, its event sent at once.
+    fn changed_lazily(&mut self, id: TaskId, before: TaskState, now: u64) {
+        if self.transition(id, before, now, true) && !self.dirty_tasks.contains(&id) {
+            self.lazy_tasks.insert(id);
+        }
+    }
+
+    /// Deletes a task from the table and the store.
+    fn remove_task(&mut self, id: TaskId) {
+        if let Some(t) = self.tasks.remove(&id) {
+            self.counts[idx(t.state())] -= 1;
+            self.dirty_tasks.remove(&id);
+            self.lazy_tasks.remove(&id);
+            self.removed.push(id);
+        }
+    }
+
+    /// Remembers when a finished task ended, if finished tasks expire.
+    fn note_ended(&mut self, id: TaskId, state: TaskState, ended_at: Option<u64>) {
+        if self.cfg.remove_finished_ms.is_some()
+            && state.is_final()
+            && let Some(at) = ended_at
+        {
+            self.ended.insert((at, id));
+        }
+    }
+
+    /// Removes the finished tasks that ended at least `remove_finished_ms` ago.
+    fn remove_expired(&mut self, now: u64) {
+        let Some(keep) = self.cfg.remove_finished_ms else {
+            return;
+        };
+        let mut waiting = Vec::new();
+        while let Some(&(at, id)) = self.ended.first() {
+            if now.saturating_sub(at) < keep {
+                break;
+            }
+            self.ended.pop_first();
+            let Some(task) = self.tasks.get(&id) else {
+                continue;
+            };
+            if !task.state().is_final() || task.info.times.ended_ms != Some(at) {
+                continue; // retried since: a later end brings it back
+            }
+            if task.holder().is_some() {
+                // Killed, and its worker has not yet said it stopped: look again next time.
+                waiting.push((at, id));
+                continue;
+            }
+            debug!(task = %id, "finished task expired; removed");
+            self.remove_task(id);
+        }
+        self.ended.extend(waiting);
+    }
+
+    /// Moves the lazy changes into the next write.
+    fn flush_lazy(&mut self) {
+        self.dirty_tasks.extend(self.lazy_tasks.drain());
+    }
+
+    /// Counts, queues and announces a task's move from `before` to its state now; false when
+    /// the task is not in the table.
+    fn transition(&mut self, id: TaskId, before: TaskState, now: u64, at_once: bool) -> bool {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return false;
+        };
+        let after = task.state();
+        if after == before {
+            return true;
+        }
+        self.counts[idx(before)] -= 1;
+        self.counts[idx(after)] += 1;
+        if after == TaskState::Ready {
+            task.ticket =
+                self.sched
+                    .enqueue(queue_key(&task.info.spec), task.info.spec.priority, id);
+        }
+        let ended_at = task.info.times.ended_ms;
+        if after.is_final() {
+            self.rate.add(now);
+            self.note_ended(id, after, ended_at);
+        }
+        self.emit(id, now, at_once);
+        true
+    }
+
+    /// Queues an order for a worker, sent once the batch that holds the change is durable.
+    fn send_worker(&mut self, worker: WorkerId, msg: CoordinatorToWorker) {
+        if let Some(conn) = self.workers.get(&worker).and_then(|w| w.conn) {
+            self.durable.push((conn, Out::Worker(msg)));
+        }
+    }
+}
+
+mod subscriptions;
+mod tasks;
+mod workers;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,309 @@
+//! Requests about tasks from actioners (clients): add, play, pause, kill, retry, remove,
+//! list, show, summaries; id resolution and selectors.
+
+use super::*;
+
+impl Core {
+    // ---- actioners ---------------------------------------------------------------------
+
+    /// Handles one actioner request; the reply is queued (after the commit for changes).
+    pub fn actioner(&mut self, conn: ConnId, request: RequestId, body: ActionerRequest, now: u64) {
+        let mutating = matches!(
+            body,
+            ActionerRequest::Add { .. }
+                | ActionerRequest::Play { .. }
+                | ActionerRequest::Pause { .. }
+                | ActionerRequest::Kill { .. }
+                | ActionerRequest::Remove { .. }
+                | ActionerRequest::Retry { .. }
+        );
+        let refusal = if !mutating {
+            None
+        } else if self.shutting_down {
+            Some(err(
+                ErrorKind::ShuttingDown,
+                "the coordinator is shutting down; nothing was changed",
+            ))
+        } else if !self.store_ok {
+            Some(err(
+                ErrorKind::StoreUnavailable,
+                "the store cannot write right now; nothing was accepted, retry later",
+            ))
+        } else {
+            None
+        };
+        let result = match refusal {
+            Some(e) => Err(e),
+            None => self.answer(conn, request, body, now),
+        };
+        let (reply, durable) = match result {
+            Ok((reply, durable)) => (reply, durable),
+            Err(e) => (Reply::Error(e), false),
+        };
+        // Every part leaves in order, the parts of a snapshot before any event they precede.
+        let queue = if durable {
+            &mut self.durable
+        } else {
+            &mut self.immediate
+        };
+        for body in split_reply(reply, self.cfg.reply_chunk) {
+            queue.push((
+                conn,
+                Out::Actioner(CoordinatorToActioner::Reply { request, body }),
+            ));
+        }
+    }
+
+    /// The reply, and whether it must wait for the commit.
+    pub(super) fn answer(
+        &mut self,
+        conn: ConnId,
+        request: RequestId,
+        body: ActionerRequest,
+        now: u64,
+    ) -> Result<(Reply, bool), ErrorReply> {
+        match body {
+            ActionerRequest::Add { tasks, play } => {
+                if tasks.len() > MAX_ADD_TASKS {
+                    return Err(err(
+                        ErrorKind::LimitExceeded,
+                        format!(
+                            "an add of {} tasks; at most {MAX_ADD_TASKS} per request, so split \
+                             it (nothing was added)",
+                            tasks.len()
+                        ),
+                    ));
+                }
+                for (i, spec) in tasks.iter().enumerate() {
+                    spec.validate()
+                        .map_err(|e| err(ErrorKind::InvalidRequest, format!("task {i}: {e}")))?;
+                }
+                let mut ids = Vec::with_capacity(tasks.len());
+                for spec in tasks {
+                    let id = TaskId(Uuid::now_v7());
+                    let mut task = Task::new(id, spec, now, play);
+                    self.counts[idx(task.state())] += 1;
+                    if play {
+                        task.ticket = self.sched.enqueue(
+                            queue_key(&task.info.spec),
+                            task.info.spec.priority,
+                            id,
+                        );
+                    }
+                    self.tasks.insert(id, Box::new(task));
+                    self.dirty_tasks.insert(id);
+                    self.emit(id, now, false);
+                    ids.push(id);
+                }
+                Ok((Reply::Added { ids }, true))
+            }
+            ActionerRequest::Play { selector } => {
+                self.apply(selector, "play", Task::check_play, Task::play, now)
+            }
+            ActionerRequest::Pause { selector } => {
+                self.apply(selector, "pause", Task::check_pause, Task::pause, now)
+            }
+            ActionerRequest::Kill { selector } => {
+                self.apply(selector, "kill", Task::check_kill, Task::kill, now)
+            }
+            ActionerRequest::Retry { selector, attempts } => {
+                if attempts == 0 {
+                    return Err(err(
+                        ErrorKind::InvalidRequest,
+                        "retry: attempts must be at least 1",
+                    ));
+                }
+                // `all` retries what failed; a killed task comes back only when named.
+                let check = match selector {
+                    Selector::All => |t: &Task| match t.state() {
+                        TaskState::Failed => t.check_retry(),
+                        s => Err(err(ErrorKind::InvalidState, s.to_string())),
+                    },
+                    Selector::Ids(_) => Task::check_retry,
+                };
+                self.apply(
+                    selector,
+                    "retry",
+                    check,
+                    |t, now| t.retry(attempts, now),
+                    now,
+                )
+            }
+            ActionerRequest::Remove { selector } => {
+                let ids = self.select(&selector, "remove", Task::check_remove)?;
+                for id in &ids {
+                    self.remove_task(*id);
+                }
+                Ok((Reply::Changed { ids, more: false }, true))
+            }
+            ActionerRequest::List {
+                states,
+                tags,
+                limit,
+            } => {
+                let limit = limit.map_or(usize::MAX, |l| l as usize);
+                let tasks = self
+                    .tasks
+                    .values()
+                    .rev()
+                    .filter(|t| states.is_empty() || states.contains(&t.state()))
+                    .filter(|t| has_tags(t, &tags))
+                    .take(limit)
+                    .map(|t| t.summary())
+                    .collect();
+                Ok((
+                    Reply::Tasks {
+                        tasks,
+                        counts: self.counts(),
+                    },
+                    false,
+                ))
+            }
+            ActionerRequest::Show { id } => {
+                let id = self.resolve(&id)?;
+                Ok((
+                    Reply::Task {
+                        task: Box::new(self.tasks[&id].info.clone()),
+                    },
+                    false,
+                ))
+            }
+            ActionerRequest::Workers => {
+                let workers = self.workers.values().map(Worker::info).collect();
+                Ok((Reply::Workers { workers }, false))
+            }
+            ActionerRequest::Summary => {
+                let workers_connected =
+                    self.workers.values().filter(|w| w.conn.is_some()).count() as u32;
+                Ok((
+                    Reply::Summary {
+                        counts: self.counts(),
+                        workers_connected,
+                        finished_last_minute: self.rate.last_minute(now),
+                    },
+                    false,
+                ))
+            }
+            ActionerRequest::Breakdown { key } => {
+                let mut by_value: BTreeMap<&str, [u64; 8]> = BTreeMap::new();
+                for t in self.tasks.values() {
+                    for tag in t.info.spec.tags.iter().filter(|tag| tag.key == key) {
+                        by_value.entry(tag.value.as_str()).or_insert([0; 8])[idx(t.state())] += 1;
+                    }
+                }
+                let values = by_value
+                    .into_iter()
+                    .map(|(value, counts)| TagCounts {
+                        value: value.to_string(),
+                        counts: TaskState::ALL
+                            .iter()
+                            .filter(|s| counts[idx(**s)] > 0)
+                            .map(|&state| StateCount {
+                                state,
+                                count: counts[idx(state)],
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                Ok((Reply::Breakdown { key, values }, false))
+            }
+            ActionerRequest::Subscribe { filter } => {
+                self.subscribe(conn, request, filter).map(|r| (r, false))
+            }
+            // Durable, so that it leaves after every event queued before it.
+            ActionerRequest::Unsubscribe { subscription } => {
+                self.unsubscribe(conn, subscription).map(|r| (r, true))
+            }
+        }
+    }
+
+    /// Resolves an id or a unique prefix of one (hex digits, hyphens ignored).
+    pub fn resolve(&self, text: &str) -> Result<TaskId, ErrorReply> {
+        let hex: String = text
+            .chars()
+            .filter(|c| *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if hex.is_empty() || hex.len() > 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(err(
+                ErrorKind::UnknownId,
+                format!("{text:?} is not a task id or a prefix of one"),
+            ));
+        }
+        let pad = |c: char| format!("{hex}{}", c.to_string().repeat(32 - hex.len()));
+        let lo = TaskId(Uuid::parse_str(&pad('0')).expect("32 hex digits"));
+        let hi = TaskId(Uuid::parse_str(&pad('f')).expect("32 hex digits"));
+        let mut found = self.tasks.range(lo..=hi).map(|(id, _)| *id);
+        match (found.next(), found.next()) {
+            (Some(id), None) => Ok(id),
+            (None, _) => Err(err(ErrorKind::UnknownId, format!("no task with id {text}"))),
+            (Some(a), Some(b)) => Err(err(
+                ErrorKind::AmbiguousId,
+                format!("id prefix {text} is ambiguous: it matches {a}, {b} and maybe more"),
+            )),
+        }
+    }
+
+    /// The tasks a selector names, all valid for the operation, or the first refusal.
+    pub(super) fn select(
+        &self,
+        selector: &Selector,
+        op: &str,
+        check: fn(&Task) -> Result<(), ErrorReply>,
+    ) -> Result<Vec<TaskId>, ErrorReply> {
+        match selector {
+            Selector::All => Ok(self
+                .tasks
+                .values()
+                .filter(|t| check(t).is_ok())
+                .map(|t| t.id())
+                .collect()),
+            Selector::Ids(texts) if texts.is_empty() => Err(err(
+                ErrorKind::InvalidRequest,
+                format!("{op}: name some task ids, or all"),
+            )),
+            Selector::Ids(texts) => {
+                let mut ids = Vec::with_capacity(texts.len());
+                for text in texts {
+                    let id = self.resolve(text)?;
+                    check(&self.tasks[&id])?;
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+                Ok(ids)
+            }
+        }
+    }
+
+    pub(super) fn apply(
+        &mut self,
+        selector: Selector,
+        op: &str,
+        check: fn(&Task) -> Result<(), ErrorReply>,
+        action: impl Fn(&mut Task, u64) -> Result<WorkerOrder, ErrorReply>,
+        now: u64,
+    ) -> Result<(Reply, bool), ErrorReply> {
+        let ids = self.select(&selector, op, check)?;
+        for &id in &ids {
+            let task = self.tasks.get_mut(&id).expect("selected tasks exist");
+            let before = task.state();
+            let order = action(task, now)?;
+            self.changed(id, before, now);
+            match order {
+                WorkerOrder::None => {}
+                WorkerOrder::Pause(w, attempt) => {
+                    self.send_worker(w, CoordinatorToWorker::Pause { attempt })
+                }
+                WorkerOrder::Resume(w, attempt) => {
+                    self.send_worker(w, CoordinatorToWorker::Resume { attempt })
+                }
+                WorkerOrder::Kill(w, attempt) => {
+                    self.send_worker(w, CoordinatorToWorker::Kill { attempt })
+                }
+            }
+        }
+        debug!(op, tasks = ids.len(), "applied");
+        Ok((Reply::Changed { ids, more: false }, true))
+    }
+}

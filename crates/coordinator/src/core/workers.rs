@@ -1,0 +1,505 @@
+//! Workers: connections, heartbeats and leases, dispatch, results and reattachment.
+
+use super::*;
+
+impl Core {
+    // ---- connections -------------------------------------------------------------------
+
+    /// An actioner finished its handshake.
+    pub fn connect_actioner(&mut self, conn: ConnId) {
+        self.conns.insert(conn, Conn::Actioner);
+    }
+
+    /// A worker finished its handshake; returns the id it is given (its previous one when it
+    /// presents one the table knows and that is not connected elsewhere).
+    pub fn connect_worker(&mut self, conn: ConnId, hello: WorkerHello, now: u64) -> WorkerId {
+        let reuse = hello.previous_id.filter(|id| self.workers.contains_key(id));
+        // A worker may notice a dead connection before the coordinator does: its new connection
+        // takes over the id, and the old, half-open one is closed.
+        if let Some(old) = reuse
+            .and_then(|id| self.workers.get(&id))
+            .and_then(|w| w.conn)
+        {
+            warn!(worker = %reuse.unwrap_or(WorkerId(0)), old_conn = old, "worker reconnected over a stale connection");
+            self.conns.remove(&old);
+            self.immediate.push((
+                old,
+                Out::Close("replaced by the worker's new connection".into()),
+            ));
+        }
+        let id = reuse.unwrap_or_else(|| {
+            let id = WorkerId(self.next_worker);
+            self.next_worker += 1;
+            id
+        });
+        let held = self.workers.remove(&id).map(|w| w.held).unwrap_or_default();
+        let info = WorkerInfo {
+            id,
+            name: hello.name,
+            host: hello.host,
+            block: hello.block,
+            slots: hello.slots,
+            running: held.len() as u32,
+            tags: hello.tags,
+            handlers: hello.handlers,
+            connected_ms: now,
+            last_heartbeat_ms: now,
+            state: WorkerState::Active,
+        };
+        self.sched.set_worker(
+            id,
+            info.block,
+            info.slots,
+            held.len() as u32,
+            info.handlers.clone(),
+        );
+        // A worker back under its old id first says what it still runs; nothing is dispatched to
+        // it before that, or its `reattach` could not tell a new dispatch from a forgotten task.
+        if reuse.is_some() {
+            self.sched.set_accepting(id, false);
+        }
+        info!(worker = %id, name = %info.name, block = %info.block, slots = info.slots, reattaching = held.len(), "worker connected");
+        let awaiting_reattach = reuse.map(|_| held.clone());
+        self.workers.insert(
+            id,
+            Worker {
+                info,
+                conn: Some(conn),
+                lost_since: None,
+                held,
+                awaiting_reattach,
+            },
+        );
+        self.conns.insert(conn, Conn::Worker(id));
+        self.dirty_workers.insert(id);
+        id
+    }
+
+    /// A connection closed (or was closed).
+    pub fn disconnect(&mut self, conn: ConnId, now: u64) {
+        match self.conns.remove(&conn) {
+            Some(Conn::Actioner) => self.subs.retain(|s| s.conn != conn),
+            Some(Conn::Worker(id)) => {
+                if let Some(w) = self.workers.get_mut(&id)
+                    && w.conn == Some(conn)
+                {
+                    if w.info.state == WorkerState::Draining && w.held.is_empty() {
+                        // It said it would leave and has nothing left to report: it is gone, not
+                        // lost.
+                        info!(worker = %id, "worker drained and left");
+                        self.forget_worker(id);
+                        return;
+                    }
+                    w.conn = None;
+                    w.info.state = WorkerState::Lost;
+                    w.lost_since.get_or_insert(now);
+                    info!(worker = %id, holding = w.held.len(), "worker disconnected; its lease runs");
+                    self.sched.set_accepting(id, false);
+                    self.dirty_workers.insert(id);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Lets time pass: workers silent past their lease lose their connection, and workers gone
+    /// past their lease lose their tasks.
+    pub fn tick(&mut self, now: u64) {
+        let lease = self.cfg.lease_ms;
+        if let (Some(last), Some(stall)) = (self.last_tick, self.cfg.stall_ms)
+            && now.saturating_sub(last) > stall
+        {
+            warn!(
+                asleep_ms = now - last,
+                "the coordinator did not run for a while; every worker gets a fresh lease"
+            );
+            for w in self.workers.values_mut() {
+                if w.conn.is_some() {
+                    w.info.last_heartbeat_ms = w.info.last_heartbeat_ms.max(now);
+                }
+                if let Some(since) = w.lost_since.as_mut() {
+                    *since = now;
+                }
+            }
+        }
+        self.last_tick = Some(now);
+        self.flush_lazy();
+        self.remove_expired(now);
+        self.end_overdue(now);
+        let silent: Vec<(WorkerId, ConnId, u64)> = self
+            .workers
+            .values()
+            .filter_map(|w| {
+                let c = w.conn?;
+                (now.saturating_sub(w.info.last_heartbeat_ms) > lease).then_some((
+                    w.info.id,
+                    c,
+                    w.info.last_heartbeat_ms,
+                ))
+            })
+            .collect();
+        for (id, conn, last) in silent {
+            warn!(worker = %id, silent_ms = now - last, "worker silent past its lease; dropping it");
+            let reason = format!(
+                "no heartbeat for {} ms (the lease is {lease} ms): this connection is closed and \
+                 the worker's tasks go back to the queue; reconnect and reattach",
+                now - last
+            );
+            // Said first, in case the worker is alive and reads it; then closed.
+            self.immediate.push((
+                conn,
+                Out::Worker(CoordinatorToWorker::Shutdown {
+                    reason: reason.clone(),
+                }),
+            ));
+            self.immediate.push((conn, Out::Close(reason)));
+            self.disconnect(conn, now);
+            if let Some(w) = self.workers.get_mut(&id) {
+                w.lost_since = Some(last);
+            }
+        }
+        let expired: Vec<WorkerId> = self
+            .workers
+            .values()
+            .filter(|w| w.conn.is_none() && !w.held.is_empty())
+            .filter(|w| w.lost_since.is_some_and(|t| now.saturating_sub(t) >= lease))
+            .map(|w| w.info.id)
+            .collect();
+        for id in expired {
+            let held: Vec<TaskId> = self
+                .workers
+                .get_mut(&id)
+                .map(|w| w.held.drain().collect())
+                .unwrap_or_default();
+            warn!(worker = %id, tasks = held.len(), "lease expired; requeueing its tasks");
+            for t in held {
+                self.sched.release(id);
+                self.lose_task(t, &format!("worker {id} lost: lease expired"), now);
+            }
+            self.dirty_workers.insert(id);
+        }
+        if let Some(keep) = self.cfg.forget_lost_ms {
+            let forgotten: Vec<WorkerId> = self
+                .workers
+                .values()
+                .filter(|w| w.conn.is_none() && w.held.is_empty())
+                .filter(|w| w.lost_since.is_some_and(|t| now.saturating_sub(t) >= keep))
+                .map(|w| w.info.id)
+                .collect();
+            for id in forgotten {
+                info!(worker = %id, "worker lost for too long; forgotten");
+                self.forget_worker(id);
+            }
+        }
+    }
+
+    /// Ends the attempts that ran past their task's timeout by more than a lease: their worker
+    /// should have stopped them at the timeout (it enforces it) and did not, or could not. The
+    /// attempt ends `timed_out` (the task retries or fails as for any timeout), the worker is told
+    /// to kill it, and its own report, should it come, is kept as a late one.
+    fn end_overdue(&mut self, now: u64) {
+        let mut later = Vec::new();
+        while let Some(&(at, id, number)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let Some(task) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            let Some(w) = task.holder().filter(|&w| task.is_current(w, number)) else {
+                continue; // ended meanwhile
+            };
+            if task.state() == TaskState::Paused {
+                // A suspended attempt's clock stops: look again a whole timeout later.
+                later.extend(
+                    overdue_at(task.info.spec.timeout_ms, now, self.cfg.lease_ms)
+                        .map(|at| (at, id, number)),
+                );
+                continue;
+            }
+            let timeout = task.info.spec.timeout_ms.unwrap_or(0);
+            warn!(task = %id, attempt = number, worker = %w, timeout_ms = timeout, "attempt ran past its timeout and its worker did not stop it; ending it");
+            let before = task.state();
+            let report = AttemptReport {
+                outcome: Some(tatzelwurm_protocol::Outcome::TimedOut),
+                error: Some(format!(
+                    "timed out: still running {} ms after its {timeout} ms timeout, and its \
+                     worker did not stop it; ended by the coordinator",
+                    self.cfg.lease_ms
+                )),
+                ended_ms: now,
+                ..Default::default()
+            };
+            task.report(w, number, report, now);
+            if let Some(worker) = self.workers.get_mut(&w) {
+                worker.held.remove(&id);
+            }
+            self.sched.release(w);
+            self.changed(id, before, now);
+            self.send_worker(
+                w,
+                CoordinatorToWorker::Kill {
+                    attempt: AttemptRef {
+                        task: id,
+                        attempt: number,
+                    },
+                },
+            );
+        }
+        self.deadlines.extend(later);
+    }
+
+    /// Removes a worker that holds nothing from the table and the store. Its id is not handed
+    /// out again: attempts keep naming it.
+    pub(super) fn forget_worker(&mut self, id: WorkerId) {
+        self.workers.remove(&id);
+        self.sched.remove_worker(id);
+        self.dirty_workers.remove(&id);
+        self.removed_workers.push(id);
+    }
+
+    pub(super) fn lose_task(&mut self, id: TaskId, reason: &str, now: u64) {
+        let to_paused = self.cfg.lost_to_paused;
+        if let Some(task) = self.tasks.get_mut(&id) {
+            let before = task.state();
+            task.lose(reason, to_paused, now);
+            self.changed(id, before, now);
+        }
+    }
+
+    // ---- scheduling --------------------------------------------------------------------
+
+    /// Dispatches ready tasks while workers have room. Called after every batch of inputs.
+    pub fn schedule(&mut self, now: u64) -> usize {
+        let mut n = 0;
+        loop {
+            // Picks are gathered in chunks, then applied, so that `tasks` is borrowed by one at a time.
+            let tasks = &self.tasks;
+            let mut picks = Vec::new();
+            while picks.len() < 1024 {
+                let live = |id: TaskId, ticket: u64| {
+                    tasks
+                        .get(&id)
+                        .is_some_and(|t| t.state() == TaskState::Ready && t.ticket == ticket)
+                };
+                match self.sched.next(live) {
+                    Some(pick) => picks.push(pick),
+                    None => break,
+                }
+            }
+            if picks.is_empty() {
+                return n;
+            }
+            for (id, w) in picks {
+                let (Some(worker), Some(task)) =
+                    (self.workers.get_mut(&w), self.tasks.get_mut(&id))
+                else {
+                    continue;
+                };
+                let before = task.state();
+                let attempt = task.assign(w, &worker.info.name, now);
+                worker.held.insert(id);
+                if let Some(at) = overdue_at(task.info.spec.timeout_ms, now, self.cfg.lease_ms) {
+                    self.deadlines.insert((at, id, attempt.attempt));
+                }
+                let spec = &task.info.spec;
+                let dispatch = Dispatch {
+                    attempt,
+                    name: spec.name.clone(),
+                    payload: spec.payload.clone(),
+                    timeout_ms: spec.timeout_ms,
+                    user_key: spec.user_key.clone(),
+                    user_data: spec.user_data.clone(),
+                };
+                if let Some(conn) = worker.conn {
+                    self.durable.push((
+                        conn,
+                        Out::Worker(CoordinatorToWorker::Dispatch(Box::new(dispatch))),
+                    ));
+                }
+                self.changed(id, before, now);
+                n += 1;
+            }
+        }
+    }
+
+    // ---- workers -----------------------------------------------------------------------
+
+    /// Handles one message from a worker.
+    pub fn worker(&mut self, conn: ConnId, msg: WorkerToCoordinator, now: u64) {
+        let Some(&Conn::Worker(w)) = self.conns.get(&conn) else {
+            return;
+        };
+        let awaiting = self
+            .workers
+            .get(&w)
+            .is_some_and(|x| x.awaiting_reattach.is_some());
+        if awaiting && !matches!(msg, WorkerToCoordinator::Reattach { .. }) {
+            // The protocol asks for `reattach` first after a reconnect: a worker that sends
+            // something else first claims nothing, and hears so in an empty `reattached`.
+            warn!(worker = %w, "reconnected worker sent another message before its reattach; it claims nothing");
+            self.reattach(w, Vec::new(), now);
+        }
+        match msg {
+            // Every message, heartbeats included, refreshes the heartbeat time below.
+            WorkerToCoordinator::Heartbeat { .. } => {
+                self.immediate
+                    .push((conn, Out::Worker(CoordinatorToWorker::HeartbeatAck)));
+            }
+            WorkerToCoordinator::Reattach { running } => self.reattach(w, running, now),
+            WorkerToCoordinator::Started { attempt, at_ms } => {
+                match self.tasks.get_mut(&attempt.task) {
+                    // Nobody waits on a start: it must not cost a commit of its own.
+                    Some(task) => {
+                        let before = task.state();
+                        if task.started(w, attempt.attempt, at_ms, now) {
+                            self.changed_lazily(attempt.task, before, now);
+                        } else if !task.was_given(w, attempt.attempt) {
+                            self.refuse_worker(conn, attempt, "started");
+                        }
+                        // An older attempt of this worker's (lost meanwhile) is ignored: its
+                        // `reattach` drops it.
+                    }
+                    None => self.refuse_worker(conn, attempt, "started"),
+                }
+            }
+            WorkerToCoordinator::Finished { attempt, report } => {
+                self.finished(w, attempt, report, now)
+            }
+            WorkerToCoordinator::Draining => {
+                if let Some(worker) = self.workers.get_mut(&w) {
+                    worker.info.state = WorkerState::Draining;
+                    self.sched.set_accepting(w, false);
+                    self.dirty_workers.insert(w);
+                    info!(worker = %w, "worker draining");
+                }
+            }
+        }
+        if let Some(worker) = self.workers.get_mut(&w) {
+            worker.info.last_heartbeat_ms = now;
+        }
+    }
+
+    pub(super) fn finished(
+        &mut self,
+        w: WorkerId,
+        attempt: AttemptRef,
+        report: AttemptReport,
+        now: u64,
+    ) {
+        if let Some(task) = self.tasks.get_mut(&attempt.task) {
+            let before = task.state();
+            match task.report(w, attempt.attempt, report, now) {
+                ReportFate::Current => {
+                    if let Some(worker) = self.workers.get_mut(&w) {
+                        worker.held.remove(&attempt.task);
+                    }
+                    self.sched.release(w);
+                    self.changed(attempt.task, before, now);
+                }
+                ReportFate::Late => {
+                    info!(task = %attempt.task, attempt = attempt.attempt, worker = %w, "late report recorded");
+                    self.dirty_tasks.insert(attempt.task);
+                }
+                ReportFate::Unknown => {
+                    warn!(task = %attempt.task, attempt = attempt.attempt, worker = %w, "report of an attempt this worker was never given");
+                    self.refuse_worker_id(w, attempt, "finished");
+                }
+            }
+        } else {
+            warn!(task = %attempt.task, attempt = attempt.attempt, worker = %w, "report of an unknown task");
+            self.refuse_worker_id(w, attempt, "finished");
+        }
+        // Acknowledged once durable, whatever became of it, so the worker can forget it.
+        self.send_worker(w, CoordinatorToWorker::Ack { attempt });
+    }
+
+    /// Tells a worker that a message of its names an attempt it was never given (a bug on its
+    /// side, or a task removed meanwhile); nothing changes.
+    fn refuse_worker(&mut self, conn: ConnId, attempt: AttemptRef, what: &str) {
+        let e = err(
+            ErrorKind::UnknownId,
+            format!(
+                "{what}: attempt {} of task {} was never dispatched to this worker (or the task \
+                 was removed); nothing changed",
+                attempt.attempt, attempt.task
+            ),
+        );
+        self.immediate
+            .push((conn, Out::Worker(CoordinatorToWorker::Error(e))));
+    }
+
+    fn refuse_worker_id(&mut self, w: WorkerId, attempt: AttemptRef, what: &str) {
+        if let Some(conn) = self.workers.get(&w).and_then(|x| x.conn) {
+            self.refuse_worker(conn, attempt, what);
+        }
+    }
+
+    pub(super) fn reattach(&mut self, w: WorkerId, claims: Vec<AttemptRef>, now: u64) {
+        let mut keep = Vec::new();
+        let mut drop = Vec::new();
+        let mut pause = Vec::new();
+        let mut ended = Vec::new();
+        for claim in claims {
+            match self.tasks.get_mut(&claim.task) {
+                Some(task) if task.is_current(w, claim.attempt) => match task.state() {
+                    TaskState::Killed => {
+                        // Killed while the worker was away: stop it, record the attempt as killed.
+                        let before = task.state();
+                        let report = AttemptReport {
+                            outcome: Some(tatzelwurm_protocol::Outcome::Killed),
+                            error: Some("killed while its worker was disconnected".into()),
+                            ended_ms: now,
+                            ..Default::default()
+                        };
+                        task.report(w, claim.attempt, report, now);
+                        self.changed(claim.task, before, now);
+                        ended.push(claim.task);
+                        drop.push(claim);
+                    }
+                    TaskState::Paused => {
+                        pause.push(claim);
+                        keep.push(claim);
+                    }
+                    _ => keep.push(claim),
+                },
+                _ => drop.push(claim),
+            }
+        }
+        let kept: HashSet<TaskId> = keep.iter().map(|a| a.task).collect();
+        // Only what the worker held before this connection can be unclaimed: a task dispatched
+        // since (after an earlier reattach, or to a worker with a new id) is not in its claims.
+        let unclaimed: Vec<TaskId> = match self.workers.get_mut(&w) {
+            Some(worker) => {
+                for t in &ended {
+                    if worker.held.remove(t) {
+                        self.sched.release(w);
+                    }
+                }
+                let before = worker.awaiting_reattach.take().unwrap_or_default();
+                let gone: Vec<TaskId> = before
+                    .into_iter()
+                    .filter(|t| !kept.contains(t) && worker.held.contains(t))
+                    .collect();
+                for t in &gone {
+                    worker.held.remove(t);
+                }
+                if worker.info.state == WorkerState::Active {
+                    self.sched.set_accepting(w, true);
+                }
+                gone
+            }
+            None => Vec::new(),
+        };
+        for t in unclaimed {
+            self.sched.release(w);
+            self.lose_task(t, &format!("worker {w} reconnected without it"), now);
+        }
+        info!(worker = %w, kept = keep.len(), dropped = drop.len(), "worker reattached");
+        self.send_worker(w, CoordinatorToWorker::Reattached { keep, drop });
+        for attempt in pause {
+            self.send_worker(w, CoordinatorToWorker::Pause { attempt });
+        }
+    }
+}
