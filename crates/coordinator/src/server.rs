@@ -501,6 +501,9 @@ async fn actor(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = false;
     let mut inputs_open = true;
+    // The first tick marks the start: a coordinator stopped before its first timer tick (a
+    // SIGSTOP right after it started) must still see its own absence as one.
+    core.tick(now_ms());
 
     loop {
         let can_take = inputs_open && core.pending_writes() < MAX_PENDING_WRITES;
