@@ -388,6 +388,7 @@ fn a_peer_that_never_reads_neither_stalls_others_nor_grows_the_coordinator() {
     let hello = Hello::new(
         Role::Actioner {
             client: "never-reads".into(),
+            namespace: String::new(),
         },
         BodyCodec::Msgpack,
         token.trim(),

@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use tatzelwurm_protocol::client::read_token;
 use tatzelwurm_protocol::{
-    ActionerRequest, BlockType, BodyCodec, Data, EnvVar, EventFilter, Payload, Reply, Selector,
-    Tag, TaskId, TaskState,
+    ActionerRequest, BlockType, BodyCodec, BroadcastMessage, Data, EnvVar, EventFilter,
+    MessageOutcome, Payload, Reply, Selector, Tag, TaskId, TaskState,
 };
 
 use crate::client::{Client, ClientError, DEFAULT_ADDR, default_token_file};
@@ -35,6 +35,10 @@ pub struct Cli {
     /// Print only ids.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// The namespace of queues, RPC identifiers and broadcasts (as a kiwipy client's, e.g. an
+    /// AiiDA profile's UUID) [default: the default namespace].
+    #[arg(long, global = true, env = "TATZELWURM_NAMESPACE", default_value = "")]
+    pub namespace: String,
     /// Log what the client does (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -60,6 +64,53 @@ pub enum Command {
         #[arg(long, value_name = "KEY")]
         by_tag: Option<String>,
     },
+    /// Look at the broker's queues of the namespace.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Send an RPC to the connection holding IDENTIFIER in the namespace, and print its answer.
+    Rpc {
+        /// The RPC identifier (for AiiDA: a process's pk).
+        identifier: String,
+        /// The message: JSON, or else taken as a string.
+        message: String,
+    },
+    /// Send a broadcast to every listener of the namespace.
+    Broadcast {
+        /// The body: JSON, or else taken as a string.
+        body: String,
+        /// Its subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Its sender.
+        #[arg(long)]
+        sender: Option<String>,
+        /// Its correlation id.
+        #[arg(long)]
+        correlation_id: Option<String>,
+    },
+    /// Print the namespace's broadcasts as they come, one a line, until interrupted.
+    Listen {
+        /// Only broadcasts whose subject matches (exact, or `*` for any run; repeatable).
+        #[arg(long)]
+        subject: Vec<String>,
+        /// Only broadcasts whose sender matches (repeatable).
+        #[arg(long)]
+        sender: Vec<String>,
+    },
+}
+
+/// Queue commands.
+#[derive(Subcommand, Debug)]
+pub enum QueueCommand {
+    /// The queues of the namespace: tasks waiting, held, subscribers and their capacity.
+    List,
+}
+
+/// A message typed on the command line: JSON when it parses, else the text itself.
+fn message_data(text: &str) -> Result<Data> {
+    let value = serde_json::from_str::<serde_json::Value>(text)
+        .unwrap_or_else(|_| serde_json::Value::String(text.to_string()));
+    Data::encode(&value).map_err(|e| anyhow::anyhow!("cannot encode the message: {e}"))
 }
 
 /// Task commands.
@@ -328,7 +379,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Task(TaskCommand::List(l)) => Some(list_states(&l.filter)?),
         _ => None,
     };
-    let mut client = Client::connect(&cli.coordinator, &token, BodyCodec::Bincode).await?;
+    let mut client =
+        Client::connect_in(&cli.coordinator, &token, BodyCodec::Bincode, &cli.namespace).await?;
     let (json, quiet) = (cli.json, cli.quiet);
     match cli.command {
         Command::Task(TaskCommand::Add(a)) => {
@@ -476,6 +528,64 @@ pub async fn run(cli: Cli) -> Result<i32> {
                     }
                 }
                 other => bail!("unexpected reply: {other:?}"),
+            }
+        }
+        Command::Queue(QueueCommand::List) => {
+            let queues = client.queues().await?;
+            if json {
+                let v: Vec<_> = queues.iter().map(output::queue_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{}", output::queues_table(&queues));
+            }
+        }
+        Command::Rpc {
+            identifier,
+            message,
+        } => match client.call(&identifier, message_data(&message)?).await? {
+            MessageOutcome::Value(v) => {
+                let v = output::data_json(&v);
+                println!("{}", if json { v.to_string() } else { plain(&v) });
+            }
+            MessageOutcome::Failed(e) => bail!("the RPC failed at {identifier}: {e}"),
+            MessageOutcome::Cancelled(e) => bail!("the RPC was cancelled at {identifier}: {e}"),
+            MessageOutcome::Pending => bail!("unexpected pending answer"),
+        },
+        Command::Broadcast {
+            body,
+            subject,
+            sender,
+            correlation_id,
+        } => {
+            let n = client
+                .broadcast(BroadcastMessage {
+                    body: message_data(&body)?,
+                    sender,
+                    subject,
+                    correlation_id,
+                })
+                .await?;
+            if json {
+                println!("{}", json!({ "listeners": n }));
+            } else if !quiet {
+                println!("sent to {n} listener{}", if n == 1 { "" } else { "s" });
+            }
+        }
+        Command::Listen { subject, sender } => {
+            client.listen(subject, sender).await?;
+            loop {
+                let m = client.next_broadcast().await?;
+                if json {
+                    println!("{}", output::broadcast_json(&m));
+                } else {
+                    let body = output::data_json(&m.body);
+                    println!(
+                        "{} from {}: {}",
+                        m.subject.as_deref().unwrap_or("-"),
+                        m.sender.as_deref().unwrap_or("-"),
+                        plain(&body)
+                    );
+                }
             }
         }
         Command::Summary { by_tag: None } => {
@@ -626,4 +736,12 @@ fn count_states(states: &HashMap<TaskId, TaskState>) -> String {
         .map(|(s, n)| format!("{n} {s}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A JSON value for people: a string without its quotes, anything else as JSON.
+fn plain(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use futures_util::{SinkExt, StreamExt};
 use tatzelwurm_protocol::client::{HandshakeError, handshake};
 use tatzelwurm_protocol::{
-    ActionerRequest, ActionerToCoordinator, BodyCodec, CoordinatorToActioner, DEFAULT_MAX_FRAME,
-    ErrorReply, EventFilter, FrameError, Hello, MAX_ADD_TASKS, MessageCodec, Reply, RequestId,
-    Role, Selector, StateCount, Tag, TaskEvent, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
-    TaskSummary, WorkerInfo,
+    ActionerRequest, ActionerToCoordinator, BodyCodec, BroadcastMessage, CoordinatorToActioner,
+    DEFAULT_MAX_FRAME, Data, ErrorReply, EventFilter, FrameError, Hello, MAX_ADD_TASKS,
+    MessageCodec, MessageOutcome, QueueInfo, Reply, RequestId, Role, Selector, StateCount, Tag,
+    TaskEvent, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus, TaskSummary, WorkerInfo,
 };
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -96,11 +96,24 @@ pub struct Client {
     next_request: u64,
     /// Events that arrived while waiting for a reply, with their subscription.
     events: VecDeque<(RequestId, TaskEvent)>,
+    /// Broadcasts that arrived while waiting for a reply, with their listener.
+    broadcasts: VecDeque<(RequestId, BroadcastMessage)>,
 }
 
 impl Client {
-    /// Connects and shakes hands with the given token and body codec.
+    /// Connects and shakes hands with the given token and body codec, in the default namespace.
     pub async fn connect(addr: &str, token: &str, codec: BodyCodec) -> Result<Client, ClientError> {
+        Self::connect_in(addr, token, codec, "").await
+    }
+
+    /// Connects in a namespace: where its queues, RPC identifiers and broadcasts live (the
+    /// default one when empty).
+    pub async fn connect_in(
+        addr: &str,
+        token: &str,
+        codec: BodyCodec,
+        namespace: &str,
+    ) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|source| ClientError::Connect {
@@ -111,6 +124,7 @@ impl Client {
         let hello = Hello::new(
             Role::Actioner {
                 client: format!("actionwurm {}", env!("CARGO_PKG_VERSION")),
+                namespace: namespace.to_string(),
             },
             codec,
             token,
@@ -127,6 +141,7 @@ impl Client {
             framed,
             next_request: 1,
             events: VecDeque::new(),
+            broadcasts: VecDeque::new(),
         })
     }
 
@@ -172,7 +187,78 @@ impl Client {
                 Some(Ok(CoordinatorToActioner::Shutdown { reason })) => {
                     return Err(ClientError::Closed(format!(": {reason}")));
                 }
+                Some(Ok(CoordinatorToActioner::Broadcast { listener, message })) => {
+                    self.broadcasts.push_back((listener, message))
+                }
+                // This client holds no RPC identifier: a call cannot be for it.
+                Some(Ok(CoordinatorToActioner::Call { .. })) => {}
             }
+        }
+    }
+
+    /// An RPC to `identifier` in this connection's namespace; waits for its final outcome
+    /// (a pending answer is skipped).
+    pub async fn call(
+        &mut self,
+        identifier: &str,
+        body: Data,
+    ) -> Result<MessageOutcome, ClientError> {
+        let id = self
+            .send(ActionerRequest::Call {
+                identifier: identifier.to_string(),
+                body,
+            })
+            .await?;
+        loop {
+            match self.reply_to(id).await? {
+                Reply::CallOutcome { outcome } if outcome.is_final() => return Ok(outcome),
+                Reply::CallOutcome { .. } => continue,
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Sends a broadcast to the namespace; returns how many listeners took it.
+    pub async fn broadcast(&mut self, message: BroadcastMessage) -> Result<u32, ClientError> {
+        match self.request(ActionerRequest::Broadcast { message }).await? {
+            Reply::Broadcasted { listeners } => Ok(listeners),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Starts listening to the namespace's broadcasts (those matching the patterns).
+    pub async fn listen(
+        &mut self,
+        subjects: Vec<String>,
+        senders: Vec<String>,
+    ) -> Result<RequestId, ClientError> {
+        let id = self
+            .send(ActionerRequest::Listen { subjects, senders })
+            .await?;
+        match self.reply_to(id).await? {
+            Reply::Done => Ok(id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The next broadcast for a listener of this connection.
+    pub async fn next_broadcast(&mut self) -> Result<BroadcastMessage, ClientError> {
+        loop {
+            if let Some((_, m)) = self.broadcasts.pop_front() {
+                return Ok(m);
+            }
+            let (_, reply) = self.next_reply().await?;
+            if let Reply::Error(e) = reply {
+                return Err(ClientError::Server(e));
+            }
+        }
+    }
+
+    /// The queues of this connection's namespace.
+    pub async fn queues(&mut self) -> Result<Vec<QueueInfo>, ClientError> {
+        match self.request(ActionerRequest::Queues).await? {
+            Reply::Queues { queues } => Ok(queues),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -315,18 +401,25 @@ impl Client {
         if let Some((_, e)) = self.events.pop_front() {
             return Ok(e);
         }
-        match self.framed.next().await {
-            None => Err(ClientError::Closed(String::new())),
-            Some(Err(e)) => Err(e.into()),
-            Some(Ok(CoordinatorToActioner::Event { event, .. })) => Ok(event),
-            Some(Ok(CoordinatorToActioner::Shutdown { reason })) => {
-                Err(ClientError::Closed(format!(": {reason}")))
-            }
-            Some(Ok(CoordinatorToActioner::Reply { request, body })) => {
-                Err(ClientError::Unexpected(format!(
-                    "reply to {request} while waiting for events: {body:?}"
-                )))
-            }
+        loop {
+            return match self.framed.next().await {
+                None => Err(ClientError::Closed(String::new())),
+                Some(Err(e)) => Err(e.into()),
+                Some(Ok(CoordinatorToActioner::Event { event, .. })) => Ok(event),
+                Some(Ok(CoordinatorToActioner::Shutdown { reason })) => {
+                    Err(ClientError::Closed(format!(": {reason}")))
+                }
+                Some(Ok(CoordinatorToActioner::Reply { request, body })) => {
+                    Err(ClientError::Unexpected(format!(
+                        "reply to {request} while waiting for events: {body:?}"
+                    )))
+                }
+                Some(Ok(CoordinatorToActioner::Broadcast { listener, message })) => {
+                    self.broadcasts.push_back((listener, message));
+                    continue;
+                }
+                Some(Ok(CoordinatorToActioner::Call { .. })) => continue,
+            };
         }
     }
 }

@@ -155,6 +155,18 @@ fn payload_json(p: &Payload) -> Value {
         Payload::Custom { handler, data } => {
             json!({"kind": "custom", "handler": handler, "data": data_json(data)})
         }
+        Payload::Message {
+            namespace,
+            queue,
+            body,
+            no_reply,
+        } => json!({
+            "kind": "message",
+            "namespace": namespace,
+            "queue": queue,
+            "body": data_json(body),
+            "no_reply": no_reply,
+        }),
     }
 }
 
@@ -381,6 +393,46 @@ pub fn breakdown_table(key: &str, values: &[TagCounts]) -> String {
         b.push_record(row);
     }
     b.build().with(Style::sharp()).to_string()
+}
+
+/// The queues of a namespace as a table.
+pub fn queues_table(queues: &[tatzelwurm_protocol::QueueInfo]) -> String {
+    if queues.is_empty() {
+        return "no queues".into();
+    }
+    let mut b = Builder::new();
+    b.push_record(["QUEUE", "WAITING", "HELD", "SUBSCRIBERS", "CAPACITY"]);
+    for q in queues {
+        b.push_record([
+            q.name.clone(),
+            q.depth.to_string(),
+            q.held.to_string(),
+            q.subscribers.to_string(),
+            q.capacity.to_string(),
+        ]);
+    }
+    b.build().with(Style::sharp()).to_string()
+}
+
+/// A queue as JSON.
+pub fn queue_json(q: &tatzelwurm_protocol::QueueInfo) -> Value {
+    json!({
+        "name": q.name,
+        "waiting": q.depth,
+        "held": q.held,
+        "subscribers": q.subscribers,
+        "capacity": q.capacity,
+    })
+}
+
+/// A broadcast as JSON, one line of `listen --json`.
+pub fn broadcast_json(m: &tatzelwurm_protocol::BroadcastMessage) -> Value {
+    json!({
+        "body": data_json(&m.body),
+        "sender": m.sender,
+        "subject": m.subject,
+        "correlation_id": m.correlation_id,
+    })
 }
 
 #[cfg(test)]

@@ -14,9 +14,10 @@ use anyhow::{Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use tatzelwurm_protocol::handshake::check_hello;
 use tatzelwurm_protocol::{
-    ActionerToCoordinator, BodyCodec, CoordinatorToActioner, CoordinatorToWorker, ErrorKind,
-    ErrorReply, FrameError, Hello, HelloReply, MessageCodec, PROTOCOL_VERSION, RejectKind, Reply,
-    RequestId, Role, WorkerHello, WorkerId, WorkerToCoordinator, now_ms,
+    ActionerToCoordinator, BodyCodec, ClientHello, ClientToCoordinator, CoordinatorToActioner,
+    CoordinatorToClient, CoordinatorToWorker, ErrorKind, ErrorReply, FrameError, Hello, HelloReply,
+    MessageCodec, PROTOCOL_VERSION, RejectKind, Reply, RequestId, Role, WorkerHello, WorkerId,
+    WorkerToCoordinator, namespace_of, now_ms,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -35,7 +36,13 @@ use crate::store::{Store, StoreError};
 enum Input {
     Actioner(ConnId, ActionerToCoordinator),
     Worker(ConnId, WorkerToCoordinator),
-    ConnectActioner(ConnId, ConnHandle),
+    ConnectActioner(ConnId, ConnHandle, String),
+    ConnectClient(
+        ConnId,
+        ConnHandle,
+        Box<ClientHello>,
+        oneshot::Sender<WorkerId>,
+    ),
     ConnectWorker(
         ConnId,
         ConnHandle,
@@ -253,10 +260,14 @@ impl ConnCtx {
         };
         let body = hello.codec;
         match hello.role {
-            Role::Actioner { client } => {
+            Role::Actioner { client, namespace } => {
                 if self
                     .actor
-                    .send(Input::ConnectActioner(self.conn, handle))
+                    .send(Input::ConnectActioner(
+                        self.conn,
+                        handle,
+                        namespace_of(&namespace),
+                    ))
                     .await
                     .is_err()
                 {
@@ -285,6 +296,28 @@ impl ConnCtx {
                     let framed = framed
                         .map_codec(|c| c.retype::<WorkerToCoordinator, CoordinatorToWorker>(body));
                     self.pump(framed, rx, Input::Worker).await;
+                }
+            }
+            Role::Client(c) => {
+                let (id_tx, id_rx) = oneshot::channel();
+                info!(conn = self.conn, peer = %self.peer, name = %c.name, namespace = %namespace_of(&c.namespace), codec = %body, "client connected");
+                if self
+                    .actor
+                    .send(Input::ConnectClient(self.conn, handle, Box::new(c), id_tx))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let Ok(id) = id_rx.await else { return };
+                if self.welcome(&mut framed, id.0).await.is_ok() {
+                    let framed = framed
+                        .map_codec(|c| c.retype::<ClientToCoordinator, CoordinatorToClient>(body));
+                    self.pump(framed, rx, |conn, m| match m {
+                        ClientToCoordinator::Request(r) => Input::Actioner(conn, r),
+                        ClientToCoordinator::Worker(w) => Input::Worker(conn, w),
+                    })
+                    .await;
                 }
             }
         }
@@ -444,6 +477,33 @@ impl OutFilter for CoordinatorToActioner {
                 ),
             )),
         })
+    }
+}
+
+/// A client gets the actioner's messages and the worker's, each wrapped in its side.
+impl OutFilter for CoordinatorToClient {
+    fn closing(reason: &str) -> Self {
+        CoordinatorToClient::Actioner(CoordinatorToActioner::closing(reason))
+    }
+
+    fn pick(out: Out) -> Result<Self, String> {
+        match out {
+            Out::Actioner(m) => Ok(CoordinatorToClient::Actioner(m)),
+            Out::Worker(m) => Ok(CoordinatorToClient::Worker(m)),
+            Out::Close(r) => Err(r),
+        }
+    }
+
+    fn request(&self) -> Option<RequestId> {
+        match self {
+            CoordinatorToClient::Actioner(m) => m.request(),
+            CoordinatorToClient::Worker(_) => None,
+        }
+    }
+
+    fn instead_of_unsendable(request: Option<RequestId>, why: &str) -> Option<Self> {
+        CoordinatorToActioner::instead_of_unsendable(request, why)
+            .map(CoordinatorToClient::Actioner)
     }
 }
 
@@ -615,9 +675,14 @@ fn apply(core: &mut Core, conns: &mut HashMap<ConnId, ConnHandle>, input: Input,
     match input {
         Input::Actioner(conn, msg) => core.actioner(conn, msg.request, msg.body, now),
         Input::Worker(conn, msg) => core.worker(conn, msg, now),
-        Input::ConnectActioner(conn, handle) => {
+        Input::ConnectActioner(conn, handle, namespace) => {
             conns.insert(conn, handle);
-            core.connect_actioner(conn);
+            core.connect_actioner_in(conn, namespace);
+        }
+        Input::ConnectClient(conn, handle, hello, reply) => {
+            conns.insert(conn, handle);
+            let id = core.connect_client(conn, *hello, now);
+            let _ = reply.send(id);
         }
         Input::ConnectWorker(conn, handle, hello, reply) => {
             conns.insert(conn, handle);

@@ -12,8 +12,8 @@
 //! report or by the lease.
 
 use tatzelwurm_protocol::{
-    Attempt, AttemptRef, AttemptReport, Data, ErrorKind, ErrorReply, Outcome, StageTimes, TaskId,
-    TaskInfo, TaskSpec, TaskState, TaskSummary, WorkerId,
+    Attempt, AttemptRef, AttemptReport, Data, ErrorKind, ErrorReply, Outcome, Payload, StageTimes,
+    TaskId, TaskInfo, TaskSpec, TaskState, TaskSummary, WorkerId,
 };
 
 /// A task in the coordinator's table: what is stored, plus its place in the ready queue.
@@ -203,7 +203,13 @@ impl Task {
 
     /// Checks `remove`: only finished tasks no worker holds may be forgotten.
     pub fn check_remove(&self) -> Result<(), ErrorReply> {
-        if self.state().is_final() && self.holder().is_none() {
+        // A message task that waits may be taken out of its queue (`verdi process repair`).
+        let waiting_message = matches!(self.info.spec.payload, Payload::Message { .. })
+            && matches!(
+                self.state(),
+                TaskState::Created | TaskState::Ready | TaskState::Paused
+            );
+        if (self.state().is_final() || waiting_message) && self.holder().is_none() {
             Ok(())
         } else {
             Err(refuse(self.id(), self.state(), "remove"))

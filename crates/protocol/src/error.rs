@@ -64,6 +64,13 @@ pub enum ErrorKind {
     LimitExceeded,
     /// A bug on the coordinator; the message says more.
     Internal,
+    /// An RPC to an identifier that no connection of the namespace holds.
+    Unroutable,
+    /// An RPC identifier (or queue subscription) that is already taken.
+    DuplicateIdentifier,
+    /// A message was accepted but could not be delivered: the RPC's holder went away before it
+    /// answered.
+    DeliveryFailed,
 }
 
 impl ErrorKind {
@@ -78,6 +85,9 @@ impl ErrorKind {
             ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::LimitExceeded => "limit_exceeded",
             ErrorKind::Internal => "internal",
+            ErrorKind::Unroutable => "unroutable",
+            ErrorKind::DuplicateIdentifier => "duplicate_identifier",
+            ErrorKind::DeliveryFailed => "delivery_failed",
         }
     }
 }

@@ -12,8 +12,16 @@ use crate::task::{BlockType, Tag};
 /// The first field of every hello: tells a stray client (an HTTP probe, a wrong port) from a peer.
 pub const MAGIC: &str = "tatzelwurm";
 
-/// The protocol version; a coordinator refuses hellos of any other version.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The protocol version this build speaks. Version 3 added the broker: the `client` role,
+/// namespaces, message tasks with replies, RPC and broadcasts.
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The oldest version a coordinator still accepts: version 2 is version 3 without the broker, so
+/// peers built for it keep working unchanged.
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
+
+/// The namespace of a peer that names none: where the CLI's tasks and queues live.
+pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// The client's first frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,7 +63,40 @@ pub enum Role {
         /// Free text for logs, e.g. `actionwurm 0.1.0`.
         #[serde(default)]
         client: String,
+        /// Where its queues, RPC identifiers and broadcasts live; [`DEFAULT_NAMESPACE`] when empty.
+        #[serde(default)]
+        namespace: String,
     },
+    /// A peer in every role at once (a kiwipy communicator): it sends requests, serves queues,
+    /// answers RPC calls and listens to broadcasts on one connection.
+    Client(ClientHello),
+}
+
+/// What a client (the combined role) says about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientHello {
+    /// Its name for people (shown in `worker list` while it serves a queue).
+    #[serde(default)]
+    pub name: String,
+    /// The host it runs on.
+    #[serde(default)]
+    pub host: String,
+    /// Where its queues, RPC identifiers and broadcasts live; [`DEFAULT_NAMESPACE`] when empty.
+    /// Two AiiDA profiles use two namespaces and never see each other's messages.
+    #[serde(default)]
+    pub namespace: String,
+    /// The id it had before a reconnect, so that it keeps the queue tasks it holds.
+    #[serde(default)]
+    pub previous_id: Option<WorkerId>,
+}
+
+/// The namespace a hello names, with the default filled in.
+pub fn namespace_of(given: &str) -> String {
+    if given.is_empty() {
+        DEFAULT_NAMESPACE.to_string()
+    } else {
+        given.to_string()
+    }
 }
 
 /// What a worker says about itself.
@@ -89,7 +130,8 @@ pub enum HelloReply {
     Welcome {
         /// The coordinator's [`PROTOCOL_VERSION`].
         version: u32,
-        /// The id given to this peer (a worker id for workers, a connection number for actioners).
+        /// The id given to this peer (a worker id for workers and clients, a connection number
+        /// for actioners).
         peer_id: u64,
         /// How often a worker must heartbeat, in ms.
         heartbeat_ms: u64,
@@ -131,11 +173,12 @@ pub fn check_hello(hello: &Hello) -> Result<(), (RejectKind, String)> {
             format!("bad magic {:?}, expected {MAGIC:?}", hello.magic),
         ));
     }
-    if hello.version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.version) {
         return Err((
             RejectKind::VersionMismatch,
             format!(
-                "protocol version mismatch: client speaks {}, coordinator speaks {PROTOCOL_VERSION}",
+                "protocol version mismatch: client speaks {}, coordinator speaks \
+                 {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}",
                 hello.version
             ),
         ));

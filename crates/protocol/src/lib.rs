@@ -5,6 +5,7 @@
 //! bincode) for the rest of the connection. After it, each direction carries one message enum from
 //! [`messages`]. `docs/PROTOCOL.md` describes the same thing byte by byte for other languages.
 
+pub mod broker;
 pub mod client;
 pub mod codec;
 pub mod data;
@@ -14,10 +15,14 @@ pub mod ids;
 pub mod messages;
 pub mod task;
 
+pub use broker::*;
 pub use codec::{BodyCodec, DEFAULT_MAX_FRAME, MessageCodec};
 pub use data::Data;
 pub use error::{ErrorKind, ErrorReply, FrameError};
-pub use handshake::{Hello, HelloReply, MAGIC, PROTOCOL_VERSION, RejectKind, Role, WorkerHello};
+pub use handshake::{
+    ClientHello, DEFAULT_NAMESPACE, Hello, HelloReply, MAGIC, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION, RejectKind, Role, WorkerHello, namespace_of,
+};
 pub use ids::{RequestId, TaskId, WorkerId};
 pub use messages::*;
 pub use task::*;

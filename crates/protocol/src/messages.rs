@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::broker::{BroadcastMessage, MessageOutcome, QueueInfo, QueuedMessage};
 use crate::data::Data;
 use crate::error::ErrorReply;
 use crate::ids::{RequestId, TaskId};
@@ -112,6 +113,92 @@ pub enum ActionerRequest {
         /// The id of the `Subscribe` request.
         subscription: RequestId,
     },
+    /// Sends a message task to a queue of the connection's namespace (kiwipy's `task_send`).
+    /// Replied `Sent` once durable; unless `no_reply`, its outcomes follow as `TaskOutcome`
+    /// replies to the same request.
+    Send {
+        /// The queue's name.
+        queue: String,
+        /// The body.
+        body: Data,
+        /// Nobody waits for the outcome; the task is removed when it ends.
+        #[serde(default)]
+        no_reply: bool,
+    },
+    /// Asks again for the outcomes of message tasks this client sent (after a reconnect):
+    /// replied `Watching`, then a `TaskOutcome` for each that is pending or ended, now or later.
+    Watch {
+        /// Ids or unique prefixes.
+        ids: Vec<String>,
+    },
+    /// Starts taking message tasks of a queue of the namespace, at most `limit` held at once
+    /// (client connections only).
+    Serve {
+        /// The queue's name.
+        queue: String,
+        /// How many of its tasks this connection may hold at once (at least 1).
+        limit: u32,
+    },
+    /// Stops taking tasks of a queue; those already held stay held until answered.
+    Unserve {
+        /// The queue's name.
+        queue: String,
+    },
+    /// Claims an RPC identifier in the namespace; unique on the whole coordinator.
+    Register {
+        /// The identifier (AiiDA: a process's pk).
+        identifier: String,
+    },
+    /// Gives an RPC identifier up.
+    Unregister {
+        /// The identifier.
+        identifier: String,
+    },
+    /// An RPC: the body goes to the connection holding the identifier; its answers come back
+    /// as `CallOutcome` replies to this request.
+    Call {
+        /// The identifier.
+        identifier: String,
+        /// The body.
+        body: Data,
+    },
+    /// The answer to a `Call` this connection received (no reply unless refused).
+    Respond {
+        /// The call's number, from the `call` message.
+        call: u64,
+        /// Pending, or the final outcome.
+        outcome: MessageOutcome,
+    },
+    /// Sends a broadcast to every listener of the namespace, the sender's own included.
+    Broadcast {
+        /// The message.
+        message: BroadcastMessage,
+    },
+    /// Starts receiving the namespace's broadcasts, optionally only those whose subject and
+    /// sender match (exact, or with `*`); replied `Done`, then `broadcast` messages.
+    Listen {
+        /// Subject patterns; any subject when empty. A broadcast without a subject passes.
+        #[serde(default)]
+        subjects: Vec<String>,
+        /// Sender patterns; any sender when empty. A broadcast without a sender passes.
+        #[serde(default)]
+        senders: Vec<String>,
+    },
+    /// Stops a listener of this connection.
+    Unlisten {
+        /// The request id of its `Listen`.
+        listener: RequestId,
+    },
+    /// The queues of the namespace.
+    Queues,
+    /// The message tasks waiting in a queue of the namespace, oldest first.
+    QueueTasks {
+        /// The queue's name.
+        queue: String,
+        /// At most this many.
+        #[serde(default)]
+        limit: Option<u32>,
+    },
 }
 
 fn one() -> u32 {
@@ -156,6 +243,22 @@ pub enum CoordinatorToActioner {
     Shutdown {
         /// Why, in words.
         reason: String,
+    },
+    /// A broadcast for a listener of this connection.
+    Broadcast {
+        /// The request id of the `Listen`.
+        listener: RequestId,
+        /// The broadcast.
+        message: BroadcastMessage,
+    },
+    /// An RPC to an identifier this connection holds: answer with `Respond`.
+    Call {
+        /// The call's number, for `Respond`.
+        call: u64,
+        /// The identifier it was sent to.
+        identifier: String,
+        /// The body.
+        body: Data,
     },
 }
 
@@ -227,6 +330,45 @@ pub enum Reply {
         /// The subscription that ended.
         subscription: RequestId,
     },
+    /// To `Send`: the message task is durable in its queue.
+    Sent {
+        /// Its id.
+        id: TaskId,
+    },
+    /// To `Watch`: these tasks are watched; their outcomes follow.
+    Watching {
+        /// The ids resolved.
+        ids: Vec<TaskId>,
+    },
+    /// To `Send` (after `Sent`) and `Watch`: a message task's outcome, pending or final.
+    TaskOutcome {
+        /// The task.
+        id: TaskId,
+        /// Its outcome.
+        outcome: MessageOutcome,
+    },
+    /// To `Call`: the RPC's outcome, pending or final.
+    CallOutcome {
+        /// Its outcome.
+        outcome: MessageOutcome,
+    },
+    /// To `Serve`, `Unserve`, `Register`, `Unregister`, `Listen` and `Unlisten`: done.
+    Done,
+    /// To `Broadcast`: how many listeners it reached.
+    Broadcasted {
+        /// Listeners of the namespace that took it.
+        listeners: u32,
+    },
+    /// To `Queues`.
+    Queues {
+        /// Every queue of the namespace that has tasks or subscribers, by name.
+        queues: Vec<QueueInfo>,
+    },
+    /// To `QueueTasks`.
+    QueueTasks {
+        /// The waiting tasks, oldest first.
+        tasks: Vec<QueuedMessage>,
+    },
 }
 
 /// The tasks with one tag value, counted per state.
@@ -292,6 +434,12 @@ pub enum WorkerToCoordinator {
     },
     /// The worker drains: it takes no new tasks but finishes what it runs.
     Draining,
+    /// The worker will not run this attempt (kiwipy's `TaskRejected`): the task goes back to its
+    /// queue without counting as a failed attempt, to another subscriber first when there is one.
+    Reject {
+        /// Which attempt.
+        attempt: AttemptRef,
+    },
 }
 
 /// Names one attempt of one task.
@@ -364,4 +512,25 @@ pub enum CoordinatorToWorker {
         /// Why, in words.
         reason: String,
     },
+}
+
+/// What a client (the combined role) sends: requests as an actioner, and worker messages for
+/// the queue tasks it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientToCoordinator {
+    /// A request, answered by `reply`.
+    Request(ActionerToCoordinator),
+    /// A worker message (heartbeat, reattach, started, finished, reject).
+    Worker(WorkerToCoordinator),
+}
+
+/// What a client receives: the actioner's messages and the worker's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CoordinatorToClient {
+    /// Replies, events, broadcasts, calls, shutdown.
+    Actioner(CoordinatorToActioner),
+    /// Dispatches of queue tasks, acks, heartbeat acks, reattached, kill.
+    Worker(CoordinatorToWorker),
 }

@@ -118,6 +118,18 @@ pub enum Payload {
         #[serde(default)]
         data: Data,
     },
+    /// A message task of the broker (kiwipy's `task_send`): delivered to a connection that
+    /// serves `queue` in `namespace`, whose answer becomes the task's outcome.
+    Message {
+        /// The namespace of the sender's connection.
+        namespace: String,
+        /// The queue's name in that namespace.
+        queue: String,
+        /// The task's body: opaque to the coordinator.
+        body: Data,
+        /// Nobody waits for the outcome: the task is removed once it ends.
+        no_reply: bool,
+    },
 }
 
 impl Payload {
@@ -135,6 +147,9 @@ impl Payload {
             Payload::Exec { argv, .. } => argv.join(" "),
             Payload::Sleep { duration_ms } => format!("sleep {duration_ms}ms"),
             Payload::Custom { handler, .. } => format!("custom {handler}"),
+            Payload::Message {
+                namespace, queue, ..
+            } => format!("message {namespace}/{queue}"),
         }
     }
 }

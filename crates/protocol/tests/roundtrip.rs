@@ -41,7 +41,31 @@ fn payloads() -> Vec<Payload> {
             handler: "render".into(),
             data: data(),
         },
+        Payload::Message {
+            namespace: "profile-1".into(),
+            queue: "aiida.tasks".into(),
+            body: data(),
+            no_reply: true,
+        },
     ]
+}
+
+fn outcomes() -> Vec<MessageOutcome> {
+    vec![
+        MessageOutcome::Pending,
+        MessageOutcome::Value(data()),
+        MessageOutcome::Failed("ValueError: no".into()),
+        MessageOutcome::Cancelled("killed".into()),
+    ]
+}
+
+fn broadcast() -> BroadcastMessage {
+    BroadcastMessage {
+        body: data(),
+        sender: Some("42".into()),
+        subject: Some("state_changed.running.waiting".into()),
+        correlation_id: None,
+    }
 }
 
 fn report() -> AttemptReport {
@@ -169,6 +193,49 @@ fn actioner_requests() -> Vec<ActionerRequest> {
     v.push(ActionerRequest::Unsubscribe {
         subscription: RequestId(7),
     });
+    v.push(ActionerRequest::Send {
+        queue: "q".into(),
+        body: data(),
+        no_reply: false,
+    });
+    v.push(ActionerRequest::Watch {
+        ids: vec!["01a2".into()],
+    });
+    v.push(ActionerRequest::Serve {
+        queue: "q".into(),
+        limit: 200,
+    });
+    v.push(ActionerRequest::Unserve { queue: "q".into() });
+    v.push(ActionerRequest::Register {
+        identifier: "42".into(),
+    });
+    v.push(ActionerRequest::Unregister {
+        identifier: "42".into(),
+    });
+    v.push(ActionerRequest::Call {
+        identifier: "42".into(),
+        body: data(),
+    });
+    v.extend(
+        outcomes()
+            .into_iter()
+            .map(|outcome| ActionerRequest::Respond { call: 3, outcome }),
+    );
+    v.push(ActionerRequest::Broadcast {
+        message: broadcast(),
+    });
+    v.push(ActionerRequest::Listen {
+        subjects: vec!["state_changed.*".into()],
+        senders: vec![],
+    });
+    v.push(ActionerRequest::Unlisten {
+        listener: RequestId(4),
+    });
+    v.push(ActionerRequest::Queues);
+    v.push(ActionerRequest::QueueTasks {
+        queue: "q".into(),
+        limit: Some(10),
+    });
     // Fails to compile when a variant is added and not listed above.
     for r in &v {
         match r {
@@ -184,7 +251,20 @@ fn actioner_requests() -> Vec<ActionerRequest> {
             | ActionerRequest::Breakdown { .. }
             | ActionerRequest::Subscribe { .. }
             | ActionerRequest::Retry { .. }
-            | ActionerRequest::Unsubscribe { .. } => {}
+            | ActionerRequest::Unsubscribe { .. }
+            | ActionerRequest::Send { .. }
+            | ActionerRequest::Watch { .. }
+            | ActionerRequest::Serve { .. }
+            | ActionerRequest::Unserve { .. }
+            | ActionerRequest::Register { .. }
+            | ActionerRequest::Unregister { .. }
+            | ActionerRequest::Call { .. }
+            | ActionerRequest::Respond { .. }
+            | ActionerRequest::Broadcast { .. }
+            | ActionerRequest::Listen { .. }
+            | ActionerRequest::Unlisten { .. }
+            | ActionerRequest::Queues
+            | ActionerRequest::QueueTasks { .. } => {}
         }
     }
     v
@@ -247,6 +327,36 @@ fn replies() -> Vec<Reply> {
         Reply::Unsubscribed {
             subscription: RequestId(7),
         },
+        Reply::Sent { id: TaskId::new() },
+        Reply::Watching {
+            ids: vec![TaskId::new()],
+        },
+        Reply::TaskOutcome {
+            id: TaskId::new(),
+            outcome: MessageOutcome::Value(data()),
+        },
+        Reply::CallOutcome {
+            outcome: MessageOutcome::Pending,
+        },
+        Reply::Done,
+        Reply::Broadcasted { listeners: 3 },
+        Reply::Queues {
+            queues: vec![QueueInfo {
+                name: "q".into(),
+                depth: 5,
+                held: 2,
+                subscribers: 1,
+                capacity: 200,
+            }],
+        },
+        Reply::QueueTasks {
+            tasks: vec![QueuedMessage {
+                id: TaskId::new(),
+                body: data(),
+                no_reply: false,
+                created_ms: 5,
+            }],
+        },
     ];
     for r in &v {
         match r {
@@ -259,7 +369,15 @@ fn replies() -> Vec<Reply> {
             | Reply::Subscribed { .. }
             | Reply::Breakdown { .. }
             | Reply::Error(_)
-            | Reply::Unsubscribed { .. } => {}
+            | Reply::Unsubscribed { .. }
+            | Reply::Sent { .. }
+            | Reply::Watching { .. }
+            | Reply::TaskOutcome { .. }
+            | Reply::CallOutcome { .. }
+            | Reply::Done
+            | Reply::Broadcasted { .. }
+            | Reply::Queues { .. }
+            | Reply::QueueTasks { .. } => {}
         }
     }
     v
@@ -285,6 +403,24 @@ fn to_actioner() -> Vec<CoordinatorToActioner> {
     v.push(CoordinatorToActioner::Shutdown {
         reason: "SIGTERM".into(),
     });
+    v.push(CoordinatorToActioner::Broadcast {
+        listener: RequestId(4),
+        message: broadcast(),
+    });
+    v.push(CoordinatorToActioner::Call {
+        call: 3,
+        identifier: "42".into(),
+        body: data(),
+    });
+    for m in &v {
+        match m {
+            CoordinatorToActioner::Reply { .. }
+            | CoordinatorToActioner::Event { .. }
+            | CoordinatorToActioner::Shutdown { .. }
+            | CoordinatorToActioner::Broadcast { .. }
+            | CoordinatorToActioner::Call { .. } => {}
+        }
+    }
     v
 }
 
@@ -303,6 +439,7 @@ fn from_worker() -> Vec<WorkerToCoordinator> {
             report: report(),
         },
         WorkerToCoordinator::Draining,
+        WorkerToCoordinator::Reject { attempt: attempt() },
     ];
     for m in &v {
         match m {
@@ -310,7 +447,8 @@ fn from_worker() -> Vec<WorkerToCoordinator> {
             | WorkerToCoordinator::Reattach { .. }
             | WorkerToCoordinator::Started { .. }
             | WorkerToCoordinator::Finished { .. }
-            | WorkerToCoordinator::Draining => {}
+            | WorkerToCoordinator::Draining
+            | WorkerToCoordinator::Reject { .. } => {}
         }
     }
     v
@@ -379,9 +517,20 @@ fn hellos() -> Vec<Hello> {
         Hello::new(
             Role::Actioner {
                 client: "test".into(),
+                namespace: String::new(),
             },
             BodyCodec::Msgpack,
             "",
+        ),
+        Hello::new(
+            Role::Client(ClientHello {
+                name: "daemon-1".into(),
+                host: "h".into(),
+                namespace: "profile-1".into(),
+                previous_id: Some(WorkerId(3)),
+            }),
+            BodyCodec::Msgpack,
+            "t",
         ),
     ]
 }
@@ -459,6 +608,35 @@ fn every_message_round_trips_in_both_codecs() {
     round_trip(to_worker());
     round_trip(hellos());
     round_trip(hello_replies());
+    let client_side: Vec<ClientToCoordinator> = actioner_requests()
+        .into_iter()
+        .map(|body| {
+            ClientToCoordinator::Request(ActionerToCoordinator {
+                request: RequestId(8),
+                body,
+            })
+        })
+        .chain(from_worker().into_iter().map(ClientToCoordinator::Worker))
+        .collect();
+    round_trip(client_side);
+    let to_client: Vec<CoordinatorToClient> = to_actioner()
+        .into_iter()
+        .map(CoordinatorToClient::Actioner)
+        .chain(to_worker().into_iter().map(CoordinatorToClient::Worker))
+        .collect();
+    round_trip(to_client);
+}
+
+#[test]
+fn version_2_peers_are_still_accepted() {
+    let mut hello = hellos().remove(1);
+    hello.version = 2;
+    assert!(check_hello(&hello).is_ok());
+    hello.version = 1;
+    assert_eq!(
+        check_hello(&hello).unwrap_err().0,
+        RejectKind::VersionMismatch
+    );
 }
 
 #[test]
@@ -681,7 +859,8 @@ fn minimal_python_style_hello_decodes_with_defaults() {
     assert_eq!(
         hello.role,
         Role::Actioner {
-            client: String::new()
+            client: String::new(),
+            namespace: String::new(),
         }
     );
 }

@@ -110,6 +110,11 @@ impl Runner {
                     ),
                 }
             }
+            // The coordinator gives message tasks to clients that serve their queue only.
+            Payload::Message { queue, .. } => failed(
+                now_ms(),
+                format!("a message task of queue {queue:?} reached a worker; it serves no queue"),
+            ),
         }
     }
 }

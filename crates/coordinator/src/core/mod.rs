@@ -5,16 +5,17 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use tatzelwurm_protocol::{
-    ActionerRequest, AttemptRef, AttemptReport, CoordinatorToActioner, CoordinatorToWorker,
-    Dispatch, ErrorKind, ErrorReply, EventFilter, MAX_ADD_TASKS, Reply, RequestId, Selector,
-    StateCount, Tag, TagCounts, TaskEvent, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
-    WorkerHello, WorkerId, WorkerInfo, WorkerState, WorkerToCoordinator,
+    ActionerRequest, AttemptRef, AttemptReport, ClientHello, CoordinatorToActioner,
+    CoordinatorToWorker, Dispatch, ErrorKind, ErrorReply, EventFilter, MAX_ADD_TASKS, Reply,
+    RequestId, Selector, StateCount, Tag, TagCounts, TaskEvent, TaskId, TaskInfo, TaskSpec,
+    TaskState, TaskStatus, WorkerHello, WorkerId, WorkerInfo, WorkerState, WorkerToCoordinator,
 };
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::scheduler::{QueueKey, Scheduler};
 use crate::task::{ReportFate, Task, WorkerOrder};
+use messaging::{Messaging, queue_of};
 use subscriptions::Subscription;
 
 /// A connection's number, unique for the life of the process.
@@ -92,8 +93,19 @@ impl Default for CoreConfig {
 }
 
 enum Conn {
-    Actioner,
+    /// Requests only, in a namespace.
+    Actioner { namespace: String },
+    /// A worker of commands and handlers.
     Worker(WorkerId),
+    /// Every role at once (a kiwipy communicator): requests, and worker messages for the queue
+    /// tasks it holds under `worker`, an id reserved at the hello and entered in the worker
+    /// table at its first `serve`.
+    Client {
+        namespace: String,
+        worker: WorkerId,
+        name: String,
+        host: String,
+    },
 }
 
 struct Worker {
@@ -108,6 +120,9 @@ struct Worker {
     /// dispatch, so that a task given on the new connection can never be mistaken for one the
     /// worker forgot (the double run of issue 13).
     awaiting_reattach: Option<HashSet<TaskId>>,
+    /// A client connection serving broker queues: it takes message tasks only, never a task
+    /// of the scheduler's.
+    client: bool,
 }
 
 impl Worker {
@@ -170,6 +185,8 @@ pub struct Core {
     conns: HashMap<ConnId, Conn>,
     subs: Vec<Subscription>,
     sched: Scheduler,
+    /// The broker's queues, RPC identifiers, calls, listeners and watchers.
+    msg: Messaging,
     dirty_tasks: HashSet<TaskId>,
     /// Tasks changed in a way nobody waits on (an attempt started): written with the next batch
     /// that has something else to write, or at the next tick, never in a commit of their own.
@@ -258,6 +275,7 @@ impl Core {
             conns: HashMap::new(),
             subs: Vec::new(),
             sched: Scheduler::new(),
+            msg: Messaging::default(),
             dirty_tasks: HashSet::new(),
             lazy_tasks: HashSet::new(),
             ended: BTreeSet::new(),
@@ -295,6 +313,7 @@ impl Core {
                     lost_since: Some(now),
                     held: HashSet::new(),
                     awaiting_reattach: None,
+                    client: false,
                 },
             );
         }
@@ -309,6 +328,11 @@ impl Core {
                 match core.workers.get_mut(&w) {
                     Some(worker) => {
                         worker.held.insert(id);
+                        // A worker that held message tasks served queues: a client.
+                        if let Some(q) = queue_of(&task.info.spec) {
+                            worker.client = true;
+                            core.msg.note_held(q);
+                        }
                         if let Some(a) = task.info.attempts.last()
                             && let Some(at) = overdue_at(
                                 task.info.spec.timeout_ms,
@@ -333,9 +357,13 @@ impl Core {
             core.counts[idx(task.state())] += 1;
             core.note_ended(id, task.state(), task.info.times.ended_ms);
             if task.state() == TaskState::Ready {
-                task.ticket =
-                    core.sched
-                        .enqueue(queue_key(&task.info.spec), task.info.spec.priority, id);
+                task.ticket = match queue_of(&task.info.spec) {
+                    Some(q) => core.msg.enqueue(q, id),
+                    None => {
+                        core.sched
+                            .enqueue(queue_key(&task.info.spec), task.info.spec.priority, id)
+                    }
+                };
             }
             core.tasks.insert(id, Box::new(task));
         }
@@ -477,9 +505,11 @@ impl Core {
             .iter()
             .map(|(&c, kind)| {
                 let msg = match kind {
-                    Conn::Actioner => Out::Actioner(CoordinatorToActioner::Shutdown {
-                        reason: reason.into(),
-                    }),
+                    Conn::Actioner { .. } | Conn::Client { .. } => {
+                        Out::Actioner(CoordinatorToActioner::Shutdown {
+                            reason: reason.into(),
+                        })
+                    }
                     Conn::Worker(_) => Out::Worker(CoordinatorToWorker::Shutdown {
                         reason: reason.into(),
                     }),
@@ -497,6 +527,7 @@ impl Core {
         if self.transition(id, before, now, false) {
             self.dirty_tasks.insert(id);
             self.lazy_tasks.remove(&id);
+            self.remove_if_unwanted(id);
         }
     }
 
@@ -510,6 +541,7 @@ impl Core {
     /// Deletes a task from the table and the store.
     fn remove_task(&mut self, id: TaskId) {
         if let Some(t) = self.tasks.remove(&id) {
+            self.message_removed(&t);
             self.counts[idx(t.state())] -= 1;
             self.dirty_tasks.remove(&id);
             self.lazy_tasks.remove(&id);
@@ -573,15 +605,19 @@ impl Core {
         self.counts[idx(before)] -= 1;
         self.counts[idx(after)] += 1;
         if after == TaskState::Ready {
-            task.ticket =
-                self.sched
-                    .enqueue(queue_key(&task.info.spec), task.info.spec.priority, id);
+            task.ticket = match queue_of(&task.info.spec) {
+                Some(q) => self.msg.enqueue(q, id),
+                None => self
+                    .sched
+                    .enqueue(queue_key(&task.info.spec), task.info.spec.priority, id),
+            };
         }
         let ended_at = task.info.times.ended_ms;
         if after.is_final() {
             self.rate.add(now);
             self.note_ended(id, after, ended_at);
         }
+        self.message_transition(id, before);
         self.emit(id, now, at_once);
         true
     }
@@ -594,9 +630,12 @@ impl Core {
     }
 }
 
+mod messaging;
 mod subscriptions;
 mod tasks;
 mod workers;
 
+#[cfg(test)]
+mod messaging_tests;
 #[cfg(test)]
 mod tests;

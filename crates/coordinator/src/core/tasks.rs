@@ -4,6 +4,25 @@
 use super::*;
 
 impl Core {
+    /// Enters a new task in the table (ready when `play`), to be written with the next batch.
+    pub(super) fn insert_task(&mut self, spec: TaskSpec, play: bool, now: u64) -> TaskId {
+        let id = TaskId(Uuid::now_v7());
+        let mut task = Task::new(id, spec, now, play);
+        self.counts[idx(task.state())] += 1;
+        if play {
+            task.ticket = match messaging::queue_of(&task.info.spec) {
+                Some(q) => self.msg.enqueue(q, id),
+                None => self
+                    .sched
+                    .enqueue(queue_key(&task.info.spec), task.info.spec.priority, id),
+            };
+        }
+        self.tasks.insert(id, Box::new(task));
+        self.dirty_tasks.insert(id);
+        self.emit(id, now, false);
+        id
+    }
+
     // ---- actioners ---------------------------------------------------------------------
 
     /// Handles one actioner request; the reply is queued (after the commit for changes).
@@ -16,6 +35,7 @@ impl Core {
                 | ActionerRequest::Kill { .. }
                 | ActionerRequest::Remove { .. }
                 | ActionerRequest::Retry { .. }
+                | ActionerRequest::Send { .. }
         );
         let refusal = if !mutating {
             None
@@ -32,10 +52,37 @@ impl Core {
         } else {
             None
         };
-        let result = match refusal {
-            Some(e) => Err(e),
-            None => self.answer(conn, request, body, now),
+        // Calls, answers to calls and watches are answered later, or in several parts, by the
+        // broker; only a refusal is answered here.
+        let later = match (refusal.is_some(), body) {
+            (false, ActionerRequest::Call { identifier, body }) => {
+                self.call(conn, request, identifier, body)
+            }
+            (false, ActionerRequest::Respond { call, outcome }) => {
+                self.respond(conn, call, outcome)
+            }
+            (false, ActionerRequest::Watch { ids }) => self.watch(conn, request, &ids),
+            (_, body) => {
+                let result = match refusal {
+                    Some(e) => Err(e),
+                    None => self.answer(conn, request, body, now),
+                };
+                self.reply(conn, request, result);
+                return;
+            }
         };
+        if let Err(e) = later {
+            self.reply(conn, request, Err(e));
+        }
+    }
+
+    /// Queues the reply to a request: after the commit when it acknowledges a change.
+    fn reply(
+        &mut self,
+        conn: ConnId,
+        request: RequestId,
+        result: Result<(Reply, bool), ErrorReply>,
+    ) {
         let (reply, durable) = match result {
             Ok((reply, durable)) => (reply, durable),
             Err(e) => (Reply::Error(e), false),
@@ -77,24 +124,17 @@ impl Core {
                 for (i, spec) in tasks.iter().enumerate() {
                     spec.validate()
                         .map_err(|e| err(ErrorKind::InvalidRequest, format!("task {i}: {e}")))?;
-                }
-                let mut ids = Vec::with_capacity(tasks.len());
-                for spec in tasks {
-                    let id = TaskId(Uuid::now_v7());
-                    let mut task = Task::new(id, spec, now, play);
-                    self.counts[idx(task.state())] += 1;
-                    if play {
-                        task.ticket = self.sched.enqueue(
-                            queue_key(&task.info.spec),
-                            task.info.spec.priority,
-                            id,
-                        );
+                    if messaging::queue_of(spec).is_some() {
+                        return Err(err(
+                            ErrorKind::InvalidRequest,
+                            format!("task {i}: a message task is sent with `send`, not added"),
+                        ));
                     }
-                    self.tasks.insert(id, Box::new(task));
-                    self.dirty_tasks.insert(id);
-                    self.emit(id, now, false);
-                    ids.push(id);
                 }
+                let ids = tasks
+                    .into_iter()
+                    .map(|spec| self.insert_task(spec, play, now))
+                    .collect();
                 Ok((Reply::Added { ids }, true))
             }
             ActionerRequest::Play { selector } => {
@@ -130,7 +170,15 @@ impl Core {
                 )
             }
             ActionerRequest::Remove { selector } => {
-                let ids = self.select(&selector, "remove", Task::check_remove)?;
+                // `all` removes finished tasks only, never one that waits.
+                let check = match selector {
+                    Selector::All => |t: &Task| match t.state().is_final() {
+                        true => t.check_remove(),
+                        false => Err(err(ErrorKind::InvalidState, t.state().to_string())),
+                    },
+                    Selector::Ids(_) => Task::check_remove,
+                };
+                let ids = self.select(&selector, "remove", check)?;
                 for id in &ids {
                     self.remove_task(*id);
                 }
@@ -214,6 +262,41 @@ impl Core {
             ActionerRequest::Unsubscribe { subscription } => {
                 self.unsubscribe(conn, subscription).map(|r| (r, true))
             }
+            ActionerRequest::Send {
+                queue,
+                body,
+                no_reply,
+            } => self
+                .send_message(conn, request, queue, body, no_reply, now)
+                .map(|r| (r, true)),
+            ActionerRequest::Serve { queue, limit } => {
+                self.serve(conn, queue, limit, now).map(|r| (r, false))
+            }
+            ActionerRequest::Unserve { queue } => self.unserve(conn, queue).map(|r| (r, false)),
+            ActionerRequest::Register { identifier } => {
+                self.register(conn, identifier).map(|r| (r, false))
+            }
+            ActionerRequest::Unregister { identifier } => {
+                self.unregister(conn, identifier).map(|r| (r, false))
+            }
+            ActionerRequest::Broadcast { message } => Ok((self.broadcast(conn, message), false)),
+            ActionerRequest::Listen { subjects, senders } => {
+                Ok((self.listen(conn, request, subjects, senders), false))
+            }
+            ActionerRequest::Unlisten { listener } => {
+                self.unlisten(conn, listener).map(|r| (r, false))
+            }
+            ActionerRequest::Queues => Ok((self.queues(conn), false)),
+            ActionerRequest::QueueTasks { queue, limit } => {
+                Ok((self.queue_tasks(conn, queue, limit), false))
+            }
+            // Handled before `answer`.
+            ActionerRequest::Call { .. }
+            | ActionerRequest::Respond { .. }
+            | ActionerRequest::Watch { .. } => Err(err(
+                ErrorKind::Internal,
+                "a call, respond or watch reached answer",
+            )),
         }
     }
 

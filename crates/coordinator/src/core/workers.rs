@@ -5,9 +5,88 @@ use super::*;
 impl Core {
     // ---- connections -------------------------------------------------------------------
 
-    /// An actioner finished its handshake.
+    /// An actioner of the default namespace finished its handshake.
     pub fn connect_actioner(&mut self, conn: ConnId) {
-        self.conns.insert(conn, Conn::Actioner);
+        self.connect_actioner_in(conn, tatzelwurm_protocol::DEFAULT_NAMESPACE.to_string());
+    }
+
+    /// An actioner finished its handshake, naming its namespace.
+    pub fn connect_actioner_in(&mut self, conn: ConnId, namespace: String) {
+        self.conns.insert(conn, Conn::Actioner { namespace });
+    }
+
+    /// A client (every role at once) finished its handshake; returns the worker id it is given:
+    /// its previous one when the table knows it (it held queue tasks and reattaches them), else
+    /// a new one, entered in the worker table at its first `serve`.
+    pub fn connect_client(&mut self, conn: ConnId, hello: ClientHello, now: u64) -> WorkerId {
+        let namespace = tatzelwurm_protocol::namespace_of(&hello.namespace);
+        let known = hello
+            .previous_id
+            .filter(|id| self.workers.get(id).is_some_and(|w| w.client));
+        let worker = match known {
+            Some(_) => {
+                let id = self.connect_worker(conn, client_hello(&hello, known), now);
+                if let Some(w) = self.workers.get_mut(&id) {
+                    w.client = true;
+                }
+                id
+            }
+            None => {
+                let id = WorkerId(self.next_worker);
+                self.next_worker += 1;
+                id
+            }
+        };
+        info!(conn, worker = %worker, %namespace, name = %hello.name, "client connected");
+        self.conns.insert(
+            conn,
+            Conn::Client {
+                namespace,
+                worker,
+                name: hello.name,
+                host: hello.host,
+            },
+        );
+        worker
+    }
+
+    /// The worker entry of a client connection, made at its first `serve`.
+    pub(super) fn client_worker(&mut self, conn: ConnId, now: u64) -> Result<WorkerId, ErrorReply> {
+        let Some(Conn::Client {
+            worker, name, host, ..
+        }) = self.conns.get(&conn)
+        else {
+            return Err(err(
+                ErrorKind::InvalidRequest,
+                "only a client connection (role `client`) can serve a queue",
+            ));
+        };
+        let (w, name, host) = (*worker, name.clone(), host.clone());
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.workers.entry(w) {
+            let info = WorkerInfo {
+                id: w,
+                name,
+                host,
+                block: tatzelwurm_protocol::BlockType::Async,
+                slots: 0,
+                running: 0,
+                tags: vec![],
+                handlers: vec![],
+                connected_ms: now,
+                last_heartbeat_ms: now,
+                state: WorkerState::Active,
+            };
+            slot.insert(Worker {
+                info,
+                conn: Some(conn),
+                lost_since: None,
+                held: HashSet::new(),
+                awaiting_reattach: None,
+                client: true,
+            });
+            self.dirty_workers.insert(w);
+        }
+        Ok(w)
     }
 
     /// A worker finished its handshake; returns the id it is given (its previous one when it
@@ -32,7 +111,11 @@ impl Core {
             self.next_worker += 1;
             id
         });
-        let held = self.workers.remove(&id).map(|w| w.held).unwrap_or_default();
+        let (held, client) = self
+            .workers
+            .remove(&id)
+            .map(|w| (w.held, w.client))
+            .unwrap_or_default();
         let info = WorkerInfo {
             id,
             name: hello.name,
@@ -46,13 +129,16 @@ impl Core {
             last_heartbeat_ms: now,
             state: WorkerState::Active,
         };
-        self.sched.set_worker(
-            id,
-            info.block,
-            info.slots,
-            held.len() as u32,
-            info.handlers.clone(),
-        );
+        // A client takes message tasks only: the scheduler does not know it.
+        if !client {
+            self.sched.set_worker(
+                id,
+                info.block,
+                info.slots,
+                held.len() as u32,
+                info.handlers.clone(),
+            );
+        }
         // A worker back under its old id first says what it still runs; nothing is dispatched to
         // it before that, or its `reattach` could not tell a new dispatch from a forgotten task.
         if reuse.is_some() {
@@ -68,6 +154,7 @@ impl Core {
                 lost_since: None,
                 held,
                 awaiting_reattach,
+                client,
             },
         );
         self.conns.insert(conn, Conn::Worker(id));
@@ -77,13 +164,25 @@ impl Core {
 
     /// A connection closed (or was closed).
     pub fn disconnect(&mut self, conn: ConnId, now: u64) {
-        match self.conns.remove(&conn) {
-            Some(Conn::Actioner) => self.subs.retain(|s| s.conn != conn),
-            Some(Conn::Worker(id)) => {
+        let worker = match self.conns.remove(&conn) {
+            Some(Conn::Actioner { .. }) => None,
+            Some(Conn::Client { worker, .. }) => {
+                self.msg.unserve_all(worker);
+                Some(worker)
+            }
+            Some(Conn::Worker(id)) => Some(id),
+            None => return,
+        };
+        self.subs.retain(|s| s.conn != conn);
+        self.forget_connection(conn);
+        match worker {
+            None => {}
+            Some(id) => {
                 if let Some(w) = self.workers.get_mut(&id)
                     && w.conn == Some(conn)
                 {
-                    if w.info.state == WorkerState::Draining && w.held.is_empty() {
+                    let client_done = w.client && w.held.is_empty();
+                    if client_done || (w.info.state == WorkerState::Draining && w.held.is_empty()) {
                         // It said it would leave and has nothing left to report: it is gone, not
                         // lost.
                         info!(worker = %id, "worker drained and left");
@@ -98,7 +197,6 @@ impl Core {
                     self.dirty_workers.insert(id);
                 }
             }
-            None => {}
         }
     }
 
@@ -173,7 +271,7 @@ impl Core {
                 .unwrap_or_default();
             warn!(worker = %id, tasks = held.len(), "lease expired; requeueing its tasks");
             for t in held {
-                self.sched.release(id);
+                self.release_slot(id, t);
                 self.lose_task(t, &format!("worker {id} lost: lease expired"), now);
             }
             self.dirty_workers.insert(id);
@@ -235,7 +333,7 @@ impl Core {
             if let Some(worker) = self.workers.get_mut(&w) {
                 worker.held.remove(&id);
             }
-            self.sched.release(w);
+            self.release_slot(w, id);
             self.changed(id, before, now);
             self.send_worker(
                 w,
@@ -289,47 +387,65 @@ impl Core {
                 }
             }
             if picks.is_empty() {
-                return n;
+                return n + self.dispatch_messages(now);
             }
             for (id, w) in picks {
-                let (Some(worker), Some(task)) =
-                    (self.workers.get_mut(&w), self.tasks.get_mut(&id))
-                else {
-                    continue;
-                };
-                let before = task.state();
-                let attempt = task.assign(w, &worker.info.name, now);
-                worker.held.insert(id);
-                if let Some(at) = overdue_at(task.info.spec.timeout_ms, now, self.cfg.lease_ms) {
-                    self.deadlines.insert((at, id, attempt.attempt));
-                }
-                let spec = &task.info.spec;
-                let dispatch = Dispatch {
-                    attempt,
-                    name: spec.name.clone(),
-                    payload: spec.payload.clone(),
-                    timeout_ms: spec.timeout_ms,
-                    user_key: spec.user_key.clone(),
-                    user_data: spec.user_data.clone(),
-                };
-                if let Some(conn) = worker.conn {
-                    self.durable.push((
-                        conn,
-                        Out::Worker(CoordinatorToWorker::Dispatch(Box::new(dispatch))),
-                    ));
-                }
-                self.changed(id, before, now);
+                self.assign_to(id, w, now);
                 n += 1;
             }
         }
+    }
+
+    /// Starts an attempt of a ready task on worker `w`, whose slot the caller took, and sends
+    /// the dispatch once that is durable.
+    pub(super) fn assign_to(&mut self, id: TaskId, w: WorkerId, now: u64) {
+        let (Some(worker), Some(task)) = (self.workers.get_mut(&w), self.tasks.get_mut(&id)) else {
+            return;
+        };
+        let before = task.state();
+        let attempt = task.assign(w, &worker.info.name, now);
+        worker.held.insert(id);
+        if let Some(at) = overdue_at(task.info.spec.timeout_ms, now, self.cfg.lease_ms) {
+            self.deadlines.insert((at, id, attempt.attempt));
+        }
+        let spec = &task.info.spec;
+        let dispatch = Dispatch {
+            attempt,
+            name: spec.name.clone(),
+            payload: spec.payload.clone(),
+            timeout_ms: spec.timeout_ms,
+            user_key: spec.user_key.clone(),
+            user_data: spec.user_data.clone(),
+        };
+        if let Some(conn) = worker.conn {
+            self.durable.push((
+                conn,
+                Out::Worker(CoordinatorToWorker::Dispatch(Box::new(dispatch))),
+            ));
+        }
+        self.changed(id, before, now);
     }
 
     // ---- workers -----------------------------------------------------------------------
 
     /// Handles one message from a worker.
     pub fn worker(&mut self, conn: ConnId, msg: WorkerToCoordinator, now: u64) {
-        let Some(&Conn::Worker(w)) = self.conns.get(&conn) else {
-            return;
+        let w = match self.conns.get(&conn) {
+            Some(&Conn::Worker(w)) => w,
+            Some(&Conn::Client { worker, .. }) if self.workers.contains_key(&worker) => worker,
+            Some(Conn::Client { .. }) => {
+                // Not serving anything yet: nothing to lease, but heartbeats are answered.
+                let reply = match msg {
+                    WorkerToCoordinator::Heartbeat { .. } => CoordinatorToWorker::HeartbeatAck,
+                    _ => CoordinatorToWorker::Error(err(
+                        ErrorKind::InvalidRequest,
+                        "this client holds no queue task: serve a queue first",
+                    )),
+                };
+                self.immediate.push((conn, Out::Worker(reply)));
+                return;
+            }
+            _ => return,
         };
         let awaiting = self
             .workers
@@ -367,6 +483,7 @@ impl Core {
             WorkerToCoordinator::Finished { attempt, report } => {
                 self.finished(w, attempt, report, now)
             }
+            WorkerToCoordinator::Reject { attempt } => self.reject(w, attempt, now),
             WorkerToCoordinator::Draining => {
                 if let Some(worker) = self.workers.get_mut(&w) {
                     worker.info.state = WorkerState::Draining;
@@ -395,7 +512,7 @@ impl Core {
                     if let Some(worker) = self.workers.get_mut(&w) {
                         worker.held.remove(&attempt.task);
                     }
-                    self.sched.release(w);
+                    self.release_slot(w, attempt.task);
                     self.changed(attempt.task, before, now);
                 }
                 ReportFate::Late => {
@@ -436,6 +553,25 @@ impl Core {
         }
     }
 
+    /// A subscriber will not take a message task: it goes back to its queue without counting
+    /// as a failed attempt, to another subscriber first when there is one.
+    fn reject(&mut self, w: WorkerId, attempt: AttemptRef, now: u64) {
+        let report = AttemptReport {
+            outcome: Some(tatzelwurm_protocol::Outcome::HandedBack),
+            error: Some("rejected by its subscriber".into()),
+            ended_ms: now,
+            ..Default::default()
+        };
+        let current = self
+            .tasks
+            .get(&attempt.task)
+            .is_some_and(|t| t.is_current(w, attempt.attempt));
+        if current {
+            self.msg.rejected_by(attempt.task, w);
+        }
+        self.finished(w, attempt, report, now);
+    }
+
     pub(super) fn reattach(&mut self, w: WorkerId, claims: Vec<AttemptRef>, now: u64) {
         let mut keep = Vec::new();
         let mut drop = Vec::new();
@@ -473,9 +609,7 @@ impl Core {
         let unclaimed: Vec<TaskId> = match self.workers.get_mut(&w) {
             Some(worker) => {
                 for t in &ended {
-                    if worker.held.remove(t) {
-                        self.sched.release(w);
-                    }
+                    worker.held.remove(t);
                 }
                 let before = worker.awaiting_reattach.take().unwrap_or_default();
                 let gone: Vec<TaskId> = before
@@ -485,15 +619,18 @@ impl Core {
                 for t in &gone {
                     worker.held.remove(t);
                 }
-                if worker.info.state == WorkerState::Active {
+                if worker.info.state == WorkerState::Active && !worker.client {
                     self.sched.set_accepting(w, true);
                 }
                 gone
             }
             None => Vec::new(),
         };
+        for t in ended {
+            self.release_slot(w, t);
+        }
         for t in unclaimed {
-            self.sched.release(w);
+            self.release_slot(w, t);
             self.lose_task(t, &format!("worker {w} reconnected without it"), now);
         }
         info!(worker = %w, kept = keep.len(), dropped = drop.len(), "worker reattached");
@@ -501,5 +638,18 @@ impl Core {
         for attempt in pause {
             self.send_worker(w, CoordinatorToWorker::Pause { attempt });
         }
+    }
+}
+
+/// The worker hello a client stands for when it reconnects under its old id.
+fn client_hello(hello: &ClientHello, previous_id: Option<WorkerId>) -> WorkerHello {
+    WorkerHello {
+        block: tatzelwurm_protocol::BlockType::Async,
+        slots: 0,
+        name: hello.name.clone(),
+        host: hello.host.clone(),
+        tags: vec![],
+        handlers: vec![],
+        previous_id,
     }
 }
