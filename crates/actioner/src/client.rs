@@ -212,7 +212,8 @@ impl Client {
         loop {
             match self.reply_to(id).await? {
                 Reply::CallOutcome { outcome } if outcome.is_final() => return Ok(outcome),
-                Reply::CallOutcome { .. } => continue,
+                // Routed, or accepted with the result to come.
+                Reply::Done | Reply::CallOutcome { .. } => continue,
                 other => return Err(unexpected(other)),
             }
         }
@@ -243,13 +244,20 @@ impl Client {
 
     /// The next broadcast for a listener of this connection.
     pub async fn next_broadcast(&mut self) -> Result<BroadcastMessage, ClientError> {
+        if let Some((_, m)) = self.broadcasts.pop_front() {
+            return Ok(m);
+        }
         loop {
-            if let Some((_, m)) = self.broadcasts.pop_front() {
-                return Ok(m);
-            }
-            let (_, reply) = self.next_reply().await?;
-            if let Reply::Error(e) = reply {
-                return Err(ClientError::Server(e));
+            match self.next_message().await? {
+                CoordinatorToActioner::Broadcast { message, .. } => return Ok(message),
+                CoordinatorToActioner::Shutdown { reason } => {
+                    return Err(ClientError::Closed(format!(": {reason}")));
+                }
+                CoordinatorToActioner::Reply {
+                    body: Reply::Error(e),
+                    ..
+                } => return Err(ClientError::Server(e)),
+                _ => {}
             }
         }
     }

@@ -154,7 +154,8 @@ pub enum ActionerRequest {
         /// The identifier.
         identifier: String,
     },
-    /// An RPC: the body goes to the connection holding the identifier; its answers come back
+    /// An RPC: the body goes to the connection holding the identifier. Replied `Done` at once
+    /// when some connection holds it (`unroutable` when none does); its answers then come back
     /// as `CallOutcome` replies to this request.
     Call {
         /// The identifier.
@@ -352,7 +353,8 @@ pub enum Reply {
         /// Its outcome.
         outcome: MessageOutcome,
     },
-    /// To `Serve`, `Unserve`, `Register`, `Unregister`, `Listen` and `Unlisten`: done.
+    /// To `Serve`, `Unserve`, `Register`, `Unregister`, `Listen` and `Unlisten`: done; to
+    /// `Call`: routed.
     Done,
     /// To `Broadcast`: how many listeners it reached.
     Broadcasted {

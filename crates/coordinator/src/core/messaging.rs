@@ -53,6 +53,9 @@ struct MsgQueue {
     /// Ready tasks, oldest first, each with the ticket it had when queued (a task whose ticket
     /// changed since left the queue by another path and is skipped).
     ready: VecDeque<(TaskId, u64)>,
+    /// Ready tasks that every current subscriber rejected: they wait here, out of the way of
+    /// the others, until a connection serves the queue (again).
+    parked: Vec<(TaskId, u64)>,
     /// Ready tasks, counted exactly (`ready` may hold stale entries).
     depth: u64,
     /// Tasks of the queue that some connection holds.
@@ -121,10 +124,22 @@ impl Messaging {
         }
     }
 
-    /// `w` serves `q`, holding `held` of its tasks already (after a reconnect).
+    /// `w` serves `q`, holding `held` of its tasks already (after a reconnect). Tasks that
+    /// every subscriber had rejected are offered again, to `w` too.
     pub(super) fn serve(&mut self, w: WorkerId, q: QueueName, limit: u32, held: u32) {
         let queue = self.queues.entry(q).or_default();
         queue.subs.insert(w, Serving { limit, held });
+        for entry in queue.parked.drain(..).rev() {
+            queue.ready.push_front(entry);
+        }
+        // A new subscription is offered what the connection rejected before.
+        if !self.rejected.is_empty() {
+            for (id, _) in &queue.ready {
+                if let Some(r) = self.rejected.get_mut(id) {
+                    r.remove(&w);
+                }
+            }
+        }
     }
 
     /// `w` stops serving `q`; false when it did not.
@@ -157,8 +172,10 @@ impl Messaging {
     }
 
     /// The next delivery: the oldest live task of a queue that some subscriber has room for,
-    /// and the subscriber (one that has not rejected it if any has room, then the least loaded).
-    /// The slot is taken. `live(task, ticket)` says whether a queue entry is current.
+    /// and the subscriber (the least loaded one that has not rejected it). A task that every
+    /// subscriber rejected is parked, so that it neither blocks the queue nor goes round the
+    /// same subscribers for ever. The slot is taken. `live(task, ticket)` says whether a queue
+    /// entry is current.
     pub(super) fn next(
         &mut self,
         mut live: impl FnMut(TaskId, u64) -> bool,
@@ -173,13 +190,22 @@ impl Messaging {
                     continue;
                 }
                 let refused = self.rejected.get(&id);
+                let willing = |w: &WorkerId| !refused.is_some_and(|r| r.contains(w));
+                if !queue.subs.keys().any(willing) {
+                    queue.ready.pop_front();
+                    queue.parked.push((id, ticket));
+                    continue;
+                }
                 let load = |s: &Serving| ((s.held as u64) << 32) / s.limit.max(1) as u64;
-                let pick = queue
+                let Some(pick) = queue
                     .subs
                     .iter()
-                    .filter(|(_, s)| s.held < s.limit)
-                    .min_by_key(|(w, s)| (refused.is_some_and(|r| r.contains(w)), load(s), **w))
-                    .map(|(w, _)| *w)?;
+                    .filter(|(w, s)| s.held < s.limit && willing(w))
+                    .min_by_key(|(w, s)| (load(s), **w))
+                    .map(|(w, _)| *w)
+                else {
+                    break; // whoever would take it is full: the queue waits
+                };
                 queue.ready.pop_front();
                 queue.held += 1;
                 if let Some(s) = queue.subs.get_mut(&pick) {
@@ -218,10 +244,16 @@ impl Messaging {
 
     /// The live waiting entries of a queue, oldest first.
     fn waiting(&self, q: &QueueName) -> impl Iterator<Item = (TaskId, u64)> + '_ {
-        self.queues
-            .get(q)
-            .into_iter()
-            .flat_map(|queue| queue.ready.iter().copied())
+        self.queues.get(q).into_iter().flat_map(|queue| {
+            let mut all: Vec<(TaskId, u64)> = queue
+                .parked
+                .iter()
+                .chain(queue.ready.iter())
+                .copied()
+                .collect();
+            all.sort_by_key(|&(_, ticket)| ticket);
+            all
+        })
     }
 }
 
@@ -567,6 +599,15 @@ impl Core {
                 call,
                 identifier: key.1,
                 body,
+            }),
+        ));
+        // Routed: the caller knows at once that somebody holds the identifier (kiwipy raises
+        // `UnroutableError` from `rpc_send` itself, not from its future).
+        self.immediate.push((
+            conn,
+            Out::Actioner(CoordinatorToActioner::Reply {
+                request,
+                body: Reply::Done,
             }),
         ));
         Ok(())

@@ -277,6 +277,12 @@ fn rpc_identifiers_are_unique_per_namespace_and_unknown_ones_are_unroutable() {
                     call, identifier, ..
                 }),
             ),
+            (
+                2,
+                Out::Actioner(CoordinatorToActioner::Reply {
+                    body: Reply::Done, ..
+                }),
+            ),
         ] if identifier == "42" => *call,
         other => panic!("{other:?}"),
     };
@@ -313,7 +319,7 @@ fn rpc_identifiers_are_unique_per_namespace_and_unknown_ones_are_unroutable() {
         other => panic!("{other:?}"),
     }
     // The holder goes away mid-call: the caller hears it.
-    ask(&mut c, 2, 11, call);
+    assert_eq!(replies(&ask(&mut c, 2, 11, call), 2), [Reply::Done]);
     c.disconnect(1, 30);
     match &replies(&c.take_immediate(), 2)[..] {
         [Reply::Error(e)] => assert_eq!(e.kind, ErrorKind::DeliveryFailed),
