@@ -282,16 +282,14 @@ impl ConnCtx {
                 }
             }
             Role::Worker(w) => {
-                let (id_tx, id_rx) = oneshot::channel();
-                if self
-                    .actor
-                    .send(Input::ConnectWorker(self.conn, handle, Box::new(w), id_tx))
+                let conn = self.conn;
+                let hello = Box::new(w);
+                let Some(id) = self
+                    .join(|tx| Input::ConnectWorker(conn, handle, hello, tx))
                     .await
-                    .is_err()
-                {
+                else {
                     return;
-                }
-                let Ok(id) = id_rx.await else { return };
+                };
                 if self.welcome(&mut framed, id.0).await.is_ok() {
                     let framed = framed
                         .map_codec(|c| c.retype::<WorkerToCoordinator, CoordinatorToWorker>(body));
@@ -299,17 +297,15 @@ impl ConnCtx {
                 }
             }
             Role::Client(c) => {
-                let (id_tx, id_rx) = oneshot::channel();
                 info!(conn = self.conn, peer = %self.peer, name = %c.name, namespace = %namespace_of(&c.namespace), codec = %body, "client connected");
-                if self
-                    .actor
-                    .send(Input::ConnectClient(self.conn, handle, Box::new(c), id_tx))
+                let conn = self.conn;
+                let hello = Box::new(c);
+                let Some(id) = self
+                    .join(|tx| Input::ConnectClient(conn, handle, hello, tx))
                     .await
-                    .is_err()
-                {
+                else {
                     return;
-                }
-                let Ok(id) = id_rx.await else { return };
+                };
                 if self.welcome(&mut framed, id.0).await.is_ok() {
                     let framed = framed
                         .map_codec(|c| c.retype::<ClientToCoordinator, CoordinatorToClient>(body));
@@ -322,6 +318,17 @@ impl ConnCtx {
             }
         }
         let _ = self.actor.send(Input::Disconnected(self.conn)).await;
+    }
+
+    /// Tells the actor that a worker or client joined; the id it was given, or `None` when the
+    /// actor is gone.
+    async fn join(
+        &self,
+        input: impl FnOnce(oneshot::Sender<WorkerId>) -> Input,
+    ) -> Option<WorkerId> {
+        let (id_tx, id_rx) = oneshot::channel();
+        self.actor.send(input(id_tx)).await.ok()?;
+        id_rx.await.ok()
     }
 
     async fn welcome(
