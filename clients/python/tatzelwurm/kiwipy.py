@@ -262,6 +262,7 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
         self._calls = {}  # request id -> _Outcome of an RPC in flight
         self._running = {}  # (task bytes, attempt) -> delivery held by this client
         self._unacked = {}  # (task bytes, attempt) -> report not yet acknowledged
+        self._forget = []  # ids of sent tasks whose final outcome arrived, to remove
         self._callbacks = queue_mod.Queue()
         threading.Thread(target=self._callback_loop, daemon=True, name="tatzelwurm-kiwipy-callbacks").start()
         self._open(deadline=time.monotonic() + connect_timeout)
@@ -286,6 +287,8 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
         for delivery in held:
             with contextlib.suppress(Exception):
                 self._reject(delivery)
+        with contextlib.suppress(Exception):
+            self._flush_forget()
         self._stop.set()
         self._callbacks.put(None)
         with contextlib.suppress(Exception):
@@ -466,10 +469,26 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
         if outcome.feed(name, content):
             with self._lock:
                 self._sent.pop(tid, None)
-            # The outcome is ours: the coordinator may forget the task.
-            self._send_request({"remove": {"selector": {"ids": [str(uuid.UUID(bytes=tid))]}}}, lambda n, b: True)
+                # The outcome is ours: the coordinator may forget the task. Removals go in
+                # batches from the supervisor, so that they cost no commit per task.
+                self._forget.append(str(uuid.UUID(bytes=tid)))
             return True
         return False
+
+    def _flush_forget(self):
+        with self._lock:
+            ids, self._forget = self._forget, []
+        if not ids:
+            return
+
+        def handler(name, body):
+            # One of them went already (removed by hand, expired): the others one by one.
+            if name == "error" and len(ids) > 1:
+                for one in ids:
+                    self._send_request({"remove": {"selector": {"ids": [one]}}}, lambda n, b: True)
+            return True
+
+        self._send_request({"remove": {"selector": {"ids": ids}}}, handler)
 
     def _add_task_subscriber(self, queue_name, subscriber, identifier, limit):
         self._ensure_open()
@@ -907,6 +926,7 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
                 running = len(self._running)
             try:
                 self._send({"worker": {"heartbeat": {"running": running}}})
+                self._flush_forget()
             except (ProtocolError, OSError):
                 self._connected.clear()
                 continue

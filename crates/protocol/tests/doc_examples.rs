@@ -81,6 +81,26 @@ fn finished() -> WorkerToCoordinator {
     }
 }
 
+/// A client sends a message task to the queue `aiida` with the body "hi" (a MessagePack string).
+fn client_send() -> ClientToCoordinator {
+    ClientToCoordinator::Request(ActionerToCoordinator {
+        request: RequestId(1),
+        body: ActionerRequest::Send {
+            queue: "aiida".into(),
+            body: Data::encode("hi").unwrap(),
+            no_reply: false,
+        },
+    })
+}
+
+/// The coordinator's answer once the task is durable.
+fn client_sent() -> CoordinatorToClient {
+    CoordinatorToClient::Actioner(CoordinatorToActioner::Reply {
+        request: RequestId(1),
+        body: Reply::Sent { id: example_task() },
+    })
+}
+
 /// Prints the dumps (run with `--nocapture` when the protocol changes and the doc needs them).
 #[test]
 fn print_dumps() {
@@ -88,6 +108,8 @@ fn print_dumps() {
     println!("welcome:\n{}", framed(&welcome()));
     println!("dispatch:\n{}", framed(&dispatch()));
     println!("finished:\n{}", framed(&finished()));
+    println!("send:\n{}", framed(&client_send()));
+    println!("sent:\n{}", framed(&client_sent()));
 }
 
 #[test]
@@ -115,6 +137,8 @@ fn doc_dumps_match_the_encoder() {
         framed(&welcome()),
         framed(&dispatch()),
         framed(&finished()),
+        framed(&client_send()),
+        framed(&client_sent()),
     ];
     assert_eq!(
         dumps.len(),
