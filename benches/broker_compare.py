@@ -4,8 +4,10 @@
 
     python3 benches/broker_compare.py [--tasks 1000] [--rpcs 1000] [--rounds 3] [--brokers ...]
 
-Every broker gets the same work from two communicators in this process, a sender and a worker,
-with the same YAML bodies AiiDA sends:
+Every broker gets the same work from two communicators in this process, a sender and a worker.
+Bodies are encoded as each communicator does by default: YAML for kiwipy's RMQ communicator, JSON
+for AiiDA's ZeroMQ one; tatzelwurm runs twice, with YAML (kiwipy's RMQ default) and with its own
+default, MessagePack.
 - task round trips: `task_send(i).result()` one after the other (latency bound), per second;
 - pipelined tasks: `--tasks` sent at once, then every result awaited, per second;
 - RPC round trips: `rpc_send(...).result()` one after the other: p50 and p99.
@@ -48,8 +50,9 @@ def unwrap(f, timeout=60):
 # ---- brokers -------------------------------------------------------------------------------------
 
 class Tatzelwurm:
-    name = "tatzelwurm"
+    name = "tatzelwurm (YAML bodies, as kiwipy's RMQ default)"
     returns_results = True
+    encoder, decoder = ENCODE, DECODE
 
     def __enter__(self):
         from tatzelwurm.kiwipy import TatzelwurmCommunicator
@@ -65,7 +68,7 @@ class Tatzelwurm:
         for _ in range(600):
             try:
                 self.make = lambda: TatzelwurmCommunicator(self.addr, token_file=token, namespace="bench",
-                                                           encoder=ENCODE, decoder=DECODE)
+                                                           encoder=self.encoder, decoder=self.decoder)
                 self.make().close()
                 break
             except Exception:
@@ -143,7 +146,13 @@ class ZeroMQ:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-BROKERS = {"tatzelwurm": Tatzelwurm, "rabbitmq": RabbitMQ, "zeromq": ZeroMQ}
+class TatzelwurmMsgpack(Tatzelwurm):
+    name = "tatzelwurm (MessagePack bodies, its default)"
+    encoder = decoder = None
+
+
+BROKERS = {"tatzelwurm": Tatzelwurm, "tatzelwurm-msgpack": TatzelwurmMsgpack, "rabbitmq": RabbitMQ,
+           "zeromq": ZeroMQ}
 
 
 # ---- the work ------------------------------------------------------------------------------------
@@ -211,7 +220,7 @@ def main():
     p.add_argument("--tasks", type=int, default=1000)
     p.add_argument("--rpcs", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--brokers", default="tatzelwurm,rabbitmq,zeromq")
+    p.add_argument("--brokers", default="tatzelwurm,tatzelwurm-msgpack,rabbitmq,zeromq")
     args = p.parse_args()
     names = args.brokers.split(",")
     results = {n: [] for n in names}

@@ -24,6 +24,7 @@ import logging
 import os
 import queue as queue_mod
 import socket
+import struct
 import threading
 import time
 import traceback
@@ -33,12 +34,12 @@ import kiwipy
 
 from .protocol import (
     DEFAULT_ADDR,
+    MAX_FRAME,
     ProtocolError,
     TatzelwurmError,
     connect,
     pack,
     read_token,
-    recv_frame,
     send_frame,
     unpack,
     variant,
@@ -854,11 +855,21 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
         return False
 
     def _reader(self, sock, generation):
+        # One buffered stream: a frame costs one system call, not two or more.
+        stream = sock.makefile("rb", buffering=1 << 16)
         try:
             while True:
-                msg = recv_frame(sock)
+                head = stream.read(4)
+                if len(head) < 4:
+                    raise ProtocolError("connection closed")
+                (n,) = struct.unpack(">I", head)
+                if n > MAX_FRAME:
+                    raise ProtocolError(f"frame of {n} bytes exceeds the maximum of {MAX_FRAME}")
+                body = stream.read(n)
+                if len(body) < n:
+                    raise ProtocolError("connection closed in the middle of a frame")
                 self._last_heard = time.monotonic()
-                self._on_frame(msg)
+                self._on_frame(unpack(body))
         except (ProtocolError, OSError, ValueError) as e:
             with self._lock:
                 if generation == self._generation and not self._closed:
