@@ -45,7 +45,7 @@ from .protocol import (
     variant,
 )
 
-__all__ = ["TatzelwurmCommunicator", "TatzelwurmTaskQueue", "IncomingTask", "DEFAULT_TASK_QUEUE"]
+__all__ = ["TatzelwurmCommunicator", "TatzelwurmTaskQueue", "IncomingTask", "WaitingTask", "DEFAULT_TASK_QUEUE"]
 
 log = logging.getLogger("tatzelwurm.kiwipy")
 
@@ -155,6 +155,20 @@ class IncomingTask:
             if not outcome.done():
                 self._state = TASK_PROCESSING
                 self.requeue()
+
+
+class WaitingTask:
+    """A task that waits in a queue, seen without taking it (`waiting_tasks`)."""
+
+    def __init__(self, comm, item):
+        self._comm = comm
+        self.id = uuid.UUID(bytes=item["id"])
+        self.body = comm._decode(item["body"])
+        self.no_reply = item["no_reply"]
+
+    def remove(self):
+        """Takes the task out of its queue; its sender hears that it was cancelled."""
+        self._comm._ask({"remove": {"selector": {"ids": [str(self.id)]}}})
 
 
 class TatzelwurmTaskQueue:
@@ -426,6 +440,13 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
         }
         self._ask({"broadcast": {"message": message}})
         return True
+
+    def waiting_tasks(self, queue_name=None, limit=None):
+        """The tasks waiting in a queue (the default one unless named), oldest first, without
+        taking them: what `verdi process repair` inspects."""
+        self._ensure_open()
+        _, body = self._ask({"queue_tasks": {"queue": queue_name or self._default_queue, "limit": limit}})
+        return [WaitingTask(self, item) for item in body["tasks"]]
 
     # ---- queues -------------------------------------------------------------------------------
 
@@ -755,26 +776,34 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
         return rid
 
     def _ask(self, body):
-        """Sends a request and waits for its first reply; an error raises `_Failed`."""
-        done = threading.Event()
-        answer = []
+        """Sends a request and waits for its first reply; an error raises `_Failed`. A request
+        that the connection took down with it is sent again once the communicator has reconnected
+        (within the request timeout): every request sent this way is safe to repeat (a broadcast
+        may then reach a listener twice), so that a coordinator's restart is a pause, not an error
+        for the application."""
+        deadline = time.monotonic() + self._request_timeout
+        while True:
+            done = threading.Event()
+            answer = []
 
-        def handler(name, content):
-            answer.append((name, content))
-            done.set()
-            return True
+            def handler(name, content, answer=answer, done=done):
+                answer.append((name, content))
+                done.set()
+                return True
 
-        rid = self._send_request(body, handler)
-        if not done.wait(self._request_timeout):
-            with self._lock:
-                self._handlers.pop(rid, None)
-            raise kiwipy.DeliveryFailed(f"no reply from the coordinator within {self._request_timeout} s")
-        name, content = answer[0]
-        if name == "error":
-            if content["kind"] == "delivery_failed":
-                raise kiwipy.DeliveryFailed(content["message"])
-            raise _Failed(content["kind"], content["message"])
-        return name, content
+            rid = self._send_request(body, handler)
+            if not done.wait(max(0.0, deadline - time.monotonic())):
+                with self._lock:
+                    self._handlers.pop(rid, None)
+                raise kiwipy.DeliveryFailed(f"no reply from the coordinator within {self._request_timeout} s")
+            name, content = answer[0]
+            if name == "error" and content["kind"] == "delivery_failed":
+                if self._closed or not self._connected.wait(max(0.0, deadline - time.monotonic())):
+                    raise kiwipy.DeliveryFailed(content["message"])
+                continue
+            if name == "error":
+                raise _Failed(content["kind"], content["message"])
+            return name, content
 
     def _open(self, deadline):
         """Connects (again), retrying until `deadline`; then restores what lives with a connection."""
