@@ -323,14 +323,16 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
         with self._lock:
             if identifier in self._rpc:
                 raise kiwipy.DuplicateSubscriberIdentifier(f"RPC identifier '{identifier}'")
+            # Known before it is registered, so that a reconnect meanwhile registers it again.
+            self._rpc[identifier] = subscriber
         try:
             self._ask({"register": {"identifier": identifier}})
-        except _Failed as e:
-            if e.kind == "duplicate_identifier":
+        except Exception as e:
+            with self._lock:
+                self._rpc.pop(identifier, None)
+            if isinstance(e, _Failed) and e.kind == "duplicate_identifier":
                 raise kiwipy.DuplicateSubscriberIdentifier(f"RPC identifier '{identifier}': {e}") from None
             raise
-        with self._lock:
-            self._rpc[identifier] = subscriber
         return identifier
 
     def remove_rpc_subscriber(self, identifier):

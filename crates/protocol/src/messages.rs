@@ -144,7 +144,8 @@ pub enum ActionerRequest {
         /// The queue's name.
         queue: String,
     },
-    /// Claims an RPC identifier in the namespace; unique on the whole coordinator.
+    /// Claims an RPC identifier in the namespace; unique on the whole coordinator (claiming it
+    /// again from the connection that holds it changes nothing).
     Register {
         /// The identifier (AiiDA: a process's pk).
         identifier: String,

@@ -540,15 +540,18 @@ impl Core {
             ));
         }
         let key = (self.namespace(conn), identifier);
-        if let Some(&holder) = self.msg.rpc.get(&key) {
-            let whose = if holder == conn { "this" } else { "another" };
-            return Err(err(
+        match self.msg.rpc.get(&key) {
+            // Again from its holder (a retry over a reconnect): nothing changes.
+            Some(&holder) if holder == conn => Ok(Reply::Done),
+            Some(_) => Err(err(
                 ErrorKind::DuplicateIdentifier,
-                format!("RPC identifier {:?} is held by {whose} connection", key.1),
-            ));
+                format!("RPC identifier {:?} is held by another connection", key.1),
+            )),
+            None => {
+                self.msg.rpc.insert(key, conn);
+                Ok(Reply::Done)
+            }
         }
-        self.msg.rpc.insert(key, conn);
-        Ok(Reply::Done)
     }
 
     /// `unregister`.

@@ -257,6 +257,11 @@ fn rpc_identifiers_are_unique_per_namespace_and_unknown_ones_are_unroutable() {
         identifier: id.into(),
     };
     assert_eq!(replies(&ask(&mut c, 1, 1, reg("42")), 1), [Reply::Done]);
+    assert_eq!(
+        replies(&ask(&mut c, 1, 2, reg("42")), 1),
+        [Reply::Done],
+        "again by its holder: a no-op"
+    );
     match &replies(&ask(&mut c, 2, 1, reg("42")), 2)[..] {
         [Reply::Error(e)] => assert_eq!(e.kind, ErrorKind::DuplicateIdentifier),
         other => panic!("{other:?}"),
