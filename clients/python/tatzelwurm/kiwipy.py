@@ -365,7 +365,7 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
             if new:
                 self._listeners[key] = {"request": None}
         if new:
-            self._listen(key)
+            self._listen(key, wait=True)
         return identifier
 
     def remove_broadcast_subscriber(self, identifier):
@@ -727,15 +727,20 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
             except Exception:
                 log.exception("a broadcast subscriber raised")
 
-    def _listen(self, key):
+    def _listen(self, key, wait=False):
+        """Starts the coordinator's listener for a filter key; with `wait`, returns once it is in
+        place (a broadcast sent after `add_broadcast_subscriber` returns reaches it)."""
         subjects, senders = key
+        done = threading.Event()
 
         def handler(name, body):
-            return name == "error"
+            done.set()  # "done", or an error: a reconnect listens again anyway
+            return True
 
-        rid = self._send_request({"listen": {"subjects": list(subjects), "senders": list(senders)}}, handler,
-                                 register=lambda r: self._listeners.get(key, {}).__setitem__("request", r))
-        return rid
+        self._send_request({"listen": {"subjects": list(subjects), "senders": list(senders)}}, handler,
+                           register=lambda r: self._listeners.get(key, {}).__setitem__("request", r))
+        if wait and not done.wait(self._request_timeout):
+            raise kiwipy.DeliveryFailed(f"no reply from the coordinator within {self._request_timeout} s")
 
     # ---- the connection -----------------------------------------------------------------------
 
