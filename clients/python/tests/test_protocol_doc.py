@@ -249,9 +249,11 @@ def test_worker_states_and_what_they_mean_for_the_tasks(short_lease):
     tid = str(uuid.UUID(bytes=added["ids"][0]))
     w.until("dispatch")
     w.close()
-    time.sleep(0.3)
     # Lost at once, but it keeps its task until the lease (2 s) ends.
-    assert state() == "lost"
+    deadline = time.time() + 10
+    while state() != "lost":
+        assert time.time() < deadline
+        time.sleep(0.02)
     assert a.ask({"show": {"id": tid}})[1]["task"]["state"] == "assigned"
     deadline = time.time() + 10
     while a.ask({"show": {"id": tid}})[1]["task"]["state"] != "ready":
@@ -262,9 +264,13 @@ def test_worker_states_and_what_they_mean_for_the_tasks(short_lease):
     d = Peer(c.addr, c.token, worker_role("drainer"))
     d.until("dispatch")
     d.send("draining")
-    time.sleep(0.2)
-    _, body = a.ask("workers")
-    assert next(x["state"] for x in body["workers"] if x["id"] == d.welcome["peer_id"]) == "draining"
+    deadline = time.time() + 10
+    while True:
+        _, body = a.ask("workers")
+        if next(x["state"] for x in body["workers"] if x["id"] == d.welcome["peer_id"]) == "draining":
+            break
+        assert time.time() < deadline
+        time.sleep(0.02)
     d.close()
     a.close()
 
