@@ -45,7 +45,8 @@ RUN = textwrap.dedent("""
 
 
 def verdi(env, *args, timeout=600):
-    out = subprocess.run(["verdi", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run([sys.executable, "-m", "aiida", *args], env=env, capture_output=True, text=True,
+                         timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError(f"verdi {' '.join(args)}: {out.stdout}{out.stderr}")
     return out.stdout

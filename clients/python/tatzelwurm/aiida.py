@@ -71,7 +71,7 @@ class TatzelwurmBroker(Broker):
         where = f"tatzelwurm @ {self.address} (namespace {self.namespace})"
         return where if self.check_service_reachable() else f"{where} <not reachable>"
 
-    def get_communicator(self):
+    def get_communicator(self, connect_timeout=10.0):
         if self._communicator is None or self._communicator.is_closed():
             from aiida.brokers.rabbitmq.utils import get_launch_queue_name
             from aiida.manage.configuration import get_config_option
@@ -89,6 +89,7 @@ class TatzelwurmBroker(Broker):
                 task_prefetch_count=get_config_option("daemon.worker_process_slots"),
                 encoder=functools.partial(serialize.serialize, encoding="utf-8"),
                 decoder=serialize.deserialize_unsafe,
+                connect_timeout=connect_timeout,
             )
         return self._communicator
 
@@ -99,7 +100,7 @@ class TatzelwurmBroker(Broker):
     def check_service_reachable(self) -> bool:
         had = self._communicator is not None
         try:
-            self.get_communicator()
+            self.get_communicator(connect_timeout=2.0)  # `verdi status` should not hang
             return True
         except Exception:
             return False
@@ -110,7 +111,7 @@ class TatzelwurmBroker(Broker):
     def probe_service_status(self) -> dict:
         had = self._communicator is not None
         try:
-            comm = self.get_communicator()
+            comm = self.get_communicator(connect_timeout=2.0)
             return {"connected": True, "address": self.address, "namespace": self.namespace,
                     "client_id": comm.worker_id}
         except Exception as e:

@@ -824,7 +824,10 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
             except TatzelwurmError as e:
                 if e.kind in ("bad_token", "version_mismatch") or time.monotonic() > deadline:
                     raise kiwipy.DeliveryFailed(f"the coordinator at {self.addr} refused: {e}") from e
-            except (ConnectionError, ProtocolError, OSError) as e:
+            except ConnectionError as e:  # says where it tried
+                if time.monotonic() > deadline:
+                    raise kiwipy.DeliveryFailed(str(e)) from e
+            except (ProtocolError, OSError) as e:
                 if time.monotonic() > deadline:
                     raise kiwipy.DeliveryFailed(f"cannot reach the coordinator at {self.addr}: {e}") from e
             time.sleep(backoff)

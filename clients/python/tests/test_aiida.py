@@ -38,7 +38,8 @@ class Aiida:
                    "--computer", "localhost", "--filepath-executable", "/bin/bash")
 
     def verdi(self, *args, timeout=120, check=True):
-        out = subprocess.run(["verdi", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run([sys.executable, "-m", "aiida", *args], env=self.env, capture_output=True, text=True,
+                             timeout=timeout)
         if check:
             assert out.returncode == 0, f"verdi {' '.join(args)}: {out.stdout}{out.stderr}"
         return out
@@ -193,3 +194,31 @@ def test_verdi_process_repair_sees_the_tasks_waiting_in_the_launch_queue(aiida):
     assert out.returncode == 0 and "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
     aiida.verdi("daemon", "start", "2", timeout=180)
     assert aiida.wait(pk) == {pk: ["finished", 0, 42]}
+
+
+def test_verdi_status_says_when_the_coordinator_is_not_reachable(aiida):
+    coordinator = aiida.coordinator
+    env = dict(aiida.env)
+    # The same profile pointed at a port nobody listens on (the test's own, before it listens).
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = f"127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+    aiida.python(f"""
+        from tatzelwurm.aiida import configure
+        configure(None, {dead!r}, {coordinator.token_file!r})
+    """, load=False)
+    try:
+        started = time.time()
+        out = subprocess.run([sys.executable, "-m", "aiida", "status"], env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert dead in out.stdout + out.stderr, out.stdout + out.stderr
+        assert "not reachable" in out.stdout + out.stderr or "cannot reach" in out.stdout + out.stderr
+        assert time.time() - started < 60
+    finally:
+        aiida.python(f"""
+            from tatzelwurm.aiida import configure
+            configure(None, {coordinator.addr!r}, {coordinator.token_file!r})
+        """, load=False)
