@@ -278,6 +278,7 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
         self._running = {}  # (task bytes, attempt) -> delivery held by this client
         self._unacked = {}  # (task bytes, attempt) -> report not yet acknowledged
         self._forget = []  # ids of sent tasks whose final outcome arrived, to remove
+        self._unsent = []  # broadcasts sent while the connection was down
         self._callbacks = queue_mod.Queue()
         threading.Thread(target=self._callback_loop, daemon=True, name="tatzelwurm-kiwipy-callbacks").start()
         self._open(deadline=time.monotonic() + connect_timeout)
@@ -341,8 +342,9 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
         with self._lock:
             if self._rpc.pop(identifier, None) is None:
                 raise ValueError(f"Unknown subscriber '{identifier}'")
-        with contextlib.suppress(_Failed):
-            self._ask({"unregister": {"identifier": identifier}})
+        # Not waited for: calls that race it are answered `failed` here, and a connection that
+        # breaks meanwhile takes the registration with it.
+        self._send_request({"unregister": {"identifier": identifier}}, None)
 
     def add_task_subscriber(self, subscriber, identifier=None):
         return self._add_task_subscriber(self._default_queue, subscriber, identifier, self._prefetch)
@@ -440,7 +442,13 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
             "subject": None if subject is None else str(subject),
             "correlation_id": None if correlation_id is None else str(correlation_id),
         }
-        self._ask({"broadcast": {"message": message}})
+        # Sent without waiting for the count of listeners (a broadcast is stored nowhere and
+        # promised to nobody); one sent while the connection is down goes after the reconnect.
+        try:
+            self._send({"request": {"request": next(self._ids), "body": {"broadcast": {"message": message}}}})
+        except (ProtocolError, OSError):
+            with self._lock:
+                self._unsent.append(message)
         return True
 
     def waiting_tasks(self, queue_name=None, limit=None):
@@ -879,6 +887,10 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
             self._listen(key)
         if watched:
             self._send_request({"watch": {"ids": [str(uuid.UUID(bytes=t)) for t in watched]}}, self._watch_handler)
+        with self._lock:
+            unsent, self._unsent = self._unsent, []
+        for message in unsent:
+            self._send_request({"broadcast": {"message": message}}, None)
 
     def _lost_identifier(self, identifier):
         def handler(name, body):
