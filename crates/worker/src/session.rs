@@ -201,8 +201,11 @@ impl State {
 
     fn finished_attempt(&mut self, attempt: AttemptRef, report: AttemptReport) {
         self.running.remove(&attempt);
-        if self.dropped.remove(&attempt) {
-            debug!(task = %attempt.task, "dropped attempt ended; not reported");
+        // A dropped attempt that this worker stopped is not reported. One that had ended on its
+        // own before the drop reached it (its command finished while the worker was frozen, say)
+        // is: the coordinator keeps it as a late report, as DESIGN.md promises.
+        if self.dropped.remove(&attempt) && report.outcome == Some(Outcome::Killed) {
+            debug!(task = %attempt.task, "dropped attempt stopped; not reported");
             return;
         }
         info!(task = %attempt.task, attempt = attempt.attempt, outcome = ?report.outcome, "attempt ended");
