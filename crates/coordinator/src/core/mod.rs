@@ -636,6 +636,4 @@ mod tasks;
 mod workers;
 
 #[cfg(test)]
-mod messaging_tests;
-#[cfg(test)]
 mod tests;

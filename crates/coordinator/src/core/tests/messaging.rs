@@ -3,13 +3,6 @@
 use super::*;
 use tatzelwurm_protocol::{BroadcastMessage, Data, MessageOutcome, Outcome};
 
-fn core() -> Core {
-    Core::new(CoreConfig {
-        lease_ms: 1000,
-        ..CoreConfig::default()
-    })
-}
-
 fn client(c: &mut Core, conn: ConnId, namespace: &str) -> WorkerId {
     c.connect_client(
         conn,
