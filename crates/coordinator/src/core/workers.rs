@@ -24,13 +24,8 @@ impl Core {
             .previous_id
             .filter(|id| self.workers.get(id).is_some_and(|w| w.client));
         let worker = match known {
-            Some(_) => {
-                let id = self.connect_worker(conn, client_hello(&hello, known), now);
-                if let Some(w) = self.workers.get_mut(&id) {
-                    w.client = true;
-                }
-                id
-            }
+            // The entry stays a client's: `connect_worker` keeps what the old entry was.
+            Some(_) => self.connect_worker(conn, client_hello(&hello, known), now),
             None => {
                 let id = WorkerId(self.next_worker);
                 self.next_worker += 1;
