@@ -25,11 +25,11 @@ fn main() {
     let tasks: Vec<TaskInfo> = (0..TASKS)
         .map(|_| {
             let spec = TaskSpec::new(Payload::Sleep { duration_ms: 0 });
-            Task::new(TaskId::new(), spec, 0, true).info
+            Task::new(TaskId::new(), spec, "default".into(), 0, true).info
         })
         .collect();
     let as_vec = resident_mb() - start;
-    let core = Core::restore(CoreConfig::default(), tasks, vec![], 0);
+    let core = Core::restore(CoreConfig::default(), tasks, vec![], vec![], 0);
     let in_core = resident_mb() - start;
     println!(
         "{TASKS} ready noop tasks: {as_vec:.0} MB as a Vec<TaskInfo> ({} bytes each inline); \

@@ -401,6 +401,7 @@ fn a_peer_that_never_reads_neither_stalls_others_nor_grows_the_coordinator() {
                 states: vec![],
                 tags: vec![],
                 limit: None,
+                queue: None,
             },
         };
         encode_frame(BodyCodec::Msgpack, 1 << 20, &req, &mut out).unwrap();

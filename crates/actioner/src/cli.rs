@@ -11,7 +11,7 @@ use serde_json::json;
 use tatzelwurm_protocol::client::read_token;
 use tatzelwurm_protocol::{
     ActionerRequest, BlockType, BodyCodec, BroadcastMessage, Data, EnvVar, EventFilter,
-    MessageOutcome, Payload, Reply, Selector, Tag, TaskId, TaskState,
+    MessageOutcome, Payload, QueueChange, Reply, Selector, Tag, TaskId, TaskState,
 };
 
 use crate::client::{Client, ClientError, DEFAULT_ADDR, default_token_file};
@@ -64,7 +64,7 @@ pub enum Command {
         #[arg(long, value_name = "KEY")]
         by_tag: Option<String>,
     },
-    /// Look at the broker's queues of the namespace.
+    /// List, show, set, pause and play the queues of the namespace.
     #[command(subcommand)]
     Queue(QueueCommand),
     /// Send an RPC to the connection holding IDENTIFIER in the namespace, and print its answer.
@@ -102,8 +102,69 @@ pub enum Command {
 /// Queue commands.
 #[derive(Subcommand, Debug)]
 pub enum QueueCommand {
-    /// The queues of the namespace: tasks waiting, held, subscribers and their capacity.
+    /// The queues of the namespace: settings, tasks per state, running now, finished per minute.
     List,
+    /// One queue: its settings, counts and subscribers.
+    Show {
+        /// The queue's name.
+        name: String,
+    },
+    /// Change a queue's settings (creating it when new); they are stored.
+    Set(QueueSetArgs),
+    /// Dispatch nothing new from a queue; what runs goes on.
+    Pause {
+        /// The queue's name.
+        name: String,
+    },
+    /// Dispatch from a paused queue again.
+    Play {
+        /// The queue's name.
+        name: String,
+    },
+}
+
+/// `queue set` options; what is left out stays as it is.
+#[derive(Args, Debug)]
+pub struct QueueSetArgs {
+    /// The queue's name.
+    pub name: String,
+    /// Queues of a higher priority dispatch first.
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    /// Share of dispatches among queues of equal priority (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub weight: Option<u32>,
+    /// Most of its tasks running at once across all workers; `none` removes the limit.
+    #[arg(long, value_parser = parse_limit)]
+    pub limit: Option<u32>,
+    /// Attempts for tasks added without --attempts; `none` goes back to 1.
+    #[arg(long, value_parser = parse_limit)]
+    pub attempts: Option<u32>,
+    /// Timeout for tasks added without --timeout; `none` removes it.
+    #[arg(long, value_parser = parse_optional_duration)]
+    pub timeout: Option<u64>,
+}
+
+/// A positive number, or `none` (read as 0: no limit).
+fn parse_limit(s: &str) -> Result<u32, String> {
+    match s {
+        "none" => Ok(0),
+        _ => match s.parse::<u32>() {
+            Ok(0) | Err(_) => Err(format!("{s:?}: give a number of at least 1, or none")),
+            Ok(n) => Ok(n),
+        },
+    }
+}
+
+/// A duration in milliseconds, or `none` (read as 0: no timeout).
+fn parse_optional_duration(s: &str) -> Result<u64, String> {
+    match s {
+        "none" => Ok(0),
+        _ => match parse_duration(s).map(millis)? {
+            0 => Err(format!("{s:?}: a timeout must be longer than 0 (or none)")),
+            ms => Ok(ms),
+        },
+    }
 }
 
 /// A message typed on the command line: JSON when it parses, else the text itself.
@@ -129,6 +190,8 @@ pub enum TaskCommand {
     Retry(RetryArgs),
     /// Forget finished tasks (completed, failed, killed).
     Remove(Select),
+    /// Move tasks that no worker holds to another queue (-a: every such task).
+    Move(MoveArgs),
     /// List tasks (running ones unless filtered), then the counts per state.
     List(ListArgs),
     /// Show every field, stage time and attempt of a task.
@@ -156,6 +219,17 @@ pub struct Select {
     /// Every task the command applies to.
     #[arg(short, long)]
     pub all: bool,
+}
+
+/// Which tasks go to which queue.
+#[derive(Debug, Args)]
+pub struct MoveArgs {
+    /// Which tasks.
+    #[command(flatten)]
+    pub select: Select,
+    /// The queue they go to.
+    #[arg(long)]
+    pub to: String,
 }
 
 /// Which tasks to run again, and how many more attempts they get.
@@ -191,6 +265,9 @@ pub struct ListArgs {
     /// At most this many (newest first).
     #[arg(long, short = 'l')]
     pub limit: Option<u32>,
+    /// Only tasks of this queue.
+    #[arg(long, short = 'q')]
+    pub queue: Option<String>,
 }
 
 /// `task add` options.
@@ -227,10 +304,20 @@ pub struct AddArgs {
     /// A name for people.
     #[arg(long)]
     pub name: Option<String>,
-    /// Attempts before the task stays failed.
-    #[arg(long, default_value_t = 1)]
-    pub attempts: u32,
-    /// Stop and fail an attempt after this long.
+    /// Attempts before the task stays failed [default: the queue's, 1 unless set].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub attempts: Option<u32>,
+    /// The queue it waits in [default: default].
+    #[arg(long, short = 'q')]
+    pub queue: Option<String>,
+    /// Soft affinity: prefer workers with this key=value tag, but run elsewhere rather than
+    /// wait (repeatable).
+    #[arg(long)]
+    pub prefer: Vec<Tag>,
+    /// Hard affinity: run only on workers with this key=value tag (repeatable).
+    #[arg(long)]
+    pub require: Vec<Tag>,
+    /// Stop and fail an attempt after this long [default: the queue's, none unless set].
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     /// Add N copies; each sees its index (0..N) in TATZELWURM_TASK_INDEX.
@@ -282,15 +369,20 @@ impl AddArgs {
             block: self.block,
             priority: self.priority,
             tags: self.tag.clone(),
-            attempts: self.attempts,
+            attempts: self.attempts.unwrap_or(0),
             timeout: self.timeout,
             env,
             cwd: self.cwd.clone(),
             user_key: self.user_key.clone(),
             user_data,
+            queue: self.queue.clone(),
+            prefer: self.prefer.clone(),
+            require: self.require.clone(),
         };
-        if self.attempts == 0 {
-            bail!("--attempts must be at least 1");
+        if let Some(q) = &self.queue {
+            tatzelwurm_protocol::check_queue_name(q)
+                .map_err(anyhow::Error::msg)
+                .context("--queue")?;
         }
         if self.count == 0 {
             bail!("--count must be at least 1");
@@ -462,9 +554,22 @@ pub async fn run(cli: Cli) -> Result<i32> {
             )
             .await?
         }
+        Command::Task(TaskCommand::Move(m)) => {
+            change(
+                &mut client,
+                ActionerRequest::Move {
+                    selector: m.select.selector(),
+                    queue: m.to,
+                },
+                "moved",
+                json,
+                quiet,
+            )
+            .await?
+        }
         Command::Task(TaskCommand::List(l)) => {
             let (tasks, counts) = client
-                .list(states.expect("parsed above"), l.tag, l.limit)
+                .list(states.expect("parsed above"), l.tag, l.limit, l.queue)
                 .await?;
             if json {
                 println!(
@@ -483,16 +588,15 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command::Task(TaskCommand::Show { id }) => {
-            let task = client.show(&id).await?;
+            let (task, waiting) = client.show(&id).await?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&output::task_json(&task))?
-                );
+                let mut v = output::task_json(&task);
+                v["waiting"] = json!(waiting);
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else if quiet {
                 println!("{}", task.id);
             } else {
-                print!("{}", output::task_text(&task));
+                print!("{}", output::task_text(&task, waiting.as_deref()));
             }
         }
         Command::Task(TaskCommand::Wait(s)) => return wait(&mut client, s, json).await,
@@ -535,8 +639,57 @@ pub async fn run(cli: Cli) -> Result<i32> {
             if json {
                 let v: Vec<_> = queues.iter().map(output::queue_json).collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if quiet {
+                queues.iter().for_each(|q| println!("{}", q.name));
             } else {
                 println!("{}", output::queues_table(&queues));
+            }
+        }
+        Command::Queue(q) => {
+            let (name, change) = match q {
+                QueueCommand::List => unreachable!("matched above"),
+                QueueCommand::Show { name } => (name, None),
+                QueueCommand::Pause { name } => (
+                    name,
+                    Some(QueueChange {
+                        paused: Some(true),
+                        ..Default::default()
+                    }),
+                ),
+                QueueCommand::Play { name } => (
+                    name,
+                    Some(QueueChange {
+                        paused: Some(false),
+                        ..Default::default()
+                    }),
+                ),
+                QueueCommand::Set(a) => {
+                    let change = QueueChange {
+                        priority: a.priority,
+                        weight: a.weight,
+                        limit: a.limit,
+                        paused: None,
+                        max_attempts: a.attempts,
+                        timeout_ms: a.timeout,
+                    };
+                    if change == QueueChange::default() {
+                        bail!(
+                            "queue set: say what changes (--priority, --weight, --limit, --attempts, --timeout)"
+                        );
+                    }
+                    (a.name, Some(change))
+                }
+            };
+            let queue = client.queue(&name, change).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&output::queue_json(&queue))?
+                );
+            } else if quiet {
+                println!("{}", queue.name);
+            } else {
+                print!("{}", output::queue_text(&queue));
             }
         }
         Command::Rpc {

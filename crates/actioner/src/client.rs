@@ -9,8 +9,9 @@ use tatzelwurm_protocol::client::{HandshakeError, handshake};
 use tatzelwurm_protocol::{
     ActionerRequest, ActionerToCoordinator, BodyCodec, BroadcastMessage, CoordinatorToActioner,
     DEFAULT_MAX_FRAME, Data, ErrorReply, EventFilter, FrameError, Hello, MAX_ADD_TASKS,
-    MessageCodec, MessageOutcome, QueueInfo, Reply, RequestId, Role, Selector, StateCount, Tag,
-    TaskEvent, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus, TaskSummary, WorkerInfo,
+    MessageCodec, MessageOutcome, QueueChange, QueueInfo, Reply, RequestId, Role, Selector,
+    StateCount, Tag, TaskEvent, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus, TaskSummary,
+    WorkerInfo,
 };
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -270,6 +271,23 @@ impl Client {
         }
     }
 
+    /// One queue of the namespace, or a change to its settings (when `change` is given).
+    pub async fn queue(
+        &mut self,
+        queue: &str,
+        change: Option<QueueChange>,
+    ) -> Result<QueueInfo, ClientError> {
+        let queue = queue.to_string();
+        let body = match change {
+            Some(change) => ActionerRequest::QueueSet { queue, change },
+            None => ActionerRequest::QueueShow { queue },
+        };
+        match self.request(body).await? {
+            Reply::Queue { queue } => Ok(*queue),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Sends a request and waits for its reply; an error reply becomes [`ClientError::Server`].
     pub async fn request(&mut self, body: ActionerRequest) -> Result<Reply, ClientError> {
         let id = self.send(body).await?;
@@ -361,12 +379,14 @@ impl Client {
         states: Vec<TaskState>,
         tags: Vec<Tag>,
         limit: Option<u32>,
+        queue: Option<String>,
     ) -> Result<(Vec<TaskSummary>, Vec<StateCount>), ClientError> {
         match self
             .request(ActionerRequest::List {
                 states,
                 tags,
                 limit,
+                queue,
             })
             .await?
         {
@@ -375,13 +395,13 @@ impl Client {
         }
     }
 
-    /// One task, whole.
-    pub async fn show(&mut self, id: &str) -> Result<TaskInfo, ClientError> {
+    /// One task, whole, and why it waits when the coordinator can tell.
+    pub async fn show(&mut self, id: &str) -> Result<(TaskInfo, Option<String>), ClientError> {
         match self
             .request(ActionerRequest::Show { id: id.to_string() })
             .await?
         {
-            Reply::Task { task } => Ok(*task),
+            Reply::Task { task, waiting } => Ok((*task, waiting)),
             other => Err(unexpected(other)),
         }
     }

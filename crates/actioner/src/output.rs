@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use tabled::builder::Builder;
 use tabled::settings::Style;
 use tatzelwurm_protocol::{
-    Attempt, Data, Payload, StateCount, Tag, TagCounts, TaskId, TaskInfo, TaskState, TaskSummary,
-    WorkerInfo, now_ms,
+    Attempt, Data, Payload, QueueInfo, StateCount, Tag, TagCounts, TaskId, TaskInfo, TaskState,
+    TaskSummary, WorkerInfo, now_ms,
 };
 
 /// RFC 3339 (UTC, milliseconds) for a timestamp in ms.
@@ -67,6 +67,7 @@ pub fn summary_json(t: &TaskSummary) -> Value {
         "worker": t.worker.map(|w| w.to_string()),
         "created": rfc3339(t.created_ms),
         "changed": rfc3339(t.changed_ms),
+        "queue": t.queue,
     })
 }
 
@@ -94,7 +95,8 @@ pub fn counts_line(counts: &[StateCount]) -> String {
 pub fn tasks_table(tasks: &[TaskSummary]) -> String {
     let mut b = Builder::new();
     b.push_record([
-        "id", "name", "state", "block", "prio", "tags", "command", "tries", "worker", "changed",
+        "id", "name", "state", "queue", "block", "prio", "tags", "command", "tries", "worker",
+        "changed",
     ]);
     let ids = short_ids(tasks.iter().map(|t| t.id));
     for (t, id) in tasks.iter().zip(ids) {
@@ -102,6 +104,7 @@ pub fn tasks_table(tasks: &[TaskSummary]) -> String {
             id,
             t.name.clone().unwrap_or_default(),
             t.state.to_string(),
+            truncate(&t.queue, 16),
             t.block.to_string(),
             t.priority.to_string(),
             tags(&t.tags).join(","),
@@ -203,6 +206,10 @@ pub fn task_json(t: &TaskInfo) -> Value {
         "block": s.block.as_str(),
         "priority": s.priority,
         "tags": tags(&s.tags),
+        "queue": s.queue_name(),
+        "namespace": t.namespace,
+        "prefer": tags(&s.prefer),
+        "require": tags(&s.require),
         "payload": payload_json(&s.payload),
         "max_attempts": s.max_attempts,
         "timeout_ms": s.timeout_ms,
@@ -221,14 +228,24 @@ pub fn task_json(t: &TaskInfo) -> Value {
     })
 }
 
-/// `task show` for people.
-pub fn task_text(t: &TaskInfo) -> String {
+/// `task show` for people, with why it waits when the coordinator said.
+pub fn task_text(t: &TaskInfo, waiting: Option<&str>) -> String {
     let s = &t.spec;
     let mut b = Builder::new();
     let mut row = |k: &str, v: String| b.push_record([k.to_string(), v]);
     row("id", t.id.to_string());
     row("name", s.name.clone().unwrap_or_default());
     row("state", t.state.to_string());
+    if let Some(w) = waiting {
+        row("waiting", w.to_string());
+    }
+    row("queue", s.queue_name().to_string());
+    if !s.prefer.is_empty() {
+        row("prefers", tags(&s.prefer).join(", "));
+    }
+    if !s.require.is_empty() {
+        row("requires", tags(&s.require).join(", "));
+    }
     row("block", s.block.to_string());
     row("priority", s.priority.to_string());
     row("tags", tags(&s.tags).join(", "));
@@ -395,31 +412,101 @@ pub fn breakdown_table(key: &str, values: &[TagCounts]) -> String {
     b.build().with(Style::sharp()).to_string()
 }
 
+/// A queue's counts in words, nonzero states only.
+fn queue_counts(q: &QueueInfo) -> String {
+    let parts: Vec<String> = q
+        .counts
+        .iter()
+        .filter(|c| c.count > 0)
+        .map(|c| format!("{} {}", c.count, c.state))
+        .collect();
+    if parts.is_empty() {
+        "no tasks".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn limit_text(limit: Option<u32>) -> String {
+    limit.map_or_else(|| "none".into(), |l| l.to_string())
+}
+
 /// The queues of a namespace as a table.
-pub fn queues_table(queues: &[tatzelwurm_protocol::QueueInfo]) -> String {
+pub fn queues_table(queues: &[QueueInfo]) -> String {
     if queues.is_empty() {
         return "no queues".into();
     }
     let mut b = Builder::new();
-    b.push_record(["QUEUE", "WAITING", "HELD", "SUBSCRIBERS", "CAPACITY"]);
+    b.push_record([
+        "queue", "prio", "weight", "limit", "paused", "running", "fin/min", "subs", "tasks",
+    ]);
     for q in queues {
+        let s = &q.settings;
         b.push_record([
-            q.name.clone(),
-            q.depth.to_string(),
+            truncate(&q.name, 24),
+            s.priority.to_string(),
+            s.weight.to_string(),
+            limit_text(s.limit),
+            if s.paused { "yes" } else { "no" }.to_string(),
             q.held.to_string(),
+            q.finished_last_minute.to_string(),
             q.subscribers.to_string(),
-            q.capacity.to_string(),
+            queue_counts(q),
         ]);
     }
     b.build().with(Style::sharp()).to_string()
 }
 
+/// `queue show` for people.
+pub fn queue_text(q: &QueueInfo) -> String {
+    let s = &q.settings;
+    let mut b = Builder::new();
+    let mut row = |k: &str, v: String| b.push_record([k.to_string(), v]);
+    row("queue", q.name.clone());
+    row("namespace", s.namespace.clone());
+    row("priority", s.priority.to_string());
+    row("weight", s.weight.to_string());
+    row("limit", limit_text(s.limit));
+    row("paused", if s.paused { "yes" } else { "no" }.into());
+    row("default attempts", s.max_attempts.unwrap_or(1).to_string());
+    row(
+        "default timeout",
+        s.timeout_ms
+            .map(|m| humantime::format_duration(Duration::from_millis(m)).to_string())
+            .unwrap_or_else(|| "none".into()),
+    );
+    row("running now", q.held.to_string());
+    row(
+        "finished",
+        format!("{} in the last minute", q.finished_last_minute),
+    );
+    row(
+        "subscribers",
+        format!("{} (capacity {})", q.subscribers, q.capacity),
+    );
+    for c in &q.counts {
+        row(c.state.as_str(), c.count.to_string());
+    }
+    b.build().with(Style::sharp()).to_string() + "\n"
+}
+
 /// A queue as JSON.
-pub fn queue_json(q: &tatzelwurm_protocol::QueueInfo) -> Value {
+pub fn queue_json(q: &QueueInfo) -> Value {
+    let s = &q.settings;
     json!({
         "name": q.name,
+        "namespace": s.namespace,
+        "priority": s.priority,
+        "weight": s.weight,
+        "limit": s.limit,
+        "paused": s.paused,
+        "default_attempts": s.max_attempts,
+        "default_timeout_ms": s.timeout_ms,
+        "counts": counts_json(&q.counts),
         "waiting": q.depth,
+        "running": q.held,
         "held": q.held,
+        "finished_last_minute": q.finished_last_minute,
         "subscribers": q.subscribers,
         "capacity": q.capacity,
     })

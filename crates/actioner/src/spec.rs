@@ -42,7 +42,7 @@ pub struct Common {
     pub priority: i32,
     /// Tags.
     pub tags: Vec<Tag>,
-    /// Max attempts.
+    /// Max attempts; 0 leaves them to the queue (1 unless it sets another default).
     pub attempts: u32,
     /// Timeout.
     pub timeout: Option<Duration>,
@@ -54,6 +54,12 @@ pub struct Common {
     pub user_key: Option<String>,
     /// User data.
     pub user_data: Data,
+    /// The queue; `default` when absent.
+    pub queue: Option<String>,
+    /// Soft affinity tags.
+    pub prefer: Vec<Tag>,
+    /// Hard affinity tags.
+    pub require: Vec<Tag>,
 }
 
 impl Common {
@@ -65,10 +71,13 @@ impl Common {
             priority: self.priority,
             tags: self.tags.clone(),
             payload,
-            max_attempts: self.attempts.max(1),
+            max_attempts: self.attempts,
             timeout_ms: self.timeout.map(millis),
             user_key: self.user_key.clone(),
             user_data: self.user_data.clone(),
+            queue: self.queue.clone(),
+            prefer: self.prefer.clone(),
+            require: self.require.clone(),
         }
     }
 
@@ -108,6 +117,11 @@ struct FileTask {
     cwd: Option<String>,
     #[serde(default)]
     env: std::collections::BTreeMap<String, String>,
+    queue: Option<String>,
+    #[serde(default)]
+    prefer: Vec<String>,
+    #[serde(default)]
+    require: Vec<String>,
 }
 
 /// Parses a task file: one task per line, either a shell command line (run with `sh -c`) or a JSON
@@ -156,7 +170,21 @@ fn parse_line(line: &str, common: &Common) -> Result<TaskSpec, String> {
         c.tags.push(t.parse()?);
     }
     if let Some(a) = f.attempts {
+        if a == 0 {
+            return Err(
+                "\"attempts\" must be at least 1 (leave it out for the queue's default)".into(),
+            );
+        }
         c.attempts = a;
+    }
+    if f.queue.is_some() {
+        c.queue = f.queue;
+    }
+    for t in f.prefer {
+        c.prefer.push(t.parse()?);
+    }
+    for t in f.require {
+        c.require.push(t.parse()?);
     }
     if let Some(t) = f.timeout {
         c.timeout = Some(parse_duration(&t)?);
@@ -223,6 +251,22 @@ mod tests {
         assert_eq!(specs[1].tags, vec!["a=b".parse().unwrap()]);
         assert_eq!(specs[2].payload.handler(), Some("render"));
         assert!(matches!(&specs[3].payload, Payload::Exec { env, .. } if env.len() == 1));
+    }
+
+    #[test]
+    fn task_file_lines_name_queues_and_affinity() {
+        let text = "{\"sleep\": \"1s\", \"queue\": \"gpu\", \"prefer\": [\"curve=USD\"], \"require\": [\"gpu=yes\"]}\n";
+        let specs = parse_task_file(text, &Common::default()).unwrap();
+        assert_eq!(specs[0].queue.as_deref(), Some("gpu"));
+        assert_eq!(specs[0].prefer, vec!["curve=USD".parse().unwrap()]);
+        assert_eq!(specs[0].require, vec!["gpu=yes".parse().unwrap()]);
+        assert_eq!(specs[0].max_attempts, 0, "attempts left to the queue");
+        let e = parse_task_file("{\"sleep\": \"1s\", \"attempts\": 0}", &Common::default())
+            .unwrap_err();
+        assert!(e.contains("at least 1"), "{e}");
+        let e = parse_task_file("{\"sleep\": \"1s\", \"queue\": \"\"}", &Common::default())
+            .unwrap_err();
+        assert!(e.contains("queue"), "{e}");
     }
 
     #[test]

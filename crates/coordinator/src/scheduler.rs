@@ -1,45 +1,85 @@
 //! The scheduler: which ready task runs next, and on which worker. Plain synchronous code.
 //!
-//! Ready tasks wait in one queue per kind of work ([`QueueKey`]: block type, and the handler for
-//! custom tasks). A queue is a map from priority to a FIFO, so taking the next task costs
-//! O(log priorities), however many tasks wait. Workers with a free slot sit in a set ordered by
-//! load (running / slots), one set per block type, so the least loaded eligible worker is the
-//! first one in order that serves the queue.
+//! Every task waits in a named queue ([`QueueIdx`], given out by the caller). Within a queue,
+//! tasks are split by the kind of worker they need ([`Kind`]: block type, handler, required
+//! tags); each kind is a map from task priority to a FIFO, so its head costs O(log priorities).
+//!
+//! Across queues: the queues that may dispatch (they have waiting tasks, are not paused and are
+//! under their limit) sit in one ordered set keyed by (queue priority, pass, index). The first
+//! queue in that order whose head some free worker can take dispatches. The pass implements
+//! stride scheduling: each dispatch advances a queue's pass by `STRIDE / weight`, so among equal
+//! priorities the dispatches follow the weights exactly (within one dispatch per queue over any
+//! window), deterministically. A queue that enters the set (new work, resumed, back under its
+//! limit) starts at the pass of the latest dispatch at least, so time spent without work, paused
+//! or at its limit earns it no credit to spend later.
+//!
+//! Workers with a free slot sit in a set ordered by load (running / slots), one per block type.
+//! A task goes to the least loaded free worker that can run it; when the task prefers tags (soft
+//! affinity), to the least loaded of the free eligible workers that have the most of those tags,
+//! which may be one without any: a preference never makes a task wait.
 //!
 //! Entries are removed lazily: a task that leaves `ready` by another path (paused, killed) keeps
 //! its entry, and the caller's liveness check skips it when it reaches the head.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
 
-use tatzelwurm_protocol::{BlockType, TaskId, WorkerId};
+use tatzelwurm_protocol::{BlockType, Tag, TaskId, WorkerId};
 
-/// One queue per kind of work.
+/// A queue's number, given out by the caller, dense from 0.
+pub type QueueIdx = u32;
+
+/// What a worker must offer to run a task.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct QueueKey {
+pub struct Kind {
     /// Sync or async workers.
     pub block: BlockType,
     /// For custom tasks, the handler a worker must serve.
     pub handler: Option<String>,
+    /// Tags the worker must have (hard affinity), sorted.
+    pub require: Vec<Tag>,
 }
 
+impl Kind {
+    /// A kind with no handler and no required tags.
+    pub fn of(block: BlockType) -> Kind {
+        Kind {
+            block,
+            handler: None,
+            require: Vec::new(),
+        }
+    }
+}
+
+/// A kind's head in a queue: task priority, ticket, task, its preferred tags, the kind.
+type Head<'t, 'k> = (Reverse<i32>, u64, TaskId, &'t [Tag], &'k Kind);
+
+/// The pass added by one dispatch of a queue of weight 1.
+const STRIDE: u128 = 1 << 64;
+
+/// One kind's waiting tasks: highest priority first; within one, the order of enqueueing.
 #[derive(Default)]
-struct Queue {
-    /// Highest priority first; within one, the order of enqueueing.
+struct Levels {
     levels: BTreeMap<Reverse<i32>, VecDeque<(TaskId, u64)>>,
 }
 
-impl Queue {
-    /// The head, after dropping stale entries.
-    fn head(&mut self, live: &mut impl FnMut(TaskId, u64) -> bool) -> Option<(i32, u64, TaskId)> {
+impl Levels {
+    /// The head, after dropping stale entries (counted in `dropped`).
+    fn head<'t>(
+        &mut self,
+        look: &mut impl FnMut(TaskId, u64) -> Option<&'t [Tag]>,
+        dropped: &mut usize,
+    ) -> Option<(i32, u64, TaskId, &'t [Tag])> {
         while let Some(mut level) = self.levels.first_entry() {
             let prio = level.key().0;
             let fifo = level.get_mut();
             while let Some(&(id, ticket)) = fifo.front() {
-                if live(id, ticket) {
-                    return Some((prio, ticket, id));
+                if let Some(prefer) = look(id, ticket) {
+                    return Some((prio, ticket, id, prefer));
                 }
                 fifo.pop_front();
+                *dropped += 1;
             }
             level.remove();
         }
@@ -56,6 +96,45 @@ impl Queue {
     }
 }
 
+/// A named queue as the scheduler sees it.
+struct Queue {
+    kinds: BTreeMap<Kind, Levels>,
+    /// Entries in `kinds`, stale ones included.
+    entries: usize,
+    priority: i32,
+    weight: u32,
+    limit: Option<u32>,
+    paused: bool,
+    /// Its tasks that workers hold now.
+    held: u32,
+    pass: u128,
+    /// Its key in the active set while it is there.
+    active: Option<(Reverse<i32>, u128, QueueIdx)>,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            kinds: BTreeMap::new(),
+            entries: 0,
+            priority: 0,
+            weight: 1,
+            limit: None,
+            paused: false,
+            held: 0,
+            pass: 0,
+            active: None,
+        }
+    }
+}
+
+impl Queue {
+    /// Whether it may dispatch now.
+    fn may_dispatch(&self) -> bool {
+        self.entries > 0 && !self.paused && self.limit.is_none_or(|l| self.held < l)
+    }
+}
+
 /// A worker's capacity as the scheduler sees it.
 #[derive(Clone, Debug)]
 struct Capacity {
@@ -63,6 +142,7 @@ struct Capacity {
     slots: u32,
     running: u32,
     handlers: Vec<String>,
+    tags: Vec<Tag>,
     /// Active (not draining, connected).
     accepting: bool,
 }
@@ -76,12 +156,41 @@ impl Capacity {
     fn has_room(&self) -> bool {
         self.accepting && self.running < self.slots
     }
+
+    /// Whether it can run tasks of `kind` at all.
+    fn can_run(&self, kind: &Kind) -> bool {
+        self.block == kind.block
+            && kind
+                .handler
+                .as_ref()
+                .is_none_or(|h| self.handlers.contains(h))
+            && kind.require.iter().all(|t| self.tags.contains(t))
+    }
+}
+
+/// A worker's description for [`Scheduler::set_worker`].
+#[derive(Clone, Debug)]
+pub struct WorkerSpec {
+    /// Kind of tasks it takes.
+    pub block: BlockType,
+    /// Tasks at once.
+    pub slots: u32,
+    /// Tasks it holds already.
+    pub running: u32,
+    /// Custom handlers it serves.
+    pub handlers: Vec<String>,
+    /// Its tags, for affinity.
+    pub tags: Vec<Tag>,
 }
 
 /// Ready queues and worker capacities.
 #[derive(Default)]
 pub struct Scheduler {
-    queues: HashMap<QueueKey, Queue>,
+    queues: Vec<Queue>,
+    /// The queues that may dispatch, in dispatch order.
+    active: BTreeSet<(Reverse<i32>, u128, QueueIdx)>,
+    /// The pass of the latest dispatch: where a queue entering `active` starts at least.
+    vtime: u128,
     workers: HashMap<WorkerId, Capacity>,
     /// Workers with a free slot, least loaded first, per block type.
     free: HashMap<BlockType, BTreeSet<(u64, WorkerId)>>,
@@ -95,18 +204,84 @@ impl Scheduler {
         Self::default()
     }
 
+    fn queue(&mut self, q: QueueIdx) -> &mut Queue {
+        let i = q as usize;
+        if self.queues.len() <= i {
+            self.queues.resize_with(i + 1, Queue::default);
+        }
+        &mut self.queues[i]
+    }
+
+    /// Puts a queue in or out of the active set as its state says.
+    fn refresh(&mut self, q: QueueIdx) {
+        let vtime = self.vtime;
+        let queue = self.queue(q);
+        let want = queue.may_dispatch();
+        let old = queue.active.take();
+        if want {
+            if old.is_none() {
+                queue.pass = queue.pass.max(vtime);
+            }
+            let key = (Reverse(queue.priority), queue.pass, q);
+            queue.active = Some(key);
+            if old != Some(key) {
+                if let Some(k) = old {
+                    self.active.remove(&k);
+                }
+                self.active.insert(key);
+            }
+        } else if let Some(k) = old {
+            self.active.remove(&k);
+        }
+    }
+
+    /// Sets a queue's dispatch settings (a queue never set has priority 0, weight 1, no limit).
+    pub fn set_queue(
+        &mut self,
+        q: QueueIdx,
+        priority: i32,
+        weight: u32,
+        limit: Option<u32>,
+        paused: bool,
+    ) {
+        let queue = self.queue(q);
+        queue.priority = priority;
+        queue.weight = weight.max(1);
+        queue.limit = limit;
+        queue.paused = paused;
+        self.refresh(q);
+    }
+
+    /// A restored task of queue `q` is held by a worker (counted against the queue's limit).
+    pub fn hold(&mut self, q: QueueIdx) {
+        self.queue(q).held += 1;
+        self.refresh(q);
+    }
+
+    /// Tasks of queue `q` that workers hold now.
+    pub fn held(&self, q: QueueIdx) -> u32 {
+        self.queues.get(q as usize).map_or(0, |q| q.held)
+    }
+
     /// Queues a ready task; returns the ticket the task must keep to stay live in the queue.
-    pub fn enqueue(&mut self, key: QueueKey, priority: i32, id: TaskId) -> u64 {
+    pub fn enqueue(&mut self, q: QueueIdx, kind: Kind, priority: i32, id: TaskId) -> u64 {
         self.next_ticket += 1;
         let ticket = self.next_ticket;
-        self.queues
-            .entry(key)
+        let queue = self.queue(q);
+        queue
+            .kinds
+            .entry(kind)
             .or_default()
             .levels
             .entry(Reverse(priority))
             .or_default()
             .push_back((id, ticket));
+        queue.entries += 1;
+        let first = queue.entries == 1;
         self.queued += 1;
+        if first {
+            self.refresh(q);
+        }
         ticket
     }
 
@@ -135,22 +310,16 @@ impl Scheduler {
     }
 
     /// Adds or replaces a worker.
-    pub fn set_worker(
-        &mut self,
-        id: WorkerId,
-        block: BlockType,
-        slots: u32,
-        running: u32,
-        handlers: Vec<String>,
-    ) {
+    pub fn set_worker(&mut self, id: WorkerId, spec: WorkerSpec) {
         self.unlist(id);
         self.workers.insert(
             id,
             Capacity {
-                block,
-                slots,
-                running,
-                handlers,
+                block: spec.block,
+                slots: spec.slots,
+                running: spec.running,
+                handlers: spec.handlers,
+                tags: spec.tags,
                 accepting: true,
             },
         );
@@ -172,13 +341,17 @@ impl Scheduler {
         self.workers.remove(&id);
     }
 
-    /// A slot of the worker freed (a task ended, was lost or handed back).
-    pub fn release(&mut self, id: WorkerId) {
+    /// A task of queue `q` that worker `id` held is no longer held: a slot of the worker and one
+    /// of the queue's limit are free again.
+    pub fn release(&mut self, id: WorkerId, q: QueueIdx) {
         self.unlist(id);
         if let Some(c) = self.workers.get_mut(&id) {
             c.running = c.running.saturating_sub(1);
         }
         self.relist(id);
+        let queue = self.queue(q);
+        queue.held = queue.held.saturating_sub(1);
+        self.refresh(q);
     }
 
     /// Running count of a worker, as the scheduler counts it.
@@ -186,208 +359,153 @@ impl Scheduler {
         self.workers.get(&id).map(|c| c.running)
     }
 
-    /// The least loaded worker with room that can run tasks of `key`.
-    fn pick_worker(&self, key: &QueueKey) -> Option<WorkerId> {
-        let set = self.free.get(&key.block)?;
-        set.iter().map(|&(_, w)| w).find(|w| match &key.handler {
-            None => true,
-            Some(h) => self.workers[w].handlers.iter().any(|x| x == h),
-        })
+    /// Whether some accepting worker, free or busy, could ever run tasks of `kind`.
+    pub fn can_serve(&self, kind: &Kind) -> bool {
+        self.workers
+            .values()
+            .any(|c| c.accepting && c.can_run(kind))
     }
 
-    /// The next assignment: the best ready task (highest priority, then oldest in the queue) that
-    /// some worker with room can run, and the least loaded such worker. The slot is taken.
-    /// `live(task, ticket)` says whether a queue entry is still current.
-    pub fn next(
+    /// The next assignment: from the first queue in dispatch order that has a task some free
+    /// worker can run, its best such task (highest task priority, then oldest), and the worker
+    /// for it. The worker's slot and one of the queue's limit are taken. `look(task, ticket)`
+    /// gives the task's preferred tags while the entry is current, `None` when it is stale.
+    pub fn next<'t>(
         &mut self,
-        mut live: impl FnMut(TaskId, u64) -> bool,
-    ) -> Option<(TaskId, WorkerId)> {
-        let mut blocked: Vec<QueueKey> = Vec::new();
+        mut look: impl FnMut(TaskId, u64) -> Option<&'t [Tag]>,
+    ) -> Option<(TaskId, WorkerId, QueueIdx)> {
+        if self.free.values().all(BTreeSet::is_empty) {
+            return None;
+        }
+        let mut cursor: Option<(Reverse<i32>, u128, QueueIdx)> = None;
         loop {
-            let mut best: Option<(i32, u64, TaskId, QueueKey)> = None;
-            for (key, q) in self.queues.iter_mut() {
-                if blocked.contains(key) {
-                    continue;
-                }
-                if let Some((prio, ticket, id)) = q.head(&mut live) {
-                    let better = match &best {
-                        None => true,
-                        Some((bp, bt, ..)) => (Reverse(prio), ticket) < (Reverse(*bp), *bt),
-                    };
-                    if better {
-                        best = Some((prio, ticket, id, key.clone()));
-                    }
-                }
-            }
-            let (_, _, id, key) = best?;
-            match self.pick_worker(&key) {
-                Some(w) => {
-                    self.queues.get_mut(&key).expect("queue exists").pop();
-                    self.queued -= 1;
-                    self.unlist(w);
-                    if let Some(c) = self.workers.get_mut(&w) {
-                        c.running += 1;
-                    }
-                    self.relist(w);
-                    return Some((id, w));
-                }
-                None => blocked.push(key),
+            let key = match cursor {
+                None => self.active.first().copied(),
+                Some(k) => self
+                    .active
+                    .range((Bound::Excluded(k), Bound::Unbounded))
+                    .next()
+                    .copied(),
+            }?;
+            cursor = Some(key);
+            let q = key.2;
+            if let Some((kind, id, w)) = self.pick_in(q, &mut look) {
+                self.take(q, &kind, w);
+                return Some((id, w, q));
             }
         }
     }
 
-    /// Drops empty queues and stale heads so that memory follows the number of ready tasks.
-    pub fn compact(&mut self, mut live: impl FnMut(TaskId, u64) -> bool) {
-        for q in self.queues.values_mut() {
-            for fifo in q.levels.values_mut() {
-                let before = fifo.len();
-                fifo.retain(|&(id, t)| live(id, t));
-                self.queued -= before - fifo.len();
+    /// The best task of queue `q` that a free worker can run, with that worker; drops stale
+    /// heads on the way (and the queue from the active set when nothing live is left).
+    fn pick_in<'t>(
+        &mut self,
+        q: QueueIdx,
+        look: &mut impl FnMut(TaskId, u64) -> Option<&'t [Tag]>,
+    ) -> Option<(Kind, TaskId, WorkerId)> {
+        let mut dropped = 0;
+        let mut heads: Vec<Head<'t, '_>> = Vec::new();
+        let queue = &mut self.queues[q as usize];
+        for (kind, levels) in queue.kinds.iter_mut() {
+            if let Some((prio, ticket, id, prefer)) = levels.head(look, &mut dropped) {
+                heads.push((Reverse(prio), ticket, id, prefer, kind));
             }
-            q.levels.retain(|_, f| !f.is_empty());
         }
-        self.queues.retain(|_, q| !q.levels.is_empty());
+        heads.sort_by_key(|h| (h.0, h.1));
+        let pick = heads.iter().find_map(|&(_, _, id, prefer, kind)| {
+            let workers = &self.workers;
+            let free = &self.free;
+            pick_among(workers, free, kind, prefer).map(|w| (kind.clone(), id, w))
+        });
+        let queue = &mut self.queues[q as usize];
+        queue.kinds.retain(|_, l| !l.levels.is_empty());
+        if dropped > 0 {
+            queue.entries -= dropped;
+            self.queued -= dropped;
+            self.refresh(q);
+        }
+        pick
     }
+
+    /// Takes the head of `kind` in queue `q` for worker `w`.
+    fn take(&mut self, q: QueueIdx, kind: &Kind, w: WorkerId) {
+        let queue = &mut self.queues[q as usize];
+        if let Some(levels) = queue.kinds.get_mut(kind) {
+            levels.pop();
+            if levels.levels.is_empty() {
+                queue.kinds.remove(kind);
+            }
+        }
+        queue.entries -= 1;
+        queue.held += 1;
+        // The dispatch costs the queue its stride; it re-enters the set behind its equals.
+        if let Some(k) = queue.active.take() {
+            self.active.remove(&k);
+        }
+        self.vtime = self.vtime.max(queue.pass);
+        queue.pass += STRIDE / queue.weight as u128;
+        self.queued -= 1;
+        self.refresh(q);
+        self.unlist(w);
+        if let Some(c) = self.workers.get_mut(&w) {
+            c.running += 1;
+        }
+        self.relist(w);
+    }
+
+    /// Drops stale entries so that memory follows the number of ready tasks.
+    pub fn compact(&mut self, mut live: impl FnMut(TaskId, u64) -> bool) {
+        for q in 0..self.queues.len() {
+            let queue = &mut self.queues[q];
+            let mut dropped = 0;
+            for levels in queue.kinds.values_mut() {
+                for fifo in levels.levels.values_mut() {
+                    let before = fifo.len();
+                    fifo.retain(|&(id, t)| live(id, t));
+                    dropped += before - fifo.len();
+                }
+                levels.levels.retain(|_, f| !f.is_empty());
+            }
+            queue.kinds.retain(|_, l| !l.levels.is_empty());
+            if dropped > 0 {
+                queue.entries -= dropped;
+                self.queued -= dropped;
+                self.refresh(q as QueueIdx);
+            }
+        }
+    }
+}
+
+/// The free worker for a task of `kind` that prefers `prefer`: among the eligible ones, those
+/// with the most preferred tags, the least loaded of them. Over borrowed parts, for use while a
+/// queue is borrowed.
+fn pick_among(
+    workers: &HashMap<WorkerId, Capacity>,
+    free: &HashMap<BlockType, BTreeSet<(u64, WorkerId)>>,
+    kind: &Kind,
+    prefer: &[Tag],
+) -> Option<WorkerId> {
+    let set = free.get(&kind.block)?;
+    let mut eligible = set
+        .iter()
+        .map(|&(_, w)| w)
+        .filter(|w| workers[w].can_run(kind));
+    if prefer.is_empty() {
+        return eligible.next();
+    }
+    let mut best: Option<(usize, WorkerId)> = None;
+    for w in eligible {
+        let tags = &workers[&w].tags;
+        let score = prefer.iter().filter(|t| tags.contains(t)).count();
+        if best.is_none_or(|(s, _)| score > s) {
+            best = Some((score, w));
+            if score == prefer.len() {
+                break;
+            }
+        }
+    }
+    best.map(|(_, w)| w)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashSet;
-
-    fn key(block: BlockType) -> QueueKey {
-        QueueKey {
-            block,
-            handler: None,
-        }
-    }
-
-    fn drain(s: &mut Scheduler) -> Vec<(TaskId, WorkerId)> {
-        std::iter::from_fn(|| s.next(|_, _| true)).collect()
-    }
-
-    #[test]
-    fn highest_priority_first_then_fifo() {
-        let mut s = Scheduler::new();
-        let ids: Vec<TaskId> = (0..6).map(|_| TaskId::new()).collect();
-        let prios = [0, 5, 0, 5, -1, 9];
-        for (id, p) in ids.iter().zip(prios) {
-            s.enqueue(key(BlockType::Async), p, *id);
-        }
-        s.set_worker(WorkerId(1), BlockType::Async, 100, 0, vec![]);
-        let order: Vec<TaskId> = drain(&mut s).into_iter().map(|(t, _)| t).collect();
-        assert_eq!(order, vec![ids[5], ids[1], ids[3], ids[0], ids[2], ids[4]]);
-    }
-
-    #[test]
-    fn tasks_only_go_to_workers_of_their_type_and_handler() {
-        let mut s = Scheduler::new();
-        let sync_task = TaskId::new();
-        let async_task = TaskId::new();
-        let custom = TaskId::new();
-        s.enqueue(key(BlockType::Sync), 0, sync_task);
-        s.enqueue(key(BlockType::Async), 0, async_task);
-        s.enqueue(
-            QueueKey {
-                block: BlockType::Async,
-                handler: Some("render".into()),
-            },
-            10,
-            custom,
-        );
-        s.set_worker(WorkerId(1), BlockType::Async, 10, 0, vec![]);
-        assert_eq!(
-            drain(&mut s),
-            vec![(async_task, WorkerId(1))],
-            "no sync task and no unserved handler"
-        );
-        s.set_worker(WorkerId(2), BlockType::Sync, 10, 0, vec![]);
-        assert_eq!(drain(&mut s), vec![(sync_task, WorkerId(2))]);
-        s.set_worker(WorkerId(3), BlockType::Async, 10, 0, vec!["render".into()]);
-        assert_eq!(drain(&mut s), vec![(custom, WorkerId(3))]);
-    }
-
-    #[test]
-    fn least_loaded_worker_wins() {
-        let mut s = Scheduler::new();
-        s.set_worker(WorkerId(1), BlockType::Sync, 4, 3, vec![]); // 75 %
-        s.set_worker(WorkerId(2), BlockType::Sync, 10, 5, vec![]); // 50 %
-        s.set_worker(WorkerId(3), BlockType::Sync, 2, 2, vec![]); // full
-        let t = TaskId::new();
-        s.enqueue(key(BlockType::Sync), 0, t);
-        assert_eq!(s.next(|_, _| true), Some((t, WorkerId(2))));
-        assert_eq!(s.running(WorkerId(2)), Some(6));
-    }
-
-    #[test]
-    fn never_dispatches_past_slots() {
-        let mut s = Scheduler::new();
-        s.set_worker(WorkerId(1), BlockType::Sync, 2, 0, vec![]);
-        s.set_worker(WorkerId(2), BlockType::Sync, 3, 0, vec![]);
-        for _ in 0..20 {
-            s.enqueue(key(BlockType::Sync), 0, TaskId::new());
-        }
-        let got = drain(&mut s);
-        assert_eq!(got.len(), 5);
-        assert_eq!(got.iter().filter(|(_, w)| *w == WorkerId(1)).count(), 2);
-        assert_eq!(got.iter().filter(|(_, w)| *w == WorkerId(2)).count(), 3);
-        s.release(WorkerId(1));
-        assert_eq!(
-            drain(&mut s).len(),
-            1,
-            "a freed slot takes exactly one more"
-        );
-    }
-
-    #[test]
-    fn draining_worker_gets_nothing() {
-        let mut s = Scheduler::new();
-        s.set_worker(WorkerId(1), BlockType::Async, 2, 0, vec![]);
-        s.set_accepting(WorkerId(1), false);
-        s.enqueue(key(BlockType::Async), 0, TaskId::new());
-        assert!(s.next(|_, _| true).is_none());
-        s.set_accepting(WorkerId(1), true);
-        assert!(s.next(|_, _| true).is_some());
-    }
-
-    #[test]
-    fn stale_entries_are_skipped() {
-        let mut s = Scheduler::new();
-        let a = TaskId::new();
-        let b = TaskId::new();
-        let ta = s.enqueue(key(BlockType::Async), 0, a);
-        s.enqueue(key(BlockType::Async), 0, b);
-        s.set_worker(WorkerId(1), BlockType::Async, 5, 0, vec![]);
-        let dead: HashSet<u64> = [ta].into();
-        assert_eq!(s.next(|_, t| !dead.contains(&t)), Some((b, WorkerId(1))));
-        assert!(s.next(|_, t| !dead.contains(&t)).is_none());
-    }
-
-    #[test]
-    fn blocked_queue_does_not_hide_a_runnable_one() {
-        let mut s = Scheduler::new();
-        let hi = TaskId::new();
-        let lo = TaskId::new();
-        s.enqueue(
-            QueueKey {
-                block: BlockType::Async,
-                handler: Some("gpu".into()),
-            },
-            100,
-            hi,
-        );
-        s.enqueue(key(BlockType::Async), 0, lo);
-        s.set_worker(WorkerId(1), BlockType::Async, 1, 0, vec![]);
-        assert_eq!(s.next(|_, _| true), Some((lo, WorkerId(1))));
-    }
-
-    #[test]
-    fn compact_drops_stale_entries() {
-        let mut s = Scheduler::new();
-        for _ in 0..10 {
-            s.enqueue(key(BlockType::Async), 0, TaskId::new());
-        }
-        s.compact(|_, t| t % 2 == 0);
-        assert_eq!(s.queued_entries(), 5);
-    }
-}
+mod tests;

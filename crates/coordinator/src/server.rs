@@ -80,13 +80,14 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     let store = Store::open(&cfg.store)
         .await
         .with_context(|| format!("cannot open store {}", cfg.store.url))?;
-    let (tasks, workers) = store
+    let loaded = store
         .load()
         .await
         .context("cannot load the tables from the store")?;
     info!(
-        tasks = tasks.len(),
-        workers = workers.len(),
+        tasks = loaded.tasks.len(),
+        workers = loaded.workers.len(),
+        queues = loaded.queues.len(),
         "tables loaded"
     );
     let core_cfg = CoreConfig {
@@ -101,7 +102,13 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         // well inside the frame.
         reply_chunk: (cfg.max_frame / 64).max(1),
     };
-    let core = Core::restore(core_cfg, tasks, workers, now_ms());
+    let core = Core::restore(
+        core_cfg,
+        loaded.tasks,
+        loaded.workers,
+        loaded.queues,
+        now_ms(),
+    );
 
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() {
@@ -654,6 +661,7 @@ async fn actor(
                             &batch.removed,
                             &batch.workers,
                             &batch.removed_workers,
+                            &batch.queues,
                         )
                         .await;
                     (batch, r)

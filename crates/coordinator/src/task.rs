@@ -23,6 +23,8 @@ pub struct Task {
     pub info: TaskInfo,
     /// The ticket of its latest enqueue; a queue entry with another ticket is stale.
     pub ticket: u64,
+    /// Its queue's number in the coordinator's queue table.
+    pub queue: crate::scheduler::QueueIdx,
 }
 
 /// What the coordinator must tell a worker as the result of a user's request.
@@ -62,7 +64,7 @@ fn refuse(id: TaskId, state: TaskState, op: &str) -> ErrorReply {
 
 impl Task {
     /// A new task, created (or ready when `play`).
-    pub fn new(id: TaskId, spec: TaskSpec, now: u64, play: bool) -> Task {
+    pub fn new(id: TaskId, spec: TaskSpec, namespace: String, now: u64, play: bool) -> Task {
         let info = TaskInfo {
             id,
             spec,
@@ -78,8 +80,13 @@ impl Task {
             },
             attempts: Vec::new(),
             worker: None,
+            namespace,
         };
-        Task { info, ticket: 0 }
+        Task {
+            info,
+            ticket: 0,
+            queue: 0,
+        }
     }
 
     /// The task's id.
@@ -407,6 +414,7 @@ impl Task {
             worker: i.worker,
             created_ms: t.created_ms,
             changed_ms,
+            queue: i.spec.queue_name().to_string(),
         }
     }
 }
@@ -421,7 +429,7 @@ mod tests {
     fn task(state: TaskState, max_attempts: u32) -> Task {
         let mut spec = TaskSpec::new(Payload::Sleep { duration_ms: 1 });
         spec.max_attempts = max_attempts;
-        let mut t = Task::new(TaskId::new(), spec, 1, false);
+        let mut t = Task::new(TaskId::new(), spec, "default".into(), 1, false);
         match state {
             TaskState::Created => {}
             TaskState::Ready => {

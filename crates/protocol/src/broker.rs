@@ -44,21 +44,6 @@ pub struct BroadcastMessage {
     pub correlation_id: Option<String>,
 }
 
-/// A queue of the broker, as `queue list` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueInfo {
-    /// Its name in the namespace.
-    pub name: String,
-    /// Message tasks waiting in it (ready).
-    pub depth: u64,
-    /// Message tasks that subscribers hold now.
-    pub held: u64,
-    /// Connections that serve it now.
-    pub subscribers: u32,
-    /// The sum of their limits: how many tasks they may hold at once.
-    pub capacity: u64,
-}
-
 /// A message task that waits in a queue, for inspection (`verdi process repair`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedMessage {

@@ -13,12 +13,18 @@ use crate::task::{BlockType, Tag};
 pub const MAGIC: &str = "tatzelwurm";
 
 /// The protocol version this build speaks. Version 3 added the broker: the `client` role,
-/// namespaces, message tasks with replies, RPC and broadcasts.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// namespaces, message tasks with replies, RPC and broadcasts. Version 4 added named queues:
+/// new fields at the end of a task's spec, its info and its summary, and the queue requests.
+pub const PROTOCOL_VERSION: u32 = 4;
 
-/// The oldest version a coordinator still accepts: version 2 is version 3 without the broker, so
-/// peers built for it keep working unchanged.
+/// The oldest version a coordinator still accepts: versions 2 and 3 are version 4 without the
+/// broker or the queues, so MessagePack peers built for them keep working unchanged (their maps
+/// simply lack the new fields).
 pub const MIN_PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest version a bincode peer may speak: bincode is positional, so the fields that
+/// version 4 added to tasks change the layout of every message that carries one.
+pub const MIN_BINCODE_VERSION: u32 = 4;
 
 /// The namespace of a peer that names none: where the CLI's tasks and queues live.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -179,6 +185,16 @@ pub fn check_hello(hello: &Hello) -> Result<(), (RejectKind, String)> {
             format!(
                 "protocol version mismatch: client speaks {}, coordinator speaks \
                  {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}",
+                hello.version
+            ),
+        ));
+    }
+    if hello.codec == BodyCodec::Bincode && hello.version < MIN_BINCODE_VERSION {
+        return Err((
+            RejectKind::VersionMismatch,
+            format!(
+                "protocol version mismatch: a bincode client must speak version \
+                 {MIN_BINCODE_VERSION} or later (it speaks {}); upgrade it, or use msgpack",
                 hello.version
             ),
         ));

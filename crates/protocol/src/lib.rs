@@ -13,6 +13,7 @@ pub mod error;
 pub mod handshake;
 pub mod ids;
 pub mod messages;
+pub mod queue;
 pub mod task;
 
 pub use broker::*;
@@ -20,11 +21,12 @@ pub use codec::{BodyCodec, DEFAULT_MAX_FRAME, MessageCodec};
 pub use data::Data;
 pub use error::{ErrorKind, ErrorReply, FrameError};
 pub use handshake::{
-    ClientHello, DEFAULT_NAMESPACE, Hello, HelloReply, MAGIC, MIN_PROTOCOL_VERSION,
-    PROTOCOL_VERSION, RejectKind, Role, WorkerHello, namespace_of,
+    ClientHello, DEFAULT_NAMESPACE, Hello, HelloReply, MAGIC, MIN_BINCODE_VERSION,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RejectKind, Role, WorkerHello, namespace_of,
 };
 pub use ids::{RequestId, TaskId, WorkerId};
 pub use messages::*;
+pub use queue::*;
 pub use task::*;
 
 /// Milliseconds since the Unix epoch, the one clock unit of the protocol.

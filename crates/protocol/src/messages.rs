@@ -2,10 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{BroadcastMessage, MessageOutcome, QueueInfo, QueuedMessage};
+use crate::broker::{BroadcastMessage, MessageOutcome, QueuedMessage};
 use crate::data::Data;
 use crate::error::ErrorReply;
 use crate::ids::{RequestId, TaskId};
+use crate::queue::{QueueChange, QueueInfo};
 use crate::task::{
     AttemptReport, Payload, StateCount, Tag, TaskInfo, TaskSpec, TaskState, TaskSummary, WorkerInfo,
 };
@@ -79,6 +80,9 @@ pub enum ActionerRequest {
         /// At most this many (the newest).
         #[serde(default)]
         limit: Option<u32>,
+        /// Only tasks of this queue (of the connection's namespace).
+        #[serde(default)]
+        queue: Option<String>,
     },
     /// One task with every field and attempt.
     Show {
@@ -191,8 +195,28 @@ pub enum ActionerRequest {
         /// The request id of its `Listen`.
         listener: RequestId,
     },
-    /// The queues of the namespace.
+    /// The queues of the namespace: every queue with settings, tasks or subscribers.
     Queues,
+    /// One queue of the namespace (a queue never named has the default settings).
+    QueueShow {
+        /// The queue's name.
+        queue: String,
+    },
+    /// Changes a queue's settings (creating it when new); replied `Queue` once durable.
+    QueueSet {
+        /// The queue's name.
+        queue: String,
+        /// What changes.
+        change: QueueChange,
+    },
+    /// Moves tasks that no worker holds to another queue of the connection's namespace (message
+    /// tasks stay in theirs); replied `Changed` once durable. `All` moves every movable task.
+    Move {
+        /// Which tasks.
+        selector: Selector,
+        /// The queue they go to.
+        queue: String,
+    },
     /// The message tasks waiting in a queue of the namespace, oldest first.
     QueueTasks {
         /// The queue's name.
@@ -273,7 +297,7 @@ pub enum Reply {
         /// New ids.
         ids: Vec<TaskId>,
     },
-    /// To `Play`, `Pause`, `Kill` and `Remove`: the tasks that changed, durable.
+    /// To `Play`, `Pause`, `Kill`, `Remove`, `Retry` and `Move`: the tasks that changed, durable.
     Changed {
         /// Changed tasks.
         ids: Vec<TaskId>,
@@ -293,6 +317,11 @@ pub enum Reply {
     Task {
         /// The task.
         task: Box<TaskInfo>,
+        /// Why a ready task is not running, when the coordinator can tell (its queue is paused
+        /// or at its limit, no connected worker could ever take it, every eligible worker is
+        /// busy).
+        #[serde(default)]
+        waiting: Option<String>,
     },
     /// To `Workers`.
     Workers {
@@ -366,6 +395,11 @@ pub enum Reply {
     Queues {
         /// Every queue of the namespace that has tasks or subscribers, by name.
         queues: Vec<QueueInfo>,
+    },
+    /// To `QueueShow` and `QueueSet`.
+    Queue {
+        /// The queue (boxed: it is the largest reply, and rare).
+        queue: Box<QueueInfo>,
     },
     /// To `QueueTasks`.
     QueueTasks {

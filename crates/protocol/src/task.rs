@@ -170,10 +170,12 @@ pub struct TaskSpec {
     pub tags: Vec<Tag>,
     /// What to run.
     pub payload: Payload,
-    /// How many attempts before the task stays `failed`; at least 1.
-    #[serde(default = "one")]
+    /// How many attempts before the task stays `failed`; 0 (or absent) takes its queue's
+    /// default, which is 1 unless the queue sets another.
+    #[serde(default)]
     pub max_attempts: u32,
-    /// An attempt running longer than this is stopped and failed as timed out.
+    /// An attempt running longer than this is stopped and failed as timed out; absent takes
+    /// its queue's default (none unless the queue sets one).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
     /// Names the user data, e.g. the key of a workflow step.
@@ -182,11 +184,21 @@ pub struct TaskSpec {
     /// A dictionary that a handler may update with each attempt (MessagePack).
     #[serde(default)]
     pub user_data: Data,
+    /// The queue it waits in, in the namespace of the connection that adds it; `default` when
+    /// absent. A message task's queue is the one its payload names.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Soft affinity: a free worker whose tags include these gets the task before one whose
+    /// tags do not; when none is free, any eligible worker does (never a reason to wait).
+    #[serde(default)]
+    pub prefer: Vec<Tag>,
+    /// Hard affinity: only workers whose tags include all of these may run the task.
+    #[serde(default)]
+    pub require: Vec<Tag>,
 }
 
-fn one() -> u32 {
-    1
-}
+/// The queue of a task that names none.
+pub const DEFAULT_QUEUE: &str = "default";
 
 impl TaskSpec {
     /// A spec with defaults around a payload: async, priority 0, one attempt.
@@ -201,6 +213,17 @@ impl TaskSpec {
             timeout_ms: None,
             user_key: None,
             user_data: Data::empty(),
+            queue: None,
+            prefer: Vec::new(),
+            require: Vec::new(),
+        }
+    }
+
+    /// The name of its queue in its namespace.
+    pub fn queue_name(&self) -> &str {
+        match &self.payload {
+            Payload::Message { queue, .. } => queue,
+            _ => self.queue.as_deref().unwrap_or(DEFAULT_QUEUE),
         }
     }
 
@@ -215,11 +238,11 @@ impl TaskSpec {
             }
             _ => {}
         }
-        if self.max_attempts == 0 {
-            return Err("max_attempts must be at least 1".into());
-        }
         if self.timeout_ms == Some(0) {
             return Err("a timeout must be longer than 0 ms".into());
+        }
+        if let Some(q) = &self.queue {
+            check_queue_name(q)?;
         }
         Ok(())
     }
@@ -439,6 +462,27 @@ pub struct TaskInfo {
     pub attempts: Vec<Attempt>,
     /// The worker that holds it now, when assigned or running.
     pub worker: Option<WorkerId>,
+    /// The namespace of the connection that added it: its queue is `spec.queue` there.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+fn default_namespace() -> String {
+    crate::DEFAULT_NAMESPACE.to_string()
+}
+
+/// Checks a queue's name: not empty, at most 200 bytes, no control characters.
+pub fn check_queue_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a queue needs a name".into());
+    }
+    if name.len() > 200 {
+        return Err(format!("queue name of {} bytes: at most 200", name.len()));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("queue name {name:?} holds control characters"));
+    }
+    Ok(())
 }
 
 /// A task's line in `task list`: enough to choose what to look at.
@@ -468,6 +512,13 @@ pub struct TaskSummary {
     pub created_ms: u64,
     /// When it entered its current state.
     pub changed_ms: u64,
+    /// The queue it is in (in its namespace).
+    #[serde(default = "default_queue")]
+    pub queue: String,
+}
+
+fn default_queue() -> String {
+    DEFAULT_QUEUE.to_string()
 }
 
 /// A worker's liveness, as the coordinator sees it.

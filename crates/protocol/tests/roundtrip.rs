@@ -23,6 +23,9 @@ fn spec(payload: Payload) -> TaskSpec {
         timeout_ms: Some(90_000),
         user_key: Some("step-3".into()),
         user_data: data(),
+        queue: Some("gpu".into()),
+        prefer: vec!["curve=USD".parse().unwrap()],
+        require: vec!["gpu=yes".parse().unwrap()],
     }
 }
 
@@ -111,6 +114,7 @@ fn task_info() -> TaskInfo {
             late_reports: vec![report()],
         }],
         worker: None,
+        namespace: "aiida-x".into(),
     }
 }
 
@@ -128,6 +132,23 @@ fn summary() -> TaskSummary {
         worker: Some(WorkerId(1)),
         created_ms: 9,
         changed_ms: 10,
+        queue: "gpu".into(),
+    }
+}
+
+fn queue_info() -> QueueInfo {
+    let mut settings = QueueSettings::new("ns", "q");
+    settings.limit = Some(4);
+    settings.timeout_ms = Some(5);
+    QueueInfo {
+        name: "q".into(),
+        depth: 5,
+        held: 2,
+        subscribers: 1,
+        capacity: 200,
+        settings,
+        counts: counts(),
+        finished_last_minute: 17,
     }
 }
 
@@ -170,6 +191,7 @@ fn actioner_requests() -> Vec<ActionerRequest> {
         states: vec![TaskState::Ready, TaskState::Paused],
         tags: vec!["a=b".parse().unwrap()],
         limit: Some(20),
+        queue: Some("gpu".into()),
     });
     v.push(ActionerRequest::Show {
         id: "0190ab".into(),
@@ -232,6 +254,24 @@ fn actioner_requests() -> Vec<ActionerRequest> {
         listener: RequestId(4),
     });
     v.push(ActionerRequest::Queues);
+    v.push(ActionerRequest::QueueShow {
+        queue: "gpu".into(),
+    });
+    v.push(ActionerRequest::QueueSet {
+        queue: "gpu".into(),
+        change: QueueChange {
+            priority: Some(-2),
+            weight: Some(3),
+            limit: Some(0),
+            paused: Some(true),
+            max_attempts: None,
+            timeout_ms: Some(60_000),
+        },
+    });
+    v.push(ActionerRequest::Move {
+        selector: Selector::Ids(vec!["0190".into()]),
+        queue: "cpu".into(),
+    });
     v.push(ActionerRequest::QueueTasks {
         queue: "q".into(),
         limit: Some(10),
@@ -264,6 +304,9 @@ fn actioner_requests() -> Vec<ActionerRequest> {
             | ActionerRequest::Listen { .. }
             | ActionerRequest::Unlisten { .. }
             | ActionerRequest::Queues
+            | ActionerRequest::QueueShow { .. }
+            | ActionerRequest::QueueSet { .. }
+            | ActionerRequest::Move { .. }
             | ActionerRequest::QueueTasks { .. } => {}
         }
     }
@@ -285,6 +328,7 @@ fn replies() -> Vec<Reply> {
         },
         Reply::Task {
             task: Box::new(task_info()),
+            waiting: Some("queue gpu is paused".into()),
         },
         Reply::Workers {
             workers: vec![WorkerInfo {
@@ -341,13 +385,10 @@ fn replies() -> Vec<Reply> {
         Reply::Done,
         Reply::Broadcasted { listeners: 3 },
         Reply::Queues {
-            queues: vec![QueueInfo {
-                name: "q".into(),
-                depth: 5,
-                held: 2,
-                subscribers: 1,
-                capacity: 200,
-            }],
+            queues: vec![queue_info()],
+        },
+        Reply::Queue {
+            queue: Box::new(queue_info()),
         },
         Reply::QueueTasks {
             tasks: vec![QueuedMessage {
@@ -377,6 +418,7 @@ fn replies() -> Vec<Reply> {
             | Reply::Done
             | Reply::Broadcasted { .. }
             | Reply::Queues { .. }
+            | Reply::Queue { .. }
             | Reply::QueueTasks { .. } => {}
         }
     }

@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 
 use tatzelwurm_protocol::{
-    BroadcastMessage, Data, MessageOutcome, Payload, QueueInfo, QueuedMessage, pattern_matches,
+    BroadcastMessage, Data, MessageOutcome, Payload, QueuedMessage, pattern_matches,
 };
 
 use super::*;
@@ -175,13 +175,18 @@ impl Messaging {
     /// and the subscriber (the least loaded one that has not rejected it). A task that every
     /// subscriber rejected is parked, so that it neither blocks the queue nor goes round the
     /// same subscribers for ever. The slot is taken. `live(task, ticket)` says whether a queue
-    /// entry is current.
+    /// entry is current; `open(queue, held)` whether the queue's settings let it deliver now
+    /// (not paused, under its limit).
     pub(super) fn next(
         &mut self,
         mut live: impl FnMut(TaskId, u64) -> bool,
+        open: impl Fn(&QueueName, u64) -> bool,
     ) -> Option<(TaskId, WorkerId)> {
-        for queue in self.queues.values_mut() {
-            if queue.depth == 0 || !queue.subs.values().any(|s| s.held < s.limit) {
+        for (name, queue) in self.queues.iter_mut() {
+            if queue.depth == 0
+                || !queue.subs.values().any(|s| s.held < s.limit)
+                || !open(name, queue.held)
+            {
                 continue;
             }
             while let Some(&(id, ticket)) = queue.ready.front() {
@@ -227,19 +232,16 @@ impl Messaging {
         self.rejected.remove(&id);
     }
 
-    /// The queues of a namespace that have tasks or subscribers.
-    pub(super) fn queue_infos(&self, namespace: &str) -> Vec<QueueInfo> {
-        self.queues
-            .iter()
-            .filter(|((ns, _), q)| ns == namespace && (q.depth + q.held > 0 || !q.subs.is_empty()))
-            .map(|((_, name), q)| QueueInfo {
-                name: name.clone(),
-                depth: q.depth,
-                held: q.held,
-                subscribers: q.subs.len() as u32,
-                capacity: q.subs.values().map(|s| s.limit as u64).sum(),
-            })
-            .collect()
+    /// Who serves a queue: connections, the sum of their limits, and the queue's tasks they
+    /// hold.
+    pub(super) fn serving(&self, q: &QueueName) -> (u32, u64, u64) {
+        self.queues.get(q).map_or((0, 0, 0), |queue| {
+            (
+                queue.subs.len() as u32,
+                queue.subs.values().map(|s| s.limit as u64).sum(),
+                queue.held,
+            )
+        })
     }
 
     /// The live waiting entries of a queue, oldest first.
@@ -287,9 +289,12 @@ impl Core {
 
     /// Frees the slot a task held on `w`: in the scheduler, or in its queue of the broker.
     pub(super) fn release_slot(&mut self, w: WorkerId, id: TaskId) {
-        match self.tasks.get(&id).and_then(|t| queue_of(&t.info.spec)) {
+        let Some(task) = self.tasks.get(&id) else {
+            return;
+        };
+        match queue_of(&task.info.spec) {
             Some(q) => self.msg.release(w, &q),
-            None => self.sched.release(w),
+            None => self.sched.release(w, task.queue),
         }
     }
 
@@ -379,7 +384,14 @@ impl Core {
                     .get(&id)
                     .is_some_and(|t| t.state() == TaskState::Ready && t.ticket == ticket)
             };
-            let Some((id, w)) = self.msg.next(live) else {
+            let queues = &self.queues;
+            let open = |(ns, name): &QueueName, held: u64| {
+                queues.find(ns, name).is_none_or(|q| {
+                    let s = &queues.get(q).settings;
+                    !s.paused && s.limit.is_none_or(|l| held < l as u64)
+                })
+            };
+            let Some((id, w)) = self.msg.next(live, open) else {
                 return n;
             };
             self.assign_to(id, w, now);
@@ -402,12 +414,12 @@ impl Core {
         }
         let namespace = self.namespace(conn);
         let spec = TaskSpec::new(Payload::Message {
-            namespace,
+            namespace: namespace.clone(),
             queue,
             body,
             no_reply,
         });
-        let id = self.insert_task(spec, true, now);
+        let id = self.insert_task(spec, &namespace, true, now);
         if !no_reply {
             self.msg
                 .watchers
@@ -724,13 +736,6 @@ impl Core {
             })
             .collect();
         Reply::QueueTasks { tasks }
-    }
-
-    /// `queues`.
-    pub(super) fn queues(&self, conn: ConnId) -> Reply {
-        Reply::Queues {
-            queues: self.msg.queue_infos(&self.namespace(conn)),
-        }
     }
 
     /// What a connection leaves behind when it ends: its RPC identifiers, listeners, watches

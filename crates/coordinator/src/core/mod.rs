@@ -13,10 +13,12 @@ use tatzelwurm_protocol::{
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::scheduler::{QueueKey, Scheduler};
+use crate::scheduler::{Kind, QueueIdx, Scheduler, WorkerSpec};
 use crate::task::{ReportFate, Task, WorkerOrder};
 use messaging::{Messaging, queue_of};
+use queues::QueueTable;
 use subscriptions::Subscription;
+use tatzelwurm_protocol::QueueSettings;
 
 /// A connection's number, unique for the life of the process.
 pub type ConnId = u64;
@@ -43,6 +45,8 @@ pub struct Batch {
     pub workers: Vec<WorkerInfo>,
     /// Workers to delete (lost for longer than the config keeps them).
     pub removed_workers: Vec<WorkerId>,
+    /// Queue settings to write.
+    pub queues: Vec<QueueSettings>,
     /// Sent after the commit, in order.
     pub sends: Vec<(ConnId, Out)>,
 }
@@ -53,7 +57,8 @@ impl Batch {
         !(self.tasks.is_empty()
             && self.removed.is_empty()
             && self.workers.is_empty()
-            && self.removed_workers.is_empty())
+            && self.removed_workers.is_empty()
+            && self.queues.is_empty())
     }
 }
 
@@ -136,7 +141,7 @@ impl Worker {
 }
 
 /// Tasks finished per second over the last minute, in 60 one-second buckets.
-struct FinishRate {
+pub(super) struct FinishRate {
     /// (second, tasks finished in it), indexed by second modulo 60.
     buckets: [(u64, u64); 60],
 }
@@ -150,7 +155,7 @@ impl Default for FinishRate {
 }
 
 impl FinishRate {
-    fn add(&mut self, now_ms: u64) {
+    pub(super) fn add(&mut self, now_ms: u64) {
         let sec = now_ms / 1000;
         let b = &mut self.buckets[(sec % 60) as usize];
         if b.0 != sec {
@@ -159,7 +164,7 @@ impl FinishRate {
         b.1 += 1;
     }
 
-    fn last_minute(&self, now_ms: u64) -> u64 {
+    pub(super) fn last_minute(&self, now_ms: u64) -> u64 {
         let sec = now_ms / 1000;
         self.buckets
             .iter()
@@ -187,6 +192,10 @@ pub struct Core {
     sched: Scheduler,
     /// The broker's queues, RPC identifiers, calls, listeners and watchers.
     msg: Messaging,
+    /// Every queue's settings and counts.
+    queues: QueueTable,
+    /// Queues whose settings the next batch writes.
+    dirty_queues: HashSet<QueueIdx>,
     dirty_tasks: HashSet<TaskId>,
     /// Tasks changed in a way nobody waits on (an attempt started): written with the next batch
     /// that has something else to write, or at the next tick, never in a commit of their own.
@@ -255,10 +264,15 @@ fn has_tags(task: &Task, tags: &[Tag]) -> bool {
     tags.iter().all(|t| task.info.spec.tags.contains(t))
 }
 
-fn queue_key(spec: &TaskSpec) -> QueueKey {
-    QueueKey {
+/// What a worker must offer to run a task of this spec.
+fn kind_of(spec: &TaskSpec) -> Kind {
+    let mut require = spec.require.clone();
+    require.sort();
+    require.dedup();
+    Kind {
         block: spec.block,
         handler: spec.payload.handler().map(str::to_string),
+        require,
     }
 }
 
@@ -276,6 +290,8 @@ impl Core {
             subs: Vec::new(),
             sched: Scheduler::new(),
             msg: Messaging::default(),
+            queues: QueueTable::default(),
+            dirty_queues: HashSet::new(),
             dirty_tasks: HashSet::new(),
             lazy_tasks: HashSet::new(),
             ended: BTreeSet::new(),
@@ -297,9 +313,13 @@ impl Core {
         cfg: CoreConfig,
         tasks: Vec<TaskInfo>,
         workers: Vec<WorkerInfo>,
+        queues: Vec<QueueSettings>,
         now: u64,
     ) -> Self {
         let mut core = Core::new(cfg);
+        for settings in queues {
+            core.restore_queue(settings);
+        }
         for mut info in workers {
             core.next_worker = core.next_worker.max(info.id.0 + 1);
             info.state = WorkerState::Lost;
@@ -323,15 +343,23 @@ impl Core {
                 core.next_worker = core.next_worker.max(a.worker.0 + 1);
             }
             let id = info.id;
-            let mut task = Task { info, ticket: 0 };
+            let queue = core.queue_for(&info.namespace, &info.spec);
+            let mut task = Task {
+                info,
+                ticket: 0,
+                queue,
+            };
             if let Some(w) = task.holder() {
                 match core.workers.get_mut(&w) {
                     Some(worker) => {
                         worker.held.insert(id);
                         // A worker that held message tasks served queues: a client.
-                        if let Some(q) = queue_of(&task.info.spec) {
-                            worker.client = true;
-                            core.msg.note_held(q);
+                        match queue_of(&task.info.spec) {
+                            Some(q) => {
+                                worker.client = true;
+                                core.msg.note_held(q);
+                            }
+                            None => core.sched.hold(queue),
                         }
                         if let Some(a) = task.info.attempts.last()
                             && let Some(at) = overdue_at(
@@ -355,17 +383,13 @@ impl Core {
                 }
             }
             core.counts[idx(task.state())] += 1;
+            core.queues.count(queue, task.state(), true);
             core.note_ended(id, task.state(), task.info.times.ended_ms);
-            if task.state() == TaskState::Ready {
-                task.ticket = match queue_of(&task.info.spec) {
-                    Some(q) => core.msg.enqueue(q, id),
-                    None => {
-                        core.sched
-                            .enqueue(queue_key(&task.info.spec), task.info.spec.priority, id)
-                    }
-                };
-            }
+            let ready = task.state() == TaskState::Ready;
             core.tasks.insert(id, Box::new(task));
+            if ready {
+                core.enqueue_ready(id);
+            }
         }
         core
     }
@@ -412,6 +436,7 @@ impl Core {
             && self.removed.is_empty()
             && self.dirty_workers.is_empty()
             && self.removed_workers.is_empty()
+            && self.dirty_queues.is_empty()
             && self.durable.is_empty()
         {
             return None;
@@ -427,11 +452,17 @@ impl Core {
             .drain()
             .filter_map(|id| self.workers.get(&id).map(Worker::info))
             .collect();
+        let queues = self
+            .dirty_queues
+            .drain()
+            .map(|q| self.queues.get(q).settings.clone())
+            .collect();
         Some(Batch {
             tasks,
             removed: std::mem::take(&mut self.removed),
             workers,
             removed_workers: std::mem::take(&mut self.removed_workers),
+            queues,
             sends: std::mem::take(&mut self.durable),
         })
     }
@@ -453,6 +484,11 @@ impl Core {
                 .map(|w| w.id)
                 .filter(|id| self.workers.contains_key(id)),
         );
+        for s in &batch.queues {
+            if let Some(q) = self.queues.find(&s.namespace, &s.name) {
+                self.dirty_queues.insert(q);
+            }
+        }
         let mut removed_workers = batch.removed_workers;
         removed_workers.append(&mut self.removed_workers);
         self.removed_workers = removed_workers;
@@ -543,6 +579,7 @@ impl Core {
         if let Some(t) = self.tasks.remove(&id) {
             self.message_removed(&t);
             self.counts[idx(t.state())] -= 1;
+            self.queues.count(t.queue, t.state(), false);
             self.dirty_tasks.remove(&id);
             self.lazy_tasks.remove(&id);
             self.removed.push(id);
@@ -604,22 +641,38 @@ impl Core {
         }
         self.counts[idx(before)] -= 1;
         self.counts[idx(after)] += 1;
-        if after == TaskState::Ready {
-            task.ticket = match queue_of(&task.info.spec) {
-                Some(q) => self.msg.enqueue(q, id),
-                None => self
-                    .sched
-                    .enqueue(queue_key(&task.info.spec), task.info.spec.priority, id),
-            };
-        }
+        let q = task.queue;
         let ended_at = task.info.times.ended_ms;
+        self.queues.count(q, before, false);
+        self.queues.count(q, after, true);
+        if after == TaskState::Ready {
+            self.enqueue_ready(id);
+        }
         if after.is_final() {
             self.rate.add(now);
+            self.queues.get_mut(q).rate.add(now);
             self.note_ended(id, after, ended_at);
         }
         self.message_transition(id, before);
         self.emit(id, now, at_once);
         true
+    }
+
+    /// Puts a ready task in line: in its queue's FIFO of the broker for a message task, in the
+    /// scheduler for any other. Its new ticket makes any older entry stale.
+    fn enqueue_ready(&mut self, id: TaskId) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        task.ticket = match queue_of(&task.info.spec) {
+            Some(q) => self.msg.enqueue(q, id),
+            None => self.sched.enqueue(
+                task.queue,
+                kind_of(&task.info.spec),
+                task.info.spec.priority,
+                id,
+            ),
+        };
     }
 
     /// Queues an order for a worker, sent once the batch that holds the change is durable.
@@ -631,6 +684,7 @@ impl Core {
 }
 
 mod messaging;
+mod queues;
 mod subscriptions;
 mod tasks;
 mod workers;

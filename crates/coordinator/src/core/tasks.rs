@@ -5,19 +5,25 @@ use super::*;
 
 impl Core {
     /// Enters a new task in the table (ready when `play`), to be written with the next batch.
-    pub(super) fn insert_task(&mut self, spec: TaskSpec, play: bool, now: u64) -> TaskId {
+    /// Its queue fills in what the spec leaves out (attempts, timeout).
+    pub(super) fn insert_task(
+        &mut self,
+        mut spec: TaskSpec,
+        namespace: &str,
+        play: bool,
+        now: u64,
+    ) -> TaskId {
         let id = TaskId(Uuid::now_v7());
-        let mut task = Task::new(id, spec, now, play);
+        let queue = self.queue_for(namespace, &spec);
+        self.queue_defaults(queue, &mut spec);
+        let mut task = Task::new(id, spec, namespace.to_string(), now, play);
+        task.queue = queue;
         self.counts[idx(task.state())] += 1;
-        if play {
-            task.ticket = match messaging::queue_of(&task.info.spec) {
-                Some(q) => self.msg.enqueue(q, id),
-                None => self
-                    .sched
-                    .enqueue(queue_key(&task.info.spec), task.info.spec.priority, id),
-            };
-        }
+        self.queues.count(queue, task.state(), true);
         self.tasks.insert(id, Box::new(task));
+        if play {
+            self.enqueue_ready(id);
+        }
         self.dirty_tasks.insert(id);
         self.emit(id, now, false);
         id
@@ -36,6 +42,8 @@ impl Core {
                 | ActionerRequest::Remove { .. }
                 | ActionerRequest::Retry { .. }
                 | ActionerRequest::Send { .. }
+                | ActionerRequest::QueueSet { .. }
+                | ActionerRequest::Move { .. }
         );
         let refusal = if !mutating {
             None
@@ -131,9 +139,10 @@ impl Core {
                         ));
                     }
                 }
+                let namespace = self.namespace(conn);
                 let ids = tasks
                     .into_iter()
-                    .map(|spec| self.insert_task(spec, play, now))
+                    .map(|spec| self.insert_task(spec, &namespace, play, now))
                     .collect();
                 Ok((Reply::Added { ids }, true))
             }
@@ -188,12 +197,20 @@ impl Core {
                 states,
                 tags,
                 limit,
+                queue,
             } => {
                 let limit = limit.map_or(usize::MAX, |l| l as usize);
+                // A queue never named has no tasks: an impossible index matches none.
+                let queue = queue.map(|name| {
+                    self.queues
+                        .find(&self.namespace(conn), &name)
+                        .unwrap_or(QueueIdx::MAX)
+                });
                 let tasks = self
                     .tasks
                     .values()
                     .rev()
+                    .filter(|t| queue.is_none_or(|q| t.queue == q))
                     .filter(|t| states.is_empty() || states.contains(&t.state()))
                     .filter(|t| has_tags(t, &tags))
                     .take(limit)
@@ -209,9 +226,11 @@ impl Core {
             }
             ActionerRequest::Show { id } => {
                 let id = self.resolve(&id)?;
+                let task = &self.tasks[&id];
                 Ok((
                     Reply::Task {
-                        task: Box::new(self.tasks[&id].info.clone()),
+                        task: Box::new(task.info.clone()),
+                        waiting: self.waiting_reason(task),
                     },
                     false,
                 ))
@@ -286,7 +305,16 @@ impl Core {
             ActionerRequest::Unlisten { listener } => {
                 self.unlisten(conn, listener).map(|r| (r, false))
             }
-            ActionerRequest::Queues => Ok((self.queues(conn), false)),
+            ActionerRequest::Queues => Ok((self.queues(conn, now), false)),
+            ActionerRequest::QueueShow { queue } => {
+                self.queue_show(conn, &queue, now).map(|r| (r, false))
+            }
+            ActionerRequest::QueueSet { queue, change } => self
+                .queue_set(conn, &queue, &change, now)
+                .map(|r| (r, true)),
+            ActionerRequest::Move { selector, queue } => self
+                .move_tasks(conn, selector, &queue, now)
+                .map(|r| (r, true)),
             ActionerRequest::QueueTasks { queue, limit } => {
                 Ok((self.queue_tasks(conn, queue, limit), false))
             }

@@ -128,10 +128,13 @@ impl Core {
         if !client {
             self.sched.set_worker(
                 id,
-                info.block,
-                info.slots,
-                held.len() as u32,
-                info.handlers.clone(),
+                WorkerSpec {
+                    block: info.block,
+                    slots: info.slots,
+                    running: held.len() as u32,
+                    handlers: info.handlers.clone(),
+                    tags: info.tags.clone(),
+                },
             );
         }
         // A worker back under its old id first says what it still runs; nothing is dispatched to
@@ -371,13 +374,15 @@ impl Core {
             let tasks = &self.tasks;
             let mut picks = Vec::new();
             while picks.len() < 1024 {
-                let live = |id: TaskId, ticket: u64| {
+                // A current entry's task, with the tags it prefers.
+                let look = |id: TaskId, ticket: u64| {
                     tasks
                         .get(&id)
-                        .is_some_and(|t| t.state() == TaskState::Ready && t.ticket == ticket)
+                        .filter(|t| t.state() == TaskState::Ready && t.ticket == ticket)
+                        .map(|t| &t.info.spec.prefer[..])
                 };
-                match self.sched.next(live) {
-                    Some(pick) => picks.push(pick),
+                match self.sched.next(look) {
+                    Some((id, w, _)) => picks.push((id, w)),
                     None => break,
                 }
             }

@@ -2,11 +2,14 @@
 //! are framed, the in-memory image of what the store holds (so that a checkpoint never has to ask
 //! the actor for anything), and the replay that rebuilds the tables at start.
 //!
-//! Layout (version 2):
+//! Layout (version 3):
 //! - `journal:SEQ`: one record per committed batch (or part of one); `body` is an [`Entry`].
 //! - `bucket:B` (B in 0..256): every task whose id ends in byte B, as of the last checkpoint;
-//!   `body` is a framed list of bincode tasks.
+//!   `body` is a framed list of task records: bincode behind the tag byte of
+//!   [`legacy::TASK_TAG`](super::legacy), or a layout-2 record without it.
 //! - `meta:workers`: every worker as of the last checkpoint, a framed list of bincode workers.
+//! - `meta:queues`: every queue whose settings were set, as of the last checkpoint, a framed
+//!   list of bincode queue settings.
 //! - `meta:checkpoint`: `upto`, the last journal sequence number the buckets include.
 //!
 //! The tables are the buckets with every journal entry after `upto` applied in sequence order.
@@ -17,12 +20,17 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tatzelwurm_protocol::{BodyCodec, TaskId, TaskInfo, WorkerId, WorkerInfo};
+use tatzelwurm_protocol::{BodyCodec, QueueSettings, TaskId, TaskInfo, WorkerId, WorkerInfo};
 
 use super::StoreError;
+use super::legacy::{TASK_TAG, TaskV2};
 
 /// The layout this code writes; a store with a higher number was written by a newer version.
-pub(crate) const LAYOUT_VERSION: i64 = 2;
+/// Version 3 tags task records and adds queue settings; it reads version 2 as it is.
+pub(crate) const LAYOUT_VERSION: i64 = 3;
+
+/// Queue settings are identified by namespace and name.
+pub(crate) type QueueKey = (String, String);
 /// How many buckets the tasks are spread over.
 pub(crate) const BUCKETS: usize = 256;
 const CODEC: BodyCodec = BodyCodec::Bincode;
@@ -52,6 +60,23 @@ pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Bytes {
         }
         bytes
     })
+}
+
+/// A task record: the tag byte, then the task in bincode.
+pub(crate) fn encode_task(t: &TaskInfo) -> Bytes {
+    let body = encode(t);
+    let mut out = BytesMut::with_capacity(body.len() + 1);
+    out.put_u8(TASK_TAG);
+    out.put_slice(&body);
+    out.freeze()
+}
+
+/// Reads a task record of this layout or of layout 2.
+fn decode_task(table: &'static str, at: &str, b: &[u8]) -> Result<TaskInfo, StoreError> {
+    match b.split_first() {
+        Some((&TASK_TAG, rest)) => decode(table, at, rest),
+        _ => decode::<TaskV2>(table, at, b).map(TaskInfo::from),
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(
@@ -109,13 +134,14 @@ pub(crate) fn unframe(buf: &Bytes) -> Result<Vec<Bytes>, String> {
     Ok(out)
 }
 
-/// A journal entry read back: its tasks and workers (each with its encoding), removed task ids
-/// and removed worker ids.
+/// A journal entry read back: its tasks and workers (each with its encoding), removed task ids,
+/// removed worker ids and queue settings.
 type Decoded = (
     Vec<(TaskInfo, Bytes)>,
     Vec<TaskId>,
     Vec<(WorkerInfo, Bytes)>,
     Vec<u64>,
+    Vec<(QueueSettings, Bytes)>,
 );
 
 /// The items of one framed part of a record, each read by `read`.
@@ -138,6 +164,8 @@ pub(crate) struct Entry {
     pub workers: Vec<(u64, Bytes)>,
     /// Workers forgotten.
     pub removed_workers: Vec<u64>,
+    /// Encoded queue settings, each with its queue.
+    pub queues: Vec<(QueueKey, Bytes)>,
 }
 
 impl Entry {
@@ -147,23 +175,29 @@ impl Entry {
         removed: &[TaskId],
         workers: &[WorkerInfo],
         removed_workers: &[WorkerId],
+        queues: &[QueueSettings],
     ) -> Entry {
         Entry {
-            tasks: tasks.iter().map(|t| (t.id, encode(t))).collect(),
+            tasks: tasks.iter().map(|t| (t.id, encode_task(t))).collect(),
             removed: removed.to_vec(),
             workers: workers.iter().map(|w| (w.id.0, encode(w))).collect(),
             removed_workers: removed_workers.iter().map(|w| w.0).collect(),
+            queues: queues
+                .iter()
+                .map(|q| ((q.namespace.clone(), q.name.clone()), encode(q)))
+                .collect(),
         }
     }
 
     /// Cuts the entry into entries of at most about `max_bytes` of records each (a record larger
-    /// than that goes alone), in order: the removals and the workers in the first.
+    /// than that goes alone), in order: the removals, the workers and the queues in the first.
     pub fn split(self, max_bytes: usize) -> Vec<Entry> {
         let mut out = vec![Entry {
             tasks: Vec::new(),
             removed: self.removed,
             workers: self.workers,
             removed_workers: self.removed_workers,
+            queues: self.queues,
         }];
         let mut size: usize = out[0].workers.iter().map(|(_, b)| b.len()).sum();
         for (id, bytes) in self.tasks {
@@ -178,8 +212,8 @@ impl Entry {
         out
     }
 
-    /// The journal record's body: a frame of four frames (tasks, removed task ids, workers,
-    /// removed worker ids as 8 bytes little endian).
+    /// The journal record's body: a frame of five frames (tasks, removed task ids, workers,
+    /// removed worker ids as 8 bytes little endian, queue settings).
     pub fn to_body(&self) -> Bytes {
         let tasks = frame(self.tasks.iter().map(|(_, b)| &b[..]));
         let removed = frame(self.removed.iter().map(|id| &id.0.as_bytes()[..]));
@@ -190,7 +224,17 @@ impl Entry {
             .map(|w| w.to_le_bytes())
             .collect();
         let removed_workers = frame(ids.iter().map(|b| &b[..]));
-        frame([&tasks[..], &removed[..], &workers[..], &removed_workers[..]].into_iter())
+        let queues = frame(self.queues.iter().map(|(_, b)| &b[..]));
+        frame(
+            [
+                &tasks[..],
+                &removed[..],
+                &workers[..],
+                &removed_workers[..],
+                &queues[..],
+            ]
+            .into_iter(),
+        )
     }
 
     /// Reads a journal body back, decoding every record in it. Each task and worker comes with its
@@ -203,14 +247,15 @@ impl Entry {
             reason,
         };
         let mut parts = unframe(body).map_err(corrupt)?;
-        // Entries written before workers could be forgotten have three parts.
-        if parts.len() == 3 {
+        // Entries written before workers could be forgotten have three parts, those before
+        // queues four.
+        while (3..5).contains(&parts.len()) {
             parts.push(frame(std::iter::empty()));
         }
-        let [tasks, removed, workers, removed_workers] = <[Bytes; 4]>::try_from(parts)
-            .map_err(|p| corrupt(format!("{} parts instead of 4", p.len())))?;
+        let [tasks, removed, workers, removed_workers, queues] = <[Bytes; 5]>::try_from(parts)
+            .map_err(|p| corrupt(format!("{} parts instead of 5", p.len())))?;
         let tasks = read_items(&tasks, &corrupt, |b| {
-            Ok((decode("journal", &at, b)?, Bytes::copy_from_slice(b)))
+            Ok((decode_task("journal", &at, b)?, Bytes::copy_from_slice(b)))
         })?;
         let removed = read_items(&removed, &corrupt, |b| {
             uuid::Uuid::from_slice(b)
@@ -225,7 +270,10 @@ impl Entry {
                 .map(u64::from_le_bytes)
                 .map_err(|_| corrupt(format!("a worker id of {} bytes", b.len())))
         })?;
-        Ok((tasks, removed, workers, removed_workers))
+        let queues = read_items(&queues, &corrupt, |b| {
+            Ok((decode("journal", &at, b)?, Bytes::copy_from_slice(b)))
+        })?;
+        Ok((tasks, removed, workers, removed_workers, queues))
     }
 }
 
@@ -238,6 +286,8 @@ pub(crate) struct Snapshot {
     pub buckets: Vec<(usize, Vec<Bytes>)>,
     /// Every worker's encoding.
     pub workers: Vec<Bytes>,
+    /// Every set queue's encoding.
+    pub queues: Vec<Bytes>,
     /// Journal bytes this checkpoint makes redundant.
     pub journal_bytes: u64,
 }
@@ -249,6 +299,7 @@ pub(crate) struct Image {
     buckets: Vec<HashMap<TaskId, Bytes>>,
     dirty: Vec<bool>,
     workers: BTreeMap<u64, Bytes>,
+    queues: BTreeMap<QueueKey, Bytes>,
     table_bytes: u64,
     journal_bytes: u64,
     /// The last journal entry applied.
@@ -261,6 +312,7 @@ impl Default for Image {
             buckets: vec![HashMap::new(); BUCKETS],
             dirty: vec![false; BUCKETS],
             workers: BTreeMap::new(),
+            queues: BTreeMap::new(),
             table_bytes: 0,
             journal_bytes: 0,
             last_seq: 0,
@@ -300,6 +352,7 @@ impl Image {
         for id in entry.removed_workers {
             self.workers.remove(&id);
         }
+        self.queues.extend(entry.queues);
         self.journal_bytes += body_len as u64;
         self.last_seq = self.last_seq.max(seq);
     }
@@ -323,6 +376,7 @@ impl Image {
             upto: self.last_seq,
             buckets,
             workers: self.workers.values().cloned().collect(),
+            queues: self.queues.values().cloned().collect(),
             journal_bytes: self.journal_bytes,
         }
     }
@@ -367,6 +421,8 @@ pub(crate) struct Stored {
     pub buckets: Vec<Bytes>,
     /// The checkpointed workers' body.
     pub workers: Option<Bytes>,
+    /// The checkpointed queues' body.
+    pub queues: Option<Bytes>,
     /// The last journal entry the buckets include.
     pub upto: i64,
     /// Journal entries, in any order.
@@ -379,6 +435,8 @@ pub(crate) struct Replayed {
     pub tasks: Vec<TaskInfo>,
     /// Every worker.
     pub workers: Vec<WorkerInfo>,
+    /// Every queue whose settings were set.
+    pub queues: Vec<QueueSettings>,
     /// The image of what is stored.
     pub image: Image,
     /// Journal entries at or below the checkpoint that were skipped (written late by a write
@@ -391,9 +449,10 @@ pub(crate) struct Replayed {
 pub(crate) fn replay(stored: Stored) -> Result<Replayed, StoreError> {
     let mut tasks: HashMap<TaskId, TaskInfo> = HashMap::new();
     let mut workers: BTreeMap<u64, WorkerInfo> = BTreeMap::new();
+    let mut queues: BTreeMap<QueueKey, QueueSettings> = BTreeMap::new();
     let mut image = Image::default();
     for (i, b) in stored.legacy_tasks.iter().enumerate() {
-        let t: TaskInfo = decode("task", &format!("#{i}"), b)?;
+        let t: TaskInfo = decode_task("task", &format!("#{i}"), b)?;
         image.put_task(t.id, b.clone());
         tasks.insert(t.id, t);
     }
@@ -410,7 +469,7 @@ pub(crate) fn replay(stored: Stored) -> Result<Replayed, StoreError> {
             reason,
         })?;
         for b in items {
-            let t: TaskInfo = decode("bucket", &at, &b)?;
+            let t: TaskInfo = decode_task("bucket", &at, &b)?;
             image.put_task(t.id, b);
             tasks.insert(t.id, t);
         }
@@ -427,6 +486,19 @@ pub(crate) fn replay(stored: Stored) -> Result<Replayed, StoreError> {
             workers.insert(w.id.0, w);
         }
     }
+    if let Some(body) = &stored.queues {
+        let items = unframe(body).map_err(|reason| StoreError::Corrupt {
+            table: "meta",
+            id: "queues".into(),
+            reason,
+        })?;
+        for b in items {
+            let q: QueueSettings = decode("meta", "queues", &b)?;
+            let key = (q.namespace.clone(), q.name.clone());
+            image.queues.insert(key.clone(), b);
+            queues.insert(key, q);
+        }
+    }
     // What was loaded so far is what the store's buckets hold: nothing is dirty yet.
     image.dirty.iter_mut().for_each(|d| *d = false);
     image.last_seq = stored.upto;
@@ -439,7 +511,7 @@ pub(crate) fn replay(stored: Stored) -> Result<Replayed, StoreError> {
             stale_entries += 1;
             continue;
         }
-        let (ts, removed, ws, removed_ws) = Entry::from_body(seq, &body)?;
+        let (ts, removed, ws, removed_ws, qs) = Entry::from_body(seq, &body)?;
         let mut entry = Entry::default();
         for (t, bytes) in ts {
             entry.tasks.push((t.id, bytes));
@@ -457,11 +529,17 @@ pub(crate) fn replay(stored: Stored) -> Result<Replayed, StoreError> {
             workers.remove(&id);
             entry.removed_workers.push(id);
         }
+        for (q, bytes) in qs {
+            let key = (q.namespace.clone(), q.name.clone());
+            entry.queues.push((key.clone(), bytes));
+            queues.insert(key, q);
+        }
         image.apply(seq, entry, body.len());
     }
     Ok(Replayed {
         tasks: tasks.into_values().collect(),
         workers: workers.into_values().collect(),
+        queues: queues.into_values().collect(),
         image,
         stale_entries,
     })
@@ -475,7 +553,7 @@ pub(super) mod tests {
     /// A fresh ready noop task.
     pub(crate) fn task() -> TaskInfo {
         let spec = TaskSpec::new(Payload::Sleep { duration_ms: 0 });
-        crate::task::Task::new(TaskId::new(), spec, 0, true).info
+        crate::task::Task::new(TaskId::new(), spec, "default".into(), 0, true).info
     }
 
     fn sorted(mut v: Vec<TaskInfo>) -> Vec<TaskInfo> {
@@ -504,9 +582,9 @@ pub(super) mod tests {
     fn a_large_entry_is_split_in_order_and_a_large_record_goes_alone() {
         let ts: Vec<TaskInfo> = (0..10).map(|_| task()).collect();
         let gone = TaskId::new();
-        let whole = Entry::new(&ts, &[gone], &[], &[]);
+        let whole = Entry::new(&ts, &[gone], &[], &[], &[]);
         let one = whole.tasks[0].1.len();
-        let parts = Entry::new(&ts, &[gone], &[], &[]).split(3 * one);
+        let parts = Entry::new(&ts, &[gone], &[], &[], &[]).split(3 * one);
         assert_eq!(
             parts.iter().map(|p| p.tasks.len()).collect::<Vec<_>>(),
             vec![3, 3, 3, 1]
@@ -515,9 +593,12 @@ pub(super) mod tests {
         assert!(parts[1..].iter().all(|p| p.removed.is_empty()));
         let joined: Vec<_> = parts.into_iter().flat_map(|p| p.tasks).collect();
         assert_eq!(joined, whole.tasks, "every record once, in order");
-        let alone = Entry::new(&ts, &[], &[], &[]).split(one / 2);
+        let alone = Entry::new(&ts, &[], &[], &[], &[]).split(one / 2);
         assert_eq!(alone.len(), 10, "a record larger than the limit goes alone");
-        assert_eq!(Entry::new(&ts, &[], &[], &[]).split(usize::MAX).len(), 1);
+        assert_eq!(
+            Entry::new(&ts, &[], &[], &[], &[]).split(usize::MAX).len(),
+            1
+        );
         assert_eq!(
             Entry::default().split(1).len(),
             1,
@@ -529,20 +610,22 @@ pub(super) mod tests {
     fn an_entry_decodes_to_what_was_written() {
         let ts = vec![task(), task()];
         let gone = TaskId::new();
-        let e = Entry::new(&ts, &[gone], &[], &[]);
-        let (back, removed, workers, removed_workers) = Entry::from_body(7, &e.to_body()).unwrap();
+        let e = Entry::new(&ts, &[gone], &[], &[], &[]);
+        let (back, removed, workers, removed_workers, queues) =
+            Entry::from_body(7, &e.to_body()).unwrap();
         let (back, bytes): (Vec<TaskInfo>, Vec<Bytes>) = back.into_iter().unzip();
         assert_eq!(back, ts);
         assert_eq!(
             bytes,
-            ts.iter().map(encode).collect::<Vec<_>>(),
+            ts.iter().map(encode_task).collect::<Vec<_>>(),
             "their encodings"
         );
         assert_eq!(removed, vec![gone]);
         assert!(workers.is_empty());
         assert!(removed_workers.is_empty());
-        let forgot = Entry::new(&[], &[], &[], &[WorkerId(3), WorkerId(u64::MAX)]);
-        let (.., removed_workers) = Entry::from_body(8, &forgot.to_body()).unwrap();
+        assert!(queues.is_empty());
+        let forgot = Entry::new(&[], &[], &[], &[WorkerId(3), WorkerId(u64::MAX)], &[]);
+        let (.., removed_workers, _) = Entry::from_body(8, &forgot.to_body()).unwrap();
         assert_eq!(removed_workers, vec![3, u64::MAX]);
         // An entry from before workers could be forgotten: tasks, removed ids, workers.
         let parts = unframe(&e.to_body()).unwrap();
@@ -569,7 +652,7 @@ pub(super) mod tests {
         let mut stored = Stored::default();
         for (i, (ts, removed)) in batches.iter().enumerate() {
             let seq = i as i64 + 1;
-            let e = Entry::new(ts, removed, &[], &[]);
+            let e = Entry::new(ts, removed, &[], &[], &[]);
             let body = e.to_body();
             stored.journal.push((seq, body.clone()));
             image.apply(seq, e, body.len());
@@ -580,7 +663,7 @@ pub(super) mod tests {
                     let body = frame(items.iter().map(|b| &b[..]));
                     stored.buckets.retain(|old| {
                         unframe(old).unwrap().first().is_none_or(|first| {
-                            let t: TaskInfo = decode("bucket", "", first).unwrap();
+                            let t = decode_task("bucket", "", first).unwrap();
                             bucket_of(t.id) != *b
                         })
                     });
@@ -621,9 +704,9 @@ pub(super) mod tests {
     #[test]
     fn journal_entries_at_or_below_the_checkpoint_are_skipped() {
         let mut t = task();
-        let old = Entry::new(std::slice::from_ref(&t), &[], &[], &[]).to_body();
+        let old = Entry::new(std::slice::from_ref(&t), &[], &[], &[], &[]).to_body();
         t.state = TaskState::Completed;
-        let bucket = frame([&encode(&t)[..]].into_iter());
+        let bucket = frame([&encode_task(&t)[..]].into_iter());
         let r = replay(Stored {
             buckets: vec![bucket],
             upto: 5,
@@ -640,7 +723,7 @@ pub(super) mod tests {
     fn checkpoints_are_due_when_the_journal_outgrows_the_tables() {
         let mut image = Image::default();
         assert!(!image.wants_checkpoint(0), "no journal, nothing to do");
-        let e = Entry::new(&[task()], &[], &[], &[]);
+        let e = Entry::new(&[task()], &[], &[], &[], &[]);
         let len = e.to_body().len();
         image.apply(1, e, len);
         assert!(image.wants_checkpoint(0));

@@ -7,6 +7,7 @@
 //! code; this module does the reading and writing.
 
 mod image;
+mod legacy;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,10 +17,21 @@ use surrealdb::Surreal;
 use surrealdb::engine::any::Any;
 use surrealdb::opt::auth::Root;
 use surrealdb::types::{RecordId, SurrealValue};
-use tatzelwurm_protocol::{TaskId, TaskInfo, WorkerId, WorkerInfo};
+use tatzelwurm_protocol::{QueueSettings, TaskId, TaskInfo, WorkerId, WorkerInfo};
 use tracing::{info, warn};
 
 use image::{Entry, Image, LAYOUT_VERSION, Snapshot, Stored, frame};
+
+/// What the store holds, read at start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Every task.
+    pub tasks: Vec<TaskInfo>,
+    /// Every worker.
+    pub workers: Vec<WorkerInfo>,
+    /// Every queue whose settings were set.
+    pub queues: Vec<QueueSettings>,
+}
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -319,9 +331,9 @@ impl Store {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Every task and worker the store holds. Records of the layout before journals are read
-    /// too, and rewritten in the current layout before this returns.
-    pub async fn load(&self) -> Result<(Vec<TaskInfo>, Vec<WorkerInfo>), StoreError> {
+    /// Every task, worker and set queue the store holds. Records of the layout before
+    /// journals are read too, and rewritten in the current layout before this returns.
+    pub async fn load(&self) -> Result<Loaded, StoreError> {
         let mut res = self
             .db
             .query("SELECT upto FROM meta:checkpoint")
@@ -330,6 +342,7 @@ impl Store {
             .query("SELECT seq, body FROM journal")
             .query("SELECT body FROM task")
             .query("SELECT body FROM worker")
+            .query("SELECT body FROM meta:queues")
             .await?
             .check()?;
         let upto: Vec<Upto> = res.take(0)?;
@@ -338,6 +351,7 @@ impl Store {
         let journal: Vec<SeqBody> = res.take(3)?;
         let legacy_tasks: Vec<BodyOnly> = res.take(4)?;
         let legacy_workers: Vec<BodyOnly> = res.take(5)?;
+        let queues: Vec<BodyOnly> = res.take(6)?;
         let body = |r: BodyOnly| r.body;
         let legacy = !legacy_tasks.is_empty() || !legacy_workers.is_empty();
         let replayed = image::replay(Stored {
@@ -345,6 +359,7 @@ impl Store {
             legacy_workers: legacy_workers.into_iter().map(body).collect(),
             buckets: buckets.into_iter().map(body).collect(),
             workers: workers.into_iter().next().map(body),
+            queues: queues.into_iter().next().map(body),
             upto: upto.first().map_or(0, |u| u.upto),
             journal: journal.into_iter().map(|r| (r.seq, r.body)).collect(),
         })?;
@@ -368,7 +383,11 @@ impl Store {
             info!("rewriting the store from one record per task to the journal layout");
             self.checkpoint().await?;
         }
-        Ok((replayed.tasks, replayed.workers))
+        Ok(Loaded {
+            tasks: replayed.tasks,
+            workers: replayed.workers,
+            queues: replayed.queues,
+        })
     }
 
     async fn timed<T>(
@@ -392,8 +411,10 @@ impl Store {
         removed: &[TaskId],
         workers: &[WorkerInfo],
         removed_workers: &[WorkerId],
+        queues: &[QueueSettings],
     ) -> Result<(), StoreError> {
-        for entry in Entry::new(tasks, removed, workers, removed_workers).split(ENTRY_BYTES) {
+        let entry = Entry::new(tasks, removed, workers, removed_workers, queues);
+        for entry in entry.split(ENTRY_BYTES) {
             let body = entry.to_body();
             let body_len = body.len();
             let seq = {
@@ -493,6 +514,7 @@ impl Store {
         }
         let mut sql = String::from(
             "UPSERT meta:workers CONTENT { body: $workers };
+             UPSERT meta:queues CONTENT { body: $queues };
              UPSERT meta:checkpoint CONTENT { upto: $upto };
              DELETE journal WHERE seq <= $upto;", // stale late entries too
         );
@@ -500,8 +522,11 @@ impl Store {
             sql.push_str("DELETE task; DELETE worker;");
         }
         let workers = frame(snap.workers.iter().map(|w| &w[..]));
+        let queues = frame(snap.queues.iter().map(|q| &q[..]));
         self.owned(false, &sql, |q| {
-            q.bind(("workers", workers)).bind(("upto", snap.upto))
+            q.bind(("workers", workers))
+                .bind(("queues", queues))
+                .bind(("upto", snap.upto))
         })
         .await
     }
@@ -533,7 +558,7 @@ mod tests {
     }
 
     async fn loaded(store: &Store) -> Vec<TaskInfo> {
-        let (mut tasks, _) = store.load().await.unwrap();
+        let mut tasks = store.load().await.unwrap().tasks;
         tasks.sort_by_key(|t| t.id);
         tasks
     }
@@ -553,13 +578,17 @@ mod tests {
     async fn writes_round_trip_and_removes_delete() {
         let store = Store::open(&opts("mem://", 64 << 20)).await.unwrap();
         let mut tasks: Vec<TaskInfo> = (0..10).map(|_| task()).collect();
-        store.write(&tasks, &[], &[], &[]).await.unwrap();
+        store.write(&tasks, &[], &[], &[], &[]).await.unwrap();
         tasks[0].state = TaskState::Completed;
         store
-            .write(&tasks[..1], &[tasks[9].id], &[], &[])
+            .write(&tasks[..1], &[tasks[9].id], &[], &[], &[])
             .await
             .unwrap();
-        let (mut got, workers) = store.load().await.unwrap();
+        let Loaded {
+            tasks: mut got,
+            workers,
+            ..
+        } = store.load().await.unwrap();
         got.sort_by_key(|t| t.id);
         tasks.sort_by_key(|t| t.id);
         tasks.retain(|t| got.iter().any(|g| g.id == t.id));
@@ -589,14 +618,17 @@ mod tests {
     async fn forgotten_workers_stay_forgotten_with_and_without_a_checkpoint() {
         let store = Store::open(&opts("mem://", 64 << 20)).await.unwrap();
         store
-            .write(&[], &[], &[worker(1), worker(2)], &[])
+            .write(&[], &[], &[worker(1), worker(2)], &[], &[])
             .await
             .unwrap();
-        store.write(&[], &[], &[], &[WorkerId(1)]).await.unwrap();
-        let (_, workers) = store.load().await.unwrap();
+        store
+            .write(&[], &[], &[], &[WorkerId(1)], &[])
+            .await
+            .unwrap();
+        let workers = store.load().await.unwrap().workers;
         assert_eq!(workers, vec![worker(2)], "replayed from the journal");
         store.checkpoint().await.unwrap();
-        let (_, workers) = store.load().await.unwrap();
+        let workers = store.load().await.unwrap().workers;
         assert_eq!(workers, vec![worker(2)], "read from the checkpoint");
     }
 
@@ -607,7 +639,7 @@ mod tests {
         let first = Store::open(&o).await.unwrap();
         let first = Store::attach(first.db.clone(), &o, true).await.unwrap();
         let mut tasks = vec![task()];
-        first.write(&tasks, &[], &[], &[]).await.unwrap();
+        first.write(&tasks, &[], &[], &[], &[]).await.unwrap();
         // A second coordinator opens the same database.
         let second = Store::attach(first.db.clone(), &o, true).await.unwrap();
         assert_eq!(
@@ -617,14 +649,14 @@ mod tests {
         );
         tasks[0].state = TaskState::Completed;
         assert!(matches!(
-            first.write(&tasks, &[], &[], &[]).await,
+            first.write(&tasks, &[], &[], &[], &[]).await,
             Err(StoreError::Superseded)
         ));
         assert!(matches!(
             first.checkpoint().await,
             Err(StoreError::Superseded)
         ));
-        second.write(&tasks, &[], &[], &[]).await.unwrap();
+        second.write(&tasks, &[], &[], &[], &[]).await.unwrap();
         second.checkpoint().await.unwrap();
         assert_eq!(loaded(&second).await, tasks);
     }
@@ -636,7 +668,7 @@ mod tests {
         for t in &mut tasks {
             t.spec.user_data = tatzelwurm_protocol::Data(vec![7; 1 << 20]);
         }
-        store.write(&tasks, &[], &[], &[]).await.unwrap();
+        store.write(&tasks, &[], &[], &[], &[]).await.unwrap();
         assert_eq!(
             count(&store, "journal").await,
             2,
@@ -652,13 +684,13 @@ mod tests {
         let url = format!("surrealkv://{}", dir.path().join("s").display());
         let store = Store::open(&opts(&url, 0)).await.unwrap();
         let mut tasks: Vec<TaskInfo> = (0..300).map(|_| task()).collect();
-        store.write(&tasks, &[], &[], &[]).await.unwrap();
+        store.write(&tasks, &[], &[], &[], &[]).await.unwrap();
         store.checkpoint().await.unwrap();
         for t in tasks.iter_mut().take(100) {
             t.state = TaskState::Completed;
         }
         store
-            .write(&tasks[..100], &[tasks[299].id], &[], &[])
+            .write(&tasks[..100], &[tasks[299].id], &[], &[], &[])
             .await
             .unwrap();
         store.checkpoint().await.unwrap();
@@ -672,7 +704,7 @@ mod tests {
         assert_eq!(loaded(&store).await, tasks);
         // And after the checkpoint, the journal carries on from where it was.
         tasks[0].state = TaskState::Failed;
-        store.write(&tasks[..1], &[], &[], &[]).await.unwrap();
+        store.write(&tasks[..1], &[], &[], &[], &[]).await.unwrap();
         assert_eq!(loaded(&store).await, tasks);
     }
 
@@ -680,7 +712,7 @@ mod tests {
     async fn a_checkpoint_cut_short_after_its_buckets_loses_nothing() {
         let store = Store::open(&opts("mem://", u64::MAX)).await.unwrap();
         let mut tasks: Vec<TaskInfo> = (0..50).map(|_| task()).collect();
-        store.write(&tasks, &[], &[], &[]).await.unwrap();
+        store.write(&tasks, &[], &[], &[], &[]).await.unwrap();
         // Write the buckets of a checkpoint but not its mark and journal deletion, as a crash
         // between the two would leave it.
         let mut partial = store.state().image.snapshot();
@@ -701,7 +733,7 @@ mod tests {
         }
         tasks[3].state = TaskState::Running;
         store
-            .write(&tasks[3..4], &[tasks[4].id], &[], &[])
+            .write(&tasks[3..4], &[tasks[4].id], &[], &[], &[])
             .await
             .unwrap();
         tasks.remove(4);
@@ -718,7 +750,7 @@ mod tests {
                 .db
                 .query("CREATE type::record('task', $id) CONTENT { state: 'ready', body: $body }")
                 .bind(("id", t.id.simple()))
-                .bind(("body", image::encode(t)))
+                .bind(("body", image::encode_task(t)))
                 .await
                 .unwrap()
                 .check()
@@ -728,6 +760,26 @@ mod tests {
         assert_eq!(loaded(&store).await, tasks);
         assert_eq!(count(&store, "task").await, 0, "old records are gone");
         assert_eq!(loaded(&store).await, tasks, "and live on in the buckets");
+    }
+
+    #[tokio::test]
+    async fn queue_settings_survive_the_journal_and_the_checkpoint() {
+        let store = Store::open(&opts("mem://", 64 << 20)).await.unwrap();
+        let mut a = QueueSettings::new("default", "gpu");
+        a.limit = Some(4);
+        let b = QueueSettings::new("aiida-x", "gpu");
+        store
+            .write(&[], &[], &[], &[], &[a.clone(), b.clone()])
+            .await
+            .unwrap();
+        a.paused = true;
+        store.write(&[], &[], &[], &[], &[a.clone()]).await.unwrap();
+        let got = store.load().await.unwrap().queues;
+        assert_eq!(got, vec![b.clone(), a.clone()], "replayed, latest wins");
+        store.checkpoint().await.unwrap();
+        assert_eq!(count(&store, "journal").await, 0);
+        let got = store.load().await.unwrap().queues;
+        assert_eq!(got, vec![b, a], "read from the checkpoint");
     }
 
     #[tokio::test]

@@ -20,27 +20,6 @@ fn body(text: &str) -> Data {
     Data::encode(text).unwrap()
 }
 
-/// Sends a request and returns every reply and message it caused, immediate and durable.
-fn ask(c: &mut Core, conn: ConnId, request: u64, body: ActionerRequest) -> Vec<(ConnId, Out)> {
-    c.actioner(conn, RequestId(request), body, 20);
-    c.schedule(20);
-    let mut out = c.take_immediate();
-    if let Some(b) = c.take_batch() {
-        out.extend(b.sends);
-    }
-    out
-}
-
-fn replies(out: &[(ConnId, Out)], conn: ConnId) -> Vec<Reply> {
-    out.iter()
-        .filter(|(c, _)| *c == conn)
-        .filter_map(|(_, o)| match o {
-            Out::Actioner(CoordinatorToActioner::Reply { body, .. }) => Some(body.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn deliveries(out: &[(ConnId, Out)], conn: ConnId) -> Vec<AttemptRef> {
     out.iter()
         .filter(|(c, _)| *c == conn)
@@ -417,7 +396,7 @@ fn a_restarted_coordinator_serves_the_stored_outcome_to_a_returning_sender() {
     // The tables as stored, loaded by a new coordinator; the sender comes back and watches.
     let tasks: Vec<TaskInfo> = c.tasks.values().map(|t| t.info.clone()).collect();
     let workers: Vec<WorkerInfo> = c.workers.values().map(Worker::info).collect();
-    let mut d = Core::restore(CoreConfig::default(), tasks, workers, 100);
+    let mut d = Core::restore(CoreConfig::default(), tasks, workers, vec![], 100);
     client(&mut d, 7, "p");
     d.actioner(
         7,

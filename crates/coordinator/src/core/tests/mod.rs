@@ -5,6 +5,7 @@ use tatzelwurm_protocol::{BlockType, Outcome, Payload};
 
 mod commits;
 mod messaging;
+mod queues;
 mod subscriptions;
 mod tasks;
 mod workers;
@@ -93,6 +94,32 @@ pub(super) fn to_worker(sends: &[(ConnId, Out)], conn: ConnId) -> Vec<Coordinato
         .filter(|(c, _)| *c == conn)
         .filter_map(|(_, o)| match o {
             Out::Worker(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Sends a request and returns every reply and message it caused, immediate and durable.
+pub(super) fn ask(
+    c: &mut Core,
+    conn: ConnId,
+    request: u64,
+    body: ActionerRequest,
+) -> Vec<(ConnId, Out)> {
+    c.actioner(conn, RequestId(request), body, 20);
+    c.schedule(20);
+    let mut out = c.take_immediate();
+    if let Some(b) = c.take_batch() {
+        out.extend(b.sends);
+    }
+    out
+}
+
+pub(super) fn replies(out: &[(ConnId, Out)], conn: ConnId) -> Vec<Reply> {
+    out.iter()
+        .filter(|(c, _)| *c == conn)
+        .filter_map(|(_, o)| match o {
+            Out::Actioner(CoordinatorToActioner::Reply { body, .. }) => Some(body.clone()),
             _ => None,
         })
         .collect()

@@ -197,7 +197,7 @@ fn workers_lost_past_the_forget_time_are_forgotten_and_their_ids_never_reused() 
     // hands out a new id, not the forgotten one.
     let tasks = vec![c.task(ids[0]).unwrap().clone()];
     let kept = vec![c.workers[&stays].info()];
-    let mut r = Core::restore(CoreConfig::default(), tasks, kept, 6000);
+    let mut r = Core::restore(CoreConfig::default(), tasks, kept, vec![], 6000);
     let new = r.connect_worker(4, hello("new", 1), 6000);
     assert!(gone.0 > stays.0);
     assert!(new.0 > gone.0, "{new} reuses the forgotten {gone}");
@@ -252,6 +252,7 @@ fn restart_keeps_claimed_tasks_and_requeues_unclaimed_ones() {
         },
         tasks,
         workers,
+        vec![],
         5000,
     );
     assert_eq!(r.counts()[idx(TaskState::Assigned)].count, 2);

@@ -1,0 +1,120 @@
+//! Task records as layout 2 wrote them, before tasks had a queue, affinity and a namespace.
+//!
+//! bincode is positional, so a record of the old shape cannot be read as the new one. Records
+//! written since carry a leading tag byte ([`TASK_TAG`]); an old record starts with the length of
+//! its id's bytes (16), so each record says by itself how to read it, whatever mix of old and new
+//! the buckets and the journal hold. Old records stay as they are until their task changes.
+
+use serde::Deserialize;
+use tatzelwurm_protocol::{
+    Attempt, BlockType, DEFAULT_NAMESPACE, Data, Payload, StageTimes, Tag, TaskId, TaskInfo,
+    TaskSpec, TaskState, WorkerId,
+};
+
+/// The first byte of a task record written by layout 3 or later.
+pub(crate) const TASK_TAG: u8 = 0xA3;
+
+/// A spec of layout 2: today's without `queue`, `prefer` and `require`.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct SpecV2 {
+    name: Option<String>,
+    block: BlockType,
+    priority: i32,
+    tags: Vec<Tag>,
+    payload: Payload,
+    max_attempts: u32,
+    timeout_ms: Option<u64>,
+    user_key: Option<String>,
+    user_data: Data,
+}
+
+/// A task of layout 2: today's without `namespace`.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+pub(crate) struct TaskV2 {
+    id: TaskId,
+    spec: SpecV2,
+    state: TaskState,
+    times: StageTimes,
+    attempts: Vec<Attempt>,
+    worker: Option<WorkerId>,
+}
+
+impl From<TaskV2> for TaskInfo {
+    fn from(t: TaskV2) -> TaskInfo {
+        let s = t.spec;
+        // A message task lived in its payload's namespace; every other task in the default one.
+        let namespace = match &s.payload {
+            Payload::Message { namespace, .. } => namespace.clone(),
+            _ => DEFAULT_NAMESPACE.to_string(),
+        };
+        TaskInfo {
+            id: t.id,
+            spec: TaskSpec {
+                name: s.name,
+                block: s.block,
+                priority: s.priority,
+                tags: s.tags,
+                payload: s.payload,
+                max_attempts: s.max_attempts,
+                timeout_ms: s.timeout_ms,
+                user_key: s.user_key,
+                user_data: s.user_data,
+                queue: None,
+                prefer: Vec::new(),
+                require: Vec::new(),
+            },
+            state: t.state,
+            times: t.times,
+            attempts: t.attempts,
+            worker: t.worker,
+            namespace,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::image::{encode, tests::task};
+    use super::*;
+
+    /// The record layout 2 wrote for `t` (which must have no queue, affinity or namespace).
+    fn v2(t: &TaskInfo) -> TaskV2 {
+        let s = t.spec.clone();
+        TaskV2 {
+            id: t.id,
+            spec: SpecV2 {
+                name: s.name,
+                block: s.block,
+                priority: s.priority,
+                tags: s.tags,
+                payload: s.payload,
+                max_attempts: s.max_attempts,
+                timeout_ms: s.timeout_ms,
+                user_key: s.user_key,
+                user_data: s.user_data,
+            },
+            state: t.state,
+            times: t.times.clone(),
+            attempts: t.attempts.clone(),
+            worker: t.worker,
+        }
+    }
+
+    #[test]
+    fn a_record_of_layout_2_starts_with_the_id_length_and_reads_as_today() {
+        let t = task();
+        let old = encode(&v2(&t));
+        assert_eq!(old[0], 16, "an id's 16 bytes, never the tag");
+        assert_ne!(old[0], TASK_TAG);
+        let bucket = super::super::image::frame([&old[..]].into_iter());
+        let r = super::super::image::replay(super::super::image::Stored {
+            buckets: vec![bucket],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(r.tasks, vec![t]);
+        assert_eq!(r.tasks[0].namespace, DEFAULT_NAMESPACE);
+    }
+}
