@@ -57,19 +57,29 @@ class PartlyAdded(TatzelwurmError):
         self.cause = cause
 
 
-def _spec(payload, *, name=None, block="async", priority=0, tags=None, max_attempts=1,
-          timeout=None, user_key=None, user_data=None):
-    return {
+def _spec(payload, *, name=None, block="async", priority=0, tags=None, max_attempts=None,
+          timeout=None, user_key=None, user_data=None, queue=None, prefer=None, require=None):
+    """A TaskSpec. `max_attempts` and `timeout` left as None take the queue's defaults; `prefer`
+    and `require` are worker tags (soft and hard affinity)."""
+    spec = {
         "name": name,
         "block": block,
         "priority": int(priority),
         "tags": tags_list(tags),
         "payload": payload,
-        "max_attempts": int(max_attempts),
+        "max_attempts": int(max_attempts or 0),
         "timeout_ms": to_ms(timeout),
         "user_key": user_key,
         "user_data": encode_data(user_data),
     }
+    # Left out when unset (the protocol's defaults), so that specs stay as small as they were.
+    if queue is not None:
+        spec["queue"] = queue
+    if prefer:
+        spec["prefer"] = tags_list(prefer)
+    if require:
+        spec["require"] = tags_list(require)
+    return spec
 
 
 def exec_task(argv, *, env=None, cwd=None, **options):
@@ -94,6 +104,14 @@ def _selector(ids):
     return {"ids": [id_text(i) for i in ids]}
 
 
+def _queue(info):
+    """A QueueInfo with its settings lifted up and its counts as {state: count}."""
+    out = dict(info["settings"])
+    out.update({k: v for k, v in info.items() if k != "settings"})
+    out["counts"] = {c["state"]: c["count"] for c in info["counts"]}
+    return out
+
+
 def _decode_task(task):
     task = decode_ids(task)
     spec = task.get("spec")
@@ -110,10 +128,11 @@ def _decode_task(task):
 class Client:
     """A blocking client. Use it as a context manager or call close()."""
 
-    def __init__(self, addr=DEFAULT_ADDR, token_file=None, token=None, timeout=30.0):
+    def __init__(self, addr=DEFAULT_ADDR, token_file=None, token=None, timeout=30.0, namespace=""):
         self.addr = addr
         tok = token if token is not None else read_token(token_file)
-        self._sock, self.welcome = connect(addr, {"actioner": {"client": "tatzelwurm-python"}}, tok)
+        role = {"actioner": {"client": "tatzelwurm-python", "namespace": namespace}}
+        self._sock, self.welcome = connect(addr, role, tok)
         self._sock.settimeout(timeout)
         self._ids = itertools.count(1)
         self._events = []
@@ -206,9 +225,10 @@ class Client:
         every failed task."""
         return self._change("retry", ids, attempts=attempts)
 
-    def list(self, states=None, tags=None, limit=None):
-        """Task summaries, newest first; `states` None means every state."""
-        _, body = self.request({"list": {"states": list(states or []), "tags": tags_list(tags), "limit": limit}})
+    def list(self, states=None, tags=None, limit=None, queue=None):
+        """Task summaries, newest first; `states` None means every state, `queue` None every queue."""
+        _, body = self.request(
+            {"list": {"states": list(states or []), "tags": tags_list(tags), "limit": limit, "queue": queue}})
         return decode_ids(body["tasks"])
 
     def counts(self):
@@ -216,9 +236,41 @@ class Client:
         return {c["state"]: c["count"] for c in body["counts"]}
 
     def show(self, task_id):
-        """One task with every field and attempt; user data and outputs decoded."""
+        """One task with every field and attempt; user data and outputs decoded. `waiting` says
+        why a ready task does not run, when the coordinator can tell."""
         _, body = self.request({"show": {"id": id_text(task_id)}})
-        return _decode_task(body["task"])
+        task = _decode_task(body["task"])
+        task["waiting"] = body.get("waiting")
+        return task
+
+    def move(self, *ids, queue):
+        """Moves tasks that no worker holds to `queue`; `move("all", queue=...)` every such task."""
+        return self._change("move", ids, queue=queue)
+
+    def queues(self):
+        """The queues of this client's namespace: settings, counts, running now, finished per minute."""
+        _, body = self.request("queues")
+        return [_queue(q) for q in body["queues"]]
+
+    def queue(self, name):
+        """One queue (a queue never named shows its defaults)."""
+        _, body = self.request({"queue_show": {"queue": name}})
+        return _queue(body["queue"])
+
+    def queue_set(self, name, *, priority=None, weight=None, limit=None, paused=None, max_attempts=None,
+                  timeout=None):
+        """Changes a queue's settings; None leaves one as it is, `limit=0` removes the limit,
+        `max_attempts=0` and `timeout=0` the defaults. Returns the queue once the change is stored."""
+        change = {"priority": priority, "weight": weight, "limit": limit, "paused": paused,
+                  "max_attempts": max_attempts, "timeout_ms": None if timeout is None else to_ms(timeout)}
+        _, body = self.request({"queue_set": {"queue": name, "change": change}})
+        return _queue(body["queue"])
+
+    def queue_pause(self, name):
+        return self.queue_set(name, paused=True)
+
+    def queue_play(self, name):
+        return self.queue_set(name, paused=False)
 
     def workers(self):
         _, body = self.request("workers")

@@ -8,7 +8,7 @@ import uuid
 import msgpack
 
 MAGIC = "tatzelwurm"
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MAX_FRAME = 16 * 1024 * 1024
 DEFAULT_ADDR = "127.0.0.1:5677"
 

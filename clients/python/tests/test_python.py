@@ -105,7 +105,7 @@ def test_a_large_add_goes_in_several_requests(coordinator):
         assert e.value.kind == "limit_exceeded" and "nothing was added" in e.value.message
         assert c.counts()["created"] == n
         # A split add whose second request is refused names what the first one added.
-        specs = [sleep_task(1) for _ in range(MAX_ADD_TASKS)] + [sleep_task(1, max_attempts=0)]
+        specs = [sleep_task(1) for _ in range(MAX_ADD_TASKS)] + [sleep_task(1, timeout=0)]
         with pytest.raises(PartlyAdded) as e:
             c.add(*specs)
         assert len(e.value.added) == MAX_ADD_TASKS and e.value.total == MAX_ADD_TASKS + 1
@@ -232,3 +232,30 @@ def test_python_worker_back_after_its_lease_runs_the_tasks_that_waited_once(tmp_
                 assert [a["outcome"] for a in cl.show(i)["attempts"]] == ["succeeded"]
     finally:
         c.stop()
+
+
+def test_queues_from_python_limit_pause_move_and_defaults(coordinator):
+    coordinator.rust_worker("--slots", "8")
+    coordinator.wait_workers(1)
+    with coordinator.client() as c:
+        q = c.queue_set("py", limit=1, weight=2, max_attempts=2)
+        assert (q["name"], q["limit"], q["weight"], q["max_attempts"]) == ("py", 1, 2, 2)
+        ids = c.add(*[sleep_task(0.1, queue="py") for _ in range(3)], play=True)
+        assert set(c.wait(*ids).values()) == {"completed"}
+        spans = sorted((a["started_ms"], a["ended_ms"]) for i in ids for a in c.show(i)["attempts"])
+        assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans
+        assert c.show(ids[0])["spec"]["max_attempts"] == 2, "the queue's default"
+        assert c.queue("py")["counts"]["completed"] == 3
+        c.queue_pause("py")
+        (held,) = c.add(sleep_task(0.01, queue="py"), play=True)
+        time.sleep(0.3)
+        shown = c.show(held)
+        assert shown["state"] == "ready"
+        assert shown["waiting"] == "queue py is paused (`queue play py`)"
+        assert c.move(held, queue="other") == [held]
+        assert c.wait(held) == {held: "completed"}
+        assert [t["queue"] for t in c.list(queue="other")] == ["other"]
+        assert {"py", "other"} <= {q["name"] for q in c.queues()}
+        with pytest.raises(TatzelwurmError) as e:
+            c.queue_set("py", weight=0)
+        assert e.value.kind == "invalid_request"

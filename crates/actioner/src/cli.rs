@@ -266,7 +266,7 @@ pub struct ListArgs {
     #[arg(long, short = 'l')]
     pub limit: Option<u32>,
     /// Only tasks of this queue.
-    #[arg(long, short = 'q')]
+    #[arg(long)]
     pub queue: Option<String>,
 }
 
@@ -308,7 +308,7 @@ pub struct AddArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub attempts: Option<u32>,
     /// The queue it waits in [default: default].
-    #[arg(long, short = 'q')]
+    #[arg(long)]
     pub queue: Option<String>,
     /// Soft affinity: prefer workers with this key=value tag, but run elsewhere rather than
     /// wait (repeatable).
@@ -896,5 +896,28 @@ fn plain(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap checks the definitions (unique short flags, valid defaults) only when a command is
+    /// built: this builds every one, so a clash fails here and not in a user's hands.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn limits_and_timeouts_take_none() {
+        assert_eq!(parse_limit("none"), Ok(0));
+        assert_eq!(parse_limit("3"), Ok(3));
+        assert!(parse_limit("0").is_err());
+        assert_eq!(parse_optional_duration("none"), Ok(0));
+        assert_eq!(parse_optional_duration("2s"), Ok(2000));
+        assert!(parse_optional_duration("0s").is_err());
     }
 }

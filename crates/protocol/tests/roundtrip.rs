@@ -672,8 +672,20 @@ fn every_message_round_trips_in_both_codecs() {
 #[test]
 fn version_2_peers_are_still_accepted() {
     let mut hello = hellos().remove(1);
-    hello.version = 2;
+    hello.codec = BodyCodec::Msgpack;
+    for v in [2, 3, 4] {
+        hello.version = v;
+        assert!(check_hello(&hello).is_ok(), "msgpack version {v}");
+    }
+    // bincode is positional: a peer built before tasks grew their version-4 fields would
+    // misread every task, so it is refused with a reason.
+    hello.codec = BodyCodec::Bincode;
     assert!(check_hello(&hello).is_ok());
+    hello.version = 3;
+    let (kind, why) = check_hello(&hello).unwrap_err();
+    assert_eq!(kind, RejectKind::VersionMismatch);
+    assert!(why.contains("use msgpack"), "{why}");
+    hello.version = 2;
     hello.version = 1;
     assert_eq!(
         check_hello(&hello).unwrap_err().0,

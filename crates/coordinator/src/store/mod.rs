@@ -215,7 +215,7 @@ DEFINE TABLE IF NOT EXISTS meta SCHEMALESS;
 DEFINE TABLE IF NOT EXISTS task SCHEMALESS;
 DEFINE TABLE IF NOT EXISTS worker SCHEMALESS;";
 
-/// Refuses a store written in a newer layout, and marks a new one with this layout.
+/// Refuses a store written in a newer layout, and marks a new or older one with this layout.
 async fn check_layout(db: &Surreal<Any>) -> Result<(), StoreError> {
     let found: Vec<Layout> = db
         .query("SELECT version FROM meta:layout")
@@ -224,8 +224,10 @@ async fn check_layout(db: &Surreal<Any>) -> Result<(), StoreError> {
         .take(0)?;
     match found.first() {
         Some(l) if l.version > LAYOUT_VERSION => Err(StoreError::NewerLayout { found: l.version }),
-        Some(_) => Ok(()),
-        None => {
+        Some(l) if l.version == LAYOUT_VERSION => Ok(()),
+        // An older layout is read as it is; the mark moves up at once, since what this version
+        // writes from now on an older one could not read (it refuses with a clear error).
+        _ => {
             db.query("UPSERT meta:layout CONTENT { version: $v }")
                 .bind(("v", LAYOUT_VERSION))
                 .await?
@@ -798,5 +800,22 @@ mod tests {
             matches!(err, StoreError::NewerLayout { found: 99 }),
             "{err}"
         );
+        // An older one is taken, and marked as this layout from then on.
+        store
+            .db
+            .query("UPSERT meta:layout CONTENT { version: 2 }")
+            .await
+            .unwrap()
+            .check()
+            .unwrap();
+        check_layout(&store.db).await.unwrap();
+        let found: Vec<Layout> = store
+            .db
+            .query("SELECT version FROM meta:layout")
+            .await
+            .unwrap()
+            .take(0)
+            .unwrap();
+        assert_eq!(found[0].version, LAYOUT_VERSION);
     }
 }
