@@ -312,7 +312,7 @@ fn a_split_add_that_fails_midway_names_what_it_added() {
     // The first request's tasks are fine; the second request holds a task the coordinator
     // refuses, so it adds nothing.
     let mut specs = vec![TaskSpec::new(Payload::Sleep { duration_ms: 1 }); MAX_ADD_TASKS + 1];
-    specs[MAX_ADD_TASKS].max_attempts = 0;
+    specs[MAX_ADD_TASKS].timeout_ms = Some(0);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let result = rt.block_on(async {
         let mut client = Client::connect(&c.addr, token.trim(), BodyCodec::Bincode).await?;
@@ -325,7 +325,7 @@ fn a_split_add_that_fails_midway_names_what_it_added() {
             source,
         }) => {
             assert_eq!((added.len(), total), (MAX_ADD_TASKS, MAX_ADD_TASKS + 1));
-            assert!(source.to_string().contains("max_attempts"), "{source}");
+            assert!(source.to_string().contains("timeout"), "{source}");
             let summary = c.action(&["summary"]);
             assert!(
                 summary.contains(&format!("{MAX_ADD_TASKS} tasks: {MAX_ADD_TASKS} created")),

@@ -52,8 +52,14 @@ impl Kind {
     }
 }
 
-/// A kind's head in a queue: task priority, ticket, task, its preferred tags, the kind.
-type Head<'t, 'k> = (Reverse<i32>, u64, TaskId, &'t [Tag], &'k Kind);
+/// A head that a free worker can run, while a queue's kinds are compared.
+struct Candidate<'k> {
+    /// Task priority (highest first), then ticket (oldest first).
+    order: (Reverse<i32>, u64),
+    kind: &'k Kind,
+    id: TaskId,
+    worker: WorkerId,
+}
 
 /// The pass added by one dispatch of a queue of weight 1.
 const STRIDE: u128 = 1 << 64;
@@ -404,19 +410,28 @@ impl Scheduler {
         look: &mut impl FnMut(TaskId, u64) -> Option<&'t [Tag]>,
     ) -> Option<(Kind, TaskId, WorkerId)> {
         let mut dropped = 0;
-        let mut heads: Vec<Head<'t, '_>> = Vec::new();
+        let (workers, free) = (&self.workers, &self.free);
         let queue = &mut self.queues[q as usize];
+        // The best head (task priority, then age) among the kinds that a free worker can run.
+        let mut best: Option<Candidate> = None;
         for (kind, levels) in queue.kinds.iter_mut() {
-            if let Some((prio, ticket, id, prefer)) = levels.head(look, &mut dropped) {
-                heads.push((Reverse(prio), ticket, id, prefer, kind));
+            let Some((prio, ticket, id, prefer)) = levels.head(look, &mut dropped) else {
+                continue;
+            };
+            let order = (Reverse(prio), ticket);
+            if best.as_ref().is_some_and(|b| b.order <= order) {
+                continue;
+            }
+            if let Some(worker) = pick_among(workers, free, kind, prefer) {
+                best = Some(Candidate {
+                    order,
+                    kind,
+                    id,
+                    worker,
+                });
             }
         }
-        heads.sort_by_key(|h| (h.0, h.1));
-        let pick = heads.iter().find_map(|&(_, _, id, prefer, kind)| {
-            let workers = &self.workers;
-            let free = &self.free;
-            pick_among(workers, free, kind, prefer).map(|w| (kind.clone(), id, w))
-        });
+        let pick = best.map(|b| (b.kind.clone(), b.id, b.worker));
         let queue = &mut self.queues[q as usize];
         queue.kinds.retain(|_, l| !l.levels.is_empty());
         if dropped > 0 {
