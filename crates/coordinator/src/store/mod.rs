@@ -96,6 +96,47 @@ pub fn kind(url: &str) -> Option<Kind> {
     }
 }
 
+/// The write-ahead log directory of an embedded surrealkv store.
+fn wal_dir(url: &str) -> Option<std::path::PathBuf> {
+    url.strip_prefix("surrealkv://")
+        .map(|path| std::path::Path::new(path).join("wal"))
+}
+
+/// The files of a write-ahead log directory, by name, with their inode numbers.
+fn wal_segments(dir: &std::path::Path) -> std::collections::HashMap<String, u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.metadata().ok()?.ino())))
+        .collect()
+}
+
+/// Connects to the store named by `url`.
+async fn connect(url: &str) -> Result<Surreal<Any>, StoreError> {
+    surrealdb::engine::any::connect(url)
+        .await
+        .map_err(|e| match e.to_string() {
+            words if words.contains("already locked") => StoreError::InUse(words),
+            _ => StoreError::Db(e),
+        })
+}
+
+/// Connects again to an embedded store this process just let go of: its engine closes in the
+/// background, so its lock may outlive the handle for a moment.
+async fn reconnect(url: &str) -> Result<Surreal<Any>, StoreError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match connect(url).await {
+            Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Where the store is and how to log in.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -241,12 +282,22 @@ impl Store {
     /// Connects (creating an embedded database when the URL names one), selects the namespace
     /// and database, and checks that this version can read what is there.
     pub async fn open(opts: &StoreOptions) -> Result<Store, StoreError> {
-        let db = surrealdb::engine::any::connect(opts.url.as_str())
-            .await
-            .map_err(|e| match e.to_string() {
-                words if words.contains("already locked") => StoreError::InUse(words),
-                _ => StoreError::Db(e),
-            })?;
+        let wal = wal_dir(&opts.url);
+        let before = wal.as_deref().map(wal_segments).unwrap_or_default();
+        let mut db = connect(&opts.url).await?;
+        // surrealkv (0.21) repairs a torn last record of its write-ahead log at open by writing
+        // a new file in the old one's place, but its writer was opened on the old file before:
+        // every later write would go to an unlinked file and be gone at the next start. A
+        // segment whose file changed at open was repaired; a second open writes to it.
+        if let Some(dir) = &wal
+            && wal_segments(dir)
+                .iter()
+                .any(|(name, ino)| before.get(name).is_some_and(|b| b != ino))
+        {
+            warn!(wal = %dir.display(), "the store's write-ahead log ended in a torn record (a crash or a full disk cut a write short) and was repaired; opening the store again so that new writes go to the repaired log");
+            drop(db);
+            db = reconnect(&opts.url).await?;
+        }
         if let (Some(user), Some(pass)) = (&opts.user, &opts.pass) {
             db.signin(Root {
                 username: user.clone(),
