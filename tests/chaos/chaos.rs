@@ -363,11 +363,13 @@ fn silence(rng: &mut Rng, lease: Duration) -> Duration {
     lease.mul_f64(0.3 + fraction * 2.2)
 }
 
-/// What the clients share: the coordinator's address, its token, what they were told.
+/// What the clients share: the coordinator's address, its token, what they were told (also
+/// written, a line per answer, to the clients' log).
 struct Shared {
     addr: String,
     token: String,
     told: Mutex<Told>,
+    log: Mutex<std::fs::File>,
     stop: AtomicBool,
     exe: PathBuf,
     history: PathBuf,
@@ -375,7 +377,16 @@ struct Shared {
 
 /// One client: adds small batches of tasks, and now and then pauses or kills one of its own, or
 /// drops its connection in the middle of an add (a client restarted mid-request).
-async fn client_loop(shared: Arc<Shared>, mut rng: Rng) {
+async fn client_loop(shared: Arc<Shared>, k: usize, mut rng: Rng) {
+    let note = |what: &str, ids: &[tatzelwurm_protocol::TaskId]| {
+        let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        let _ = writeln!(
+            shared.log.lock().expect("client log"),
+            "{} client {k} {what} {}",
+            mono(),
+            ids.join(" ")
+        );
+    };
     let mut conn: Option<Client> = None;
     let mut mine: Vec<String> = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) {
@@ -399,6 +410,7 @@ async fn client_loop(shared: Arc<Shared>, mut rng: Rng) {
                 .await
             {
                 Ok(ids) => {
+                    note("killed", &ids);
                     let mut told = shared.told.lock().expect("told");
                     told.killed.extend(ids.iter().map(|i| i.to_string()));
                     Ok(())
@@ -438,16 +450,23 @@ async fn client_loop(shared: Arc<Shared>, mut rng: Rng) {
             if roll >= 96 {
                 // Cut off mid-request: the add may or may not have landed; nobody was told.
                 let cut = tokio::time::timeout(rng.ms(0, 3), c.add(specs, true)).await;
-                let mut told = shared.told.lock().expect("told");
                 match cut {
-                    Ok(Ok(ids)) => told.added.extend(ids.iter().map(|i| i.to_string())),
-                    _ => told.unanswered += 1,
+                    Ok(Ok(ids)) => {
+                        note("added", &ids);
+                        let mut told = shared.told.lock().expect("told");
+                        told.added.extend(ids.iter().map(|i| i.to_string()));
+                    }
+                    _ => {
+                        note("add cut off", &[]);
+                        shared.told.lock().expect("told").unanswered += 1;
+                    }
                 }
                 conn = None;
                 continue;
             }
             match c.add(specs, true).await {
                 Ok(ids) => {
+                    note("added", &ids);
                     let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
                     mine.extend(ids.iter().cloned());
                     shared.told.lock().expect("told").added.extend(ids);
@@ -617,6 +636,7 @@ fn campaign(args: &Args, seed: u64) -> Result<bool> {
         addr: c.coord.addr.clone(),
         token: token.clone(),
         told: Mutex::new(Told::default()),
+        log: Mutex::new(std::fs::File::create(run.path().join("clients.log"))?),
         stop: AtomicBool::new(false),
         exe: std::env::current_exe()?,
         history: history.clone(),
@@ -626,7 +646,8 @@ fn campaign(args: &Args, seed: u64) -> Result<bool> {
         .map(|k| {
             rt.spawn(client_loop(
                 shared.clone(),
-                Rng(seed ^ (k as u64 + 1) << 32),
+                k,
+                Rng(seed ^ ((k as u64 + 1) << 32)),
             ))
         })
         .collect();
