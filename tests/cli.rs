@@ -36,7 +36,7 @@ fn add_list_show_play_pause_kill_remove() {
     assert!(
         text.contains("echo hi")
             && text.contains("project=apollo")
-            && text.contains("sleep 5400000ms"),
+            && text.contains("sleep 1h 30m"),
         "{text}"
     );
     // The ids in the table are prefixes that name one task each, though the three mocks were

@@ -22,7 +22,7 @@ use crate::spec::{self, Common, millis, parse_duration};
 #[derive(Parser, Debug)]
 #[command(name = "actionwurm", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Coordinator address.
+    /// Coordinator address: a host name or address, with a port or without (then 5677).
     #[arg(long, global = true, env = "TATZELWURM_ADDR", default_value = DEFAULT_ADDR)]
     pub coordinator: String,
     /// File holding the coordinator's token [default: the token of a coordinator on this machine:
@@ -39,6 +39,9 @@ pub struct Cli {
     /// AiiDA profile's UUID) [default: the default namespace].
     #[arg(long, global = true, env = "TATZELWURM_NAMESPACE", default_value = "")]
     pub namespace: String,
+    /// How long the coordinator has to answer the handshake.
+    #[arg(long, global = true, env = "TATZELWURM_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
     /// Log what the client does (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -471,8 +474,14 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Task(TaskCommand::List(l)) => Some(list_states(&l.filter)?),
         _ => None,
     };
-    let mut client =
-        Client::connect_in(&cli.coordinator, &token, BodyCodec::Bincode, &cli.namespace).await?;
+    let mut client = Client::connect_within(
+        &cli.coordinator,
+        &token,
+        BodyCodec::Bincode,
+        &cli.namespace,
+        cli.connect_timeout,
+    )
+    .await?;
     let (json, quiet) = (cli.json, cli.quiet);
     match cli.command {
         Command::Task(TaskCommand::Add(a)) => {

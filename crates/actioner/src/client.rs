@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use futures_util::{SinkExt, StreamExt};
+use tatzelwurm_protocol::cli::with_default_port;
 use tatzelwurm_protocol::client::{HandshakeError, handshake};
 use tatzelwurm_protocol::{
     ActionerRequest, ActionerToCoordinator, BodyCodec, BroadcastMessage, CoordinatorToActioner,
@@ -37,6 +38,16 @@ pub enum ClientError {
         addr: String,
         /// Why.
         source: HandshakeError,
+    },
+    /// Nothing answered the hello in time: not a tatzelwurm coordinator, or one stuck.
+    #[error(
+        "no answer from {addr} within {within:?}: is it a tatzelwurm coordinator (or the right port)?"
+    )]
+    NoAnswer {
+        /// Where.
+        addr: String,
+        /// How long it had.
+        within: std::time::Duration,
     },
     /// The connection broke.
     #[error(transparent)]
@@ -101,6 +112,9 @@ pub struct Client {
     broadcasts: VecDeque<(RequestId, BroadcastMessage)>,
 }
 
+/// How long a coordinator has to answer a hello, unless told otherwise.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Client {
     /// Connects and shakes hands with the given token and body codec, in the default namespace.
     pub async fn connect(addr: &str, token: &str, codec: BodyCodec) -> Result<Client, ClientError> {
@@ -115,6 +129,18 @@ impl Client {
         codec: BodyCodec,
         namespace: &str,
     ) -> Result<Client, ClientError> {
+        Self::connect_within(addr, token, codec, namespace, HANDSHAKE_TIMEOUT).await
+    }
+
+    /// Connects in a namespace, giving the coordinator `within` to answer the hello.
+    pub async fn connect_within(
+        addr: &str,
+        token: &str,
+        codec: BodyCodec,
+        namespace: &str,
+        within: std::time::Duration,
+    ) -> Result<Client, ClientError> {
+        let addr = &with_default_port(addr);
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|source| ClientError::Connect {
@@ -130,9 +156,15 @@ impl Client {
             codec,
             token,
         );
+        // A peer that never answers (a service that waits for its own kind of request) must not
+        // hold the client for ever.
         let (framed, _welcome) =
-            handshake(stream, &hello, DEFAULT_MAX_FRAME)
+            tokio::time::timeout(within, handshake(stream, &hello, DEFAULT_MAX_FRAME))
                 .await
+                .map_err(|_| ClientError::NoAnswer {
+                    addr: addr.to_string(),
+                    within,
+                })?
                 .map_err(|source| ClientError::Handshake {
                     addr: addr.to_string(),
                     source,

@@ -5,26 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tatzelwurm_protocol::{BlockType, Data, EnvVar, Payload, Tag, TaskSpec};
 
-/// Parses a duration as people write it: `10ms`, `2s`, `1h30m`, `1.5s`; a bare number is seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if let Ok(secs) = t.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
-        }
-        return Err(format!(
-            "invalid duration {s:?}: must be a non-negative number"
-        ));
-    }
-    if let Some(secs) = t.strip_suffix('s').and_then(|n| n.parse::<f64>().ok())
-        && secs.is_finite()
-        && secs >= 0.0
-    {
-        return Ok(Duration::from_secs_f64(secs));
-    }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 10ms, 2s, 1h30m)"))
-}
+pub use tatzelwurm_protocol::cli::parse_duration;
 
 /// Milliseconds of a duration, saturating.
 pub fn millis(d: Duration) -> u64 {
@@ -221,17 +202,6 @@ fn parse_line(line: &str, common: &Common) -> Result<TaskSpec, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_as_people_write_them() {
-        assert_eq!(parse_duration("10ms").unwrap(), Duration::from_millis(10));
-        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("soon").unwrap_err().contains("soon"));
-        assert!(parse_duration("-1").is_err());
-    }
 
     #[test]
     fn task_file_lines() {

@@ -1,6 +1,5 @@
 //! `tatzelwurm`, the coordinator daemon: flags, logging, signals; the work is in the library.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser};
 use tatzelwurm_coordinator::config::{Config, default_data_dir, default_listen};
 use tatzelwurm_coordinator::store;
+use tatzelwurm_protocol::cli::{parse_duration, with_default_port};
 use tokio_util::sync::CancellationToken;
 
 /// The tatzelwurm coordinator: a task queue and broker with persistent storage.
@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "tatzelwurm", version, about)]
 struct Args {
     /// Address to listen on (loopback by default; other addresses are reachable from the network).
-    #[arg(long, default_value_t = default_listen(), env = "TATZELWURM_LISTEN")]
-    listen: SocketAddr,
+    /// A host name or address, with a port or without (then 5677): `localhost`, `0.0.0.0:7000`.
+    #[arg(long, default_value_t = default_listen().to_string(), env = "TATZELWURM_LISTEN")]
+    listen: String,
     /// Where the token and the embedded store live [default: the user's data dir]/tatzelwurm.
     #[arg(long, env = "TATZELWURM_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -43,17 +44,17 @@ struct Args {
     db_database: String,
     /// A store write with no answer within this counts as failed and is retried (e.g. a SurrealDB
     /// server that vanished).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     db_timeout: Duration,
     /// Fold the journal into the task buckets once it holds this many bytes and as many as the
     /// tables (a larger value writes less and replays more at start).
     #[arg(long, default_value_t = 64 << 20, env = "TATZELWURM_CHECKPOINT_BYTES")]
     checkpoint_bytes: u64,
     /// How long a silent or disconnected worker keeps its tasks (e.g. 30s, 2m).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     lease: Duration,
     /// How often workers heartbeat [default: a sixth of the lease].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     heartbeat: Option<Duration>,
     /// Send the tasks of a lost worker to `paused` instead of `ready`.
     #[arg(long)]
@@ -77,7 +78,7 @@ struct Args {
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
     /// A client must send its hello within this.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -92,9 +93,9 @@ fn parse_or_never(s: &str) -> Result<OrNever, String> {
     if s == "never" {
         return Ok(OrNever(None));
     }
-    humantime::parse_duration(s)
+    parse_duration(s)
         .map(|d| OrNever(Some(d)))
-        .map_err(|e| format!("{e} (a duration such as 24h, or `never`)"))
+        .map_err(|e| format!("{e} (or `never`)"))
 }
 
 /// The shortest lease that leaves room for heartbeats on a busy machine.
@@ -145,6 +146,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -181,13 +183,10 @@ async fn main() -> Result<()> {
     cfg.max_connections = args.max_connections;
     cfg.handshake_timeout = args.handshake_timeout;
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listen = with_default_port(&args.listen);
+    let listener = tokio::net::TcpListener::bind(&listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    // Stable lines on stdout, for people and for scripts that start the coordinator on port 0.
-    println!("tatzelwurm listening on {addr}");
-    println!("data dir {} (store {})", data_dir.display(), cfg.store.url);
+        .with_context(|| format!("cannot listen on {listen}"))?;
 
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();

@@ -115,6 +115,15 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         warn!(%addr, "listening on a non-loopback address: reachable from other machines");
     }
     info!(%addr, "listening");
+    // Stable lines on stdout, for people and for scripts that start the coordinator on port 0:
+    // printed once the store is open, so that a coordinator that cannot start never claims to
+    // listen.
+    println!("tatzelwurm listening on {addr}");
+    println!(
+        "data dir {} (store {})",
+        cfg.data_dir.display(),
+        cfg.store.url
+    );
 
     let (in_tx, in_rx) = mpsc::channel::<Input>(8192);
     let tracker = TaskTracker::new();

@@ -19,6 +19,9 @@ pub enum HandshakeError {
     /// The coordinator closed the connection without answering.
     #[error("the coordinator closed the connection during the handshake")]
     Closed,
+    /// What answered is not a tatzelwurm coordinator (an HTTP server, another service).
+    #[error("not a tatzelwurm coordinator ({0})")]
+    NotTatzelwurm(String),
     /// The coordinator refused the hello.
     #[error("the coordinator refused the connection: {message}")]
     Rejected {
@@ -57,7 +60,11 @@ where
     let codec = MessageCodec::<HelloReply, Hello>::new(BodyCodec::Msgpack, max_frame);
     let mut framed = Framed::new(io, codec);
     framed.send(hello.clone()).await?;
-    let reply = framed.next().await.ok_or(HandshakeError::Closed)??;
+    let reply = match framed.next().await.ok_or(HandshakeError::Closed)? {
+        Ok(reply) => reply,
+        Err(FrameError::TooLarge { len, .. }) => return Err(not_ours(len)),
+        Err(e) => return Err(e.into()),
+    };
     match reply {
         HelloReply::Welcome {
             version,
@@ -80,6 +87,23 @@ where
             Err(HandshakeError::Rejected { kind, message })
         }
     }
+}
+
+/// Names what answered when its first four bytes, read as a frame length, were far too large:
+/// text means some other service (`HTTP` is a web server's status line).
+fn not_ours(len: usize) -> HandshakeError {
+    let bytes = (len as u32).to_be_bytes();
+    let text: String = bytes.iter().map(|&b| b as char).collect();
+    let why = if len == 0 {
+        "its answer is not a tatzelwurm handshake".to_string()
+    } else if text == "HTTP" {
+        "it answered like HTTP".to_string()
+    } else if bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        format!("it answered with text starting {text:?}")
+    } else {
+        format!("its answer began with a frame of {len} bytes")
+    };
+    HandshakeError::NotTatzelwurm(why)
 }
 
 /// Where a coordinator on this machine keeps its token: in `TATZELWURM_DATA_DIR` when that is set

@@ -6,6 +6,7 @@
 //! [`messages`]. `docs/PROTOCOL.md` describes the same thing byte by byte for other languages.
 
 pub mod broker;
+pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod data;

@@ -145,7 +145,10 @@ impl Payload {
     pub fn describe(&self) -> String {
         match self {
             Payload::Exec { argv, .. } => argv.join(" "),
-            Payload::Sleep { duration_ms } => format!("sleep {duration_ms}ms"),
+            Payload::Sleep { duration_ms } => format!(
+                "sleep {}",
+                crate::cli::format_duration(std::time::Duration::from_millis(*duration_ms))
+            ),
             Payload::Custom { handler, .. } => format!("custom {handler}"),
             Payload::Message {
                 namespace, queue, ..

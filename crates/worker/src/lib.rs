@@ -23,6 +23,10 @@ pub struct WorkerConfig {
     pub coordinator: String,
     /// Token presented at the handshake (empty when the coordinator runs without auth).
     pub token: String,
+    /// Where the token comes from: read again before every connection, so that a worker started
+    /// before a brand-new coordinator (which writes the file) or kept across a new one presents
+    /// the current token. When the file cannot be read, `token` stays as it was.
+    pub token_file: Option<PathBuf>,
     /// Which tasks it takes.
     pub block: BlockType,
     /// How many at once.
@@ -41,10 +45,13 @@ pub struct WorkerConfig {
     pub kill_grace: Duration,
     /// Where to write the worker id once known (for scripts and tests); optional.
     pub id_file: Option<PathBuf>,
+    /// How long the coordinator has to answer the handshake before the worker tries again.
+    pub connect_timeout: Duration,
 }
 
 impl WorkerConfig {
     /// Defaults: async, 256 slots (sync: one per CPU), named after host and pid.
+    /// The address may leave out the port (then 5677).
     pub fn new(coordinator: impl Into<String>, block: BlockType) -> Self {
         let host = hostname();
         let slots = match block {
@@ -52,8 +59,9 @@ impl WorkerConfig {
             BlockType::Async => 256,
         };
         WorkerConfig {
-            coordinator: coordinator.into(),
+            coordinator: tatzelwurm_protocol::cli::with_default_port(&coordinator.into()),
             token: String::new(),
+            token_file: None,
             block,
             slots,
             name: format!("{host}-{}", std::process::id()),
@@ -63,6 +71,7 @@ impl WorkerConfig {
             drain_grace: Duration::from_secs(60),
             kill_grace: Duration::from_secs(5),
             id_file: None,
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }

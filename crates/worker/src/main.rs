@@ -14,7 +14,7 @@ use tatzelwurm_worker::{Handlers, WorkerConfig};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Coordinator address.
+    /// Coordinator address: a host name or address, with a port or without (then 5677).
     #[arg(long, env = "TATZELWURM_ADDR", default_value = "127.0.0.1:5677")]
     coordinator: String,
     /// Which tasks to take: sync (each blocks a thread) or async (many share the runtime).
@@ -37,14 +37,17 @@ struct Args {
     #[arg(long, default_value = "bincode")]
     codec: BodyCodec,
     /// After SIGTERM, how long running tasks may finish before they are handed back.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = tatzelwurm_protocol::cli::parse_duration)]
     drain_grace: Duration,
     /// Between SIGTERM and SIGKILL when an exec task is killed or times out.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = tatzelwurm_protocol::cli::parse_duration)]
     kill_grace: Duration,
     /// Do not serve the built-in `echo` and `fail` custom handlers.
     #[arg(long)]
     no_builtin_handlers: bool,
+    /// How long the coordinator has to answer the handshake before the worker tries again.
+    #[arg(long, default_value = "10s", value_parser = tatzelwurm_protocol::cli::parse_duration)]
+    connect_timeout: Duration,
     /// Write the worker id here once connected.
     #[arg(long)]
     id_file: Option<PathBuf>,
@@ -66,12 +69,14 @@ async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let default_token = default_token_file(dirs::data_dir());
     let mut cfg = WorkerConfig::new(args.coordinator, args.block);
     cfg.token = read_token(args.token_file.as_deref(), default_token.as_deref())
         .context("cannot read the token")?;
+    cfg.token_file = args.token_file.clone().or(default_token);
     if let Some(s) = args.slots {
         anyhow::ensure!(s > 0, "--slots must be at least 1");
         cfg.slots = s;
@@ -84,6 +89,7 @@ async fn main() -> Result<()> {
     cfg.drain_grace = args.drain_grace;
     cfg.kill_grace = args.kill_grace;
     cfg.id_file = args.id_file;
+    cfg.connect_timeout = args.connect_timeout;
     let handlers = if args.no_builtin_handlers {
         Handlers::new()
     } else {

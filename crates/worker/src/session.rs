@@ -83,7 +83,26 @@ pub async fn run(cfg: WorkerConfig, handlers: Handlers, stop: Stop) -> Result<()
             info!("nothing left to run or report; exiting");
             return Ok(());
         }
-        match connect(&mut st).await {
+        // A handshake that gets no answer (a service of another kind on that port) is given
+        // up after a while, and signals are obeyed while it waits.
+        let (draining, exiting) = (st.draining, st.exit_deadline.is_some());
+        let within = st.cfg.connect_timeout;
+        let attempt = tokio::select! {
+            r = tokio::time::timeout(within, connect(&mut st)) => {
+                r.unwrap_or_else(|_| Err(anyhow::anyhow!(
+                    "no answer within {within:?}: is it a tatzelwurm coordinator (or the right port)?"
+                )))
+            }
+            _ = stop.drain.cancelled(), if !draining => {
+                st.start_drain();
+                continue;
+            }
+            _ = stop.now.cancelled(), if !exiting => {
+                st.stop_now();
+                continue;
+            }
+        };
+        match attempt {
             Ok(conn) => {
                 backoff = Duration::from_millis(100);
                 failures = 0;
@@ -135,6 +154,11 @@ pub async fn run(cfg: WorkerConfig, handlers: Handlers, stop: Stop) -> Result<()
 }
 
 async fn connect(st: &mut State) -> Result<Conn> {
+    if let Some(path) = &st.cfg.token_file
+        && let Ok(t) = std::fs::read_to_string(path)
+    {
+        st.cfg.token = t.trim().to_string();
+    }
     let stream = TcpStream::connect(&st.cfg.coordinator).await?;
     let _ = stream.set_nodelay(true);
     let hello = Hello::new(
