@@ -117,6 +117,7 @@ async fn subscribed(c: &Coordinator) -> Result<Client> {
             ids: vec![],
             tags: vec![],
             all: true,
+            queue: None,
         })
         .await?;
     Ok(client)

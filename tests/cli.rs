@@ -118,8 +118,9 @@ fn add_list_show_play_pause_kill_remove() {
         stderr_of(&out)
     );
 
-    // -a forms.
-    let played = c.action(&["-q", "task", "play", "-a"]);
+    // -a forms (created tasks were never played: `--created` plays them too).
+    assert_eq!(c.action(&["-q", "task", "play", "-a"]).lines().count(), 0);
+    let played = c.action(&["-q", "task", "play", "-a", "--created"]);
     assert_eq!(played.lines().count(), 5);
     let paused = c.json(&["task", "pause", "--all"]);
     assert_eq!(paused.as_array().unwrap().len(), 5);
@@ -226,11 +227,20 @@ fn workers_run_tasks_and_wait_reports_failures() {
         "each copy is told its index"
     );
 
-    let out = c.try_action(&["--json", "task", "wait", "--all"]).unwrap();
+    // Named, ended tasks are reported as they ended; `--all` takes only what can still end, so
+    // an old failure no longer fails it.
+    let mut named = vec!["--json", "task", "wait"];
+    named.extend(copies.iter().map(String::as_str));
+    named.push(&bad[0]);
+    let out = c.try_action(&named).unwrap();
     assert_eq!(out.status.code(), Some(1), "one of them failed");
+    let waited: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(waited.as_object().unwrap().len(), 4);
+    assert_eq!(waited[&bad[0]], "failed");
+    let out = c.try_action(&["--json", "task", "wait", "--all"]).unwrap();
+    assert_eq!(out.status.code(), Some(0), "nothing left to end");
     let wait_all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(wait_all.as_object().unwrap().len(), 5);
-    assert_eq!(wait_all[&bad[0]], "failed");
+    assert!(wait_all.as_object().unwrap().is_empty());
     let list = c.json(&["task", "list", "-f", "completed", "-f", "failed"]);
     assert_eq!(list.as_array().unwrap().len(), 5);
 }
@@ -416,12 +426,13 @@ fn errors_are_one_clear_line() {
             .len(),
         2
     );
-    // Unreachable coordinator: one line naming where it tried.
+    // Unreachable coordinator: one line naming where it tried, and its own exit code (3), apart
+    // from a refusal or a failed task (1).
     let out = std::process::Command::new(bin("actionwurm"))
         .args(["--coordinator", "127.0.0.1:1", "task", "list"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     let err = stderr_of(&out);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(
@@ -603,13 +614,25 @@ fn wait_shows_a_progress_bar_on_a_terminal() {
 fn answers_larger_than_a_frame_come_in_parts_or_as_a_clear_error() {
     // A small frame limit stands in for a table of millions under the default 16 MiB.
     let c = Coordinator::start_with(Db::Mem, &["--lease", "3s", "--max-frame", "2048"]).unwrap();
-    let _w = c.worker(&["--type", "async"]);
     let mut ids = Vec::new();
     for _ in 0..20 {
-        ids.extend(c.add(&["--play", "--sleep", "0s", "--count", "15"]));
+        ids.extend(c.add(&["--play", "--queue", "big", "--sleep", "0s", "--count", "15"]));
     }
-    // The snapshot behind `wait --all` (300 states) takes several frames: every task is waited on.
-    let waited = c.json(&["task", "wait", "--all"]);
+    // The snapshot behind a wait for 300 tasks takes several frames (and the wait asks for them
+    // without naming 300 ids in one request): every task is waited on.
+    let waiter = std::process::Command::new(bin("actionwurm"))
+        .args(["--coordinator", &c.addr, "--token-file"])
+        .arg(c.token_file())
+        .args(["--json", "task", "wait", "--queue", "big"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _w = c.worker(&["--type", "async"]);
+    let out = waiter.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let waited: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let waited = waited.as_object().unwrap();
     assert_eq!(waited.len(), 300, "every task is in the snapshot");
     for id in &ids {

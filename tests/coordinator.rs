@@ -235,16 +235,9 @@ fn kill9_while_adding_and_running(extra: &[&str]) {
     );
 }
 
-/// Found by `tatzelwurm-chaos` (a full disk had torn the last record of surrealkv's write-ahead
-/// log): at the next start surrealkv repairs the log by writing a new file in its place, but its
-/// writer still holds the old one, so every write after the repair went to an unlinked file and
-/// vanished at the following restart, acknowledged adds included. The torn record is made here
-/// by hand, the way a full disk leaves it.
-#[test]
-fn writes_after_a_repaired_write_ahead_log_survive_the_next_crash() {
-    let mut c = Coordinator::start(Db::Kv).unwrap();
-    let before = c.add(&["--sleep", "1s"]);
-    c.kill9();
+/// Appends `tail` to the newest write-ahead log segment of a stopped coordinator's store, as a
+/// write cut short (a full disk, a crash between two write calls) leaves it.
+fn tear_the_log(c: &Coordinator, tail: &[u8]) {
     let wal = c.dir.join("store/wal");
     let segment = std::fs::read_dir(&wal)
         .unwrap()
@@ -256,18 +249,35 @@ fn writes_after_a_repaired_write_ahead_log_survive_the_next_crash() {
         .append(true)
         .open(&segment)
         .unwrap();
-    std::io::Write::write_all(&mut f, &[0xab; 100]).unwrap();
-    drop(f);
-    c.restart().unwrap();
-    let after = c.add(&["--sleep", "1s", "--count", "3"]);
-    c.kill9();
-    c.restart().unwrap();
-    let ids = c.all_ids();
-    for id in before.iter().chain(&after) {
-        assert!(
-            ids.contains(id),
-            "acknowledged task {id} lost; log:\n{}",
-            c.log_text()
-        );
+    std::io::Write::write_all(&mut f, tail).unwrap();
+}
+
+/// Found by `tatzelwurm-chaos` (a full disk had torn the last record of surrealkv's write-ahead
+/// log). A torn tail that surrealkv's reader sees as damage is repaired at the next start, by a
+/// new file in the old one's place, but its writer still held the old file, so every write after
+/// the repair went to an unlinked file; a torn tail that the reader takes for the end of the log
+/// stays, new records are appended after it, and the start after that stops reading at it. Both
+/// lost everything written in between, acknowledged adds included. Each kind of tail is made here
+/// by hand.
+#[test]
+fn writes_after_a_torn_write_ahead_log_survive_the_next_crash() {
+    for tail in [[0xab_u8; 100], [0_u8; 100]] {
+        let mut c = Coordinator::start(Db::Kv).unwrap();
+        let before = c.add(&["--sleep", "1s"]);
+        c.kill9();
+        tear_the_log(&c, &tail);
+        c.restart().unwrap();
+        let after = c.add(&["--sleep", "1s", "--count", "3"]);
+        c.kill9();
+        c.restart().unwrap();
+        let ids = c.all_ids();
+        for id in before.iter().chain(&after) {
+            assert!(
+                ids.contains(id),
+                "tail {:#x}: acknowledged task {id} lost; log:\n{}",
+                tail[0],
+                c.log_text()
+            );
+        }
     }
 }

@@ -70,7 +70,7 @@ fn a_client_and_a_worker_facing_silence_give_up_or_obey_signals() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("no answer from"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
     // A worker waiting on the handshake still hears SIGTERM and leaves (it runs nothing).

@@ -428,9 +428,12 @@ async fn client_loop(shared: Arc<Shared>, k: usize, mut rng: Rng) {
             match c.change(ActionerRequest::Pause { selector: sel() }).await {
                 Ok(_) => {
                     tokio::time::sleep(rng.ms(20, 600)).await;
-                    c.change(ActionerRequest::Play { selector: sel() })
-                        .await
-                        .map(|_| ())
+                    c.change(ActionerRequest::Play {
+                        selector: sel(),
+                        created: false,
+                    })
+                    .await
+                    .map(|_| ())
                 }
                 Err(e) => Err(e),
             }
@@ -529,6 +532,7 @@ async fn drain(addr: &str, token: &str, within: Duration) -> Result<bool> {
             let _ = c
                 .change(ActionerRequest::Play {
                     selector: Selector::All,
+                    created: false,
                 })
                 .await;
             if let Ok((_, counts)) = c.list(vec![], vec![], Some(0), None).await {

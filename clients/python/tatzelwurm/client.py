@@ -207,9 +207,10 @@ class Client:
         parts = self._request_parts({op: body})
         return [uuid.UUID(bytes=i) for part in parts for i in part["ids"]]
 
-    def play(self, *ids):
-        """Makes tasks ready; `play("all")` plays every created or paused task."""
-        return self._change("play", ids)
+    def play(self, *ids, created=True):
+        """Makes tasks ready; `play("all")` plays every paused task, and every created one unless
+        `created=False`."""
+        return self._change("play", ids, created=created)
 
     def pause(self, *ids):
         return self._change("pause", ids)

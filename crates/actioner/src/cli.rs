@@ -183,8 +183,8 @@ fn message_data(text: &str) -> Result<Data> {
 pub enum TaskCommand {
     /// Add tasks: a command (after --), a mock sleep task, a custom task, or a file of tasks.
     Add(AddArgs),
-    /// Make created or paused tasks ready to run.
-    Play(Select),
+    /// Make created or paused tasks ready to run (-a: every paused task).
+    Play(PlayArgs),
     /// Hold tasks; running ones are suspended on their worker.
     Pause(Select),
     /// End tasks as killed; running ones are stopped on their worker.
@@ -202,8 +202,9 @@ pub enum TaskCommand {
         /// Task id or unique prefix.
         id: String,
     },
-    /// Wait until tasks end; exits non-zero when any failed or was killed.
-    Wait(Select),
+    /// Wait until tasks end: those named, or (-a, --tag, --queue) those that can still end;
+    /// exits 1 when any failed or was killed, 3 when the coordinator was lost.
+    Wait(WaitArgs),
 }
 
 /// Worker commands.
@@ -222,6 +223,45 @@ pub struct Select {
     /// Every task the command applies to.
     #[arg(short, long)]
     pub all: bool,
+}
+
+/// Which tasks to wait for.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Which tasks: ids, or -a for every task that can still end.
+    #[command(flatten)]
+    pub select: WaitSelect,
+    /// Only tasks with this tag (repeatable; all must match) that can still end.
+    #[arg(long, short = 't')]
+    pub tag: Vec<Tag>,
+    /// Only tasks of this queue that can still end.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// How long to wait for a coordinator that went away before giving up (exit 3).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub reconnect_for: Duration,
+}
+
+/// The tasks of a wait: like [`Select`], but a filter may stand in for ids.
+#[derive(Args, Debug)]
+pub struct WaitSelect {
+    /// Task ids or unique prefixes.
+    #[arg(required_unless_present_any = ["all", "tag", "queue"], conflicts_with = "all")]
+    pub ids: Vec<String>,
+    /// Every task that can still end (not created, not ended yet).
+    #[arg(short, long)]
+    pub all: bool,
+}
+
+/// Which tasks to play.
+#[derive(Debug, Args)]
+pub struct PlayArgs {
+    /// Which tasks.
+    #[command(flatten)]
+    pub select: Select,
+    /// With -a, also the created tasks that were never played.
+    #[arg(long, requires = "all")]
+    pub created: bool,
 }
 
 /// Which tasks go to which queue.
@@ -324,7 +364,7 @@ pub struct AddArgs {
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     /// Add N copies; each sees its index (0..N) in TATZELWURM_TASK_INDEX.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, conflicts_with_all = ["from_file", "number"])]
     pub count: u32,
     /// Environment variable for exec tasks, NAME=VALUE (repeatable).
     #[arg(long, short = 'e')]
@@ -341,6 +381,9 @@ pub struct AddArgs {
     /// Make the tasks ready at once.
     #[arg(long)]
     pub play: bool,
+    /// Then wait until they end (as `task wait`; exits 1 when any failed).
+    #[arg(long, requires = "play")]
+    pub wait: bool,
     /// The command and its arguments (after --).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -362,9 +405,16 @@ impl AddArgs {
             });
         }
         let user_data = match &self.user_data {
-            Some(t) => spec::json_data(t)
-                .map_err(anyhow::Error::msg)
-                .context("--user-data")?,
+            Some(t) => {
+                let is_object =
+                    serde_json::from_str::<serde_json::Value>(t).is_ok_and(|v| v.is_object());
+                if !is_object {
+                    bail!("--user-data {t:?}: give a JSON object, such as '{{\"step\": 1}}'");
+                }
+                spec::json_data(t)
+                    .map_err(anyhow::Error::msg)
+                    .context("--user-data")?
+            }
             None => Data::empty(),
         };
         let common = Common {
@@ -485,8 +535,40 @@ pub async fn run(cli: Cli) -> Result<i32> {
     let (json, quiet) = (cli.json, cli.quiet);
     match cli.command {
         Command::Task(TaskCommand::Add(a)) => {
-            match client.add(add_specs.expect("parsed above"), a.play).await {
-                Ok(ids) => print_ids(&ids, json),
+            let specs = add_specs.expect("parsed above");
+            let unserved = if a.play {
+                unserved_kinds(&mut client, &specs).await?
+            } else {
+                Vec::new()
+            };
+            match client.add(specs, a.play).await {
+                Ok(ids) => {
+                    print_ids(&ids, json);
+                    for kind in &unserved {
+                        eprintln!(
+                            "warning: no connected worker takes {kind}: the tasks wait in ready \
+                             until one connects (`worker list` shows who is connected)"
+                        );
+                    }
+                    if a.wait {
+                        let reach = Reach {
+                            addr: cli.coordinator.clone(),
+                            token: token.clone(),
+                            namespace: cli.namespace.clone(),
+                            timeout: cli.connect_timeout,
+                        };
+                        let w = WaitArgs {
+                            select: WaitSelect {
+                                ids: ids.iter().map(|i| i.to_string()).collect(),
+                                all: false,
+                            },
+                            tag: vec![],
+                            queue: None,
+                            reconnect_for: Duration::from_secs(300),
+                        };
+                        return wait(client, &reach, w, json).await;
+                    }
+                }
                 // What was added is durable: say which, so nothing is added twice on a retry.
                 Err(ClientError::PartlyAdded {
                     added,
@@ -502,17 +584,31 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Command::Task(TaskCommand::Play(s)) => {
-            change(
+        Command::Task(TaskCommand::Play(p)) => {
+            let n = change(
                 &mut client,
                 ActionerRequest::Play {
-                    selector: s.selector(),
+                    selector: p.select.selector(),
+                    created: p.created,
                 },
                 "played",
                 json,
                 quiet,
             )
-            .await?
+            .await?;
+            if p.select.all && !p.created && !json && !quiet {
+                let (_, counts) = client.list(vec![], vec![], Some(0), None).await?;
+                let created = counts
+                    .iter()
+                    .find(|c| c.state == TaskState::Created)
+                    .map_or(0, |c| c.count);
+                if n == 0 && created > 0 {
+                    eprintln!(
+                        "{} never played; `task play -a --created` plays them too",
+                        plural(created, "created task")
+                    );
+                }
+            }
         }
         Command::Task(TaskCommand::Pause(s)) => {
             change(
@@ -524,7 +620,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 json,
                 quiet,
             )
-            .await?
+            .await?;
         }
         Command::Task(TaskCommand::Kill(s)) => {
             change(
@@ -536,7 +632,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 json,
                 quiet,
             )
-            .await?
+            .await?;
         }
         Command::Task(TaskCommand::Retry(r)) => {
             change(
@@ -549,7 +645,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 json,
                 quiet,
             )
-            .await?
+            .await?;
         }
         Command::Task(TaskCommand::Remove(s)) => {
             change(
@@ -561,7 +657,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 json,
                 quiet,
             )
-            .await?
+            .await?;
         }
         Command::Task(TaskCommand::Move(m)) => {
             change(
@@ -574,7 +670,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 json,
                 quiet,
             )
-            .await?
+            .await?;
         }
         Command::Task(TaskCommand::List(l)) => {
             let (tasks, counts) = client
@@ -608,7 +704,15 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 print!("{}", output::task_text(&task, waiting.as_deref()));
             }
         }
-        Command::Task(TaskCommand::Wait(s)) => return wait(&mut client, s, json).await,
+        Command::Task(TaskCommand::Wait(a)) => {
+            let reach = Reach {
+                addr: cli.coordinator.clone(),
+                token: token.clone(),
+                namespace: cli.namespace.clone(),
+                timeout: cli.connect_timeout,
+            };
+            return wait(client, &reach, a, json).await;
+        }
         Command::Worker(WorkerCommand::List) => {
             let workers = client.workers().await?;
             if json {
@@ -806,37 +910,140 @@ fn print_ids(ids: &[TaskId], json: bool) {
     }
 }
 
+/// The kinds of work among `specs` that no connected worker can take, in words ("async tasks",
+/// "sync tasks with handler render", "async tasks with tags gpu=yes").
+async fn unserved_kinds(
+    client: &mut Client,
+    specs: &[tatzelwurm_protocol::TaskSpec],
+) -> Result<Vec<String>> {
+    let workers = client.workers().await?;
+    let active: Vec<_> = workers
+        .iter()
+        .filter(|w| w.state == tatzelwurm_protocol::WorkerState::Active)
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    for s in specs {
+        let handler = s.payload.handler();
+        let served = active.iter().any(|w| {
+            w.block == s.block
+                && handler.is_none_or(|h| w.handlers.iter().any(|x| x == h))
+                && s.require.iter().all(|t| w.tags.contains(t))
+        });
+        if served {
+            continue;
+        }
+        let mut kind = format!("{} tasks", s.block);
+        if let Some(h) = handler {
+            kind.push_str(&format!(" with handler {h}"));
+        }
+        if !s.require.is_empty() {
+            let tags: Vec<String> = s.require.iter().map(|t| t.to_string()).collect();
+            kind.push_str(&format!(" with tags {}", tags.join(",")));
+        }
+        if !out.contains(&kind) {
+            out.push(kind);
+        }
+    }
+    Ok(out)
+}
+
+/// `n thing` or `n things`.
+fn plural(n: u64, thing: &str) -> String {
+    format!("{n} {thing}{}", if n == 1 { "" } else { "s" })
+}
+
+/// Sends a change and prints the ids it changed; returns how many.
 async fn change(
     client: &mut Client,
     req: ActionerRequest,
     verb: &str,
     json: bool,
     quiet: bool,
-) -> Result<()> {
+) -> Result<usize> {
     let ids = client.change(req).await?;
     if json || quiet {
         print_ids(&ids, json);
     } else {
         ids.iter().for_each(|i| println!("{i}"));
-        eprintln!(
-            "{verb} {} task{}",
-            ids.len(),
-            if ids.len() == 1 { "" } else { "s" }
-        );
+        eprintln!("{verb} {}", plural(ids.len() as u64, "task"));
     }
-    Ok(())
+    Ok(ids.len())
 }
 
-/// Waits for tasks to reach a final state, using the event stream (no polling).
-async fn wait(client: &mut Client, s: Select, json: bool) -> Result<i32> {
+/// How to reach the coordinator again (`task wait` after it went away).
+struct Reach {
+    addr: String,
+    token: String,
+    namespace: String,
+    timeout: Duration,
+}
+
+impl Reach {
+    async fn connect(&self) -> Result<Client, ClientError> {
+        Client::connect_within(
+            &self.addr,
+            &self.token,
+            BodyCodec::Bincode,
+            &self.namespace,
+            self.timeout,
+        )
+        .await
+    }
+}
+
+/// The exit code of a command that lost its coordinator (or never reached it): apart from 1, a
+/// task that failed, so that scripts can tell the two.
+pub const EXIT_NO_COORDINATOR: i32 = 3;
+
+/// Whether an error means the coordinator is gone or unreachable, rather than a refusal.
+pub fn lost_coordinator(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<ClientError>().is_some_and(is_lost))
+}
+
+fn is_lost(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Connect { .. }
+            | ClientError::NoAnswer { .. }
+            | ClientError::Closed(_)
+            | ClientError::Frame(_)
+    )
+}
+
+/// Subscribes to the tasks of a wait (named, by tag and queue, or all); returns their states
+/// now, cut down to `only` when given (after a reconnect: what was left).
+async fn watch(
+    client: &mut Client,
+    a: &WaitArgs,
+    only: Option<&HashSet<TaskId>>,
+) -> Result<HashMap<TaskId, TaskState>, ClientError> {
+    let by_filter = !a.tag.is_empty() || a.queue.is_some();
     let filter = EventFilter {
-        ids: s.ids.clone(),
-        tags: vec![],
-        all: s.all,
+        ids: a.select.ids.clone(),
+        tags: a.tag.clone(),
+        all: a.select.ids.is_empty() && !by_filter,
+        queue: a.queue.clone(),
     };
     let snapshot = client.subscribe(filter).await?;
-    let mut states: HashMap<TaskId, TaskState> = snapshot.iter().map(|t| (t.id, t.state)).collect();
-    // With --all, wait for the tasks that exist now; tasks added later are not waited for.
+    Ok(snapshot
+        .iter()
+        .filter(|t| only.is_none_or(|ids| ids.contains(&t.id)))
+        .map(|t| (t.id, t.state))
+        .collect())
+}
+
+/// Waits for tasks to reach a final state, using the event stream (no polling). Named tasks are
+/// waited for whatever their state; `--all` and the filters take the tasks that can still end
+/// (not created, not ended), so that neither last week's failures nor tasks nobody will play
+/// decide the outcome. A coordinator that goes away is waited for (`--reconnect-for`).
+async fn wait(mut client: Client, reach: &Reach, a: WaitArgs, json: bool) -> Result<i32> {
+    let snapshot = watch(&mut client, &a, None).await?;
+    let named = !a.select.ids.is_empty();
+    let mut states: HashMap<TaskId, TaskState> = snapshot
+        .into_iter()
+        .filter(|(_, s)| named || (!s.is_final() && *s != TaskState::Created))
+        .collect();
     let watched: HashSet<TaskId> = states.keys().copied().collect();
     let total = watched.len() as u64;
     let done =
@@ -854,14 +1061,50 @@ async fn wait(client: &mut Client, s: Select, json: bool) -> Result<i32> {
         None
     };
     let started = Instant::now();
+    let mut conn = Some(client);
     while done(&states) < total {
         if let Some(b) = &bar {
             b.set_position(done(&states));
             b.set_message(count_states(&states));
         }
-        let ev = client.next_event().await?;
-        if watched.contains(&ev.id) {
-            states.insert(ev.id, ev.state);
+        let ev = match conn.as_mut() {
+            Some(c) => c.next_event().await,
+            None => Err(ClientError::Closed(String::new())),
+        };
+        match ev {
+            Ok(ev) => {
+                if watched.contains(&ev.id) {
+                    states.insert(ev.id, ev.state);
+                }
+            }
+            Err(e) if is_lost(&e) => {
+                // Back when the coordinator is: subscribe again to what is left.
+                eprintln!("lost the coordinator; waiting for it to come back");
+                let left: HashSet<TaskId> = states
+                    .iter()
+                    .filter(|(_, s)| !s.is_final())
+                    .map(|(id, _)| *id)
+                    .collect();
+                let deadline = Instant::now() + a.reconnect_for;
+                conn = None;
+                while conn.is_none() {
+                    if Instant::now() > deadline {
+                        return Err(ClientError::Closed(format!(
+                            " and did not come back within {:?}",
+                            a.reconnect_for
+                        ))
+                        .into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if let Ok(mut c) = reach.connect().await
+                        && let Ok(now) = watch(&mut c, &a, Some(&left)).await
+                    {
+                        states.extend(now);
+                        conn = Some(c);
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     if let Some(b) = &bar {
@@ -878,9 +1121,12 @@ async fn wait(client: &mut Client, s: Select, json: bool) -> Result<i32> {
             .map(|(k, v)| (k.to_string(), v.as_str()))
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if total == 0 {
+        eprintln!("no task to wait for");
     } else {
         eprintln!(
-            "{total} tasks ended in {:.1}s: {}",
+            "{} ended in {:.1}s: {}",
+            plural(total, "task"),
             started.elapsed().as_secs_f64(),
             count_states(&states)
         );

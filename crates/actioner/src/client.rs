@@ -402,7 +402,11 @@ impl Client {
 
     /// Makes tasks ready.
     pub async fn play(&mut self, selector: Selector) -> Result<Vec<TaskId>, ClientError> {
-        self.change(ActionerRequest::Play { selector }).await
+        self.change(ActionerRequest::Play {
+            selector,
+            created: true,
+        })
+        .await
     }
 
     /// Lists tasks (newest first) with the counts per state.

@@ -1,7 +1,7 @@
 //! `actionwurm`: parses the command line, runs it, and turns errors into one line and an exit code.
 
 use clap::Parser;
-use tatzelwurm_actioner::cli::{Cli, run};
+use tatzelwurm_actioner::cli::{Cli, EXIT_NO_COORDINATOR, lost_coordinator, run};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -22,7 +22,12 @@ async fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::exit(1);
+            // 1 is a failed task (`task wait`) or a refused command; a lost coordinator is 3.
+            std::process::exit(if lost_coordinator(&e) {
+                EXIT_NO_COORDINATOR
+            } else {
+                1
+            });
         }
     }
 }

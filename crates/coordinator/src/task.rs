@@ -12,8 +12,8 @@
 //! report or by the lease.
 
 use tatzelwurm_protocol::{
-    Attempt, AttemptRef, AttemptReport, Data, ErrorKind, ErrorReply, Outcome, Payload, StageTimes,
-    TaskId, TaskInfo, TaskSpec, TaskState, TaskSummary, WorkerId,
+    Attempt, AttemptRef, AttemptReport, Data, ErrorKind, ErrorReply, Outcome, StageTimes, TaskId,
+    TaskInfo, TaskSpec, TaskState, TaskSummary, WorkerId,
 };
 
 /// A task in the coordinator's table: what is stored, plus its place in the ready queue.
@@ -208,18 +208,29 @@ impl Task {
         })
     }
 
-    /// Checks `remove`: only finished tasks no worker holds may be forgotten.
+    /// Checks `remove`: a task that no worker holds, finished or still waiting (created, ready,
+    /// paused), may be forgotten; one that runs must be killed first.
     pub fn check_remove(&self) -> Result<(), ErrorReply> {
-        // A message task that waits may be taken out of its queue (`verdi process repair`).
-        let waiting_message = matches!(self.info.spec.payload, Payload::Message { .. })
-            && matches!(
-                self.state(),
-                TaskState::Created | TaskState::Ready | TaskState::Paused
-            );
-        if (self.state().is_final() || waiting_message) && self.holder().is_none() {
+        let waiting = matches!(
+            self.state(),
+            TaskState::Created | TaskState::Ready | TaskState::Paused
+        );
+        if (self.state().is_final() || waiting) && self.holder().is_none() {
             Ok(())
         } else {
-            Err(refuse(self.id(), self.state(), "remove"))
+            let hint = if self.holder().is_some() {
+                " on a worker (kill it first)"
+            } else {
+                ""
+            };
+            Err(ErrorReply::new(
+                ErrorKind::InvalidState,
+                format!(
+                    "cannot remove task {}: it is {}{hint}",
+                    self.id(),
+                    self.state()
+                ),
+            ))
         }
     }
 
@@ -703,9 +714,17 @@ mod tests {
     }
 
     #[test]
-    fn remove_only_final_tasks() {
+    fn remove_takes_finished_and_waiting_tasks_no_worker_holds() {
         for s in TaskState::ALL {
-            assert_eq!(task(s, 1).check_remove().is_ok(), s.is_final(), "{s}");
+            let removable = !matches!(s, TaskState::Assigned | TaskState::Running);
+            assert_eq!(task(s, 1).check_remove().is_ok(), removable, "{s}");
         }
+        // Paused or killed on its worker: held, so not yet.
+        let mut held = task(TaskState::Paused, 1);
+        held.info.worker = Some(WorkerId(1));
+        let e = held.check_remove().unwrap_err();
+        assert!(e.message.contains("kill it first"), "{e}");
+        held.info.state = TaskState::Killed;
+        assert!(held.check_remove().is_err());
     }
 }

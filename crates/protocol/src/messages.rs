@@ -52,6 +52,10 @@ pub enum ActionerRequest {
     Play {
         /// Which tasks.
         selector: Selector,
+        /// With `All`: created tasks too, not only paused ones (absent: true). Named tasks are
+        /// played whether created or paused.
+        #[serde(default = "yes")]
+        created: bool,
     },
     /// Holds tasks: created, ready and assigned ones are held by the coordinator, running ones are
     /// stopped (SIGSTOP) on their worker.
@@ -231,6 +235,10 @@ fn one() -> u32 {
     1
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// Which events a subscription receives.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventFilter {
@@ -244,6 +252,9 @@ pub struct EventFilter {
     /// Every task (ids and tags are then ignored).
     #[serde(default)]
     pub all: bool,
+    /// Tasks of this queue of the connection's namespace; with `tags`, tasks that have both.
+    #[serde(default)]
+    pub queue: Option<String>,
 }
 
 /// A message from the coordinator to an actioner.

@@ -177,6 +177,7 @@ fn actioner_requests() -> Vec<ActionerRequest> {
     }];
     v.push(ActionerRequest::Play {
         selector: selector_ids(),
+        created: true,
     });
     v.push(ActionerRequest::Pause {
         selector: Selector::All,
@@ -206,6 +207,7 @@ fn actioner_requests() -> Vec<ActionerRequest> {
             ids: vec!["01".into()],
             tags: vec![],
             all: false,
+            queue: None,
         },
     });
     v.push(ActionerRequest::Retry {

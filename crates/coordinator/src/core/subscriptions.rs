@@ -3,13 +3,25 @@
 use super::*;
 
 /// One `subscribe` request: the connection it came on, the request id its events carry, and
-/// which tasks it follows (a task matches by id or by tags: the union).
+/// which tasks it follows (a task matches by id, or by its tags and queue: the union).
 pub(super) struct Subscription {
     pub(super) conn: ConnId,
     pub(super) request: RequestId,
     pub(super) ids: HashSet<TaskId>,
     pub(super) tags: Vec<Tag>,
+    pub(super) queue: Option<crate::scheduler::QueueIdx>,
     pub(super) all: bool,
+}
+
+impl Subscription {
+    /// Whether the subscription follows `task`.
+    fn takes(&self, task: &Task) -> bool {
+        self.all
+            || self.ids.contains(&task.id())
+            || ((!self.tags.is_empty() || self.queue.is_some())
+                && has_tags(task, &self.tags)
+                && self.queue.is_none_or(|q| task.queue == q))
+    }
 }
 
 impl Core {
@@ -28,7 +40,7 @@ impl Core {
             attempt: task.info.attempts.len() as u32,
         };
         for s in &self.subs {
-            if s.all || s.ids.contains(&id) || (!s.tags.is_empty() && has_tags(task, &s.tags)) {
+            if s.takes(task) {
                 let msg = CoordinatorToActioner::Event {
                     subscription: s.request,
                     event: event.clone(),
@@ -54,32 +66,40 @@ impl Core {
             .iter()
             .map(|p| self.resolve(p))
             .collect::<Result<_, _>>()?;
-        if !filter.all && ids.is_empty() && filter.tags.is_empty() {
+        if !filter.all && ids.is_empty() && filter.tags.is_empty() && filter.queue.is_none() {
             return Err(err(
                 ErrorKind::InvalidRequest,
-                "subscribe to some ids, some tags, or all",
+                "subscribe to some ids, some tags, a queue, or all",
             ));
         }
+        // A queue never named yet is entered, so that its first tasks are followed too.
+        let queue = match &filter.queue {
+            Some(name) => {
+                tatzelwurm_protocol::check_queue_name(name)
+                    .map_err(|e| err(ErrorKind::InvalidRequest, e))?;
+                let ns = self.namespace(conn);
+                Some(self.queues.intern(&ns, name))
+            }
+            None => None,
+        };
+        let sub = Subscription {
+            conn,
+            request,
+            ids,
+            tags: filter.tags,
+            queue,
+            all: filter.all,
+        };
         let tasks: Vec<TaskStatus> = self
             .tasks
             .values()
-            .filter(|t| {
-                filter.all
-                    || ids.contains(&t.id())
-                    || (!filter.tags.is_empty() && has_tags(t, &filter.tags))
-            })
+            .filter(|t| sub.takes(t))
             .map(|t| TaskStatus {
                 id: t.id(),
                 state: t.state(),
             })
             .collect();
-        self.subs.push(Subscription {
-            conn,
-            request,
-            ids,
-            tags: filter.tags,
-            all: filter.all,
-        });
+        self.subs.push(sub);
         Ok(Reply::Subscribed { tasks, more: false })
     }
 

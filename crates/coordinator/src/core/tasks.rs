@@ -146,8 +146,16 @@ impl Core {
                     .collect();
                 Ok((Reply::Added { ids }, true))
             }
-            ActionerRequest::Play { selector } => {
-                self.apply(selector, "play", Task::check_play, Task::play, now)
+            ActionerRequest::Play { selector, created } => {
+                // `all` without `created` wakes what was paused, not what was never played.
+                let check = match (&selector, created) {
+                    (Selector::All, false) => |t: &Task| match t.state() {
+                        TaskState::Paused => t.check_play(),
+                        s => Err(err(ErrorKind::InvalidState, s.to_string())),
+                    },
+                    _ => Task::check_play,
+                };
+                self.apply(selector, "play", check, Task::play, now)
             }
             ActionerRequest::Pause { selector } => {
                 self.apply(selector, "pause", Task::check_pause, Task::pause, now)

@@ -18,7 +18,7 @@ use surrealdb::engine::any::Any;
 use surrealdb::opt::auth::Root;
 use surrealdb::types::{RecordId, SurrealValue};
 use tatzelwurm_protocol::{QueueSettings, TaskId, TaskInfo, WorkerId, WorkerInfo};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use image::{Entry, Image, LAYOUT_VERSION, Snapshot, Stored, frame};
 
@@ -285,18 +285,25 @@ impl Store {
         let wal = wal_dir(&opts.url);
         let before = wal.as_deref().map(wal_segments).unwrap_or_default();
         let mut db = connect(&opts.url).await?;
-        // surrealkv (0.21) repairs a torn last record of its write-ahead log at open by writing
-        // a new file in the old one's place, but its writer was opened on the old file before:
-        // every later write would go to an unlinked file and be gone at the next start. A
-        // segment whose file changed at open was repaired; a second open writes to it.
+        // A crash or a full disk can leave the last record of surrealkv's (0.21) write-ahead log
+        // torn. Read back, such a tail is either repaired (a new file in the old one's place,
+        // while the writer still holds the old file) or taken for the end of the log (and new
+        // records are appended after it, where the next start stops reading). Either way what
+        // is written next is lost at the next start. So an existing store is opened, closed
+        // (which flushes what was read into its tables and retires that log) and opened again:
+        // new writes then go to a fresh log segment that no old tail precedes.
         if let Some(dir) = &wal
-            && wal_segments(dir)
+            && !before.is_empty()
+        {
+            if wal_segments(dir)
                 .iter()
                 .any(|(name, ino)| before.get(name).is_some_and(|b| b != ino))
-        {
-            warn!(wal = %dir.display(), "the store's write-ahead log ended in a torn record (a crash or a full disk cut a write short) and was repaired; opening the store again so that new writes go to the repaired log");
+            {
+                warn!(wal = %dir.display(), "the store's write-ahead log ended in a torn record (a crash or a full disk cut a write short); it was repaired");
+            }
             drop(db);
             db = reconnect(&opts.url).await?;
+            debug!(wal = %dir.display(), "store reopened on a fresh write-ahead log segment");
         }
         if let (Some(user), Some(pass)) = (&opts.user, &opts.pass) {
             db.signin(Root {

@@ -15,6 +15,7 @@ fn a_start_costs_no_commit_of_its_own_but_is_written_with_the_next() {
                 ids: vec![],
                 tags: vec![],
                 all: true,
+                queue: None,
             },
         },
         10,
@@ -149,6 +150,7 @@ fn a_failed_commit_of_a_reply_in_parts_is_refused_once() {
         RequestId(4),
         ActionerRequest::Play {
             selector: Selector::All,
+            created: true,
         },
         2,
     );

@@ -471,3 +471,57 @@ fn the_brokers_queues_obey_pause_and_limit_too() {
     );
     assert_eq!(dispatched(&mut c).len(), 2, "no limit, playing");
 }
+
+#[test]
+fn a_subscription_by_queue_and_tags_follows_the_tasks_that_have_both() {
+    let mut c = core();
+    c.connect_actioner(1);
+    let tagged = |s: &mut TaskSpec| s.tags = vec![tag("run=1")];
+    let both = add_to(&mut c, "q", 1, tagged)[0];
+    add_to(&mut c, "q", 1, |_| {});
+    add_to(&mut c, "other", 1, tagged);
+    let snapshot = match &req(
+        &mut c,
+        1,
+        ActionerRequest::Subscribe {
+            filter: EventFilter {
+                ids: vec![],
+                tags: vec![tag("run=1")],
+                all: false,
+                queue: Some("q".into()),
+            },
+        },
+    )[..]
+    {
+        [Reply::Subscribed { tasks, .. }] => tasks.iter().map(|t| t.id).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(snapshot, vec![both]);
+    // A later task of the queue with the tag is followed; others are not.
+    c.actioner(
+        1,
+        RequestId(9),
+        ActionerRequest::Add {
+            tasks: vec![{
+                let mut s = TaskSpec::new(Payload::Sleep { duration_ms: 1 });
+                s.queue = Some("q".into());
+                s.tags = vec![tag("run=1")];
+                s
+            }],
+            play: true,
+        },
+        30,
+    );
+    let events: Vec<TaskId> = c
+        .take_batch()
+        .unwrap()
+        .sends
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Out::Actioner(CoordinatorToActioner::Event { event, .. }) => Some(event.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(!snapshot.contains(&events[0]));
+}

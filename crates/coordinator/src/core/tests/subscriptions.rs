@@ -15,6 +15,7 @@ fn a_large_snapshot_is_sent_in_parts_before_the_reply() {
         ids: vec![],
         tags: vec![],
         all: true,
+        queue: None,
     };
     c.actioner(
         1,
@@ -57,6 +58,7 @@ fn subscribers_get_every_state_change_after_the_commit() {
                 ids: vec![ids[0].to_string()],
                 tags: vec![],
                 all: false,
+                queue: None,
             },
         },
         20,
@@ -69,6 +71,7 @@ fn subscribers_get_every_state_change_after_the_commit() {
         RequestId(2),
         ActionerRequest::Play {
             selector: Selector::All,
+            created: true,
         },
         21,
     );
@@ -101,6 +104,7 @@ fn an_unsubscribed_connection_gets_no_more_events() {
             ids: vec![],
             tags: vec![],
             all: true,
+            queue: None,
         },
     };
     c.actioner(1, RequestId(4), sub, 10);
@@ -111,6 +115,7 @@ fn an_unsubscribed_connection_gets_no_more_events() {
         RequestId(5),
         ActionerRequest::Play {
             selector: Selector::Ids(vec![ids[0].to_string()]),
+            created: true,
         },
         11,
     );

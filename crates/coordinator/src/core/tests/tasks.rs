@@ -119,7 +119,15 @@ fn invalid_operations_change_nothing() {
     );
     c.take_batch();
     let sel = Selector::Ids(vec![ids[1].to_string(), ids[0].to_string()]);
-    c.actioner(1, RequestId(3), ActionerRequest::Play { selector: sel }, 21);
+    c.actioner(
+        1,
+        RequestId(3),
+        ActionerRequest::Play {
+            selector: sel,
+            created: true,
+        },
+        21,
+    );
     let imm = c.take_immediate();
     match &imm[..] {
         [

@@ -1,0 +1,206 @@
+//! What a person types every day, with the real binaries: adds that warn when nobody can run
+//! them, play-all that leaves created tasks alone, removing tasks that wait, refused options,
+//! scoped waits with their exit codes, and a wait that outlives a coordinator restart.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tatzelwurm_tests::{Coordinator, Db, bin, wait_for};
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn an_add_that_no_connected_worker_can_run_says_so_and_show_says_why() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let _w = c.worker(&["--type", "sync", "--slots", "2", "--name", "s"]);
+    wait_for(LONG, || {
+        !c.json(&["worker", "list"]).as_array().unwrap().is_empty()
+    })
+    .unwrap();
+    // async by default, and nobody serves `render` or gpu=yes.
+    let out = c
+        .try_action(&["task", "add", "--play", "--", "true"])
+        .unwrap();
+    assert!(out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: no connected worker takes async tasks"),
+        "{err}"
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        c.show(&id)["waiting"],
+        "no connected worker takes async tasks"
+    );
+    let out = c
+        .try_action(&[
+            "task", "add", "--play", "--block", "sync", "--custom", "render",
+        ])
+        .unwrap();
+    assert!(
+        stderr(&out).contains("sync tasks with handler render"),
+        "{}",
+        stderr(&out)
+    );
+    // Work the worker takes: no warning.
+    let out = c
+        .try_action(&[
+            "task", "add", "--play", "--block", "sync", "--sleep", "10ms",
+        ])
+        .unwrap();
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+}
+
+#[test]
+fn play_all_wakes_paused_tasks_and_leaves_created_ones_unless_asked() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let created = c.add(&["--sleep", "1h"]);
+    let played = c.add(&["--play", "--sleep", "1h"]);
+    c.action(&["task", "pause", "-a"]);
+    assert_eq!(
+        c.state(&created[0]),
+        "paused",
+        "pause -a takes created ones too"
+    );
+    let kept = c.add(&["--sleep", "1h"]);
+    let out = c.try_action(&["task", "play", "-a"]).unwrap();
+    assert!(out.status.success());
+    assert_eq!(c.state(&played[0]), "ready");
+    assert_eq!(
+        c.state(&created[0]),
+        "ready",
+        "it was paused: play wakes it"
+    );
+    assert_eq!(
+        c.state(&kept[0]),
+        "created",
+        "never played: play -a leaves it"
+    );
+    let out = c.try_action(&["task", "play", "-a"]).unwrap();
+    assert!(
+        stderr(&out)
+            .contains("1 created task never played; `task play -a --created` plays them too"),
+        "{}",
+        stderr(&out)
+    );
+    c.action(&["task", "play", "-a", "--created"]);
+    assert_eq!(c.state(&kept[0]), "ready");
+}
+
+#[test]
+fn tasks_that_wait_can_be_removed_and_running_ones_must_be_killed_first() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let created = c.add(&["--sleep", "1h"]);
+    let ready = c.add(&["--play", "--sleep", "1h", "--block", "sync"]);
+    let paused = c.add(&["--sleep", "1h"]);
+    c.action(&["task", "pause", &paused[0]]);
+    for id in [&created[0], &ready[0], &paused[0]] {
+        c.action(&["task", "remove", id]);
+    }
+    assert!(c.all_ids().is_empty());
+    let _w = c.worker(&["--slots", "1"]);
+    let running = c.add(&["--play", "--sleep", "1h"]);
+    c.wait_state(&running[0], "running", LONG);
+    let out = c.try_action(&["task", "remove", &running[0]]).unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("kill it first"), "{}", stderr(&out));
+}
+
+#[test]
+fn options_that_would_be_ignored_or_changed_are_refused() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "true\n").unwrap();
+    for (args, says) in [
+        (
+            vec![
+                "task",
+                "add",
+                "--count",
+                "3",
+                "--from-file",
+                &file.path().display().to_string(),
+            ],
+            "cannot be used with",
+        ),
+        (
+            vec!["task", "add", "--user-data", "[1,2]", "--", "true"],
+            "give a JSON object",
+        ),
+        (vec!["task", "add", "--wait", "--", "true"], "--play"),
+        (vec!["task", "add", "--attempts", "0", "--", "true"], "0"),
+    ] {
+        let out = c.try_action(&args).unwrap();
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+    assert!(c.all_ids().is_empty(), "nothing was added");
+}
+
+#[test]
+fn waits_take_what_can_still_end_and_their_exit_codes_tell_failure_from_a_lost_coordinator() {
+    let mut c = Coordinator::start(Db::Kv).unwrap();
+    let _w = c.worker(&["--slots", "4"]);
+    // Last week's failure and a task nobody played.
+    let old = c.add(&["--play", "--", "false"]);
+    c.wait_state(&old[0], "failed", LONG);
+    c.add(&["--sleep", "1h"]);
+    // `add --wait` waits for what it added.
+    let out = c
+        .try_action(&[
+            "task", "add", "--play", "--wait", "--sleep", "100ms", "--count", "2",
+        ])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = c
+        .try_action(&["task", "add", "--play", "--wait", "--", "false"])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // `wait -a` neither hangs on the created task nor fails for the old failures.
+    c.add(&["--play", "--sleep", "200ms"]);
+    let out = c.try_action(&["task", "wait", "-a"]).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Scoped by tag and by queue.
+    c.add(&["--play", "--tag", "run=1", "--", "false"]);
+    c.add(&["--play", "--queue", "q2", "--sleep", "100ms"]);
+    let out = c.try_action(&["task", "wait", "--queue", "q2"]).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // A wait outlives a coordinator restart.
+    let long = c.add(&["--play", "--sleep", "2s"]);
+    c.wait_state(&long[0], "running", LONG);
+    let waiter = Command::new(bin("actionwurm"))
+        .args(["--coordinator", &c.addr, "--token-file"])
+        .arg(c.token_file())
+        .args(["task", "wait", &long[0]])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.restart().unwrap();
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("lost the coordinator"),
+        "{}",
+        stderr(&out)
+    );
+    // One that does not come back: exit 3, not 1.
+    let more = c.add(&["--play", "--sleep", "1h"]);
+    let waiter = Command::new(bin("actionwurm"))
+        .args(["--coordinator", &c.addr, "--token-file"])
+        .arg(c.token_file())
+        .args(["task", "wait", "--reconnect-for", "1s", &more[0]])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.kill9();
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}
