@@ -204,3 +204,30 @@ fn waits_take_what_can_still_end_and_their_exit_codes_tell_failure_from_a_lost_c
     let out = waiter.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
+
+#[test]
+fn bulk_commands_take_a_scope_by_tag_state_queue_and_name() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let one = c.add(&["--tag", "run=1", "--sleep", "1h", "--count", "2"]);
+    let two = c.add(&["--tag", "run=2", "--sleep", "1h"]);
+    let night = c.add(&["--queue", "night", "--name", "n", "--sleep", "1h"]);
+    let killed = c.json(&["task", "kill", "--tag", "run=1"]);
+    assert_eq!(killed.as_array().unwrap().len(), 2);
+    for id in &one {
+        assert_eq!(c.state(id), "killed");
+    }
+    assert_eq!(c.state(&two[0]), "created");
+    let paused = c.json(&["task", "pause", "--queue", "night"]);
+    assert_eq!(paused, serde_json::json!([night[0]]));
+    // Filters combine: paused tasks named n; then only the killed ones go.
+    let played = c.json(&["task", "play", "--state", "paused", "--name", "n"]);
+    assert_eq!(played, serde_json::json!([night[0]]));
+    let removed = c.json(&["task", "remove", "--state", "killed"]);
+    assert_eq!(removed.as_array().unwrap().len(), 2);
+    assert_eq!(c.all_ids().len(), 2);
+    // Ids and filters do not mix.
+    let out = c
+        .try_action(&["task", "kill", &two[0], "--tag", "run=2"])
+        .unwrap();
+    assert!(!out.status.success());
+}

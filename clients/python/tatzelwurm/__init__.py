@@ -1,6 +1,7 @@
 """Client and worker for the tatzelwurm task broker (MessagePack protocol, docs/PROTOCOL.md)."""
 
-from .client import MAX_ADD_TASKS, AsyncClient, Client, PartlyAdded, custom_task, exec_task, sleep_task
+from .client import (MAX_ADD_TASKS, AsyncClient, Client, PartlyAdded, custom_task, exec_task, sleep_task,
+                     tasks_where)
 from .protocol import ProtocolError, TatzelwurmError
 from .worker import Result, Task, Worker
 
@@ -17,4 +18,5 @@ __all__ = [
     "custom_task",
     "exec_task",
     "sleep_task",
+    "tasks_where",
 ]

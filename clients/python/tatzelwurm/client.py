@@ -98,9 +98,17 @@ def custom_task(handler, data=None, **options):
     return _spec({"custom": {"handler": handler, "data": encode_data(data)}}, **options)
 
 
+def tasks_where(states=None, tags=None, queue=None, name=None):
+    """A selector of the tasks that match every condition given, for play, pause, kill, retry,
+    remove and move: `c.kill(tasks_where(tags={"run": "7"}))`. It acts like "all" among them."""
+    return {"where": {"states": list(states or []), "tags": tags_list(tags), "queue": queue, "name": name}}
+
+
 def _selector(ids):
     if ids == "all":
         return "all"
+    if len(ids) == 1 and isinstance(ids[0], dict) and "where" in ids[0]:
+        return ids[0]
     return {"ids": [id_text(i) for i in ids]}
 
 

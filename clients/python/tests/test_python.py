@@ -259,3 +259,15 @@ def test_queues_from_python_limit_pause_move_and_defaults(coordinator):
         with pytest.raises(TatzelwurmError) as e:
             c.queue_set("py", weight=0)
         assert e.value.kind == "invalid_request"
+
+
+def test_bulk_changes_take_a_filter(coordinator):
+    from tatzelwurm import tasks_where
+    with coordinator.client() as c:
+        ones = c.add(*[sleep_task(3600, tags={"run": "1"}) for _ in range(2)])
+        (two,) = c.add(sleep_task(3600, tags={"run": "2"}, queue="q"))
+        assert sorted(c.kill(tasks_where(tags={"run": "1"}))) == sorted(ones)
+        assert c.pause(tasks_where(queue="q")) == [two]
+        assert c.play(tasks_where(states=["paused"])) == [two]
+        assert sorted(c.remove(tasks_where(states=["killed"]))) == sorted(ones)
+        assert [t["id"] for t in c.list()] == [two]

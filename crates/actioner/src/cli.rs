@@ -11,7 +11,7 @@ use serde_json::json;
 use tatzelwurm_protocol::client::read_token;
 use tatzelwurm_protocol::{
     ActionerRequest, BlockType, BodyCodec, BroadcastMessage, Data, EnvVar, EventFilter,
-    MessageOutcome, Payload, QueueChange, Reply, Selector, Tag, TaskId, TaskState,
+    MessageOutcome, Payload, QueueChange, Reply, Selector, Tag, TaskFilter, TaskId, TaskState,
 };
 
 use crate::client::{Client, ClientError, DEFAULT_ADDR, default_token_file};
@@ -214,15 +214,29 @@ pub enum WorkerCommand {
     List,
 }
 
-/// Which tasks.
+/// Which tasks: ids, every task (-a), or those that match filters (which act like -a, among the
+/// matching tasks).
 #[derive(Args, Debug)]
 pub struct Select {
     /// Task ids or unique prefixes.
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    #[arg(required_unless_present_any = ["all", "tag", "state", "queue", "name"], conflicts_with = "all")]
     pub ids: Vec<String>,
     /// Every task the command applies to.
     #[arg(short, long)]
     pub all: bool,
+    /// Only tasks with this key=value tag (repeatable; all must match).
+    #[arg(long, short = 't', conflicts_with = "ids")]
+    pub tag: Vec<Tag>,
+    /// Only tasks in this state (repeatable): created, ready, assigned, running, paused,
+    /// completed, failed, killed.
+    #[arg(long, conflicts_with = "ids")]
+    pub state: Vec<TaskState>,
+    /// Only tasks of this queue.
+    #[arg(long, conflicts_with = "ids")]
+    pub queue: Option<String>,
+    /// Only tasks with this name.
+    #[arg(long, conflicts_with = "ids")]
+    pub name: Option<String>,
 }
 
 /// Which tasks to wait for.
@@ -259,8 +273,8 @@ pub struct PlayArgs {
     /// Which tasks.
     #[command(flatten)]
     pub select: Select,
-    /// With -a, also the created tasks that were never played.
-    #[arg(long, requires = "all")]
+    /// With -a or a filter, also the created tasks that were never played.
+    #[arg(long, conflicts_with = "ids")]
     pub created: bool,
 }
 
@@ -287,8 +301,22 @@ pub struct RetryArgs {
 }
 
 impl Select {
+    fn filtered(&self) -> bool {
+        !self.tag.is_empty()
+            || !self.state.is_empty()
+            || self.queue.is_some()
+            || self.name.is_some()
+    }
+
     fn selector(&self) -> Selector {
-        if self.all {
+        if self.filtered() {
+            Selector::Where(TaskFilter {
+                states: self.state.clone(),
+                tags: self.tag.clone(),
+                queue: self.queue.clone(),
+                name: self.name.clone(),
+            })
+        } else if self.all {
             Selector::All
         } else {
             Selector::Ids(self.ids.clone())
@@ -596,7 +624,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 quiet,
             )
             .await?;
-            if p.select.all && !p.created && !json && !quiet {
+            if (p.select.all || p.select.filtered()) && !p.created && !json && !quiet {
                 let (_, counts) = client.list(vec![], vec![], Some(0), None).await?;
                 let created = counts
                     .iter()

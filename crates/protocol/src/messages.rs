@@ -11,7 +11,8 @@ use crate::task::{
     AttemptReport, Payload, StateCount, Tag, TaskInfo, TaskSpec, TaskState, TaskSummary, WorkerInfo,
 };
 
-/// Which tasks a request is about: ids or unique id prefixes, or every task it can apply to.
+/// Which tasks a request is about: ids or unique id prefixes, every task it can apply to, or
+/// the tasks that match a filter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Selector {
@@ -19,6 +20,33 @@ pub enum Selector {
     Ids(Vec<String>),
     /// Every task the operation is valid for.
     All,
+    /// Like `All`, among the tasks that match the filter.
+    Where(TaskFilter),
+}
+
+impl Selector {
+    /// Whether it takes tasks by what they are rather than by name (`All`, `Where`): such a
+    /// selector skips the tasks the operation does not apply to instead of refusing.
+    pub fn is_bulk(&self) -> bool {
+        !matches!(self, Selector::Ids(_))
+    }
+}
+
+/// Tasks by what they are; every condition given must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFilter {
+    /// In one of these states (any when empty).
+    #[serde(default)]
+    pub states: Vec<TaskState>,
+    /// With all of these tags.
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+    /// In this queue of the connection's namespace.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// With this name.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// A request from an actioner (the CLI or any client).

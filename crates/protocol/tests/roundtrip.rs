@@ -188,6 +188,14 @@ fn actioner_requests() -> Vec<ActionerRequest> {
     v.push(ActionerRequest::Remove {
         selector: Selector::All,
     });
+    v.push(ActionerRequest::Kill {
+        selector: Selector::Where(TaskFilter {
+            states: vec![TaskState::Ready],
+            tags: vec!["a=b".parse().unwrap()],
+            queue: Some("q".into()),
+            name: Some("n".into()),
+        }),
+    });
     v.push(ActionerRequest::List {
         states: vec![TaskState::Ready, TaskState::Paused],
         tags: vec!["a=b".parse().unwrap()],

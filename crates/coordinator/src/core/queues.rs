@@ -248,7 +248,7 @@ impl Core {
             }
             Ok(())
         }
-        let ids = self.select(&selector, "move", check)?;
+        let ids = self.select(conn, &selector, "move", check)?;
         let ns = self.namespace(conn);
         let to = self.queues.intern(&ns, queue);
         let mut moved = Vec::with_capacity(ids.len());

@@ -148,20 +148,20 @@ impl Core {
             }
             ActionerRequest::Play { selector, created } => {
                 // `all` without `created` wakes what was paused, not what was never played.
-                let check = match (&selector, created) {
-                    (Selector::All, false) => |t: &Task| match t.state() {
+                let check = match (selector.is_bulk(), created) {
+                    (true, false) => |t: &Task| match t.state() {
                         TaskState::Paused => t.check_play(),
                         s => Err(err(ErrorKind::InvalidState, s.to_string())),
                     },
                     _ => Task::check_play,
                 };
-                self.apply(selector, "play", check, Task::play, now)
+                self.apply(conn, selector, "play", check, Task::play, now)
             }
             ActionerRequest::Pause { selector } => {
-                self.apply(selector, "pause", Task::check_pause, Task::pause, now)
+                self.apply(conn, selector, "pause", Task::check_pause, Task::pause, now)
             }
             ActionerRequest::Kill { selector } => {
-                self.apply(selector, "kill", Task::check_kill, Task::kill, now)
+                self.apply(conn, selector, "kill", Task::check_kill, Task::kill, now)
             }
             ActionerRequest::Retry { selector, attempts } => {
                 if attempts == 0 {
@@ -171,14 +171,15 @@ impl Core {
                     ));
                 }
                 // `all` retries what failed; a killed task comes back only when named.
-                let check = match selector {
-                    Selector::All => |t: &Task| match t.state() {
+                let check = match selector.is_bulk() {
+                    true => |t: &Task| match t.state() {
                         TaskState::Failed => t.check_retry(),
                         s => Err(err(ErrorKind::InvalidState, s.to_string())),
                     },
-                    Selector::Ids(_) => Task::check_retry,
+                    false => Task::check_retry,
                 };
                 self.apply(
+                    conn,
                     selector,
                     "retry",
                     check,
@@ -188,14 +189,14 @@ impl Core {
             }
             ActionerRequest::Remove { selector } => {
                 // `all` removes finished tasks only, never one that waits.
-                let check = match selector {
-                    Selector::All => |t: &Task| match t.state().is_final() {
+                let check = match selector.is_bulk() {
+                    true => |t: &Task| match t.state().is_final() {
                         true => t.check_remove(),
                         false => Err(err(ErrorKind::InvalidState, t.state().to_string())),
                     },
-                    Selector::Ids(_) => Task::check_remove,
+                    false => Task::check_remove,
                 };
-                let ids = self.select(&selector, "remove", check)?;
+                let ids = self.select(conn, &selector, "remove", check)?;
                 for id in &ids {
                     self.remove_task(*id);
                 }
@@ -366,6 +367,7 @@ impl Core {
     /// The tasks a selector names, all valid for the operation, or the first refusal.
     pub(super) fn select(
         &self,
+        conn: ConnId,
         selector: &Selector,
         op: &str,
         check: fn(&Task) -> Result<(), ErrorReply>,
@@ -377,6 +379,24 @@ impl Core {
                 .filter(|t| check(t).is_ok())
                 .map(|t| t.id())
                 .collect()),
+            Selector::Where(f) => {
+                // A queue never named has no tasks: an impossible index matches none.
+                let queue = f.queue.as_ref().map(|name| {
+                    self.queues
+                        .find(&self.namespace(conn), name)
+                        .unwrap_or(QueueIdx::MAX)
+                });
+                Ok(self
+                    .tasks
+                    .values()
+                    .filter(|t| f.states.is_empty() || f.states.contains(&t.state()))
+                    .filter(|t| has_tags(t, &f.tags))
+                    .filter(|t| queue.is_none_or(|q| t.queue == q))
+                    .filter(|t| f.name.is_none() || t.info.spec.name == f.name)
+                    .filter(|t| check(t).is_ok())
+                    .map(|t| t.id())
+                    .collect())
+            }
             Selector::Ids(texts) if texts.is_empty() => Err(err(
                 ErrorKind::InvalidRequest,
                 format!("{op}: name some task ids, or all"),
@@ -397,13 +417,14 @@ impl Core {
 
     pub(super) fn apply(
         &mut self,
+        conn: ConnId,
         selector: Selector,
         op: &str,
         check: fn(&Task) -> Result<(), ErrorReply>,
         action: impl Fn(&mut Task, u64) -> Result<WorkerOrder, ErrorReply>,
         now: u64,
     ) -> Result<(Reply, bool), ErrorReply> {
-        let ids = self.select(&selector, op, check)?;
+        let ids = self.select(conn, &selector, op, check)?;
         for &id in &ids {
             let task = self.tasks.get_mut(&id).expect("selected tasks exist");
             let before = task.state();
