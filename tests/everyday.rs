@@ -231,3 +231,41 @@ fn bulk_commands_take_a_scope_by_tag_state_queue_and_name() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn a_drained_worker_finishes_what_it_runs_takes_nothing_new_and_can_resume() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let _w = c.worker(&["--slots", "4", "--name", "box"]);
+    wait_for(LONG, || {
+        !c.json(&["worker", "list"]).as_array().unwrap().is_empty()
+    })
+    .unwrap();
+    let running = c.add(&["--play", "--sleep", "500ms"]);
+    c.wait_state(&running[0], "running", LONG);
+    let shown = c.json(&["worker", "show", "box"]);
+    assert_eq!(shown["tasks"], serde_json::json!([running[0]]));
+    let drained = c.json(&["worker", "drain", "box"]);
+    assert_eq!(drained["state"], "draining");
+    let waits = c.add(&["--play", "--sleep", "10ms"]);
+    c.wait_state(&running[0], "completed", LONG);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        c.state(&waits[0]),
+        "ready",
+        "a drained worker took a new task"
+    );
+    assert_eq!(
+        c.json(&["worker", "list"])[0]["state"],
+        "draining",
+        "it stays connected"
+    );
+    let id = shown["id"].as_str().unwrap().to_string();
+    c.action(&["worker", "resume", &id]);
+    c.wait_state(&waits[0], "completed", LONG);
+    let out = c.try_action(&["worker", "drain", "nobody"]).unwrap();
+    assert!(
+        stderr(&out).contains("no worker \"nobody\""),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -212,6 +212,85 @@ pub enum TaskCommand {
 pub enum WorkerCommand {
     /// List workers: id, name, host, type, slots, running, tags, last heartbeat, state.
     List,
+    /// One worker: every field, and the tasks it holds.
+    Show {
+        /// Its id (`w3` or `3`) or its name.
+        worker: String,
+    },
+    /// Give a worker no new task; what it runs goes on, and it stays connected.
+    Drain {
+        /// Its id (`w3` or `3`) or its name.
+        worker: String,
+    },
+    /// Let a drained worker take tasks again.
+    Resume {
+        /// Its id (`w3` or `3`) or its name.
+        worker: String,
+    },
+}
+
+/// `worker drain` and `worker resume`.
+async fn drain_worker(
+    client: &mut Client,
+    name: &str,
+    drain: bool,
+    json: bool,
+    quiet: bool,
+) -> Result<()> {
+    let workers = client.workers().await?;
+    let id = find_worker(&workers, name)?.id;
+    let w = match client
+        .request(ActionerRequest::WorkerDrain {
+            worker: id.0,
+            drain,
+        })
+        .await?
+    {
+        Reply::Workers { mut workers } if workers.len() == 1 => workers.remove(0),
+        other => bail!("unexpected reply: {other:?}"),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&output::worker_json(&w))?
+        );
+    } else if quiet {
+        println!("{}", w.id);
+    } else if drain {
+        eprintln!(
+            "worker {} ({}) takes no new task; it still runs {}",
+            w.id,
+            w.name,
+            plural(w.running as u64, "task")
+        );
+    } else {
+        eprintln!("worker {} ({}) takes tasks again", w.id, w.name);
+    }
+    Ok(())
+}
+
+/// The worker a person named: by id (`w3`, `3`) or by a name only one worker has.
+fn find_worker<'a>(
+    workers: &'a [tatzelwurm_protocol::WorkerInfo],
+    text: &str,
+) -> Result<&'a tatzelwurm_protocol::WorkerInfo> {
+    let number = text.strip_prefix('w').unwrap_or(text).parse::<u64>().ok();
+    if let Some(w) = number.and_then(|n| workers.iter().find(|w| w.id.0 == n)) {
+        return Ok(w);
+    }
+    let named: Vec<_> = workers.iter().filter(|w| w.name == text).collect();
+    match named.as_slice() {
+        [w] => Ok(w),
+        [] => bail!("no worker {text:?} (by id or name; `worker list` shows them)"),
+        many => bail!(
+            "{} workers are named {text:?}: name one by its id ({})",
+            many.len(),
+            many.iter()
+                .map(|w| w.id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// Which tasks: ids, every task (-a), or those that match filters (which act like -a, among the
@@ -755,6 +834,40 @@ pub async fn run(cli: Cli) -> Result<i32> {
             } else {
                 println!("{}", output::workers_table(&workers));
             }
+        }
+        Command::Worker(WorkerCommand::Show { worker }) => {
+            let workers = client.workers().await?;
+            let w = find_worker(&workers, &worker)?.clone();
+            let (tasks, _) = client
+                .list(
+                    vec![TaskState::Assigned, TaskState::Running, TaskState::Paused],
+                    vec![],
+                    None,
+                    None,
+                )
+                .await?;
+            let held: Vec<_> = tasks
+                .into_iter()
+                .filter(|t| t.worker == Some(w.id))
+                .collect();
+            if json {
+                let mut v = output::worker_json(&w);
+                v["tasks"] = json!(held.iter().map(|t| t.id.to_string()).collect::<Vec<_>>());
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if quiet {
+                println!("{}", w.id);
+            } else {
+                print!("{}", output::worker_text(&w));
+                if !held.is_empty() {
+                    println!("{}", output::tasks_table(&held));
+                }
+            }
+        }
+        Command::Worker(WorkerCommand::Drain { worker }) => {
+            drain_worker(&mut client, &worker, true, json, quiet).await?
+        }
+        Command::Worker(WorkerCommand::Resume { worker }) => {
+            drain_worker(&mut client, &worker, false, json, quiet).await?
         }
         Command::Summary { by_tag: Some(key) } => {
             match client.request(ActionerRequest::Breakdown { key }).await? {

@@ -362,6 +362,31 @@ pub fn worker_json(w: &WorkerInfo) -> Value {
     })
 }
 
+/// `worker show` for people.
+pub fn worker_text(w: &WorkerInfo) -> String {
+    let mut b = Builder::new();
+    let mut row = |k: &str, v: String| b.push_record([k.to_string(), v]);
+    row("id", w.id.to_string());
+    row("name", w.name.clone());
+    row("host", w.host.clone());
+    row("state", w.state.as_str().to_string());
+    row("type", w.block.to_string());
+    row("slots", w.slots.to_string());
+    row("running", w.running.to_string());
+    row("tags", tags(&w.tags).join(", "));
+    row("handlers", w.handlers.join(", "));
+    row("connected", rfc3339(w.connected_ms));
+    row(
+        "last heartbeat",
+        format!(
+            "{} ({})",
+            rfc3339(w.last_heartbeat_ms),
+            ago(w.last_heartbeat_ms)
+        ),
+    );
+    b.build().with(Style::sharp()).to_string() + "\n"
+}
+
 /// The `worker list` table.
 pub fn workers_table(workers: &[WorkerInfo]) -> String {
     let mut b = Builder::new();

@@ -227,6 +227,14 @@ pub enum ActionerRequest {
         /// The request id of its `Listen`.
         listener: RequestId,
     },
+    /// Gives a worker no new task (`drain`), or tasks again; what it runs goes on. Replied
+    /// `Workers` with that worker.
+    WorkerDrain {
+        /// The worker's id.
+        worker: u64,
+        /// Hold it back (true) or let it take tasks again (false).
+        drain: bool,
+    },
     /// The queues of the namespace: every queue with settings, tasks or subscribers.
     Queues,
     /// One queue of the namespace (a queue never named has the default settings).

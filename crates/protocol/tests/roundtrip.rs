@@ -264,6 +264,10 @@ fn actioner_requests() -> Vec<ActionerRequest> {
         listener: RequestId(4),
     });
     v.push(ActionerRequest::Queues);
+    v.push(ActionerRequest::WorkerDrain {
+        worker: 7,
+        drain: true,
+    });
     v.push(ActionerRequest::QueueShow {
         queue: "gpu".into(),
     });
@@ -314,6 +318,7 @@ fn actioner_requests() -> Vec<ActionerRequest> {
             | ActionerRequest::Listen { .. }
             | ActionerRequest::Unlisten { .. }
             | ActionerRequest::Queues
+            | ActionerRequest::WorkerDrain { .. }
             | ActionerRequest::QueueShow { .. }
             | ActionerRequest::QueueSet { .. }
             | ActionerRequest::Move { .. }

@@ -128,6 +128,8 @@ struct Worker {
     /// A client connection serving broker queues: it takes message tasks only, never a task
     /// of the scheduler's.
     client: bool,
+    /// Drained by a user (`worker drain`): no new task, whatever the worker says.
+    held_back: bool,
 }
 
 impl Worker {
@@ -334,6 +336,7 @@ impl Core {
                     held: HashSet::new(),
                     awaiting_reattach: None,
                     client: false,
+                    held_back: false,
                 },
             );
         }

@@ -44,6 +44,7 @@ impl Core {
                 | ActionerRequest::Send { .. }
                 | ActionerRequest::QueueSet { .. }
                 | ActionerRequest::Move { .. }
+                | ActionerRequest::WorkerDrain { .. }
         );
         let refusal = if !mutating {
             None
@@ -313,6 +314,9 @@ impl Core {
             }
             ActionerRequest::Unlisten { listener } => {
                 self.unlisten(conn, listener).map(|r| (r, false))
+            }
+            ActionerRequest::WorkerDrain { worker, drain } => {
+                self.drain_worker(worker, drain).map(|r| (r, true))
             }
             ActionerRequest::Queues => Ok((self.queues(conn, now), false)),
             ActionerRequest::QueueShow { queue } => {

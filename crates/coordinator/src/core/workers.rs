@@ -78,10 +78,43 @@ impl Core {
                 held: HashSet::new(),
                 awaiting_reattach: None,
                 client: true,
+                held_back: false,
             });
             self.dirty_workers.insert(w);
         }
         Ok(w)
+    }
+
+    /// `worker drain` (`drain`) or its undoing: a worker held back by a user gets no new task,
+    /// what it runs goes on, and it stays connected (and held back across its reconnects, not
+    /// across a restart of the coordinator).
+    pub(super) fn drain_worker(&mut self, id: u64, drain: bool) -> Result<Reply, ErrorReply> {
+        let w = WorkerId(id);
+        let Some(worker) = self.workers.get_mut(&w) else {
+            return Err(err(ErrorKind::UnknownId, format!("no worker {w}")));
+        };
+        if worker.client {
+            return Err(err(
+                ErrorKind::InvalidRequest,
+                format!("worker {w} is a broker client: it serves queues, unserve them instead"),
+            ));
+        }
+        worker.held_back = drain;
+        if worker.conn.is_some() {
+            worker.info.state = if drain {
+                WorkerState::Draining
+            } else {
+                WorkerState::Active
+            };
+            // One that still has to reattach gets tasks after its reattach, not before.
+            let accepting = !drain && worker.awaiting_reattach.is_none();
+            self.sched.set_accepting(w, accepting);
+        }
+        info!(worker = %w, drain, "worker held back by a user");
+        self.dirty_workers.insert(w);
+        Ok(Reply::Workers {
+            workers: vec![self.workers[&w].info()],
+        })
     }
 
     /// A worker finished its handshake; returns the id it is given (its previous one when it
@@ -106,10 +139,10 @@ impl Core {
             self.next_worker += 1;
             id
         });
-        let (held, client) = self
+        let (held, client, held_back) = self
             .workers
             .remove(&id)
-            .map(|w| (w.held, w.client))
+            .map(|w| (w.held, w.client, w.held_back))
             .unwrap_or_default();
         let info = WorkerInfo {
             id,
@@ -122,7 +155,12 @@ impl Core {
             handlers: hello.handlers,
             connected_ms: now,
             last_heartbeat_ms: now,
-            state: WorkerState::Active,
+            // Drained by a user (`worker drain`): it stays so across its reconnects.
+            state: if held_back {
+                WorkerState::Draining
+            } else {
+                WorkerState::Active
+            },
         };
         // A client takes message tasks only: the scheduler does not know it.
         if !client {
@@ -139,7 +177,7 @@ impl Core {
         }
         // A worker back under its old id first says what it still runs; nothing is dispatched to
         // it before that, or its `reattach` could not tell a new dispatch from a forgotten task.
-        if reuse.is_some() {
+        if reuse.is_some() || held_back {
             self.sched.set_accepting(id, false);
         }
         info!(worker = %id, name = %info.name, block = %info.block, slots = info.slots, reattaching = held.len(), "worker connected");
@@ -153,6 +191,7 @@ impl Core {
                 held,
                 awaiting_reattach,
                 client,
+                held_back,
             },
         );
         self.conns.insert(conn, Conn::Worker(id));
@@ -180,7 +219,8 @@ impl Core {
                     && w.conn == Some(conn)
                 {
                     let client_done = w.client && w.held.is_empty();
-                    if client_done || (w.info.state == WorkerState::Draining && w.held.is_empty()) {
+                    let left = w.info.state == WorkerState::Draining && !w.held_back;
+                    if client_done || (left && w.held.is_empty()) {
                         // It said it would leave and has nothing left to report: it is gone, not
                         // lost.
                         info!(worker = %id, "worker drained and left");
