@@ -269,3 +269,54 @@ fn a_drained_worker_finishes_what_it_runs_takes_nothing_new_and_can_resume() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_config_file_gives_the_defaults_flags_win_and_completions_print() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "coordinator = \"{}\"\ntoken_file = \"{}\"\nnamespace = \"cfg-ns\"\n",
+            c.addr,
+            c.token_file().display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(bin("actionwurm"))
+            .args(args)
+            .env("TATZELWURM_CONFIG", &cfg)
+            .env_remove("TATZELWURM_ADDR")
+            .env_remove("TATZELWURM_TOKEN_FILE")
+            .env_remove("TATZELWURM_NAMESPACE")
+            .output()
+            .unwrap()
+    };
+    // The file's namespace: a queue set there is not in the default namespace.
+    let out = run(&["queue", "set", "mine", "--limit", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(c.json(&["queue", "list"]).as_array().unwrap().is_empty());
+    let out = run(&["--json", "queue", "list"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["name"], "mine");
+    // A flag wins over the file.
+    let out = run(&["--coordinator", "127.0.0.1:1", "summary"]);
+    assert_eq!(out.status.code(), Some(3));
+    // A bad file is named.
+    std::fs::write(&cfg, "coordinatr = 1\n").unwrap();
+    let out = run(&["summary"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("config.toml"), "{}", stderr(&out));
+    std::fs::remove_file(&cfg).unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(&["completions", shell]);
+        assert!(out.status.success());
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains("actionwurm") && script.contains("queue"),
+            "{shell}"
+        );
+    }
+}

@@ -91,6 +91,11 @@ pub enum Command {
         #[arg(long)]
         correlation_id: Option<String>,
     },
+    /// Print a completion script for a shell: `actionwurm completions bash > /etc/bash_completion.d/actionwurm`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Print the namespace's broadcasts as they come, one a line, until interrupted.
     Listen {
         /// Only broadcasts whose subject matches (exact, or `*` for any run; repeatable).
@@ -620,6 +625,16 @@ impl AddArgs {
 
 /// Runs a parsed command line; the returned code is the process exit code.
 pub async fn run(cli: Cli) -> Result<i32> {
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "actionwurm",
+            &mut std::io::stdout(),
+        );
+        return Ok(0);
+    }
     let default = default_token_file();
     let token = read_token(cli.token_file.as_deref(), default.as_deref())?;
     // Parse what can be parsed before connecting, so a typo never waits on the network.
@@ -978,6 +993,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 println!("sent to {n} listener{}", if n == 1 { "" } else { "s" });
             }
         }
+        Command::Completions { .. } => unreachable!("answered before connecting"),
         Command::Listen { subject, sender } => {
             client.listen(subject, sender).await?;
             loop {

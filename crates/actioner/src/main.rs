@@ -1,11 +1,18 @@
 //! `actionwurm`: parses the command line, runs it, and turns errors into one line and an exit code.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tatzelwurm_actioner::cli::{Cli, EXIT_NO_COORDINATOR, lost_coordinator, run};
+use tatzelwurm_actioner::config;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let cli = Cli::parse();
+    // The configuration file gives the defaults; flags and environment variables win.
+    let cfg = config::load(config::path().as_deref()).unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    });
+    let matches = config::apply(Cli::command(), &cfg).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let default = match cli.verbose {
         0 => "warn",
         1 => "debug",
