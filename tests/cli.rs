@@ -310,7 +310,10 @@ fn a_large_add_from_standard_input_goes_in_several_requests() {
     );
     // The last line is the last task, with its own command.
     let newest = c.json(&["task", "list", "-f", "all", "--limit", "1"]);
-    assert_eq!(newest[0]["command"], format!("sh -c sim --seed {}", n - 1));
+    assert_eq!(
+        newest[0]["command"],
+        format!("sh -c 'sim --seed {}'", n - 1)
+    );
 }
 
 #[test]

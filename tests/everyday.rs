@@ -320,3 +320,34 @@ fn a_config_file_gives_the_defaults_flags_win_and_completions_print() {
         );
     }
 }
+
+#[test]
+fn output_reads_well_quoting_names_choices_and_plurals() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let _w = c.worker(&["--slots", "2", "--name", "box"]);
+    let id = c.add(&["--play", "--shell", "echo a && echo 'b c'"]);
+    c.wait_state(&id[0], "completed", LONG);
+    assert_eq!(c.show(&id[0])["attempts"][0]["stdout_tail"], "a\nb c\n");
+    let list = c.action(&["task", "list", "-f", "all"]);
+    assert!(list.contains("sh -c 'echo a && echo"), "{list}");
+    assert!(list.contains("box"), "the worker that ran it: {list}");
+    assert!(list.contains("1 task: "), "{list}");
+    let shown = c.action(&["task", "show", &id[0]]);
+    assert!(shown.contains(", ran "), "{shown}");
+    let none = c.action(&["summary", "--by-tag", "nothing"]);
+    assert!(none.contains("no task has a tag nothing="), "{none}");
+    let help = c.action(&["task", "add", "--help"]);
+    assert!(help.contains("[possible values: sync, async]"), "{help}");
+    for (binary, name) in [
+        ("workwurm", "workwurm "),
+        ("tatzelwurm", "tatzelwurm "),
+        ("actionwurm", "actionwurm "),
+    ] {
+        let out = Command::new(bin(binary)).arg("--version").output().unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with(name),
+            "{binary}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}

@@ -447,9 +447,13 @@ pub struct AddArgs {
     /// How long each mock task of --number sleeps (seconds, or a duration).
     #[arg(long, value_parser = parse_duration, default_value = "1s", requires = "number")]
     pub scale: Duration,
-    /// Which workers run it.
-    #[arg(long, alias = "block-type", default_value = "async")]
+    /// Which workers run it: sync (each task blocks a thread of its worker) or async (many
+    /// share a worker's runtime).
+    #[arg(long, alias = "block-type", default_value = "async", value_parser = block_type())]
     pub block: BlockType,
+    /// A shell command line, run with `sh -c` (as a line of a task file): `--shell 'a && b'`.
+    #[arg(long, conflicts_with_all = ["sleep", "custom", "from_file", "number", "command"])]
+    pub shell: Option<String>,
     /// Higher runs first.
     #[arg(long, short = 'p', default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,
@@ -499,6 +503,13 @@ pub struct AddArgs {
     /// The command and its arguments (after --).
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// `sync` or `async`, listed as the choices in `--help`.
+fn block_type() -> impl clap::builder::TypedValueParser<Value = BlockType> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["sync", "async"])
+        .map(|s| s.parse::<BlockType>().expect("a listed choice parses"))
 }
 
 /// The variable that tells each of `--count` copies its index.
@@ -558,13 +569,16 @@ impl AddArgs {
             self.from_file.is_some(),
             self.number.is_some(),
             !self.command.is_empty(),
+            self.shell.is_some(),
         ];
         match kinds.iter().filter(|k| **k).count() {
             0 => bail!(
-                "say what to run: -- COMMAND [ARGS]..., --sleep DURATION, --custom HANDLER, --from-file FILE or --number N"
+                "say what to run: -- COMMAND [ARGS]..., --shell 'LINE', --sleep DURATION, --custom HANDLER, --from-file FILE or --number N"
             ),
             1 => {}
-            _ => bail!("give only one of a command, --sleep, --custom, --from-file, --number"),
+            _ => bail!(
+                "give only one of a command, --shell, --sleep, --custom, --from-file, --number"
+            ),
         }
         if let Some(path) = &self.from_file {
             let (name, text) = if path.as_os_str() == "-" {
@@ -615,7 +629,10 @@ impl AddArgs {
                         value: i.to_string(),
                     });
                 }
-                c.exec(self.command.clone())
+                match &self.shell {
+                    Some(line) => c.exec(vec!["sh".into(), "-c".into(), line.clone()]),
+                    None => c.exec(self.command.clone()),
+                }
             };
             specs.push(common.spec(payload));
         }

@@ -68,6 +68,7 @@ pub fn summary_json(t: &TaskSummary) -> Value {
         "created": rfc3339(t.created_ms),
         "changed": rfc3339(t.changed_ms),
         "queue": t.queue,
+        "worker_name": t.worker_name,
     })
 }
 
@@ -88,7 +89,8 @@ pub fn counts_line(counts: &[StateCount]) -> String {
         .iter()
         .map(|c| format!("{} {}", c.count, c.state))
         .collect();
-    format!("{total} tasks: {}", parts.join(", "))
+    let noun = if total == 1 { "task" } else { "tasks" };
+    format!("{total} {noun}: {}", parts.join(", "))
 }
 
 /// The `task list` table.
@@ -110,7 +112,13 @@ pub fn tasks_table(tasks: &[TaskSummary]) -> String {
             tags(&t.tags).join(","),
             truncate(&t.command, 40),
             format!("{}/{}", t.attempts, t.max_attempts),
-            t.worker.map(|w| w.to_string()).unwrap_or_default(),
+            // The holder now, else who ran its latest attempt.
+            match (t.worker, &t.worker_name) {
+                (Some(w), Some(n)) => format!("{w} {n}"),
+                (Some(w), None) => w.to_string(),
+                (None, Some(n)) => n.clone(),
+                (None, None) => String::new(),
+            },
             ago(t.changed_ms),
         ]);
     }
@@ -302,8 +310,17 @@ pub fn task_text(t: &TaskInfo, waiting: Option<&str>) -> String {
     }
     let mut out = b.build().with(Style::sharp()).to_string();
     for a in &t.attempts {
+        let ran = match (a.started_ms, a.ended_ms) {
+            (Some(s), Some(e)) => format!(
+                ", ran {}",
+                tatzelwurm_protocol::cli::format_duration(Duration::from_millis(
+                    e.saturating_sub(s)
+                ))
+            ),
+            _ => String::new(),
+        };
         out.push_str(&format!(
-            "\nattempt {} on {} ({}): {}{}{}\n  assigned {}  started {}  ended {}\n",
+            "\nattempt {} on {} ({}): {}{}{}{ran}\n  assigned {}  started {}  ended {}\n",
             a.number,
             a.worker,
             a.worker_name,
@@ -419,6 +436,9 @@ pub fn workers_table(workers: &[WorkerInfo]) -> String {
 
 /// `summary --by-tag KEY`: one row per tag value, one column per state.
 pub fn breakdown_table(key: &str, values: &[TagCounts]) -> String {
+    if values.is_empty() {
+        return format!("no task has a tag {key}=…");
+    }
     let mut b = Builder::new();
     let mut header = vec![key.to_string()];
     header.extend(TaskState::ALL.iter().map(|s| s.to_string()));

@@ -426,6 +426,7 @@ impl Task {
             created_ms: t.created_ms,
             changed_ms,
             queue: i.spec.queue_name().to_string(),
+            worker_name: i.attempts.last().map(|a| a.worker_name.clone()),
         }
     }
 }

@@ -144,7 +144,11 @@ impl Payload {
     /// A short human description for tables.
     pub fn describe(&self) -> String {
         match self {
-            Payload::Exec { argv, .. } => argv.join(" "),
+            Payload::Exec { argv, .. } => argv
+                .iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" "),
             Payload::Sleep { duration_ms } => format!(
                 "sleep {}",
                 crate::cli::format_duration(std::time::Duration::from_millis(*duration_ms))
@@ -154,6 +158,19 @@ impl Payload {
                 namespace, queue, ..
             } => format!("message {namespace}/{queue}"),
         }
+    }
+}
+
+/// An argument as a shell would need it typed: bare when it is plain, in single quotes else.
+fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
     }
 }
 
@@ -518,6 +535,9 @@ pub struct TaskSummary {
     /// The queue it is in (in its namespace).
     #[serde(default = "default_queue")]
     pub queue: String,
+    /// The name of the worker of its latest attempt, kept once the task ended.
+    #[serde(default)]
+    pub worker_name: Option<String>,
 }
 
 fn default_queue() -> String {
@@ -581,4 +601,25 @@ pub struct StateCount {
     pub state: TaskState,
     /// How many tasks are in it.
     pub count: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_keep_their_quoting() {
+        let p = Payload::Exec {
+            argv: vec!["sh".into(), "-c".into(), "sleep 300".into()],
+            env: vec![],
+            cwd: None,
+        };
+        assert_eq!(p.describe(), "sh -c 'sleep 300'");
+        let p = Payload::Exec {
+            argv: vec!["echo".into(), "it's".into(), "".into()],
+            env: vec![],
+            cwd: None,
+        };
+        assert_eq!(p.describe(), r"echo 'it'\''s' ''");
+    }
 }

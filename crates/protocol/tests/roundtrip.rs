@@ -133,6 +133,7 @@ fn summary() -> TaskSummary {
         created_ms: 9,
         changed_ms: 10,
         queue: "gpu".into(),
+        worker_name: Some("box".into()),
     }
 }
 

@@ -12,7 +12,7 @@ use tatzelwurm_worker::{Handlers, WorkerConfig};
 
 /// A tatzelwurm worker: takes tasks of its type from the coordinator and runs them.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(name = "workwurm", version, about)]
 struct Args {
     /// Coordinator address: a host name or address, with a port or without (then 5677).
     #[arg(long, env = "TATZELWURM_ADDR", default_value = "127.0.0.1:5677")]
