@@ -351,3 +351,50 @@ fn output_reads_well_quoting_names_choices_and_plurals() {
         );
     }
 }
+
+/// The children of a process, by `pgrep -P`.
+fn children(pid: u32) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_pool_of_workers_restarts_one_that_dies_and_drains_on_sigterm() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let mut pool = c.worker(&["--processes", "2", "--name", "pool", "--slots", "2"]);
+    let active = |c: &Coordinator| {
+        let mut names: Vec<String> = c
+            .json(&["worker", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["state"] == "active")
+            .map(|w| w["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    wait_for(LONG, || active(&c) == ["pool-1", "pool-2"]).unwrap();
+    let members = children(pool.pid());
+    assert_eq!(members.len(), 2, "{members:?}");
+    tatzelwurm_tests::signal(members[0], "KILL");
+    // Restarted: two members again, one of them a new process.
+    wait_for(LONG, || {
+        let now = children(pool.pid());
+        now.len() == 2 && !now.contains(&members[0])
+    })
+    .unwrap();
+    wait_for(LONG, || active(&c).len() == 2).unwrap();
+    // A task runs on the pool, then SIGTERM drains every member and the pool exits 0.
+    let id = c.add(&["--play", "--sleep", "300ms"]);
+    c.wait_state(&id[0], "running", LONG);
+    pool.signal("TERM");
+    assert_eq!(pool.wait_exit(LONG), Some(0), "{}", pool.log_text());
+    assert_eq!(c.state(&id[0]), "completed", "the drain let it finish");
+}

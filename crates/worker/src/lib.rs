@@ -2,10 +2,12 @@
 //! a worker binary that serves custom tasks, or use the `workwurm` binary as it is.
 //!
 //! [`session`] keeps the connection (reconnecting, reattaching, resending unacknowledged results);
-//! [`runner`] runs attempts; [`exec`] runs commands; [`handlers`] holds custom task handlers.
+//! [`runner`] runs attempts; [`exec`] runs commands; [`handlers`] holds custom task handlers;
+//! [`pool`] keeps several worker processes alive (`--processes`).
 
 pub mod exec;
 pub mod handlers;
+pub mod pool;
 pub mod runner;
 pub mod session;
 

@@ -48,6 +48,10 @@ struct Args {
     /// How long the coordinator has to answer the handshake before the worker tries again.
     #[arg(long, default_value = "10s", value_parser = tatzelwurm_protocol::cli::parse_duration)]
     connect_timeout: Duration,
+    /// Keep N worker processes alive, named NAME-1 … NAME-N, restarting one that dies (with
+    /// backoff); SIGTERM drains them all.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    processes: Option<u32>,
     /// Write the worker id here once connected.
     #[arg(long)]
     id_file: Option<PathBuf>,
@@ -72,6 +76,18 @@ async fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
+    if let Some(n) = args.processes {
+        anyhow::ensure!(
+            args.id_file.is_none(),
+            "--id-file names one worker's id; a pool of --processes has several"
+        );
+        let name = args
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", tatzelwurm_worker::hostname(), std::process::id()));
+        let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        return tatzelwurm_worker::pool::supervise(n, argv, name).await;
+    }
     let default_token = default_token_file(dirs::data_dir());
     let mut cfg = WorkerConfig::new(args.coordinator, args.block);
     cfg.token = read_token(args.token_file.as_deref(), default_token.as_deref())
