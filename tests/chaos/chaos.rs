@@ -48,8 +48,9 @@ struct Args {
     /// Clients adding, pausing and killing tasks.
     #[arg(long, default_value_t = 2)]
     clients: usize,
-    /// The coordinator's lease, in milliseconds (short, so that silences outlive it).
-    #[arg(long, default_value_t = 2000)]
+    /// The coordinator's lease, in milliseconds (short, so that silences outlive it, and longer
+    /// than a worker's longest reconnect backoff, 2 s).
+    #[arg(long, default_value_t = 3000)]
     lease_ms: u64,
     /// Keep the run's directory (histories, logs) even when the checker is satisfied.
     #[arg(long)]
@@ -183,6 +184,9 @@ struct Slot {
     worker: Option<Worker>,
     stopped: bool,
     cut: bool,
+    /// No new stop or cut before this: one silence at a time per worker, with room after it
+    /// to be heard again, so that the checker can tell which silence outlived the lease.
+    quiet_until: Instant,
 }
 
 /// What undoes a fault, due at a time.
@@ -205,6 +209,7 @@ struct Campaign {
     log: Log,
     worker_args: Vec<String>,
     pending: Vec<(Instant, Undo)>,
+    lease: Duration,
 }
 
 impl Campaign {
@@ -235,12 +240,15 @@ impl Campaign {
                     w.signal("CONT");
                     self.log.note(Event::WorkerContinued { pid: w.pid() });
                     self.slots[i].stopped = false;
+                    self.slots[i].quiet_until = Instant::now() + self.lease * 2;
                 }
             }
             Undo::Heal(i) => {
+                let quiet = Instant::now() + self.lease * 2;
                 let slot = &mut self.slots[i];
                 slot.proxy.heal();
                 slot.cut = false;
+                slot.quiet_until = quiet;
                 self.log.note(Event::Healed {
                     name: slot.name.clone(),
                 });
@@ -298,6 +306,12 @@ impl Campaign {
         Ok(())
     }
 
+    /// Whether worker `i` may be silenced now: not stopped, not cut, and heard for a while.
+    fn quiet(&self, i: usize) -> bool {
+        let s = &self.slots[i];
+        !s.stopped && !s.cut && Instant::now() >= s.quiet_until
+    }
+
     /// One fault, chosen at random.
     fn inject(&mut self, rng: &mut Rng, lease: Duration) {
         let n = self.slots.len();
@@ -321,7 +335,7 @@ impl Campaign {
                 let after = rng.ms(0, 800);
                 self.later(after, Undo::RestartWorker(i));
             }
-            3 | 4 if self.slots[i].worker.is_some() && !self.slots[i].stopped => {
+            3 | 4 if self.slots[i].worker.is_some() && self.quiet(i) => {
                 let w = self.slots[i].worker.as_ref().expect("checked");
                 w.signal("STOP");
                 self.log.note(Event::WorkerStopped { pid: w.pid() });
@@ -329,7 +343,7 @@ impl Campaign {
                 let after = silence(rng, lease);
                 self.later(after, Undo::Continue(i));
             }
-            5 | 6 if !self.slots[i].cut => {
+            5 | 6 if self.quiet(i) => {
                 self.slots[i].proxy.cut();
                 self.slots[i].cut = true;
                 self.log.note(Event::Cut {
@@ -621,6 +635,7 @@ fn campaign(args: &Args, seed: u64) -> Result<bool> {
             worker: None,
             stopped: false,
             cut: false,
+            quiet_until: Instant::now(),
         });
     }
     let mut c = Campaign {
@@ -637,6 +652,7 @@ fn campaign(args: &Args, seed: u64) -> Result<bool> {
             "500ms".into(),
         ],
         pending: Vec::new(),
+        lease,
     };
     for i in 0..args.workers {
         c.start_worker(i);

@@ -189,9 +189,10 @@ impl Silence {
         Silence { by_pid }
     }
 
-    /// The longest stretch within `[from, to]` during which `pid` was silent (overlapping
-    /// silences joined).
-    fn longest(&self, pid: u32, from: Ns, to: Ns) -> Ns {
+    /// The longest stretch within `[from, to]` during which `pid` was silent, silences less
+    /// than `join` apart joined (a worker that was just stopped or cut off needs a moment to be
+    /// heard again: its reconnect backoff, its next heartbeat).
+    fn longest(&self, pid: u32, from: Ns, to: Ns, join: Ns) -> Ns {
         let mut spans: Vec<(Ns, Ns)> = self
             .by_pid
             .get(&pid)
@@ -205,7 +206,7 @@ impl Silence {
         let mut cur: Option<(Ns, Ns)> = None;
         for (s, e) in spans {
             cur = match cur {
-                Some((cs, ce)) if s <= ce => Some((cs, ce.max(e))),
+                Some((cs, ce)) if s <= ce + join => Some((cs, ce.max(e))),
                 Some((cs, ce)) => {
                     best = best.max(ce - cs);
                     Some((s, e))
@@ -348,7 +349,8 @@ pub fn check(
         };
         for pair in rs.windows(2) {
             let (a, b) = (pair[0], pair[1]);
-            let silent = silence.longest(a.pid, a.start, b.start) >= silent_enough;
+            let silent =
+                silence.longest(a.pid, a.start, b.start, silent_enough / 3) >= silent_enough;
             let died = deaths.get(&a.pid).copied();
             match a.end {
                 // The first run ended before the second began: a double run.
