@@ -398,3 +398,40 @@ fn a_pool_of_workers_restarts_one_that_dies_and_drains_on_sigterm() {
     assert_eq!(pool.wait_exit(LONG), Some(0), "{}", pool.log_text());
     assert_eq!(c.state(&id[0]), "completed", "the drain let it finish");
 }
+
+#[test]
+fn tables_fit_the_screen_and_cut_the_long_columns() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    c.add(&[
+        "--name",
+        "a-rather-long-name-for-a-task",
+        "--tag",
+        "project=a-very-long-project-name",
+        "--",
+        "echo",
+        "an argument long enough to overflow any reasonable terminal all by itself",
+    ]);
+    let list = |cols: Option<&str>| {
+        let mut cmd = Command::new(bin("actionwurm"));
+        cmd.args(["--coordinator", &c.addr, "--token-file"])
+            .arg(c.token_file())
+            .args(["task", "list", "-f", "all"]);
+        match cols {
+            Some(n) => cmd.env("COLUMNS", n),
+            None => cmd.env_remove("COLUMNS"),
+        };
+        String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+    };
+    let narrow = list(Some("80"));
+    for line in narrow.lines() {
+        assert!(
+            line.chars().count() <= 80,
+            "{} columns: {line}",
+            line.chars().count()
+        );
+    }
+    assert!(narrow.contains('…'), "{narrow}");
+    assert!(narrow.ends_with('\n'));
+    // Into a pipe without COLUMNS, nothing is cut.
+    assert!(list(None).contains("overflow any reasonable terminal"));
+}

@@ -85,12 +85,44 @@ pub fn counts_json(counts: &[StateCount]) -> Value {
 /// The counts line under a task table.
 pub fn counts_line(counts: &[StateCount]) -> String {
     let total: u64 = counts.iter().map(|c| c.count).sum();
+    // The states that have tasks: a line that fits, whatever the terminal.
     let parts: Vec<String> = counts
         .iter()
+        .filter(|c| c.count > 0)
         .map(|c| format!("{} {}", c.count, c.state))
         .collect();
-    let noun = if total == 1 { "task" } else { "tasks" };
-    format!("{total} {noun}: {}", parts.join(", "))
+    match total {
+        0 => "0 tasks".to_string(),
+        1 => format!("1 task: {}", parts.join(", ")),
+        n => format!("{n} tasks: {}", parts.join(", ")),
+    }
+}
+
+/// The width tables must fit in: `COLUMNS` when set, else the terminal's when standard output
+/// is one; none when output goes to a file or a pipe (where nothing is cut).
+pub fn screen_width() -> Option<usize> {
+    if let Some(n) = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()) {
+        return Some(n);
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return None;
+    }
+    terminal_size::terminal_size().map(|(w, _)| w.0 as usize)
+}
+
+/// A table of rows, cut to the screen: the widest columns give up their width first and end in
+/// `…`, so a row never wraps (`show` and `--json` have the full values).
+fn fit(b: Builder) -> String {
+    let mut t = b.build();
+    t.with(Style::sharp());
+    if let Some(w) = screen_width() {
+        t.with(
+            tabled::settings::Width::truncate(w)
+                .priority(tabled::settings::peaker::Priority::max(true))
+                .suffix("…"),
+        );
+    }
+    t.to_string()
 }
 
 /// The `task list` table.
@@ -106,11 +138,11 @@ pub fn tasks_table(tasks: &[TaskSummary]) -> String {
             id,
             t.name.clone().unwrap_or_default(),
             t.state.to_string(),
-            truncate(&t.queue, 16),
+            t.queue.clone(),
             t.block.to_string(),
             t.priority.to_string(),
             tags(&t.tags).join(","),
-            truncate(&t.command, 40),
+            t.command.clone(),
             format!("{}/{}", t.attempts, t.max_attempts),
             // The holder now, else who ran its latest attempt.
             match (t.worker, &t.worker_name) {
@@ -122,7 +154,7 @@ pub fn tasks_table(tasks: &[TaskSummary]) -> String {
             ago(t.changed_ms),
         ]);
     }
-    b.build().with(Style::sharp()).to_string()
+    fit(b)
 }
 
 /// The ids as hex prefixes, all of one length (at least 12) and long enough that no two shown
@@ -144,14 +176,6 @@ pub fn short_ids(ids: impl Iterator<Item = TaskId>) -> Vec<String> {
 
 fn common_prefix(a: &str, b: &str) -> usize {
     a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count()
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(n - 1).collect::<String>())
-    }
 }
 
 fn payload_json(p: &Payload) -> Value {
@@ -431,7 +455,7 @@ pub fn workers_table(workers: &[WorkerInfo]) -> String {
             w.state.as_str().to_string(),
         ]);
     }
-    b.build().with(Style::sharp()).to_string()
+    fit(b)
 }
 
 /// `summary --by-tag KEY`: one row per tag value, one column per state.
@@ -454,7 +478,7 @@ pub fn breakdown_table(key: &str, values: &[TagCounts]) -> String {
         }));
         b.push_record(row);
     }
-    b.build().with(Style::sharp()).to_string()
+    fit(b)
 }
 
 /// A queue's counts in words, nonzero states only.
@@ -488,7 +512,7 @@ pub fn queues_table(queues: &[QueueInfo]) -> String {
     for q in queues {
         let s = &q.settings;
         b.push_record([
-            truncate(&q.name, 24),
+            q.name.clone(),
             s.priority.to_string(),
             s.weight.to_string(),
             limit_text(s.limit),
@@ -499,7 +523,7 @@ pub fn queues_table(queues: &[QueueInfo]) -> String {
             queue_counts(q),
         ]);
     }
-    b.build().with(Style::sharp()).to_string()
+    fit(b)
 }
 
 /// `queue show` for people.
