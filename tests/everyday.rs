@@ -435,3 +435,43 @@ fn tables_fit_the_screen_and_cut_the_long_columns() {
     // Into a pipe without COLUMNS, nothing is cut.
     assert!(list(None).contains("overflow any reasonable terminal"));
 }
+
+#[test]
+fn task_log_prints_what_an_attempt_wrote_and_show_says_how_much_was_kept() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let _w = c.worker(&["--slots", "2"]);
+    let id = c.add(&[
+        "--play",
+        "--attempts",
+        "2",
+        "--shell",
+        "echo out-$TATZELWURM_ATTEMPT; echo err >&2; [ $TATZELWURM_ATTEMPT = 2 ]",
+    ]);
+    c.wait_state(&id[0], "completed", LONG);
+    assert_eq!(c.action(&["task", "log", &id[0]]), "out-2\n");
+    assert_eq!(
+        c.action(&["task", "log", &id[0], "--attempt", "1"]),
+        "out-1\n"
+    );
+    assert_eq!(c.action(&["task", "log", &id[0], "--stderr"]), "err\n");
+    let out = c
+        .try_action(&["task", "log", &id[0], "--attempt", "3"])
+        .unwrap();
+    assert!(
+        stderr(&out).contains("has no attempt 3"),
+        "{}",
+        stderr(&out)
+    );
+    let shown = c.action(&["task", "show", &id[0]]);
+    assert!(shown.contains("--- stdout (all of it) ---"), "{shown}");
+    // A command that writes more than is kept: show says that the start is gone.
+    let big = c.add(&["--play", "--shell", "head -c 200000 /dev/zero | tr '\\0' x"]);
+    c.wait_state(&big[0], "completed", LONG);
+    let shown = c.action(&["task", "show", &big[0]]);
+    assert!(
+        shown.contains("its last 64 KiB; what came before is not kept"),
+        "{}",
+        &shown[..300.min(shown.len())]
+    );
+    assert_eq!(c.action(&["task", "log", &big[0]]).len(), 64 * 1024);
+}

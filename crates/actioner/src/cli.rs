@@ -207,6 +207,18 @@ pub enum TaskCommand {
         /// Task id or unique prefix.
         id: String,
     },
+    /// Print what a task's command wrote: its latest attempt's stdout (--stderr: stderr), as
+    /// kept (the last 64 KiB of each).
+    Log {
+        /// Task id or unique prefix.
+        id: String,
+        /// This attempt instead of the latest (1 is the first).
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Standard error instead of standard output.
+        #[arg(long)]
+        stderr: bool,
+    },
     /// Wait until tasks end: those named, or (-a, --tag, --queue) those that can still end;
     /// exits 1 when any failed or was killed, 3 when the coordinator was lost.
     Wait(WaitArgs),
@@ -842,6 +854,37 @@ pub async fn run(cli: Cli) -> Result<i32> {
             } else {
                 print!("{}", output::task_text(&task, waiting.as_deref()));
             }
+        }
+        Command::Task(TaskCommand::Log {
+            id,
+            attempt,
+            stderr,
+        }) => {
+            let (task, _) = client.show(&id).await?;
+            let a = match attempt {
+                Some(n) => task
+                    .attempts
+                    .iter()
+                    .find(|a| a.number == n)
+                    .with_context(|| {
+                        format!(
+                            "task {} has no attempt {n} (it has {})",
+                            task.id,
+                            task.attempts.len()
+                        )
+                    })?,
+                None => task.attempts.last().with_context(|| {
+                    format!("task {} has not run yet (it is {})", task.id, task.state)
+                })?,
+            };
+            print!(
+                "{}",
+                if stderr {
+                    &a.stderr_tail
+                } else {
+                    &a.stdout_tail
+                }
+            );
         }
         Command::Task(TaskCommand::Wait(a)) => {
             let reach = Reach {

@@ -367,7 +367,13 @@ pub fn task_text(t: &TaskInfo, waiting: Option<&str>) -> String {
         }
         for (label, tail) in [("stdout", &a.stdout_tail), ("stderr", &a.stderr_tail)] {
             if !tail.is_empty() {
-                out.push_str(&format!("  --- {label} (tail) ---\n"));
+                // The worker keeps the end of each stream; what came before it is not kept.
+                let kept = if tail.len() >= tatzelwurm_protocol::OUTPUT_TAIL_LIMIT - 4 {
+                    "its last 64 KiB; what came before is not kept"
+                } else {
+                    "all of it"
+                };
+                out.push_str(&format!("  --- {label} ({kept}) ---\n"));
                 for line in tail.lines() {
                     out.push_str(&format!("  {line}\n"));
                 }
