@@ -332,7 +332,7 @@ pub fn task_text(t: &TaskInfo, waiting: Option<&str>) -> String {
             row(name, rfc3339(ms));
         }
     }
-    let mut out = b.build().with(Style::sharp()).to_string();
+    let mut out = b.build().with(Style::sharp()).to_string() + "\n";
     for a in &t.attempts {
         let ran = match (a.started_ms, a.ended_ms) {
             (Some(s), Some(e)) => format!(
