@@ -263,7 +263,7 @@ impl Campaign {
                 self.log.note(Event::CoordinatorStarted);
             }
             Undo::FreeDisk => {
-                if let Some(d) = &self.disk {
+                if let Some(d) = self.disk.as_ref().filter(|_| self.disk_full) {
                     d.free();
                     self.disk_full = false;
                     self.log.note(Event::DiskFreed);
