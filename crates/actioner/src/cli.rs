@@ -509,8 +509,9 @@ pub struct AddArgs {
     /// Make the tasks ready at once.
     #[arg(long)]
     pub play: bool,
-    /// Then wait until they end (as `task wait`; exits 1 when any failed).
-    #[arg(long, requires = "play")]
+    /// Then wait until they end, with a progress bar on a terminal (as `task wait`; exits 1
+    /// when any failed).
+    #[arg(long, alias = "progress", requires = "play")]
     pub wait: bool,
     /// The command and its arguments (after --).
     #[arg(last = true)]
