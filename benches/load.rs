@@ -118,6 +118,7 @@ async fn subscribed(c: &Coordinator) -> Result<Client> {
             tags: vec![],
             all: true,
             queue: None,
+            batch: None,
         })
         .await?;
     Ok(client)
@@ -163,7 +164,7 @@ async fn throughput(
         match client.next_message().await? {
             CoordinatorToActioner::Reply {
                 request,
-                body: Reply::Added { ids },
+                body: Reply::Added { ids, .. },
             } => {
                 let (t, _) = sent_at
                     .remove(&request)

@@ -39,16 +39,19 @@ fn add_list_show_play_pause_kill_remove() {
             && text.contains("sleep 1h 30m"),
         "{text}"
     );
-    // The ids in the table are prefixes that name one task each, though the three mocks were
-    // made in the same millisecond: each can be pasted back.
-    let shown: Vec<&str> = text
+    // Each row has the task's number and an id prefix that names one task, though the three
+    // mocks were made in the same millisecond: either can be pasted back.
+    let rows: Vec<(&str, &str)> = text
         .lines()
-        .filter_map(|l| l.strip_prefix("│ "))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|id| *id != "id")
+        .filter_map(|l| {
+            let mut cells = l.split('│').map(str::trim);
+            cells.next();
+            Some((cells.next()?, cells.next()?))
+        })
+        .filter(|(n, _)| *n != "#")
         .collect();
-    assert_eq!(shown.len(), 6, "{text}");
-    for id in shown {
+    assert_eq!(rows.len(), 6, "{text}");
+    for (number, id) in rows {
         let task = c.show(id);
         assert!(
             task["id"]
@@ -58,6 +61,7 @@ fn add_list_show_play_pause_kill_remove() {
                 .starts_with(id),
             "{id}: {task}"
         );
+        assert_eq!(c.show(number)["id"], task["id"], "number {number}");
     }
 
     let all = c.json(&["task", "list", "--filter", "all"]);
@@ -554,7 +558,7 @@ fn addresses_and_tokens_come_from_the_environment_and_v_logs() {
         .spawn()
         .unwrap();
     let out = env_cmd("actionwurm")
-        .args(["-v", "task", "add", "--play", "--sleep", "10ms"])
+        .args(["-v", "-q", "task", "add", "--play", "--sleep", "10ms"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));

@@ -188,8 +188,12 @@ fn kill9_while_adding_and_running(extra: &[&str]) {
                     .output()
                     .unwrap();
                 if out.status.success() {
-                    let ids: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
-                    acked.lock().unwrap().extend(ids);
+                    let added: Vec<serde_json::Value> =
+                        serde_json::from_slice(&out.stdout).unwrap();
+                    acked
+                        .lock()
+                        .unwrap()
+                        .extend(added.iter().map(|t| t["id"].as_str().unwrap().to_string()));
                 }
             }
         })

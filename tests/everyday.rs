@@ -23,7 +23,7 @@ fn an_add_that_no_connected_worker_can_run_says_so_and_show_says_why() {
     .unwrap();
     // async by default, and nobody serves `render` or gpu=yes.
     let out = c
-        .try_action(&["task", "add", "--play", "--", "true"])
+        .try_action(&["-q", "task", "add", "--play", "--", "true"])
         .unwrap();
     assert!(out.status.success());
     let err = stderr(&out);
@@ -474,4 +474,42 @@ fn task_log_prints_what_an_attempt_wrote_and_show_says_how_much_was_kept() {
         &shown[..300.min(shown.len())]
     );
     assert_eq!(c.action(&["task", "log", &big[0]]).len(), 64 * 1024);
+}
+
+#[test]
+fn tasks_have_numbers_people_can_type_kept_across_restarts_with_ranges_and_batches() {
+    let mut c = Coordinator::start(Db::Kv).unwrap();
+    let out = c.json(&["task", "add", "--sleep", "1h", "--count", "3"]);
+    let first: Vec<u64> = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(first, [1, 2, 3]);
+    let batch = out[0]["batch"].as_u64().unwrap();
+    let second = c.json(&["task", "add", "--sleep", "1h"]);
+    assert_eq!(second[0]["number"], 4);
+    assert_ne!(second[0]["batch"].as_u64().unwrap(), batch);
+    assert_eq!(c.show("2")["id"], out[1]["id"]);
+    assert_eq!(c.show("#4")["id"], second[0]["id"]);
+    // A range, and a batch, as selectors.
+    let killed = c.json(&["task", "kill", "2-3"]);
+    assert_eq!(killed.as_array().unwrap().len(), 2);
+    let paused = c.json(&["task", "pause", "--batch", &batch.to_string()]);
+    assert_eq!(paused, serde_json::json!([out[0]["id"]]));
+    let out2 = c.try_action(&["task", "show", "99"]).unwrap();
+    assert!(
+        stderr(&out2).contains("no task number 99"),
+        "{}",
+        stderr(&out2)
+    );
+    // Numbers stay across a restart, and new ones follow them.
+    c.action(&["task", "remove", "2"]);
+    c.restart().unwrap();
+    assert_eq!(c.show("1")["id"], out[0]["id"]);
+    let third = c.json(&["task", "add", "--sleep", "1h"]);
+    assert_eq!(third[0]["number"], 5);
+    let listed = c.action(&["task", "list", "-f", "all"]);
+    assert!(listed.contains("│ 5 "), "{listed}");
 }

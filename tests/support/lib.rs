@@ -257,9 +257,9 @@ impl Coordinator {
         all.extend_from_slice(args);
         let v = self.json(&all);
         v.as_array()
-            .expect("an array of ids")
+            .expect("an array of tasks")
             .iter()
-            .map(|s| s.as_str().expect("id").to_string())
+            .map(|t| t["id"].as_str().expect("id").to_string())
             .collect()
     }
 

@@ -15,7 +15,7 @@ def test_python_worker_runs_custom_tasks_added_by_actionwurm(coordinator):
     coordinator.wait_workers(1)
     out = coordinator.actionwurm("--json", "task", "add", "--play", "--custom", "py_upper", "--data", '"hello"')
     assert out.returncode == 0, out.stderr
-    task_id = json.loads(out.stdout)[0]
+    task_id = json.loads(out.stdout)[0]["id"]
     out = coordinator.actionwurm("task", "wait", task_id)
     assert out.returncode == 0, out.stderr
     shown = json.loads(coordinator.actionwurm("--json", "task", "show", task_id).stdout)

@@ -315,7 +315,7 @@ fn find_worker<'a>(
 #[derive(Args, Debug)]
 pub struct Select {
     /// Task ids or unique prefixes.
-    #[arg(required_unless_present_any = ["all", "tag", "state", "queue", "name"], conflicts_with = "all")]
+    #[arg(required_unless_present_any = ["all", "tag", "state", "queue", "name", "batch"], conflicts_with = "all")]
     pub ids: Vec<String>,
     /// Every task the command applies to.
     #[arg(short, long)]
@@ -333,6 +333,9 @@ pub struct Select {
     /// Only tasks with this name.
     #[arg(long, conflicts_with = "ids")]
     pub name: Option<String>,
+    /// Only the tasks of this batch (the number `task add` printed for them).
+    #[arg(long, conflicts_with = "ids")]
+    pub batch: Option<u64>,
 }
 
 /// Which tasks to wait for.
@@ -347,6 +350,9 @@ pub struct WaitArgs {
     /// Only tasks of this queue that can still end.
     #[arg(long)]
     pub queue: Option<String>,
+    /// Only tasks of this batch that can still end.
+    #[arg(long)]
+    pub batch: Option<u64>,
     /// How long to wait for a coordinator that went away before giving up (exit 3).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub reconnect_for: Duration,
@@ -356,7 +362,7 @@ pub struct WaitArgs {
 #[derive(Args, Debug)]
 pub struct WaitSelect {
     /// Task ids or unique prefixes.
-    #[arg(required_unless_present_any = ["all", "tag", "queue"], conflicts_with = "all")]
+    #[arg(required_unless_present_any = ["all", "tag", "queue", "batch"], conflicts_with = "all")]
     pub ids: Vec<String>,
     /// Every task that can still end (not created, not ended yet).
     #[arg(short, long)]
@@ -402,6 +408,7 @@ impl Select {
             || !self.state.is_empty()
             || self.queue.is_some()
             || self.name.is_some()
+            || self.batch.is_some()
     }
 
     fn selector(&self) -> Selector {
@@ -411,6 +418,7 @@ impl Select {
                 tags: self.tag.clone(),
                 queue: self.queue.clone(),
                 name: self.name.clone(),
+                batch: self.batch,
             })
         } else if self.all {
             Selector::All
@@ -693,9 +701,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
             } else {
                 Vec::new()
             };
-            match client.add(specs, a.play).await {
-                Ok(ids) => {
-                    print_ids(&ids, json);
+            match client.add_numbered(specs, a.play).await {
+                Ok(added) => {
+                    print_added(&added, json, quiet);
+                    let ids: Vec<TaskId> = added.iter().map(|t| t.id).collect();
                     for kind in &unserved {
                         eprintln!(
                             "warning: no connected worker takes {kind}: the tasks wait in ready \
@@ -716,6 +725,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                             },
                             tag: vec![],
                             queue: None,
+                            batch: None,
                             reconnect_for: Duration::from_secs(300),
                         };
                         return wait(client, &reach, w, json).await;
@@ -1116,6 +1126,42 @@ fn list_states(filters: &[String]) -> Result<Vec<TaskState>> {
         .collect()
 }
 
+/// What `task add` prints: a line per task with its number and id (`-q`: ids only), then
+/// which numbers and batch they are; `--json`: `[{"number", "id", "batch"}]`.
+fn print_added(added: &[crate::client::AddedTask], json: bool, quiet: bool) {
+    if json {
+        let v: Vec<serde_json::Value> = added
+            .iter()
+            .map(|t| json!({ "number": t.number, "id": t.id.to_string(), "batch": t.batch }))
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return;
+    }
+    if quiet {
+        added.iter().for_each(|t| println!("{}", t.id));
+        return;
+    }
+    added
+        .iter()
+        .for_each(|t| println!("{:<8} {}", t.number, t.id));
+    if let (Some(first), Some(last)) = (added.first(), added.last()) {
+        let numbers = if first.number == last.number {
+            format!("{}", first.number)
+        } else {
+            format!("{}-{}", first.number, last.number)
+        };
+        let batches = if first.batch == last.batch {
+            format!("batch {}", first.batch)
+        } else {
+            format!("batches {}-{}", first.batch, last.batch)
+        };
+        eprintln!(
+            "added {} ({numbers}, {batches})",
+            plural(added.len() as u64, "task")
+        );
+    }
+}
+
 fn print_ids(ids: &[TaskId], json: bool) {
     if json {
         println!(
@@ -1236,12 +1282,13 @@ async fn watch(
     a: &WaitArgs,
     only: Option<&HashSet<TaskId>>,
 ) -> Result<HashMap<TaskId, TaskState>, ClientError> {
-    let by_filter = !a.tag.is_empty() || a.queue.is_some();
+    let by_filter = !a.tag.is_empty() || a.queue.is_some() || a.batch.is_some();
     let filter = EventFilter {
         ids: a.select.ids.clone(),
         tags: a.tag.clone(),
         all: a.select.ids.is_empty() && !by_filter,
         queue: a.queue.clone(),
+        batch: a.batch,
     };
     let snapshot = client.subscribe(filter).await?;
     Ok(snapshot

@@ -112,6 +112,17 @@ pub struct Client {
     broadcasts: VecDeque<(RequestId, BroadcastMessage)>,
 }
 
+/// A task an add made: its id, its number and its batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddedTask {
+    /// The stable id.
+    pub id: TaskId,
+    /// The number people type.
+    pub number: u64,
+    /// The add request it came with.
+    pub batch: u64,
+}
+
 /// How long a coordinator has to answer a hello, unless told otherwise.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -366,22 +377,44 @@ impl Client {
         tasks: Vec<TaskSpec>,
         play: bool,
     ) -> Result<Vec<TaskId>, ClientError> {
+        Ok(self
+            .add_numbered(tasks, play)
+            .await?
+            .into_iter()
+            .map(|a| a.id)
+            .collect())
+    }
+
+    /// Adds tasks as [`Client::add`] does, and returns each one's id, number and batch.
+    pub async fn add_numbered(
+        &mut self,
+        tasks: Vec<TaskSpec>,
+        play: bool,
+    ) -> Result<Vec<AddedTask>, ClientError> {
         let total = tasks.len();
-        let mut added: Vec<TaskId> = Vec::with_capacity(total);
+        let mut added: Vec<AddedTask> = Vec::with_capacity(total);
         let codec = self.framed.codec().body_codec();
         for chunk in add_chunks(tasks, codec) {
             let reply = self
                 .request(ActionerRequest::Add { tasks: chunk, play })
                 .await;
             match reply.and_then(|r| match r {
-                Reply::Added { ids } => Ok(ids),
+                Reply::Added {
+                    ids,
+                    numbers,
+                    batch,
+                } => Ok(ids
+                    .into_iter()
+                    .zip(numbers.into_iter().chain(std::iter::repeat(0)))
+                    .map(|(id, number)| AddedTask { id, number, batch })
+                    .collect::<Vec<_>>()),
                 other => Err(unexpected(other)),
             }) {
                 Ok(ids) => added.extend(ids),
                 Err(e) if added.is_empty() => return Err(e),
                 Err(e) => {
                     return Err(ClientError::PartlyAdded {
-                        added,
+                        added: added.into_iter().map(|a| a.id).collect(),
                         total,
                         source: Box::new(e),
                     });

@@ -56,6 +56,8 @@ pub fn data_json(d: &Data) -> Value {
 pub fn summary_json(t: &TaskSummary) -> Value {
     json!({
         "id": t.id.to_string(),
+        "number": t.number,
+        "batch": t.batch,
         "name": t.name,
         "state": t.state.as_str(),
         "block": t.block.as_str(),
@@ -129,12 +131,13 @@ fn fit(b: Builder) -> String {
 pub fn tasks_table(tasks: &[TaskSummary]) -> String {
     let mut b = Builder::new();
     b.push_record([
-        "id", "name", "state", "queue", "block", "prio", "tags", "command", "tries", "worker",
+        "#", "id", "name", "state", "queue", "block", "prio", "tags", "command", "tries", "worker",
         "changed",
     ]);
     let ids = short_ids(tasks.iter().map(|t| t.id));
     for (t, id) in tasks.iter().zip(ids) {
         b.push_record([
+            t.number.to_string(),
             id,
             t.name.clone().unwrap_or_default(),
             t.state.to_string(),
@@ -233,6 +236,8 @@ pub fn task_json(t: &TaskInfo) -> Value {
     let s = &t.spec;
     json!({
         "id": t.id.to_string(),
+        "number": t.number,
+        "batch": t.batch,
         "name": s.name,
         "state": t.state.as_str(),
         "block": s.block.as_str(),
@@ -265,6 +270,7 @@ pub fn task_text(t: &TaskInfo, waiting: Option<&str>) -> String {
     let s = &t.spec;
     let mut b = Builder::new();
     let mut row = |k: &str, v: String| b.push_record([k.to_string(), v]);
+    row("number", format!("{} (batch {})", t.number, t.batch));
     row("id", t.id.to_string());
     row("name", s.name.clone().unwrap_or_default());
     row("state", t.state.to_string());

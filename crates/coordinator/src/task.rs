@@ -81,6 +81,8 @@ impl Task {
             attempts: Vec::new(),
             worker: None,
             namespace,
+            number: 0,
+            batch: 0,
         };
         Task {
             info,
@@ -427,6 +429,8 @@ impl Task {
             changed_ms,
             queue: i.spec.queue_name().to_string(),
             worker_name: i.attempts.last().map(|a| a.worker_name.clone()),
+            number: i.number,
+            batch: i.batch,
         }
     }
 }

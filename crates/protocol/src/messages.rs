@@ -47,6 +47,9 @@ pub struct TaskFilter {
     /// With this name.
     #[serde(default)]
     pub name: Option<String>,
+    /// Of this batch (one add request).
+    #[serde(default)]
+    pub batch: Option<u64>,
 }
 
 /// A request from an actioner (the CLI or any client).
@@ -291,6 +294,9 @@ pub struct EventFilter {
     /// Tasks of this queue of the connection's namespace; with `tags`, tasks that have both.
     #[serde(default)]
     pub queue: Option<String>,
+    /// Tasks of this batch; with `tags` or `queue`, tasks that have all.
+    #[serde(default)]
+    pub batch: Option<u64>,
 }
 
 /// A message from the coordinator to an actioner.
@@ -343,6 +349,12 @@ pub enum Reply {
     Added {
         /// New ids.
         ids: Vec<TaskId>,
+        /// Their numbers, in the same order.
+        #[serde(default)]
+        numbers: Vec<u64>,
+        /// The batch they make up.
+        #[serde(default)]
+        batch: u64,
     },
     /// To `Play`, `Pause`, `Kill`, `Remove`, `Retry` and `Move`: the tasks that changed, durable.
     Changed {

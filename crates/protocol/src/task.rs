@@ -485,6 +485,13 @@ pub struct TaskInfo {
     /// The namespace of the connection that added it: its queue is `spec.queue` there.
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// Its number, for people: handed out in order by the coordinator, kept across restarts,
+    /// never reused (`task show 42`). The id stays the stable name.
+    #[serde(default)]
+    pub number: u64,
+    /// The number of the add request that made it (hq's job): `--batch 7` names them all.
+    #[serde(default)]
+    pub batch: u64,
 }
 
 fn default_namespace() -> String {
@@ -538,6 +545,12 @@ pub struct TaskSummary {
     /// The name of the worker of its latest attempt, kept once the task ended.
     #[serde(default)]
     pub worker_name: Option<String>,
+    /// Its number.
+    #[serde(default)]
+    pub number: u64,
+    /// Its batch.
+    #[serde(default)]
+    pub batch: u64,
 }
 
 fn default_queue() -> String {

@@ -115,6 +115,8 @@ fn task_info() -> TaskInfo {
         }],
         worker: None,
         namespace: "aiida-x".into(),
+        number: 42,
+        batch: 7,
     }
 }
 
@@ -134,6 +136,8 @@ fn summary() -> TaskSummary {
         changed_ms: 10,
         queue: "gpu".into(),
         worker_name: Some("box".into()),
+        number: 43,
+        batch: 7,
     }
 }
 
@@ -195,6 +199,7 @@ fn actioner_requests() -> Vec<ActionerRequest> {
             tags: vec!["a=b".parse().unwrap()],
             queue: Some("q".into()),
             name: Some("n".into()),
+            batch: Some(3),
         }),
     });
     v.push(ActionerRequest::List {
@@ -217,6 +222,7 @@ fn actioner_requests() -> Vec<ActionerRequest> {
             tags: vec![],
             all: false,
             queue: None,
+            batch: None,
         },
     });
     v.push(ActionerRequest::Retry {
@@ -333,6 +339,8 @@ fn replies() -> Vec<Reply> {
     let v = vec![
         Reply::Added {
             ids: vec![TaskId::new(), TaskId::new()],
+            numbers: vec![41, 42],
+            batch: 7,
         },
         Reply::Changed {
             ids: vec![TaskId::new()],

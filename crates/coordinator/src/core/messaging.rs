@@ -419,7 +419,7 @@ impl Core {
             body,
             no_reply,
         });
-        let id = self.insert_task(spec, &namespace, true, now);
+        let id = self.insert_task(spec, &namespace, true, 0, now);
         if !no_reply {
             self.msg
                 .watchers

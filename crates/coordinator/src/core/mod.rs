@@ -196,6 +196,12 @@ pub struct Core {
     msg: Messaging,
     /// Every queue's settings and counts.
     queues: QueueTable,
+    /// Task ids by number (index 0 unused); an entry whose task was removed is stale.
+    by_number: Vec<TaskId>,
+    /// The number the next task gets.
+    next_number: u64,
+    /// The number the next add request (batch) gets.
+    next_batch: u64,
     /// Queues whose settings the next batch writes.
     dirty_queues: HashSet<QueueIdx>,
     dirty_tasks: HashSet<TaskId>,
@@ -293,6 +299,9 @@ impl Core {
             sched: Scheduler::new(),
             msg: Messaging::default(),
             queues: QueueTable::default(),
+            by_number: vec![TaskId(Uuid::nil())],
+            next_number: 1,
+            next_batch: 1,
             dirty_queues: HashSet::new(),
             dirty_tasks: HashSet::new(),
             lazy_tasks: HashSet::new(),
@@ -322,6 +331,7 @@ impl Core {
         for settings in queues {
             core.restore_queue(settings);
         }
+        let mut unnumbered: Vec<TaskId> = Vec::new();
         for mut info in workers {
             core.next_worker = core.next_worker.max(info.id.0 + 1);
             info.state = WorkerState::Lost;
@@ -346,6 +356,12 @@ impl Core {
                 core.next_worker = core.next_worker.max(a.worker.0 + 1);
             }
             let id = info.id;
+            match info.number {
+                // Written before tasks had numbers: numbered below, in the order they were made.
+                0 => unnumbered.push(id),
+                n => core.index_number(n, id),
+            }
+            core.next_batch = core.next_batch.max(info.batch + 1);
             let queue = core.queue_for(&info.namespace, &info.spec);
             let mut task = Task {
                 info,
@@ -392,6 +408,15 @@ impl Core {
             core.tasks.insert(id, Box::new(task));
             if ready {
                 core.enqueue_ready(id);
+            }
+        }
+        // Ids are UUIDv7, so their order is the order the tasks were made in.
+        unnumbered.sort();
+        for id in unnumbered {
+            let n = core.take_number(id);
+            if let Some(t) = core.tasks.get_mut(&id) {
+                t.info.number = n;
+                core.dirty_tasks.insert(id);
             }
         }
         core
@@ -659,6 +684,32 @@ impl Core {
         self.message_transition(id, before);
         self.emit(id, now, at_once);
         true
+    }
+
+    /// Files task `id` under number `n`.
+    fn index_number(&mut self, n: u64, id: TaskId) {
+        let i = n as usize;
+        if self.by_number.len() <= i {
+            self.by_number.resize(i + 1, TaskId(Uuid::nil()));
+        }
+        self.by_number[i] = id;
+        self.next_number = self.next_number.max(n + 1);
+    }
+
+    /// Hands out the next number, to task `id`.
+    fn take_number(&mut self, id: TaskId) -> u64 {
+        let n = self.next_number;
+        self.index_number(n, id);
+        n
+    }
+
+    /// The task with number `n`, if it is still in the table.
+    fn numbered(&self, n: u64) -> Option<TaskId> {
+        let id = *self.by_number.get(n as usize)?;
+        self.tasks
+            .get(&id)
+            .filter(|t| t.info.number == n)
+            .map(|t| t.id())
     }
 
     /// Puts a ready task in line: in its queue's FIFO of the broker for a message task, in the

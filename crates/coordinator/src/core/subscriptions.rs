@@ -10,6 +10,7 @@ pub(super) struct Subscription {
     pub(super) ids: HashSet<TaskId>,
     pub(super) tags: Vec<Tag>,
     pub(super) queue: Option<crate::scheduler::QueueIdx>,
+    pub(super) batch: Option<u64>,
     pub(super) all: bool,
 }
 
@@ -18,9 +19,10 @@ impl Subscription {
     fn takes(&self, task: &Task) -> bool {
         self.all
             || self.ids.contains(&task.id())
-            || ((!self.tags.is_empty() || self.queue.is_some())
+            || ((!self.tags.is_empty() || self.queue.is_some() || self.batch.is_some())
                 && has_tags(task, &self.tags)
-                && self.queue.is_none_or(|q| task.queue == q))
+                && self.queue.is_none_or(|q| task.queue == q)
+                && self.batch.is_none_or(|b| task.info.batch == b))
     }
 }
 
@@ -66,10 +68,15 @@ impl Core {
             .iter()
             .map(|p| self.resolve(p))
             .collect::<Result<_, _>>()?;
-        if !filter.all && ids.is_empty() && filter.tags.is_empty() && filter.queue.is_none() {
+        if !filter.all
+            && ids.is_empty()
+            && filter.tags.is_empty()
+            && filter.queue.is_none()
+            && filter.batch.is_none()
+        {
             return Err(err(
                 ErrorKind::InvalidRequest,
-                "subscribe to some ids, some tags, a queue, or all",
+                "subscribe to some ids, some tags, a queue, a batch, or all",
             ));
         }
         // A queue never named yet is entered, so that its first tasks are followed too.
@@ -88,6 +95,7 @@ impl Core {
             ids,
             tags: filter.tags,
             queue,
+            batch: filter.batch,
             all: filter.all,
         };
         let tasks: Vec<TaskStatus> = self

@@ -6,11 +6,13 @@ use super::*;
 impl Core {
     /// Enters a new task in the table (ready when `play`), to be written with the next batch.
     /// Its queue fills in what the spec leaves out (attempts, timeout).
+    /// It gets the next number; `batch` is the add request it came with (0 for message tasks).
     pub(super) fn insert_task(
         &mut self,
         mut spec: TaskSpec,
         namespace: &str,
         play: bool,
+        batch: u64,
         now: u64,
     ) -> TaskId {
         let id = TaskId(Uuid::now_v7());
@@ -18,6 +20,8 @@ impl Core {
         self.queue_defaults(queue, &mut spec);
         let mut task = Task::new(id, spec, namespace.to_string(), now, play);
         task.queue = queue;
+        task.info.number = self.take_number(id);
+        task.info.batch = batch;
         self.counts[idx(task.state())] += 1;
         self.queues.count(queue, task.state(), true);
         self.tasks.insert(id, Box::new(task));
@@ -141,11 +145,21 @@ impl Core {
                     }
                 }
                 let namespace = self.namespace(conn);
-                let ids = tasks
+                let batch = self.next_batch;
+                self.next_batch += 1;
+                let ids: Vec<TaskId> = tasks
                     .into_iter()
-                    .map(|spec| self.insert_task(spec, &namespace, play, now))
+                    .map(|spec| self.insert_task(spec, &namespace, play, batch, now))
                     .collect();
-                Ok((Reply::Added { ids }, true))
+                let numbers = ids.iter().map(|id| self.tasks[id].info.number).collect();
+                Ok((
+                    Reply::Added {
+                        ids,
+                        numbers,
+                        batch,
+                    },
+                    true,
+                ))
             }
             ActionerRequest::Play { selector, created } => {
                 // `all` without `created` wakes what was paused, not what was never played.
@@ -341,8 +355,14 @@ impl Core {
         }
     }
 
-    /// Resolves an id or a unique prefix of one (hex digits, hyphens ignored).
+    /// Resolves a task's number (decimal digits), its id, or a unique prefix of its id (hex
+    /// digits, hyphens ignored; a prefix of decimal digits alone is read as a number).
     pub fn resolve(&self, text: &str) -> Result<TaskId, ErrorReply> {
+        if let Some(n) = number_of(text) {
+            return self
+                .numbered(n)
+                .ok_or_else(|| err(ErrorKind::UnknownId, format!("no task number {n}")));
+        }
         let hex: String = text
             .chars()
             .filter(|c| *c != '-')
@@ -397,6 +417,7 @@ impl Core {
                     .filter(|t| has_tags(t, &f.tags))
                     .filter(|t| queue.is_none_or(|q| t.queue == q))
                     .filter(|t| f.name.is_none() || t.info.spec.name == f.name)
+                    .filter(|t| f.batch.is_none_or(|b| t.info.batch == b))
                     .filter(|t| check(t).is_ok())
                     .map(|t| t.id())
                     .collect())
@@ -407,11 +428,28 @@ impl Core {
             )),
             Selector::Ids(texts) => {
                 let mut ids = Vec::with_capacity(texts.len());
+                let mut seen = HashSet::new();
                 for text in texts {
-                    let id = self.resolve(text)?;
-                    check(&self.tasks[&id])?;
-                    if !ids.contains(&id) {
-                        ids.push(id);
+                    // A range of numbers, `100-200`: the tasks of it that exist.
+                    let named: Vec<TaskId> = match range_of(text) {
+                        Some((a, b)) => {
+                            let found: Vec<TaskId> =
+                                (a..=b).filter_map(|n| self.numbered(n)).collect();
+                            if found.is_empty() {
+                                return Err(err(
+                                    ErrorKind::UnknownId,
+                                    format!("no task numbered {a} to {b}"),
+                                ));
+                            }
+                            found
+                        }
+                        None => vec![self.resolve(text)?],
+                    };
+                    for id in named {
+                        check(&self.tasks[&id])?;
+                        if seen.insert(id) {
+                            ids.push(id);
+                        }
                     }
                 }
                 Ok(ids)
@@ -450,4 +488,19 @@ impl Core {
         debug!(op, tasks = ids.len(), "applied");
         Ok((Reply::Changed { ids, more: false }, true))
     }
+}
+
+/// A task number as people type it: decimal digits, `42` or `#42`.
+fn number_of(text: &str) -> Option<u64> {
+    let t = text.strip_prefix('#').unwrap_or(text);
+    (!t.is_empty() && t.len() <= 15 && t.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| t.parse().ok())
+        .flatten()
+}
+
+/// A range of task numbers, `100-200`, in order.
+fn range_of(text: &str) -> Option<(u64, u64)> {
+    let (a, b) = text.split_once('-')?;
+    let (a, b) = (number_of(a)?, number_of(b)?);
+    (a <= b).then_some((a, b))
 }

@@ -23,7 +23,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tatzelwurm_protocol::{BodyCodec, QueueSettings, TaskId, TaskInfo, WorkerId, WorkerInfo};
 
 use super::StoreError;
-use super::legacy::{TASK_TAG, TaskV2};
+use super::legacy::{TASK_TAG, TASK_TAG_V3, TaskV2, TaskV3};
 
 /// The layout this code writes; a store with a higher number was written by a newer version.
 /// Version 3 tags task records and adds queue settings; it reads version 2 as it is.
@@ -75,6 +75,7 @@ pub(crate) fn encode_task(t: &TaskInfo) -> Bytes {
 fn decode_task(table: &'static str, at: &str, b: &[u8]) -> Result<TaskInfo, StoreError> {
     match b.split_first() {
         Some((&TASK_TAG, rest)) => decode(table, at, rest),
+        Some((&TASK_TAG_V3, rest)) => decode::<TaskV3>(table, at, rest).map(TaskInfo::from),
         _ => decode::<TaskV2>(table, at, b).map(TaskInfo::from),
     }
 }

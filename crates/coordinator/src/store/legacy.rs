@@ -1,9 +1,11 @@
-//! Task records as layout 2 wrote them, before tasks had a queue, affinity and a namespace.
+//! Task records as earlier layouts wrote them: layout 2, before tasks had a queue, affinity and
+//! a namespace, and the first records of layout 3, before they had a number and a batch.
 //!
-//! bincode is positional, so a record of the old shape cannot be read as the new one. Records
-//! written since carry a leading tag byte ([`TASK_TAG`]); an old record starts with the length of
-//! its id's bytes (16), so each record says by itself how to read it, whatever mix of old and new
-//! the buckets and the journal hold. Old records stay as they are until their task changes.
+//! bincode is positional, so a record of an old shape cannot be read as the new one. Records
+//! carry a leading tag byte ([`TASK_TAG`] now, [`TASK_TAG_V3`] before numbers); a layout-2 record
+//! starts with the length of its id's bytes (16), so each record says by itself how to read it,
+//! whatever mix of old and new the buckets and the journal hold. Old records stay as they are
+//! until their task changes.
 
 use serde::Deserialize;
 use tatzelwurm_protocol::{
@@ -11,8 +13,41 @@ use tatzelwurm_protocol::{
     TaskSpec, TaskState, WorkerId,
 };
 
-/// The first byte of a task record written by layout 3 or later.
-pub(crate) const TASK_TAG: u8 = 0xA3;
+/// The first byte of a task record with a number and a batch.
+pub(crate) const TASK_TAG: u8 = 0xA4;
+
+/// The first byte of a task record of layout 3 before numbers: read as [`TaskV3`].
+pub(crate) const TASK_TAG_V3: u8 = 0xA3;
+
+/// A task as the first records of layout 3 held it: today's without `number` and `batch` (which
+/// the coordinator hands out at start).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+pub(crate) struct TaskV3 {
+    id: TaskId,
+    spec: TaskSpec,
+    state: TaskState,
+    times: StageTimes,
+    attempts: Vec<Attempt>,
+    worker: Option<WorkerId>,
+    namespace: String,
+}
+
+impl From<TaskV3> for TaskInfo {
+    fn from(t: TaskV3) -> TaskInfo {
+        TaskInfo {
+            id: t.id,
+            spec: t.spec,
+            state: t.state,
+            times: t.times,
+            attempts: t.attempts,
+            worker: t.worker,
+            namespace: t.namespace,
+            number: 0,
+            batch: 0,
+        }
+    }
+}
 
 /// A spec of layout 2: today's without `queue`, `prefer` and `require`.
 #[derive(Deserialize)]
@@ -70,6 +105,8 @@ impl From<TaskV2> for TaskInfo {
             attempts: t.attempts,
             worker: t.worker,
             namespace,
+            number: 0,
+            batch: 0,
         }
     }
 }
@@ -116,5 +153,32 @@ mod tests {
         .unwrap();
         assert_eq!(r.tasks, vec![t]);
         assert_eq!(r.tasks[0].namespace, DEFAULT_NAMESPACE);
+    }
+
+    #[test]
+    fn a_record_of_layout_3_before_numbers_reads_with_number_0() {
+        let t = task();
+        let v3 = TaskV3 {
+            id: t.id,
+            spec: t.spec.clone(),
+            state: t.state,
+            times: t.times.clone(),
+            attempts: t.attempts.clone(),
+            worker: t.worker,
+            namespace: t.namespace.clone(),
+        };
+        let mut rec = vec![TASK_TAG_V3];
+        rec.extend_from_slice(&encode(&v3));
+        let bucket = super::super::image::frame([&rec[..]].into_iter());
+        let r = super::super::image::replay(super::super::image::Stored {
+            buckets: vec![bucket],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            r.tasks,
+            vec![t],
+            "today's task with number 0, to be numbered at start"
+        );
     }
 }

@@ -16,6 +16,7 @@ fn a_start_costs_no_commit_of_its_own_but_is_written_with_the_next() {
                 tags: vec![],
                 all: true,
                 queue: None,
+                batch: None,
             },
         },
         10,
@@ -200,5 +201,16 @@ fn long_lists_are_split_into_parts_and_other_replies_pass_whole() {
         );
         assert_eq!(parts.len(), n.div_ceil(2).max(1), "{n} ids");
     }
-    assert_eq!(split_reply(Reply::Added { ids: ids.clone() }, 2).len(), 1);
+    assert_eq!(
+        split_reply(
+            Reply::Added {
+                ids: ids.clone(),
+                numbers: vec![],
+                batch: 1
+            },
+            2
+        )
+        .len(),
+        1
+    );
 }

@@ -41,7 +41,7 @@ pub(super) fn add(c: &mut Core, n: usize, play: bool) -> Vec<TaskId> {
             (
                 _,
                 Out::Actioner(CoordinatorToActioner::Reply {
-                    body: Reply::Added { ids },
+                    body: Reply::Added { ids, .. },
                     ..
                 }),
             ),

@@ -30,7 +30,7 @@ fn add_to(c: &mut Core, queue: &str, n: usize, f: impl Fn(&mut TaskSpec)) -> Vec
         })
         .collect();
     match &req(c, 1, ActionerRequest::Add { tasks, play: true })[..] {
-        [Reply::Added { ids }] => ids.clone(),
+        [Reply::Added { ids, .. }] => ids.clone(),
         other => panic!("{other:?}"),
     }
 }
@@ -489,6 +489,7 @@ fn a_subscription_by_queue_and_tags_follows_the_tasks_that_have_both() {
                 tags: vec![tag("run=1")],
                 all: false,
                 queue: Some("q".into()),
+                batch: None,
             },
         },
     )[..]

@@ -16,6 +16,7 @@ fn a_large_snapshot_is_sent_in_parts_before_the_reply() {
         tags: vec![],
         all: true,
         queue: None,
+        batch: None,
     };
     c.actioner(
         1,
@@ -59,6 +60,7 @@ fn subscribers_get_every_state_change_after_the_commit() {
                 tags: vec![],
                 all: false,
                 queue: None,
+                batch: None,
             },
         },
         20,
@@ -105,6 +107,7 @@ fn an_unsubscribed_connection_gets_no_more_events() {
             tags: vec![],
             all: true,
             queue: None,
+            batch: None,
         },
     };
     c.actioner(1, RequestId(4), sub, 10);
