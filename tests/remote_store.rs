@@ -117,8 +117,8 @@ fn ws_store_server_that_vanishes_and_returns_loses_no_acknowledged_task() {
             .try_action(&["--json", "task", "add", "--play", "--", "true"])
             .unwrap();
         if out.status.success() {
-            let added: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
-            again.extend(added);
+            let added: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+            again.extend(added.iter().map(|t| t["id"].as_str().unwrap().to_string()));
         }
         out.status.success()
     })
