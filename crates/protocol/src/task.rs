@@ -239,6 +239,21 @@ impl TaskSpec {
         }
     }
 
+    /// What a worker must offer to run it, in words: `async tasks`, `sync tasks with handler
+    /// render`, `async tasks with tags gpu=yes` (what the coordinator and the CLI say when no
+    /// connected worker does).
+    pub fn worker_needs(&self) -> String {
+        let mut needs = format!("{} tasks", self.block);
+        if let Some(h) = self.payload.handler() {
+            needs.push_str(&format!(" with handler {h}"));
+        }
+        if !self.require.is_empty() {
+            let tags: Vec<String> = self.require.iter().map(|t| t.to_string()).collect();
+            needs.push_str(&format!(" with tags {}", tags.join(",")));
+        }
+        needs
+    }
+
     /// The name of its queue in its namespace.
     pub fn queue_name(&self) -> &str {
         match &self.payload {

@@ -158,6 +158,13 @@ pub async fn run(cli: Cli) -> Result<i32> {
     )
     .await?;
     let (json, quiet) = (cli.json, cli.quiet);
+    // How `task wait` reaches the coordinator again when it went away.
+    let reach = Reach {
+        addr: cli.coordinator.clone(),
+        token: token.clone(),
+        namespace: cli.namespace.clone(),
+        timeout: cli.connect_timeout,
+    };
     match cli.command {
         Command::Task(TaskCommand::Add(a)) => {
             let specs = add_specs.expect("parsed above");
@@ -177,12 +184,6 @@ pub async fn run(cli: Cli) -> Result<i32> {
                         );
                     }
                     if a.wait {
-                        let reach = Reach {
-                            addr: cli.coordinator.clone(),
-                            token: token.clone(),
-                            namespace: cli.namespace.clone(),
-                            timeout: cli.connect_timeout,
-                        };
                         let w = WaitArgs {
                             select: WaitSelect {
                                 ids: ids.iter().map(|i| i.to_string()).collect(),
@@ -363,12 +364,6 @@ pub async fn run(cli: Cli) -> Result<i32> {
             );
         }
         Command::Task(TaskCommand::Wait(a)) => {
-            let reach = Reach {
-                addr: cli.coordinator.clone(),
-                token: token.clone(),
-                namespace: cli.namespace.clone(),
-                timeout: cli.connect_timeout,
-            };
             return wait(client, &reach, a, json).await;
         }
         Command::Worker(WorkerCommand::List) => {

@@ -436,14 +436,7 @@ pub(super) async fn unserved_kinds(
         if served {
             continue;
         }
-        let mut kind = format!("{} tasks", s.block);
-        if let Some(h) = handler {
-            kind.push_str(&format!(" with handler {h}"));
-        }
-        if !s.require.is_empty() {
-            let tags: Vec<String> = s.require.iter().map(|t| t.to_string()).collect();
-            kind.push_str(&format!(" with tags {}", tags.join(",")));
-        }
+        let kind = s.worker_needs();
         if !out.contains(&kind) {
             out.push(kind);
         }

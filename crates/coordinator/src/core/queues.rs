@@ -98,6 +98,14 @@ impl Core {
         self.queues.intern(namespace, spec.queue_name())
     }
 
+    /// The number of a queue a filter names, in the connection's namespace; a queue never
+    /// named has no tasks, and gets an impossible number that matches none.
+    pub(super) fn queue_to_match(&self, conn: ConnId, name: &str) -> QueueIdx {
+        self.queues
+            .find(&self.namespace(conn), name)
+            .unwrap_or(QueueIdx::MAX)
+    }
+
     /// Fills in what a spec leaves to its queue: attempts (1 unless the queue says otherwise)
     /// and the timeout.
     pub(super) fn queue_defaults(&self, q: QueueIdx, spec: &mut TaskSpec) {
@@ -303,19 +311,10 @@ impl Core {
                 "queue {name} runs {limit} tasks, its limit (`queue set {name} --limit`)"
             ));
         }
-        let kind = kind_of(&task.info.spec);
-        if !self.sched.can_serve(&kind) {
-            let mut needs = vec![format!("{} tasks", kind.block)];
-            if let Some(h) = &kind.handler {
-                needs.push(format!("handler {h}"));
-            }
-            if !kind.require.is_empty() {
-                let tags: Vec<String> = kind.require.iter().map(|t| t.to_string()).collect();
-                needs.push(format!("tags {}", tags.join(",")));
-            }
+        if !self.sched.can_serve(&kind_of(&task.info.spec)) {
             return Some(format!(
                 "no connected worker takes {}",
-                needs.join(" with ")
+                task.info.spec.worker_needs()
             ));
         }
         Some("every worker that can run it is busy".into())

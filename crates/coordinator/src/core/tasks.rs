@@ -224,12 +224,7 @@ impl Core {
                 queue,
             } => {
                 let limit = limit.map_or(usize::MAX, |l| l as usize);
-                // A queue never named has no tasks: an impossible index matches none.
-                let queue = queue.map(|name| {
-                    self.queues
-                        .find(&self.namespace(conn), &name)
-                        .unwrap_or(QueueIdx::MAX)
-                });
+                let queue = queue.map(|name| self.queue_to_match(conn, &name));
                 let tasks = self
                     .tasks
                     .values()
@@ -404,12 +399,7 @@ impl Core {
                 .map(|t| t.id())
                 .collect()),
             Selector::Where(f) => {
-                // A queue never named has no tasks: an impossible index matches none.
-                let queue = f.queue.as_ref().map(|name| {
-                    self.queues
-                        .find(&self.namespace(conn), name)
-                        .unwrap_or(QueueIdx::MAX)
-                });
+                let queue = f.queue.as_ref().map(|name| self.queue_to_match(conn, name));
                 Ok(self
                     .tasks
                     .values()
