@@ -842,6 +842,12 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
             backoff = min(backoff * 2, 1.0)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         previous = self.worker_id
+        # Nothing else may be sent on the new connection before the reattach: a `finished` or a
+        # heartbeat from another thread first would make the coordinator read "claims nothing"
+        # and give the held tasks away. So the socket is published under the send lock, and the
+        # reattach leaves before that lock is let go.
+        send_guard = self._send_lock
+        send_guard.acquire()
         with self._lock:
             self._generation += 1
             generation = self._generation
@@ -857,14 +863,19 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
             listeners = list(self._listeners)
             watched = list(self._sent)
             calls, self._calls = self._calls, {}
+        try:
+            # A reconnect under the same id first says what this client still holds.
+            if previous is not None and previous == self.worker_id:
+                with contextlib.suppress(ProtocolError, OSError):
+                    send_frame(sock, {"worker": {"reattach": {"running": claims}}})
+                    for key, report in unacked:
+                        send_frame(sock, {"worker": {"finished": {
+                            "attempt": {"task": key[0], "attempt": key[1]}, "report": report}}})
+        finally:
+            send_guard.release()
         threading.Thread(target=self._reader, args=(sock, generation), daemon=True,
                          name="tatzelwurm-kiwipy-reader").start()
-        # A reconnect under the same id first says what this client still holds.
-        if previous is not None and previous == self.worker_id:
-            self._send_worker({"reattach": {"running": claims}})
-            for key, report in unacked:
-                self._send_worker({"finished": {"attempt": {"task": key[0], "attempt": key[1]}, "report": report}})
-        elif previous is not None:
+        if previous is not None and previous != self.worker_id:
             with self._lock:
                 self._running.clear()
                 self._unacked.clear()
