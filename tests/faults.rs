@@ -260,7 +260,7 @@ fn hostile_peers_close_only_their_own_connection() {
 /// A small tmpfs under the store: filled up, the coordinator refuses new work; freed, it
 /// accepts again. Needs root (to mount), as CI has.
 #[test]
-fn full_disk_refuses_work_then_recovers() {
+fn full_disk_refuses_work_then_recovers_and_keeps_what_it_acknowledges_after() {
     let mnt = tempfile::tempdir().unwrap();
     let status = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
@@ -283,7 +283,7 @@ fn full_disk_refuses_work_then_recovers() {
     let _guard = Unmount(mnt.path().to_path_buf());
     let store = mnt.path().join("store");
     let db = format!("surrealkv://{}", store.display());
-    let c = Coordinator::start_with(Db::Mem, &["--db", &db, "--lease", "5s"]).unwrap();
+    let mut c = Coordinator::start_with(Db::Mem, &["--db", &db, "--lease", "5s"]).unwrap();
     let first = c.add(&["--sleep", "1s"]);
     // Fill the disk.
     let filler = mnt.path().join("filler");
@@ -294,9 +294,12 @@ fn full_disk_refuses_work_then_recovers() {
     drop(f);
     // Adds are refused (never acknowledged) while the disk is full.
     let mut refused = 0;
-    for _ in 0..20 {
+    // Records of many sizes, some larger than a block of the store's log: a write the full disk
+    // cuts short leaves part of a record behind.
+    for i in 0..20 {
+        let name = "x".repeat(40_000 + i * 3000);
         let out = c
-            .try_action(&["task", "add", "--sleep", "1s", "--name", &"x".repeat(4000)])
+            .try_action(&["task", "add", "--sleep", "1s", "--name", &name])
             .unwrap();
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr).to_string();
@@ -319,6 +322,22 @@ fn full_disk_refuses_work_then_recovers() {
         "{}",
         c.log_text()
     );
+    // What is acknowledged after the recovery survives a crash: the failed writes left nothing
+    // in the store's log that would cut off the good ones behind them.
+    let mut acknowledged = first.clone();
+    for _ in 0..5 {
+        acknowledged.extend(c.add(&["--sleep", "1s", "--count", "5", "--name", &"y".repeat(3000)]));
+    }
+    c.kill9();
+    c.restart().unwrap();
+    let ids = c.all_ids();
+    for id in &acknowledged {
+        assert!(
+            ids.contains(id),
+            "acknowledged task {id} lost; log:\n{}",
+            c.log_text()
+        );
+    }
 }
 
 #[test]

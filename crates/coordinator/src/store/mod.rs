@@ -69,6 +69,10 @@ pub enum StoreError {
         "another coordinator is using this data dir; stop it, or give this one its own --data-dir ({0})"
     )]
     InUse(String),
+    /// The embedded store is being reopened after a failed write, or a checkpoint still runs
+    /// on the old handle; the write is tried again later.
+    #[error("the store is being reopened after a failed write ({0})")]
+    Reopening(&'static str),
     /// A write got no answer in time (a remote server that vanished, a network that dropped
     /// packets). Whether it was applied is unknown; the batch is written again, which is safe
     /// because every write carries whole records and replay follows sequence numbers.
@@ -135,6 +139,41 @@ async fn reconnect(url: &str) -> Result<Surreal<Any>, StoreError> {
             other => return other,
         }
     }
+}
+
+/// Finishes opening the store named by `url` from the first connection to it: a surrealkv
+/// store that already has a write-ahead log is closed and opened again, so that new writes go
+/// to a fresh log segment. A crash or a full disk can leave the last record of surrealkv's
+/// (0.21) log torn; read back, such a tail is either repaired (a new file in the old one's
+/// place, while the writer still holds the old file) or taken for the end of the log (and new
+/// records are appended after it, where the next start stops reading). Either way what is
+/// written next would be lost at the next start. Closing flushes what was read into the tables
+/// and retires that log.
+/// `just_released`: this process let go of the store a moment ago (its lock may linger).
+async fn connect_on_a_fresh_log(
+    url: &str,
+    just_released: bool,
+) -> Result<Surreal<Any>, StoreError> {
+    let wal = wal_dir(url);
+    let before = wal.as_deref().map(wal_segments).unwrap_or_default();
+    let db = if just_released {
+        reconnect(url).await?
+    } else {
+        connect(url).await?
+    };
+    let Some(dir) = wal.filter(|_| !before.is_empty()) else {
+        return Ok(db);
+    };
+    if wal_segments(&dir)
+        .iter()
+        .any(|(name, ino)| before.get(name).is_some_and(|b| b != ino))
+    {
+        warn!(wal = %dir.display(), "the store's write-ahead log ended in a torn record (a crash or a full disk cut a write short); it was repaired");
+    }
+    drop(db);
+    let db = reconnect(url).await?;
+    debug!(wal = %dir.display(), "store reopened on a fresh write-ahead log segment");
+    Ok(db)
 }
 
 /// Where the store is and how to log in.
@@ -212,6 +251,10 @@ struct State {
     image: Image,
     next_seq: i64,
     checkpointing: bool,
+    /// A write failed on a surrealkv store: its write-ahead log may hold part of that write,
+    /// and what surrealkv (0.21) appends after such a part is lost at the next start. The next
+    /// write first reopens the store (see [`Store::reopen`]).
+    must_reopen: bool,
     /// Records of the layout before journals are still stored; the next checkpoint deletes them.
     legacy: bool,
 }
@@ -223,6 +266,7 @@ impl Default for State {
             // Sequence numbers start at 1: a store without a checkpoint has `upto` 0.
             next_seq: 1,
             checkpointing: false,
+            must_reopen: false,
             legacy: false,
         }
     }
@@ -232,7 +276,12 @@ impl Default for State {
 /// single commit in flight), checkpoints run beside them.
 #[derive(Clone)]
 pub struct Store {
-    db: Surreal<Any>,
+    /// The database handle; `None` only while an embedded store is reopened.
+    conn: Arc<Mutex<Option<Surreal<Any>>>>,
+    /// The URL, SurrealDB namespace and database, to reopen an embedded store with.
+    url: String,
+    ns: String,
+    database: String,
     /// This coordinator's mark in `meta:owner`.
     owner: String,
     /// Whether writes check the mark (a server that other coordinators can reach).
@@ -282,29 +331,7 @@ impl Store {
     /// Connects (creating an embedded database when the URL names one), selects the namespace
     /// and database, and checks that this version can read what is there.
     pub async fn open(opts: &StoreOptions) -> Result<Store, StoreError> {
-        let wal = wal_dir(&opts.url);
-        let before = wal.as_deref().map(wal_segments).unwrap_or_default();
-        let mut db = connect(&opts.url).await?;
-        // A crash or a full disk can leave the last record of surrealkv's (0.21) write-ahead log
-        // torn. Read back, such a tail is either repaired (a new file in the old one's place,
-        // while the writer still holds the old file) or taken for the end of the log (and new
-        // records are appended after it, where the next start stops reading). Either way what
-        // is written next is lost at the next start. So an existing store is opened, closed
-        // (which flushes what was read into its tables and retires that log) and opened again:
-        // new writes then go to a fresh log segment that no old tail precedes.
-        if let Some(dir) = &wal
-            && !before.is_empty()
-        {
-            if wal_segments(dir)
-                .iter()
-                .any(|(name, ino)| before.get(name).is_some_and(|b| b != ino))
-            {
-                warn!(wal = %dir.display(), "the store's write-ahead log ended in a torn record (a crash or a full disk cut a write short); it was repaired");
-            }
-            drop(db);
-            db = reconnect(&opts.url).await?;
-            debug!(wal = %dir.display(), "store reopened on a fresh write-ahead log segment");
-        }
+        let db = connect_on_a_fresh_log(&opts.url, false).await?;
         if let (Some(user), Some(pass)) = (&opts.user, &opts.pass) {
             db.signin(Root {
                 username: user.clone(),
@@ -321,6 +348,48 @@ impl Store {
         let store = Store::attach(db, opts, server).await?;
         info!(url = %opts.url, ns = %opts.namespace, db = %opts.database, "store open");
         Ok(store)
+    }
+
+    /// The database handle, unless the store is being reopened.
+    fn db(&self) -> Result<Surreal<Any>, StoreError> {
+        self.conn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Reopening("the old handle is closing"))
+    }
+
+    /// Closes a surrealkv store whose write failed and opens it again, then reads back what it
+    /// holds. surrealkv (0.21) does not undo a write-ahead-log append that an i/o error (a full
+    /// disk) cut short: the part already in the file stays, the writer's position does not
+    /// move, and every record appended after it is unreadable at the next start, so a crash
+    /// would lose writes acknowledged long after the disk had room again. Closing flushes what
+    /// was committed into its tables; opening on a fresh log (as at start) leaves the torn part
+    /// behind. What the store holds is read back because a checkpoint that ran beside the failed
+    /// write may have landed after the torn part and been lost with it.
+    async fn reopen(&self) -> Result<(), StoreError> {
+        if self.state().checkpointing {
+            return Err(StoreError::Reopening(
+                "a checkpoint still runs on the old handle",
+            ));
+        }
+        let old = self.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(old);
+        let db = connect_on_a_fresh_log(&self.url, true).await?;
+        db.use_ns(self.ns.as_str())
+            .use_db(self.database.as_str())
+            .await?;
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(db);
+        let replayed = image::replay(self.read_stored().await?)?;
+        let mut st = self.state();
+        st.next_seq = st.next_seq.max(replayed.image.last_seq() + 1);
+        st.image = replayed.image;
+        if st.legacy {
+            st.image.all_dirty();
+        }
+        st.must_reopen = false;
+        warn!(url = %self.url, "store reopened after a failed write; it writes again");
+        Ok(())
     }
 
     /// Takes a connected database over: checks its layout and makes this coordinator its owner,
@@ -344,7 +413,10 @@ impl Store {
             info!(%previous, now = %owner, "took the store over from the coordinator that had it");
         }
         Ok(Store {
-            db,
+            conn: Arc::new(Mutex::new(Some(db))),
+            url: opts.url.clone(),
+            ns: opts.namespace.clone(),
+            database: opts.database.clone(),
             owner,
             fenced,
             write_timeout: opts.write_timeout,
@@ -377,7 +449,8 @@ impl Store {
              {sql}
              COMMIT;"
         );
-        let query = bind(self.db.query(guarded).bind(("me", self.owner.clone())));
+        let db = self.db()?;
+        let query = bind(db.query(guarded).bind(("me", self.owner.clone())));
         match self.timed(query).await?.check() {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains(SUPERSEDED) => Err(StoreError::Superseded),
@@ -394,35 +467,9 @@ impl Store {
     /// Every task, worker and set queue the store holds. Records of the layout before
     /// journals are read too, and rewritten in the current layout before this returns.
     pub async fn load(&self) -> Result<Loaded, StoreError> {
-        let mut res = self
-            .db
-            .query("SELECT upto FROM meta:checkpoint")
-            .query("SELECT body FROM meta:workers")
-            .query("SELECT body FROM bucket")
-            .query("SELECT seq, body FROM journal")
-            .query("SELECT body FROM task")
-            .query("SELECT body FROM worker")
-            .query("SELECT body FROM meta:queues")
-            .await?
-            .check()?;
-        let upto: Vec<Upto> = res.take(0)?;
-        let workers: Vec<BodyOnly> = res.take(1)?;
-        let buckets: Vec<BodyOnly> = res.take(2)?;
-        let journal: Vec<SeqBody> = res.take(3)?;
-        let legacy_tasks: Vec<BodyOnly> = res.take(4)?;
-        let legacy_workers: Vec<BodyOnly> = res.take(5)?;
-        let queues: Vec<BodyOnly> = res.take(6)?;
-        let body = |r: BodyOnly| r.body;
-        let legacy = !legacy_tasks.is_empty() || !legacy_workers.is_empty();
-        let replayed = image::replay(Stored {
-            legacy_tasks: legacy_tasks.into_iter().map(body).collect(),
-            legacy_workers: legacy_workers.into_iter().map(body).collect(),
-            buckets: buckets.into_iter().map(body).collect(),
-            workers: workers.into_iter().next().map(body),
-            queues: queues.into_iter().next().map(body),
-            upto: upto.first().map_or(0, |u| u.upto),
-            journal: journal.into_iter().map(|r| (r.seq, r.body)).collect(),
-        })?;
+        let stored = self.read_stored().await?;
+        let legacy = !stored.legacy_tasks.is_empty() || !stored.legacy_workers.is_empty();
+        let replayed = image::replay(stored)?;
         info!(
             tasks = replayed.tasks.len(),
             table_bytes = replayed.image.table_bytes(),
@@ -450,6 +497,38 @@ impl Store {
         })
     }
 
+    /// Every record the store holds, as stored.
+    async fn read_stored(&self) -> Result<Stored, StoreError> {
+        let mut res = self
+            .db()?
+            .query("SELECT upto FROM meta:checkpoint")
+            .query("SELECT body FROM meta:workers")
+            .query("SELECT body FROM bucket")
+            .query("SELECT seq, body FROM journal")
+            .query("SELECT body FROM task")
+            .query("SELECT body FROM worker")
+            .query("SELECT body FROM meta:queues")
+            .await?
+            .check()?;
+        let upto: Vec<Upto> = res.take(0)?;
+        let workers: Vec<BodyOnly> = res.take(1)?;
+        let buckets: Vec<BodyOnly> = res.take(2)?;
+        let journal: Vec<SeqBody> = res.take(3)?;
+        let legacy_tasks: Vec<BodyOnly> = res.take(4)?;
+        let legacy_workers: Vec<BodyOnly> = res.take(5)?;
+        let queues: Vec<BodyOnly> = res.take(6)?;
+        let body = |r: BodyOnly| r.body;
+        Ok(Stored {
+            legacy_tasks: legacy_tasks.into_iter().map(body).collect(),
+            legacy_workers: legacy_workers.into_iter().map(body).collect(),
+            buckets: buckets.into_iter().map(body).collect(),
+            workers: workers.into_iter().next().map(body),
+            queues: queues.into_iter().next().map(body),
+            upto: upto.first().map_or(0, |u| u.upto),
+            journal: journal.into_iter().map(|r| (r.seq, r.body)).collect(),
+        })
+    }
+
     async fn timed<T>(
         &self,
         f: impl std::future::IntoFuture<Output = Result<T, surrealdb::Error>>,
@@ -466,6 +545,47 @@ impl Store {
     /// safe: records are whole and replay follows sequence numbers). Starts a checkpoint in the
     /// background when one is due.
     pub async fn write(
+        &self,
+        tasks: &[TaskInfo],
+        removed: &[TaskId],
+        workers: &[WorkerInfo],
+        removed_workers: &[WorkerId],
+        queues: &[QueueSettings],
+    ) -> Result<(), StoreError> {
+        if self.state().must_reopen {
+            self.reopen().await?;
+        }
+        let result = self
+            .write_journal(tasks, removed, workers, removed_workers, queues)
+            .await;
+        if result.is_err() {
+            self.failed_write();
+        }
+        result?;
+        let due = {
+            let st = self.state();
+            !st.checkpointing && st.image.wants_checkpoint(self.checkpoint_min_bytes)
+        };
+        if due {
+            let store = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.checkpoint().await {
+                    warn!(error = %e, "checkpoint failed; the journal keeps everything, retrying later");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Notes that a write failed: a surrealkv store is reopened before the next one.
+    fn failed_write(&self) {
+        if wal_dir(&self.url).is_some() {
+            self.state().must_reopen = true;
+        }
+    }
+
+    /// The journal records of one batch, in order; the image follows each one written.
+    async fn write_journal(
         &self,
         tasks: &[TaskInfo],
         removed: &[TaskId],
@@ -496,18 +616,6 @@ impl Store {
             // The image follows the journal part by part, so that it never lacks a committed one.
             self.state().image.apply(seq, entry, body_len);
         }
-        let due = {
-            let st = self.state();
-            !st.checkpointing && st.image.wants_checkpoint(self.checkpoint_min_bytes)
-        };
-        if due {
-            let store = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.checkpoint().await {
-                    warn!(error = %e, "checkpoint failed; the journal keeps everything, retrying later");
-                }
-            });
-        }
         Ok(())
     }
 
@@ -517,7 +625,8 @@ impl Store {
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         let (snap, legacy) = {
             let mut st = self.state();
-            if st.checkpointing {
+            // One at a time; none on a store that waits to be reopened (the next write does).
+            if st.checkpointing || st.must_reopen {
                 return Ok(());
             }
             st.checkpointing = true;
@@ -541,6 +650,10 @@ impl Store {
             }
             Err(_) => st.image.checkpoint_failed(&snap),
         }
+        drop(st);
+        if result.is_err() {
+            self.failed_write();
+        }
         result
     }
 
@@ -561,7 +674,7 @@ impl Store {
             if size >= TXN_BYTES || buckets.peek().is_none() {
                 size = 0;
                 self.timed(
-                    self.db
+                    self.db()?
                         .query(
                             "BEGIN; INSERT INTO bucket $rows ON DUPLICATE KEY UPDATE \
                              body = $input.body; COMMIT;",
@@ -609,7 +722,8 @@ mod tests {
 
     async fn count(store: &Store, table: &str) -> usize {
         let mut res = store
-            .db
+            .db()
+            .unwrap()
             .query(format!("SELECT count() AS n FROM {table} GROUP ALL"))
             .await
             .unwrap();
@@ -697,11 +811,11 @@ mod tests {
         let o = opts("mem://", 0);
         // Two coordinators on one database, as two would share a server.
         let first = Store::open(&o).await.unwrap();
-        let first = Store::attach(first.db.clone(), &o, true).await.unwrap();
+        let first = Store::attach(first.db().unwrap(), &o, true).await.unwrap();
         let mut tasks = vec![task()];
         first.write(&tasks, &[], &[], &[], &[]).await.unwrap();
         // A second coordinator opens the same database.
-        let second = Store::attach(first.db.clone(), &o, true).await.unwrap();
+        let second = Store::attach(first.db().unwrap(), &o, true).await.unwrap();
         assert_eq!(
             loaded(&second).await,
             tasks,
@@ -783,7 +897,8 @@ mod tests {
                 body: frame(items.iter().map(|i| &i[..])),
             };
             store
-                .db
+                .db()
+                .unwrap()
                 .query("INSERT INTO bucket $row")
                 .bind(("row", row))
                 .await
@@ -807,7 +922,8 @@ mod tests {
         let mut tasks: Vec<TaskInfo> = (0..5).map(|_| task()).collect();
         for t in &tasks {
             store
-                .db
+                .db()
+                .unwrap()
                 .query("CREATE type::record('task', $id) CONTENT { state: 'ready', body: $body }")
                 .bind(("id", t.id.simple()))
                 .bind(("body", image::encode_task(t)))
@@ -845,30 +961,33 @@ mod tests {
     #[tokio::test]
     async fn a_store_from_a_newer_version_is_refused() {
         let store = Store::open(&opts("mem://", 0)).await.unwrap();
-        check_layout(&store.db).await.unwrap();
+        check_layout(&store.db().unwrap()).await.unwrap();
         store
-            .db
+            .db()
+            .unwrap()
             .query("UPSERT meta:layout CONTENT { version: 99 }")
             .await
             .unwrap()
             .check()
             .unwrap();
-        let err = check_layout(&store.db).await.err().unwrap();
+        let err = check_layout(&store.db().unwrap()).await.err().unwrap();
         assert!(
             matches!(err, StoreError::NewerLayout { found: 99 }),
             "{err}"
         );
         // An older one is taken, and marked as this layout from then on.
         store
-            .db
+            .db()
+            .unwrap()
             .query("UPSERT meta:layout CONTENT { version: 2 }")
             .await
             .unwrap()
             .check()
             .unwrap();
-        check_layout(&store.db).await.unwrap();
+        check_layout(&store.db().unwrap()).await.unwrap();
         let found: Vec<Layout> = store
-            .db
+            .db()
+            .unwrap()
             .query("SELECT version FROM meta:layout")
             .await
             .unwrap()
