@@ -77,7 +77,7 @@ async fn journal(url: &str) -> f64 {
     let start = Instant::now();
     for _ in 0..ROUNDS {
         for chunk in tasks.chunks(BATCH) {
-            store.write(chunk, &[], &[], &[], &[]).await.unwrap();
+            store.write(chunk, &[], &[], &[], &[], None).await.unwrap();
         }
     }
     (TASKS * ROUNDS) as f64 / start.elapsed().as_secs_f64()

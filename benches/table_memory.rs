@@ -29,7 +29,14 @@ fn main() {
         })
         .collect();
     let as_vec = resident_mb() - start;
-    let core = Core::restore(CoreConfig::default(), tasks, vec![], vec![], 0);
+    let core = Core::restore(
+        CoreConfig::default(),
+        tasks,
+        vec![],
+        vec![],
+        Default::default(),
+        0,
+    );
     let in_core = resident_mb() - start;
     println!(
         "{TASKS} ready noop tasks: {as_vec:.0} MB as a Vec<TaskInfo> ({} bytes each inline); \

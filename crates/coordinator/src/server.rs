@@ -53,10 +53,12 @@ enum Input {
 }
 
 /// How the actor reaches one connection.
-#[derive(Clone)]
 struct ConnHandle {
     tx: mpsc::Sender<Out>,
     close: CancellationToken,
+    /// Where the id of a joining worker or client goes ([`Out::Welcome`]): the connection
+    /// answers the hello with it.
+    join: Option<oneshot::Sender<WorkerId>>,
 }
 
 /// Task writes gathered while a commit runs before the actor stops taking inputs and waits.
@@ -107,6 +109,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         loaded.tasks,
         loaded.workers,
         loaded.queues,
+        loaded.counters,
         now_ms(),
     );
 
@@ -273,6 +276,7 @@ impl ConnCtx {
         let handle = ConnHandle {
             tx,
             close: self.close.clone(),
+            join: None,
         };
         let body = hello.codec;
         match hello.role {
@@ -480,6 +484,7 @@ impl OutFilter for CoordinatorToActioner {
             Out::Actioner(m) => Ok(m),
             Out::Close(r) => Err(r),
             Out::Worker(_) => Err("internal: worker message for an actioner".into()),
+            Out::Welcome(_) => Err("internal: a welcome after the handshake".into()),
         }
     }
 
@@ -514,6 +519,7 @@ impl OutFilter for CoordinatorToClient {
             Out::Actioner(m) => Ok(CoordinatorToClient::Actioner(m)),
             Out::Worker(m) => Ok(CoordinatorToClient::Worker(m)),
             Out::Close(r) => Err(r),
+            Out::Welcome(_) => Err("internal: a welcome after the handshake".into()),
         }
     }
 
@@ -542,6 +548,7 @@ impl OutFilter for CoordinatorToWorker {
             Out::Worker(m) => Ok(m),
             Out::Close(r) => Err(r),
             Out::Actioner(_) => Err("internal: actioner message for a worker".into()),
+            Out::Welcome(_) => Err("internal: a welcome after the handshake".into()),
         }
     }
 }
@@ -671,6 +678,7 @@ async fn actor(
                             &batch.workers,
                             &batch.removed_workers,
                             &batch.queues,
+                            batch.counters,
                         )
                         .await;
                     (batch, r)
@@ -703,15 +711,16 @@ fn apply(core: &mut Core, conns: &mut HashMap<ConnId, ConnHandle>, input: Input,
             conns.insert(conn, handle);
             core.connect_actioner_in(conn, namespace);
         }
-        Input::ConnectClient(conn, handle, hello, reply) => {
+        // The id reaches the connection with the core's welcome, which may wait for a commit.
+        Input::ConnectClient(conn, mut handle, hello, reply) => {
+            handle.join = Some(reply);
             conns.insert(conn, handle);
-            let id = core.connect_client(conn, *hello, now);
-            let _ = reply.send(id);
+            core.connect_client(conn, *hello, now);
         }
-        Input::ConnectWorker(conn, handle, hello, reply) => {
+        Input::ConnectWorker(conn, mut handle, hello, reply) => {
+            handle.join = Some(reply);
             conns.insert(conn, handle);
-            let id = core.connect_worker(conn, *hello, now);
-            let _ = reply.send(id);
+            core.connect_worker(conn, *hello, now);
         }
         Input::Disconnected(conn) => {
             conns.remove(&conn);
@@ -722,11 +731,22 @@ fn apply(core: &mut Core, conns: &mut HashMap<ConnId, ConnHandle>, input: Input,
 
 fn deliver(conns: &mut HashMap<ConnId, ConnHandle>, sends: Vec<(ConnId, Out)>) {
     for (conn, out) in sends {
-        let Some(h) = conns.get(&conn) else { continue };
-        if let Out::Close(reason) = &out {
-            info!(conn, %reason, "closing connection");
-            h.close.cancel();
+        let Some(h) = conns.get_mut(&conn) else {
             continue;
+        };
+        match &out {
+            Out::Close(reason) => {
+                info!(conn, %reason, "closing connection");
+                h.close.cancel();
+                continue;
+            }
+            Out::Welcome(id) => {
+                if let Some(join) = h.join.take() {
+                    let _ = join.send(*id);
+                }
+                continue;
+            }
+            _ => {}
         }
         match h.tx.try_send(out) {
             Ok(()) => {}

@@ -32,6 +32,23 @@ pub enum Out {
     Worker(CoordinatorToWorker),
     /// Close the connection, for the logged reason.
     Close(String),
+    /// The handshake's answer to a worker or client: the id it was given. The edge sends it as
+    /// the hello's reply, before anything else queued for the connection.
+    Welcome(WorkerId),
+}
+
+/// The counters ids and numbers are handed out from. Each table entry carries its own id, so
+/// the tables alone give a floor; these are stored beside them for what the tables no longer
+/// show: a worker id handed out but whose worker left no record (a client that never served,
+/// or a crash before its record was written), the numbers of the newest tasks once removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    /// The id the next new worker or client gets.
+    pub next_worker: u64,
+    /// The number the next task gets.
+    pub next_number: u64,
+    /// The number the next add request gets.
+    pub next_batch: u64,
 }
 
 /// What must be made durable, and the messages that may only leave once it is.
@@ -47,6 +64,8 @@ pub struct Batch {
     pub removed_workers: Vec<WorkerId>,
     /// Queue settings to write.
     pub queues: Vec<QueueSettings>,
+    /// The counters, when one moved past what the tables show.
+    pub counters: Option<Counters>,
     /// Sent after the commit, in order.
     pub sends: Vec<(ConnId, Out)>,
 }
@@ -58,7 +77,8 @@ impl Batch {
             && self.removed.is_empty()
             && self.workers.is_empty()
             && self.removed_workers.is_empty()
-            && self.queues.is_empty())
+            && self.queues.is_empty()
+            && self.counters.is_none())
     }
 }
 
@@ -185,6 +205,8 @@ pub struct Core {
     counts: [u64; 8],
     workers: BTreeMap<WorkerId, Worker>,
     next_worker: u64,
+    /// The counters changed in a way the tables do not show: the next batch writes them.
+    counters_dirty: bool,
     /// The time of the last tick. A gap far longer than ticks leave means that the coordinator
     /// itself did not run (a suspended laptop, SIGSTOP, a paused VM): the workers' silence is then
     /// its own, and they get a fresh lease instead of losing their tasks.
@@ -293,6 +315,7 @@ impl Core {
             counts: [0; 8],
             workers: BTreeMap::new(),
             next_worker: 1,
+            counters_dirty: false,
             last_tick: None,
             conns: HashMap::new(),
             subs: Vec::new(),
@@ -325,9 +348,13 @@ impl Core {
         tasks: Vec<TaskInfo>,
         workers: Vec<WorkerInfo>,
         queues: Vec<QueueSettings>,
+        counters: Counters,
         now: u64,
     ) -> Self {
         let mut core = Core::new(cfg);
+        core.next_worker = counters.next_worker.max(1);
+        core.next_number = counters.next_number.max(1);
+        core.next_batch = counters.next_batch.max(1);
         for settings in queues {
             core.restore_queue(settings);
         }
@@ -466,6 +493,7 @@ impl Core {
             && self.removed_workers.is_empty()
             && self.dirty_queues.is_empty()
             && self.durable.is_empty()
+            && !self.counters_dirty
         {
             return None;
         }
@@ -491,8 +519,27 @@ impl Core {
             workers,
             removed_workers: std::mem::take(&mut self.removed_workers),
             queues,
+            counters: std::mem::take(&mut self.counters_dirty).then(|| self.counters()),
             sends: std::mem::take(&mut self.durable),
         })
+    }
+
+    /// The counters as they stand.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            next_worker: self.next_worker,
+            next_number: self.next_number,
+            next_batch: self.next_batch,
+        }
+    }
+
+    /// Hands out a worker id never handed out before, also by an earlier run: the counter is
+    /// written with the next batch, and whoever gets the id hears it only once that is durable.
+    fn new_worker_id(&mut self) -> WorkerId {
+        let id = WorkerId(self.next_worker);
+        self.next_worker += 1;
+        self.counters_dirty = true;
+        id
     }
 
     /// Puts a batch whose commit failed back, so that its changes are written (as they are by
@@ -517,6 +564,7 @@ impl Core {
                 self.dirty_queues.insert(q);
             }
         }
+        self.counters_dirty |= batch.counters.is_some();
         let mut removed_workers = batch.removed_workers;
         removed_workers.append(&mut self.removed_workers);
         self.removed_workers = removed_workers;
@@ -585,8 +633,8 @@ impl Core {
 
     // ---- bookkeeping -------------------------------------------------------------------
 
-    /// Records that a task changed: counts, queue, events, the next batch.
-    /// Records a change that must be durable before anything waiting on it is sent.
+    /// Records a change that must be durable before anything waiting on it is sent: counts,
+    /// queue, events, the next batch.
     fn changed(&mut self, id: TaskId, before: TaskState, now: u64) {
         if self.transition(id, before, now, false) {
             self.dirty_tasks.insert(id);
@@ -611,6 +659,8 @@ impl Core {
             self.dirty_tasks.remove(&id);
             self.lazy_tasks.remove(&id);
             self.removed.push(id);
+            // The newest numbers may leave the table with it; the counter keeps them taken.
+            self.counters_dirty = true;
         }
     }
 

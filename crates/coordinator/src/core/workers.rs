@@ -20,15 +20,17 @@ impl Core {
     /// a new one, entered in the worker table at its first `serve`.
     pub fn connect_client(&mut self, conn: ConnId, hello: ClientHello, now: u64) -> WorkerId {
         let namespace = tatzelwurm_protocol::namespace_of(&hello.namespace);
-        let known = hello
-            .previous_id
-            .filter(|id| self.workers.get(id).is_some_and(|w| w.client));
+        let known = hello.previous_id.filter(|&id| {
+            self.claims(id, &hello.name, &hello.host)
+                && self.workers.get(&id).is_some_and(|w| w.client)
+        });
         let worker = match known {
-            // The entry stays a client's: `connect_worker` keeps what the old entry was.
+            // The entry stays a client's: `connect_worker` keeps what the old entry was (and
+            // welcomes it).
             Some(_) => self.connect_worker(conn, client_hello(&hello, known), now),
             None => {
-                let id = WorkerId(self.next_worker);
-                self.next_worker += 1;
+                let id = self.new_worker_id();
+                self.durable.push((conn, Out::Welcome(id)));
                 id
             }
         };
@@ -117,10 +119,32 @@ impl Core {
         })
     }
 
-    /// A worker finished its handshake; returns the id it is given (its previous one when it
-    /// presents one the table knows and that is not connected elsewhere).
+    /// Whether a peer named `name` on `host` that presents `id` as its previous one gets it
+    /// back: the table knows the id, under the same name and host. A worker's name and host stay
+    /// the same for its whole life, so another name means another process, which must not take
+    /// the id (and the tasks with it) from its holder; it gets a new one. (Ids are never handed
+    /// out twice, but a store that was lost or restored from a backup forgets what it handed
+    /// out.)
+    fn claims(&self, id: WorkerId, name: &str, host: &str) -> bool {
+        match self.workers.get(&id) {
+            None => false,
+            Some(w) if w.info.name == name && w.info.host == host => true,
+            Some(w) => {
+                warn!(worker = %id, holder = %w.info.name, holder_host = %w.info.host, claimant = %name, claimant_host = %host, "a peer claims a worker id that another one holds; it gets a new id");
+                false
+            }
+        }
+    }
+
+    /// A worker finished its handshake; returns the id it is given: its previous one when it
+    /// presents one the table knows, else a new one. The welcome that tells the worker its id
+    /// ([`Out::Welcome`]) leaves at once for a known id; a new one waits until the counter that
+    /// handed it out is durable, so that no later run of the coordinator hands it out again (two
+    /// workers on one id would take it from each other at every reconnect).
     pub fn connect_worker(&mut self, conn: ConnId, hello: WorkerHello, now: u64) -> WorkerId {
-        let reuse = hello.previous_id.filter(|id| self.workers.contains_key(id));
+        let reuse = hello
+            .previous_id
+            .filter(|&id| self.claims(id, &hello.name, &hello.host));
         // A worker may notice a dead connection before the coordinator does: its new connection
         // takes over the id, and the old, half-open one is closed.
         if let Some(old) = reuse
@@ -134,11 +158,18 @@ impl Core {
                 Out::Close("replaced by the worker's new connection".into()),
             ));
         }
-        let id = reuse.unwrap_or_else(|| {
-            let id = WorkerId(self.next_worker);
-            self.next_worker += 1;
-            id
-        });
+        let id = match reuse {
+            // Its own id back: nothing new to make durable.
+            Some(id) => {
+                self.immediate.push((conn, Out::Welcome(id)));
+                id
+            }
+            None => {
+                let id = self.new_worker_id();
+                self.durable.push((conn, Out::Welcome(id)));
+                id
+            }
+        };
         let (held, client, held_back) = self
             .workers
             .remove(&id)

@@ -11,6 +11,8 @@
 //! - `meta:queues`: every queue whose settings were set, as of the last checkpoint, a framed
 //!   list of bincode queue settings.
 //! - `meta:checkpoint`: `upto`, the last journal sequence number the buckets include.
+//! - `meta:counters`: the id, number and batch counters in bincode (`Counters`), written in the
+//!   transaction of a batch that moved one of them past what the tables show.
 //!
 //! The tables are the buckets with every journal entry after `upto` applied in sequence order.
 //! Entries hold whole records, so applying an entry twice, or an entry the buckets already
@@ -80,7 +82,7 @@ fn decode_task(table: &'static str, at: &str, b: &[u8]) -> Result<TaskInfo, Stor
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     table: &'static str,
     at: &str,
     b: &[u8],

@@ -20,6 +20,7 @@ use surrealdb::types::{RecordId, SurrealValue};
 use tatzelwurm_protocol::{QueueSettings, TaskId, TaskInfo, WorkerId, WorkerInfo};
 use tracing::{debug, info, warn};
 
+use crate::core::Counters;
 use image::{Entry, Image, LAYOUT_VERSION, Snapshot, Stored, frame};
 
 /// What the store holds, read at start.
@@ -31,6 +32,8 @@ pub struct Loaded {
     pub workers: Vec<WorkerInfo>,
     /// Every queue whose settings were set.
     pub queues: Vec<QueueSettings>,
+    /// The counters as last written (zero when never).
+    pub counters: Counters,
 }
 
 /// Why the store failed.
@@ -468,6 +471,7 @@ impl Store {
     /// journals are read too, and rewritten in the current layout before this returns.
     pub async fn load(&self) -> Result<Loaded, StoreError> {
         let stored = self.read_stored().await?;
+        let counters = self.read_counters().await?;
         let legacy = !stored.legacy_tasks.is_empty() || !stored.legacy_workers.is_empty();
         let replayed = image::replay(stored)?;
         info!(
@@ -494,7 +498,22 @@ impl Store {
             tasks: replayed.tasks,
             workers: replayed.workers,
             queues: replayed.queues,
+            counters,
         })
+    }
+
+    /// The counters last written with a batch (`meta:counters`), zero when none were.
+    async fn read_counters(&self) -> Result<Counters, StoreError> {
+        let rows: Vec<BodyOnly> = self
+            .db()?
+            .query("SELECT body FROM meta:counters")
+            .await?
+            .check()?
+            .take(0)?;
+        match rows.into_iter().next() {
+            None => Ok(Counters::default()),
+            Some(r) => image::decode("meta", "counters", &r.body),
+        }
     }
 
     /// Every record the store holds, as stored.
@@ -551,12 +570,13 @@ impl Store {
         workers: &[WorkerInfo],
         removed_workers: &[WorkerId],
         queues: &[QueueSettings],
+        counters: Option<Counters>,
     ) -> Result<(), StoreError> {
         if self.state().must_reopen {
             self.reopen().await?;
         }
         let result = self
-            .write_journal(tasks, removed, workers, removed_workers, queues)
+            .write_journal(tasks, removed, workers, removed_workers, queues, counters)
             .await;
         if result.is_err() {
             self.failed_write();
@@ -592,8 +612,12 @@ impl Store {
         workers: &[WorkerInfo],
         removed_workers: &[WorkerId],
         queues: &[QueueSettings],
+        counters: Option<Counters>,
     ) -> Result<(), StoreError> {
         let entry = Entry::new(tasks, removed, workers, removed_workers, queues);
+        // The counters go with the first part: whatever a later part holds, its ids and numbers
+        // were handed out before the batch was taken.
+        let mut counters = counters.map(|c| image::encode(&c));
         for entry in entry.split(ENTRY_BYTES) {
             let body = entry.to_body();
             let body_len = body.len();
@@ -609,10 +633,22 @@ impl Store {
                 seq,
                 body,
             };
-            self.owned(true, "CREATE journal CONTENT $row;", |q| {
-                q.bind(("row", row))
-            })
-            .await?;
+            match counters.take() {
+                None => {
+                    self.owned(true, "CREATE journal CONTENT $row;", |q| {
+                        q.bind(("row", row))
+                    })
+                    .await?
+                }
+                Some(body) => {
+                    self.owned(
+                        true,
+                        "CREATE journal CONTENT $row; UPSERT meta:counters CONTENT { body: $counters };",
+                        |q| q.bind(("row", row)).bind(("counters", body)),
+                    )
+                    .await?
+                }
+            }
             // The image follows the journal part by part, so that it never lacks a committed one.
             self.state().image.apply(seq, entry, body_len);
         }
@@ -752,10 +788,10 @@ mod tests {
     async fn writes_round_trip_and_removes_delete() {
         let store = Store::open(&opts("mem://", 64 << 20)).await.unwrap();
         let mut tasks: Vec<TaskInfo> = (0..10).map(|_| task()).collect();
-        store.write(&tasks, &[], &[], &[], &[]).await.unwrap();
+        store.write(&tasks, &[], &[], &[], &[], None).await.unwrap();
         tasks[0].state = TaskState::Completed;
         store
-            .write(&tasks[..1], &[tasks[9].id], &[], &[], &[])
+            .write(&tasks[..1], &[tasks[9].id], &[], &[], &[], None)
             .await
             .unwrap();
         let Loaded {
@@ -789,14 +825,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn counters_written_with_a_batch_are_read_back_and_survive_a_checkpoint() {
+        let store = Store::open(&opts("mem://", 0)).await.unwrap();
+        assert_eq!(store.load().await.unwrap().counters, Counters::default());
+        let c = Counters {
+            next_worker: 7,
+            next_number: 42,
+            next_batch: 3,
+        };
+        store
+            .write(&[task()], &[], &[], &[], &[], Some(c))
+            .await
+            .unwrap();
+        // A batch without counters leaves them as they were.
+        store
+            .write(&[task()], &[], &[], &[], &[], None)
+            .await
+            .unwrap();
+        store.checkpoint().await.unwrap();
+        assert_eq!(store.load().await.unwrap().counters, c);
+    }
+
+    #[tokio::test]
     async fn forgotten_workers_stay_forgotten_with_and_without_a_checkpoint() {
         let store = Store::open(&opts("mem://", 64 << 20)).await.unwrap();
         store
-            .write(&[], &[], &[worker(1), worker(2)], &[], &[])
+            .write(&[], &[], &[worker(1), worker(2)], &[], &[], None)
             .await
             .unwrap();
         store
-            .write(&[], &[], &[], &[WorkerId(1)], &[])
+            .write(&[], &[], &[], &[WorkerId(1)], &[], None)
             .await
             .unwrap();
         let workers = store.load().await.unwrap().workers;
@@ -813,7 +871,7 @@ mod tests {
         let first = Store::open(&o).await.unwrap();
         let first = Store::attach(first.db().unwrap(), &o, true).await.unwrap();
         let mut tasks = vec![task()];
-        first.write(&tasks, &[], &[], &[], &[]).await.unwrap();
+        first.write(&tasks, &[], &[], &[], &[], None).await.unwrap();
         // A second coordinator opens the same database.
         let second = Store::attach(first.db().unwrap(), &o, true).await.unwrap();
         assert_eq!(
@@ -823,14 +881,17 @@ mod tests {
         );
         tasks[0].state = TaskState::Completed;
         assert!(matches!(
-            first.write(&tasks, &[], &[], &[], &[]).await,
+            first.write(&tasks, &[], &[], &[], &[], None).await,
             Err(StoreError::Superseded)
         ));
         assert!(matches!(
             first.checkpoint().await,
             Err(StoreError::Superseded)
         ));
-        second.write(&tasks, &[], &[], &[], &[]).await.unwrap();
+        second
+            .write(&tasks, &[], &[], &[], &[], None)
+            .await
+            .unwrap();
         second.checkpoint().await.unwrap();
         assert_eq!(loaded(&second).await, tasks);
     }
@@ -842,7 +903,7 @@ mod tests {
         for t in &mut tasks {
             t.spec.user_data = tatzelwurm_protocol::Data(vec![7; 1 << 20]);
         }
-        store.write(&tasks, &[], &[], &[], &[]).await.unwrap();
+        store.write(&tasks, &[], &[], &[], &[], None).await.unwrap();
         assert_eq!(
             count(&store, "journal").await,
             2,
@@ -858,13 +919,13 @@ mod tests {
         let url = format!("surrealkv://{}", dir.path().join("s").display());
         let store = Store::open(&opts(&url, 0)).await.unwrap();
         let mut tasks: Vec<TaskInfo> = (0..300).map(|_| task()).collect();
-        store.write(&tasks, &[], &[], &[], &[]).await.unwrap();
+        store.write(&tasks, &[], &[], &[], &[], None).await.unwrap();
         store.checkpoint().await.unwrap();
         for t in tasks.iter_mut().take(100) {
             t.state = TaskState::Completed;
         }
         store
-            .write(&tasks[..100], &[tasks[299].id], &[], &[], &[])
+            .write(&tasks[..100], &[tasks[299].id], &[], &[], &[], None)
             .await
             .unwrap();
         store.checkpoint().await.unwrap();
@@ -878,7 +939,10 @@ mod tests {
         assert_eq!(loaded(&store).await, tasks);
         // And after the checkpoint, the journal carries on from where it was.
         tasks[0].state = TaskState::Failed;
-        store.write(&tasks[..1], &[], &[], &[], &[]).await.unwrap();
+        store
+            .write(&tasks[..1], &[], &[], &[], &[], None)
+            .await
+            .unwrap();
         assert_eq!(loaded(&store).await, tasks);
     }
 
@@ -886,7 +950,7 @@ mod tests {
     async fn a_checkpoint_cut_short_after_its_buckets_loses_nothing() {
         let store = Store::open(&opts("mem://", u64::MAX)).await.unwrap();
         let mut tasks: Vec<TaskInfo> = (0..50).map(|_| task()).collect();
-        store.write(&tasks, &[], &[], &[], &[]).await.unwrap();
+        store.write(&tasks, &[], &[], &[], &[], None).await.unwrap();
         // Write the buckets of a checkpoint but not its mark and journal deletion, as a crash
         // between the two would leave it.
         let mut partial = store.state().image.snapshot();
@@ -908,7 +972,7 @@ mod tests {
         }
         tasks[3].state = TaskState::Running;
         store
-            .write(&tasks[3..4], &[tasks[4].id], &[], &[], &[])
+            .write(&tasks[3..4], &[tasks[4].id], &[], &[], &[], None)
             .await
             .unwrap();
         tasks.remove(4);
@@ -945,11 +1009,14 @@ mod tests {
         a.limit = Some(4);
         let b = QueueSettings::new("aiida-x", "gpu");
         store
-            .write(&[], &[], &[], &[], &[a.clone(), b.clone()])
+            .write(&[], &[], &[], &[], &[a.clone(), b.clone()], None)
             .await
             .unwrap();
         a.paused = true;
-        store.write(&[], &[], &[], &[], &[a.clone()]).await.unwrap();
+        store
+            .write(&[], &[], &[], &[], &[a.clone()], None)
+            .await
+            .unwrap();
         let got = store.load().await.unwrap().queues;
         assert_eq!(got, vec![b.clone(), a.clone()], "replayed, latest wins");
         store.checkpoint().await.unwrap();

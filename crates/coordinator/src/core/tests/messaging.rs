@@ -396,7 +396,14 @@ fn a_restarted_coordinator_serves_the_stored_outcome_to_a_returning_sender() {
     // The tables as stored, loaded by a new coordinator; the sender comes back and watches.
     let tasks: Vec<TaskInfo> = c.tasks.values().map(|t| t.info.clone()).collect();
     let workers: Vec<WorkerInfo> = c.workers.values().map(Worker::info).collect();
-    let mut d = Core::restore(CoreConfig::default(), tasks, workers, vec![], 100);
+    let mut d = Core::restore(
+        CoreConfig::default(),
+        tasks,
+        workers,
+        vec![],
+        Default::default(),
+        100,
+    );
     client(&mut d, 7, "p");
     d.actioner(
         7,
@@ -489,11 +496,11 @@ fn a_subscriber_that_dies_loses_its_tasks_to_the_queue_after_the_lease_only() {
         TaskState::Assigned,
         "within the lease"
     );
-    // It comes back under its id, reattaches, and answers.
+    // It comes back under its id (and its name), reattaches, and answers.
     c.connect_client(
         3,
         ClientHello {
-            name: "back".into(),
+            name: "client-2".into(),
             host: "h".into(),
             namespace: "p".into(),
             previous_id: Some(w),

@@ -161,7 +161,14 @@ fn a_restart_keeps_settings_and_counts_and_still_honours_the_limit() {
     let tasks: Vec<TaskInfo> = c.tasks.values().map(|t| t.info.clone()).collect();
     let workers: Vec<WorkerInfo> = c.workers.values().map(Worker::info).collect();
     let queues = vec![before.settings.clone()];
-    let mut r = Core::restore(CoreConfig::default(), tasks, workers, queues, 100);
+    let mut r = Core::restore(
+        CoreConfig::default(),
+        tasks,
+        workers,
+        queues,
+        Default::default(),
+        100,
+    );
     r.connect_actioner(1);
     let after = show(&mut r, "q");
     assert_eq!(after.settings, before.settings);

@@ -197,7 +197,14 @@ fn workers_lost_past_the_forget_time_are_forgotten_and_their_ids_never_reused() 
     // hands out a new id, not the forgotten one.
     let tasks = vec![c.task(ids[0]).unwrap().clone()];
     let kept = vec![c.workers[&stays].info()];
-    let mut r = Core::restore(CoreConfig::default(), tasks, kept, vec![], 6000);
+    let mut r = Core::restore(
+        CoreConfig::default(),
+        tasks,
+        kept,
+        vec![],
+        Default::default(),
+        6000,
+    );
     let new = r.connect_worker(4, hello("new", 1), 6000);
     assert!(gone.0 > stays.0);
     assert!(new.0 > gone.0, "{new} reuses the forgotten {gone}");
@@ -253,6 +260,7 @@ fn restart_keeps_claimed_tasks_and_requeues_unclaimed_ones() {
         tasks,
         workers,
         vec![],
+        Default::default(),
         5000,
     );
     assert_eq!(r.counts()[idx(TaskState::Assigned)].count, 2);
@@ -514,5 +522,124 @@ fn a_silent_worker_hears_why_before_its_connection_is_closed() {
     assert!(
         matches!(&sends[..], [(2, Out::Worker(CoordinatorToWorker::Shutdown { reason })), (2, Out::Close(_))] if reason.contains("no heartbeat")),
         "{sends:?}"
+    );
+}
+
+/// Whether `sends` welcome `conn` with `id`.
+fn welcomes(sends: &[(ConnId, Out)], conn: ConnId, id: WorkerId) -> bool {
+    sends
+        .iter()
+        .any(|(c, o)| *c == conn && matches!(o, Out::Welcome(w) if *w == id))
+}
+
+#[test]
+fn a_new_id_is_told_only_once_its_counter_is_durable_and_no_later_run_hands_it_out_again() {
+    let mut c = core();
+    let w = c.connect_worker(2, hello("a", 1), 10);
+    assert!(
+        !welcomes(&c.take_immediate(), 2, w),
+        "not before the commit"
+    );
+    let batch = c.take_batch().unwrap();
+    assert!(welcomes(&batch.sends, 2, w), "with the commit");
+    let counters = batch.counters.expect("the batch writes the counter");
+    assert_eq!(counters.next_worker, w.0 + 1);
+    // A client's id is never in the worker table unless it serves: the counter alone keeps it.
+    let client = c.connect_client(
+        3,
+        ClientHello {
+            name: "kiwipy".into(),
+            host: "h".into(),
+            namespace: String::new(),
+            previous_id: None,
+        },
+        11,
+    );
+    let batch = c.take_batch().unwrap();
+    assert!(welcomes(&batch.sends, 3, client));
+    let counters = batch.counters.expect("the client's id moved the counter");
+    // The coordinator dies before the worker's record is written anywhere else: a new run from
+    // the counters alone hands out neither id again.
+    let mut r = Core::restore(CoreConfig::default(), vec![], vec![], vec![], counters, 20);
+    let next = r.connect_worker(5, hello("b", 1), 21);
+    assert!(next != w && next != client && next.0 > client.0, "{next}");
+    // A failed commit keeps the welcome waiting, and the counter to write.
+    let batch = r.take_batch().unwrap();
+    r.requeue(batch);
+    let batch = r.take_batch().unwrap();
+    assert!(welcomes(&batch.sends, 5, next), "after the retried commit");
+    assert!(batch.counters.is_some());
+}
+
+#[test]
+fn a_worker_back_under_its_own_id_is_welcomed_at_once() {
+    let mut c = core();
+    let w = c.connect_worker(2, hello("a", 1), 10);
+    c.take_batch();
+    c.disconnect(2, 11);
+    let mut h = hello("a", 1);
+    h.previous_id = Some(w);
+    assert_eq!(c.connect_worker(3, h, 12), w);
+    assert!(welcomes(&c.take_immediate(), 3, w));
+    let batch = c.take_batch();
+    assert!(
+        batch.is_none_or(|b| b.counters.is_none()),
+        "no counter moved"
+    );
+}
+
+#[test]
+fn removing_the_newest_tasks_keeps_their_numbers_taken() {
+    let mut c = core();
+    c.connect_actioner(1);
+    let ids = add(&mut c, 3, false);
+    c.take_batch();
+    let newest = c.task(ids[2]).unwrap().number;
+    c.actioner(
+        1,
+        RequestId(9),
+        ActionerRequest::Remove {
+            selector: Selector::Ids(vec![ids[2].to_string()]),
+        },
+        20,
+    );
+    let batch = c.take_batch().unwrap();
+    let counters = batch.counters.expect("a removal writes the counters");
+    assert_eq!(counters.next_number, newest + 1);
+    let tasks: Vec<TaskInfo> = ids[..2]
+        .iter()
+        .map(|id| c.task(*id).unwrap().clone())
+        .collect();
+    let mut r = Core::restore(CoreConfig::default(), tasks, vec![], vec![], counters, 20);
+    r.connect_actioner(1);
+    let again = add(&mut r, 1, false);
+    assert!(
+        r.task(again[0]).unwrap().number > newest,
+        "a removed number is not reused"
+    );
+}
+
+#[test]
+fn a_peer_of_another_name_cannot_take_a_held_id() {
+    let mut c = core();
+    c.connect_actioner(1);
+    add(&mut c, 1, true);
+    let w = c.connect_worker(2, hello("a", 1), 10);
+    c.schedule(10);
+    c.take_batch();
+    assert_eq!(c.workers[&w].held.len(), 1);
+    // Another process presents the same id (a store restored from a backup forgot it was
+    // handed out): it gets its own, and the holder keeps its connection and its task.
+    let mut h = hello("b", 1);
+    h.previous_id = Some(w);
+    let other = c.connect_worker(3, h, 11);
+    assert_ne!(other, w);
+    assert_eq!(c.workers[&w].conn, Some(2));
+    assert_eq!(c.workers[&w].held.len(), 1);
+    assert!(
+        !c.take_immediate()
+            .iter()
+            .any(|(conn, o)| *conn == 2 && matches!(o, Out::Close(_))),
+        "the holder is not closed"
     );
 }
