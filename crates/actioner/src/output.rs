@@ -1,27 +1,21 @@
 //! What the CLI prints: tables for people (via `tabled`), stable JSON for scripts.
 //!
-//! The JSON shapes are part of the CLI's interface and documented in README.md: timestamps are
-//! RFC 3339 strings (UTC, milliseconds), ids are hyphenated UUIDs, tags are `key=value` strings,
-//! user data is decoded from MessagePack into plain JSON.
+//! The JSON shapes are part of the CLI's interface and documented in README.md; they live in
+//! [`tatzelwurm_protocol::json`], shared with the coordinator's HTTP API.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
-use serde_json::{Value, json};
 use tabled::builder::Builder;
 use tabled::settings::Style;
-use tatzelwurm_protocol::{
-    Attempt, Data, Payload, QueueInfo, StateCount, Tag, TagCounts, TaskId, TaskInfo, TaskState,
-    TaskSummary, WorkerInfo, now_ms,
+use tatzelwurm_protocol::json::tags;
+pub use tatzelwurm_protocol::json::{
+    broadcast_json, counts_json, data_json, queue_json, rfc3339, summary_json, task_json,
+    worker_json,
 };
-
-/// RFC 3339 (UTC, milliseconds) for a timestamp in ms.
-pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
-fn opt_time(ms: Option<u64>) -> Value {
-    ms.map_or(Value::Null, |m| Value::String(rfc3339(m)))
-}
+use tatzelwurm_protocol::{
+    Payload, QueueInfo, StateCount, TagCounts, TaskId, TaskInfo, TaskState, TaskSummary,
+    WorkerInfo, now_ms,
+};
 
 /// "12s ago", "3m ago": how people read recent times in a table.
 pub fn ago(ms: u64) -> String {
@@ -36,52 +30,6 @@ pub fn ago(ms: u64) -> String {
         3600..=86_399 => format!("{}h{}m ago", secs / 3600, secs % 3600 / 60),
         _ => format!("{}d ago", secs / 86_400),
     }
-}
-
-fn tags(t: &[Tag]) -> Vec<String> {
-    t.iter().map(Tag::to_string).collect()
-}
-
-/// User data as JSON: decoded MessagePack, null when empty, hex when undecodable.
-pub fn data_json(d: &Data) -> Value {
-    if d.is_empty() {
-        return Value::Null;
-    }
-    d.decode::<Value>().unwrap_or_else(|_| {
-        json!({ "undecodable_msgpack_hex": d.0.iter().map(|b| format!("{b:02x}")).collect::<String>() })
-    })
-}
-
-/// The JSON object of one `task list` line.
-pub fn summary_json(t: &TaskSummary) -> Value {
-    json!({
-        "id": t.id.to_string(),
-        "number": t.number,
-        "batch": t.batch,
-        "name": t.name,
-        "state": t.state.as_str(),
-        "block": t.block.as_str(),
-        "priority": t.priority,
-        "tags": tags(&t.tags),
-        "command": t.command,
-        "attempts": t.attempts,
-        "max_attempts": t.max_attempts,
-        "worker": t.worker.map(|w| w.to_string()),
-        "created": rfc3339(t.created_ms),
-        "changed": rfc3339(t.changed_ms),
-        "queue": t.queue,
-        "worker_name": t.worker_name,
-    })
-}
-
-/// Counts as a JSON object `{state: count}`.
-pub fn counts_json(counts: &[StateCount]) -> Value {
-    Value::Object(
-        counts
-            .iter()
-            .map(|c| (c.state.as_str().to_string(), json!(c.count)))
-            .collect(),
-    )
 }
 
 /// The counts line under a task table.
@@ -179,90 +127,6 @@ pub fn short_ids(ids: impl Iterator<Item = TaskId>) -> Vec<String> {
 
 fn common_prefix(a: &str, b: &str) -> usize {
     a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count()
-}
-
-fn payload_json(p: &Payload) -> Value {
-    match p {
-        Payload::Exec { argv, env, cwd } => json!({
-            "kind": "exec",
-            "argv": argv,
-            "env": env.iter().map(|e| (e.name.clone(), Value::String(e.value.clone()))).collect::<serde_json::Map<_, _>>(),
-            "cwd": cwd,
-        }),
-        Payload::Sleep { duration_ms } => json!({"kind": "sleep", "duration_ms": duration_ms}),
-        Payload::Custom { handler, data } => {
-            json!({"kind": "custom", "handler": handler, "data": data_json(data)})
-        }
-        Payload::Message {
-            namespace,
-            queue,
-            body,
-            no_reply,
-        } => json!({
-            "kind": "message",
-            "namespace": namespace,
-            "queue": queue,
-            "body": data_json(body),
-            "no_reply": no_reply,
-        }),
-    }
-}
-
-fn attempt_json(a: &Attempt) -> Value {
-    json!({
-        "number": a.number,
-        "worker": a.worker.to_string(),
-        "worker_name": a.worker_name,
-        "assigned": rfc3339(a.assigned_ms),
-        "started": opt_time(a.started_ms),
-        "ended": opt_time(a.ended_ms),
-        "outcome": a.outcome.map(|o| o.as_str()),
-        "exit_code": a.exit_code,
-        "error": a.error,
-        "stdout_tail": a.stdout_tail,
-        "stderr_tail": a.stderr_tail,
-        "output": data_json(&a.output),
-        "late_reports": a.late_reports.iter().map(|r| json!({
-            "outcome": r.outcome.map(|o| o.as_str()),
-            "exit_code": r.exit_code,
-            "error": r.error,
-            "ended": rfc3339(r.ended_ms),
-        })).collect::<Vec<_>>(),
-    })
-}
-
-/// The JSON object of `task show`.
-pub fn task_json(t: &TaskInfo) -> Value {
-    let s = &t.spec;
-    json!({
-        "id": t.id.to_string(),
-        "number": t.number,
-        "batch": t.batch,
-        "name": s.name,
-        "state": t.state.as_str(),
-        "block": s.block.as_str(),
-        "priority": s.priority,
-        "tags": tags(&s.tags),
-        "queue": s.queue_name(),
-        "namespace": t.namespace,
-        "prefer": tags(&s.prefer),
-        "require": tags(&s.require),
-        "payload": payload_json(&s.payload),
-        "max_attempts": s.max_attempts,
-        "timeout_ms": s.timeout_ms,
-        "user_key": s.user_key,
-        "user_data": data_json(&s.user_data),
-        "worker": t.worker.map(|w| w.to_string()),
-        "times": {
-            "created": rfc3339(t.times.created_ms),
-            "ready": opt_time(t.times.ready_ms),
-            "assigned": opt_time(t.times.assigned_ms),
-            "running": opt_time(t.times.running_ms),
-            "paused": opt_time(t.times.paused_ms),
-            "ended": opt_time(t.times.ended_ms),
-        },
-        "attempts": t.attempts.iter().map(attempt_json).collect::<Vec<_>>(),
-    })
 }
 
 /// `task show` for people, with why it waits when the coordinator said.
@@ -396,23 +260,6 @@ pub fn task_text(t: &TaskInfo, waiting: Option<&str>) -> String {
         }
     }
     out
-}
-
-/// The JSON object of one worker.
-pub fn worker_json(w: &WorkerInfo) -> Value {
-    json!({
-        "id": w.id.to_string(),
-        "name": w.name,
-        "host": w.host,
-        "block": w.block.as_str(),
-        "slots": w.slots,
-        "running": w.running,
-        "tags": tags(&w.tags),
-        "handlers": w.handlers,
-        "connected": rfc3339(w.connected_ms),
-        "last_heartbeat": rfc3339(w.last_heartbeat_ms),
-        "state": w.state.as_str(),
-    })
 }
 
 /// `worker show` for people.
@@ -569,38 +416,6 @@ pub fn queue_text(q: &QueueInfo) -> String {
         row(c.state.as_str(), c.count.to_string());
     }
     b.build().with(Style::sharp()).to_string() + "\n"
-}
-
-/// A queue as JSON.
-pub fn queue_json(q: &QueueInfo) -> Value {
-    let s = &q.settings;
-    json!({
-        "name": q.name,
-        "namespace": s.namespace,
-        "priority": s.priority,
-        "weight": s.weight,
-        "limit": s.limit,
-        "paused": s.paused,
-        "default_attempts": s.max_attempts,
-        "default_timeout_ms": s.timeout_ms,
-        "counts": counts_json(&q.counts),
-        "waiting": q.depth,
-        "running": q.held,
-        "held": q.held,
-        "finished_last_minute": q.finished_last_minute,
-        "subscribers": q.subscribers,
-        "capacity": q.capacity,
-    })
-}
-
-/// A broadcast as JSON, one line of `listen --json`.
-pub fn broadcast_json(m: &tatzelwurm_protocol::BroadcastMessage) -> Value {
-    json!({
-        "body": data_json(&m.body),
-        "sender": m.sender,
-        "subject": m.subject,
-        "correlation_id": m.correlation_id,
-    })
 }
 
 #[cfg(test)]

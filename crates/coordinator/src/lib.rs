@@ -7,6 +7,8 @@
 pub mod auth;
 pub mod config;
 pub mod core;
+pub mod http;
+pub mod metrics;
 pub mod scheduler;
 pub mod server;
 pub mod store;

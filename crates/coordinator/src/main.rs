@@ -11,6 +11,9 @@ use tatzelwurm_protocol::cli::{parse_duration, with_default_port};
 use tokio_util::sync::CancellationToken;
 
 /// The tatzelwurm coordinator: a task queue and broker with persistent storage.
+/// The HTTP port when `--http` names none.
+const HTTP_PORT: u16 = 5678;
+
 #[derive(Parser, Debug)]
 #[command(name = "tatzelwurm", version, about)]
 struct Args {
@@ -18,6 +21,11 @@ struct Args {
     /// A host name or address, with a port or without (then 5677): `localhost`, `0.0.0.0:7000`.
     #[arg(long, default_value_t = default_listen().to_string(), env = "TATZELWURM_LISTEN")]
     listen: String,
+    /// Where to serve the HTTP API, the status page and /metrics (same token as TCP), or `none`.
+    /// A host name or address, with a port or without (then 5678). By default on loopback,
+    /// 127.0.0.1:5678, and left off with a warning when that port is taken.
+    #[arg(long, env = "TATZELWURM_HTTP")]
+    http: Option<String>,
     /// Where the token and the embedded store live [default: the user's data dir]/tatzelwurm.
     #[arg(long, env = "TATZELWURM_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -188,6 +196,25 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
 
+    let http = match args.http.as_deref() {
+        Some("none" | "off") => None,
+        Some(addr) => {
+            let addr = tatzelwurm_protocol::cli::with_port(addr, HTTP_PORT);
+            Some(
+                tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .with_context(|| format!("cannot serve http on {addr}"))?,
+            )
+        }
+        None => match tokio::net::TcpListener::bind(("127.0.0.1", HTTP_PORT)).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(port = HTTP_PORT, error = %e, "the default http port is taken; no http (choose one with --http)");
+                None
+            }
+        },
+    };
+
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -204,5 +231,5 @@ async fn main() -> Result<()> {
         }
         signals.cancel();
     });
-    tatzelwurm_coordinator::run(cfg, listener, shutdown).await
+    tatzelwurm_coordinator::run(cfg, listener, http, shutdown).await
 }

@@ -8,16 +8,17 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use tatzelwurm_protocol::handshake::check_hello;
 use tatzelwurm_protocol::{
-    ActionerToCoordinator, BodyCodec, ClientHello, ClientToCoordinator, CoordinatorToActioner,
-    CoordinatorToClient, CoordinatorToWorker, ErrorKind, ErrorReply, FrameError, Hello, HelloReply,
-    MessageCodec, PROTOCOL_VERSION, RejectKind, Reply, RequestId, Role, WorkerHello, WorkerId,
-    WorkerToCoordinator, namespace_of, now_ms,
+    ActionerRequest, ActionerToCoordinator, BodyCodec, ClientHello, ClientToCoordinator,
+    CoordinatorToActioner, CoordinatorToClient, CoordinatorToWorker, ErrorKind, ErrorReply,
+    FrameError, Hello, HelloReply, MessageCodec, PROTOCOL_VERSION, RejectKind, Reply, RequestId,
+    Role, WorkerHello, WorkerId, WorkerToCoordinator, namespace_of, now_ms,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -30,6 +31,8 @@ use tracing::{debug, error, info, warn};
 use crate::auth;
 use crate::config::Config;
 use crate::core::{Batch, ConnId, Core, CoreConfig, Out};
+use crate::http;
+use crate::metrics::{Histogram, Snapshot};
 use crate::store::{Store, StoreError};
 
 /// Inputs of the actor, in arrival order.
@@ -50,6 +53,8 @@ enum Input {
         oneshot::Sender<WorkerId>,
     ),
     Disconnected(ConnId),
+    /// A snapshot for `/metrics`.
+    Metrics(oneshot::Sender<Box<Snapshot>>),
 }
 
 /// How the actor reaches one connection.
@@ -61,12 +66,129 @@ struct ConnHandle {
     join: Option<oneshot::Sender<WorkerId>>,
 }
 
+/// The way into the actor for the coordinator's other front end, HTTP: sessions that act as
+/// actioner connections (so both front ends see one state, through one owner), and metrics.
+#[derive(Clone)]
+pub(crate) struct ActorLink {
+    tx: mpsc::Sender<Input>,
+    next_conn: Arc<AtomicU64>,
+    conn_queue: usize,
+}
+
+/// An actioner connection without a socket: requests in, replies and events out. Dropping it
+/// disconnects it (its subscriptions end).
+pub(crate) struct Session {
+    conn: ConnId,
+    tx: mpsc::Sender<Input>,
+    rx: mpsc::Receiver<Out>,
+    close: CancellationToken,
+    next_request: u64,
+}
+
+impl ActorLink {
+    /// A new session in `namespace`; `None` when the coordinator is stopping.
+    pub(crate) async fn session(&self, namespace: String) -> Option<Session> {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.conn_queue);
+        let close = CancellationToken::new();
+        let handle = ConnHandle {
+            tx,
+            close: close.clone(),
+            join: None,
+        };
+        self.tx
+            .send(Input::ConnectActioner(conn, handle, namespace))
+            .await
+            .ok()?;
+        Some(Session {
+            conn,
+            tx: self.tx.clone(),
+            rx,
+            close,
+            next_request: 1,
+        })
+    }
+
+    /// What `/metrics` shows now; `None` when the coordinator is stopping.
+    pub(crate) async fn metrics(&self) -> Option<Box<Snapshot>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Input::Metrics(tx)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+impl Session {
+    /// Sends a request; its id, or `None` when the coordinator is stopping.
+    pub(crate) async fn send(&mut self, body: ActionerRequest) -> Option<RequestId> {
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        self.tx
+            .send(Input::Actioner(
+                self.conn,
+                ActionerToCoordinator { request, body },
+            ))
+            .await
+            .ok()?;
+        Some(request)
+    }
+
+    /// The next reply or event; `None` once the coordinator closed the session.
+    pub(crate) async fn recv(&mut self) -> Option<CoordinatorToActioner> {
+        loop {
+            tokio::select! {
+                _ = self.close.cancelled() => return None,
+                m = self.rx.recv() => match m? {
+                    Out::Actioner(CoordinatorToActioner::Shutdown { .. }) | Out::Close(_) => return None,
+                    Out::Actioner(m) => return Some(m),
+                    Out::Worker(_) | Out::Welcome(_) => {}
+                },
+            }
+        }
+    }
+
+    /// Sends a request and gathers its replies (all parts of one in parts).
+    pub(crate) async fn ask(&mut self, body: ActionerRequest) -> Option<Vec<Reply>> {
+        let id = self.send(body).await?;
+        let mut replies = Vec::new();
+        loop {
+            if let CoordinatorToActioner::Reply { request, body } = self.recv().await?
+                && request == id
+            {
+                let more = matches!(
+                    body,
+                    Reply::Changed { more: true, .. } | Reply::Subscribed { more: true, .. }
+                );
+                replies.push(body);
+                if !more {
+                    return Some(replies);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let (tx, conn) = (self.tx.clone(), self.conn);
+        if tx.try_send(Input::Disconnected(conn)).is_err() {
+            // A full inbox: the disconnect waits its turn (a closed one needs none).
+            tokio::spawn(async move { tx.send(Input::Disconnected(conn)).await });
+        }
+    }
+}
+
 /// Task writes gathered while a commit runs before the actor stops taking inputs and waits.
 const MAX_PENDING_WRITES: usize = 100_000;
 
 /// Runs the coordinator on `listener` until `shutdown` is cancelled, then stops accepting,
 /// flushes the store, tells every peer, and returns.
-pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+/// With `http`, the HTTP API, status page and metrics are served there too.
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     let token = if cfg.insecure_no_auth {
@@ -128,6 +250,14 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         cfg.store.url
     );
 
+    let http_addr = match &http {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    if let Some(a) = http_addr {
+        info!(addr = %a, "http on");
+        println!("tatzelwurm http on http://{a}/");
+    }
     let (in_tx, in_rx) = mpsc::channel::<Input>(8192);
     let tracker = TaskTracker::new();
     let conns_closed = CancellationToken::new();
@@ -141,7 +271,26 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     ));
 
     let limit = Arc::new(Semaphore::new(cfg.max_connections));
-    let mut next_conn: ConnId = 1;
+    let next_conn = Arc::new(AtomicU64::new(1));
+    if let Some(listener) = http {
+        let ctx = http::Ctx {
+            link: ActorLink {
+                tx: in_tx.clone(),
+                next_conn: next_conn.clone(),
+                conn_queue: cfg.conn_queue,
+            },
+            token: token.clone(),
+            limit: limit.clone(),
+            max_body: cfg.max_frame,
+            closing: conns_closed.clone(),
+        };
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            if let Err(e) = http::serve(listener, ctx, stop).await {
+                error!(error = %e, "http server failed");
+            }
+        });
+    }
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -161,8 +310,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn = next_conn;
-        next_conn += 1;
+        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
         let permit = limit.clone().try_acquire_owned();
         let ctx = ConnCtx {
             conn,
@@ -581,10 +729,14 @@ async fn actor(
     conns_closed: CancellationToken,
     cfg: Config,
 ) -> Result<()> {
-    let mut conns: HashMap<ConnId, ConnHandle> = HashMap::new();
+    let mut conns = Peers::default();
     let mut commit: Option<JoinHandle<(Batch, Result<(), StoreError>)>> = None;
+    let mut commit_started = tokio::time::Instant::now();
+    let mut commit_seconds = Histogram::new(crate::metrics::SECONDS);
+    let mut batch_records = Histogram::new(crate::metrics::SIZES);
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut failures: u32 = 0;
+    let mut failures_total: u64 = 0;
     let tick_every = tick_every(&cfg);
     let mut tick = tokio::time::interval(tick_every);
     let mut last_tick = tokio::time::Instant::now();
@@ -605,6 +757,7 @@ async fn actor(
             }
             done = async { commit.as_mut().expect("guarded").await }, if commit.is_some() => {
                 commit = None;
+                commit_seconds.observe(commit_started.elapsed().as_secs_f64());
                 match done {
                     Ok((batch, Ok(()))) => {
                         if failures > 0 {
@@ -627,6 +780,7 @@ async fn actor(
                     }
                     Ok((batch, Err(e))) => {
                         failures += 1;
+                        failures_total += 1;
                         error!(error = %e, failures, "store write failed; refusing changes until it works again");
                         core.set_store_ok(false);
                         core.requeue(batch);
@@ -643,11 +797,34 @@ async fn actor(
                 None => inputs_open = false,
                 Some(first) => {
                     let now = now_ms();
-                    apply(&mut core, &mut conns, first, now);
-                    for _ in 0..4096 {
+                    let mut inputs = vec![first];
+                    while inputs.len() < 4096 {
                         match rx.try_recv() {
-                            Ok(i) => apply(&mut core, &mut conns, i, now),
+                            Ok(i) => inputs.push(i),
                             Err(_) => break,
+                        }
+                    }
+                    for input in inputs {
+                        match input {
+                            Input::Metrics(reply) => {
+                                let mut snap = Snapshot {
+                                    tasks: [0; 8],
+                                    entered: [0; 8],
+                                    queues: Vec::new(),
+                                    workers_connected: 0,
+                                    workers_known: 0,
+                                    connections: [0; 3],
+                                    slow_peers_closed: conns.slow_closed,
+                                    commit_seconds: commit_seconds.clone(),
+                                    batch_records: batch_records.clone(),
+                                    commit_failures: failures_total,
+                                    checkpoint_seconds: store.checkpoint_seconds(),
+                                    resident_bytes: crate::metrics::resident_bytes(),
+                                };
+                                core.metrics(&mut snap);
+                                let _ = reply.send(Box::new(snap));
+                            }
+                            other => apply(&mut core, &mut conns, other, now),
                         }
                     }
                 }
@@ -669,6 +846,14 @@ async fn actor(
             && let Some(batch) = core.take_batch()
         {
             if batch.has_writes() {
+                batch_records.observe(
+                    (batch.tasks.len()
+                        + batch.removed.len()
+                        + batch.workers.len()
+                        + batch.removed_workers.len()
+                        + batch.queues.len()) as f64,
+                );
+                commit_started = tokio::time::Instant::now();
                 let store = store.clone();
                 commit = Some(tokio::spawn(async move {
                     let r = store
@@ -703,35 +888,44 @@ async fn actor(
     }
 }
 
-fn apply(core: &mut Core, conns: &mut HashMap<ConnId, ConnHandle>, input: Input, now: u64) {
+/// The connections the actor reaches, and how many it closed for reading too slowly.
+#[derive(Default)]
+struct Peers {
+    handles: HashMap<ConnId, ConnHandle>,
+    slow_closed: u64,
+}
+
+fn apply(core: &mut Core, conns: &mut Peers, input: Input, now: u64) {
     match input {
         Input::Actioner(conn, msg) => core.actioner(conn, msg.request, msg.body, now),
         Input::Worker(conn, msg) => core.worker(conn, msg, now),
         Input::ConnectActioner(conn, handle, namespace) => {
-            conns.insert(conn, handle);
+            conns.handles.insert(conn, handle);
             core.connect_actioner_in(conn, namespace);
         }
         // The id reaches the connection with the core's welcome, which may wait for a commit.
         Input::ConnectClient(conn, mut handle, hello, reply) => {
             handle.join = Some(reply);
-            conns.insert(conn, handle);
+            conns.handles.insert(conn, handle);
             core.connect_client(conn, *hello, now);
         }
         Input::ConnectWorker(conn, mut handle, hello, reply) => {
             handle.join = Some(reply);
-            conns.insert(conn, handle);
+            conns.handles.insert(conn, handle);
             core.connect_worker(conn, *hello, now);
         }
         Input::Disconnected(conn) => {
-            conns.remove(&conn);
+            conns.handles.remove(&conn);
             core.disconnect(conn, now);
         }
+        // Answered by the actor, which has the statistics.
+        Input::Metrics(_) => {}
     }
 }
 
-fn deliver(conns: &mut HashMap<ConnId, ConnHandle>, sends: Vec<(ConnId, Out)>) {
+fn deliver(conns: &mut Peers, sends: Vec<(ConnId, Out)>) {
     for (conn, out) in sends {
-        let Some(h) = conns.get_mut(&conn) else {
+        let Some(h) = conns.handles.get_mut(&conn) else {
             continue;
         };
         match &out {
@@ -751,11 +945,14 @@ fn deliver(conns: &mut HashMap<ConnId, ConnHandle>, sends: Vec<(ConnId, Out)>) {
         match h.tx.try_send(out) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                warn!(
-                    conn,
-                    "peer too slow to read its messages; closing its connection"
-                );
-                h.close.cancel();
+                if !h.close.is_cancelled() {
+                    warn!(
+                        conn,
+                        "peer too slow to read its messages; closing its connection"
+                    );
+                    conns.slow_closed += 1;
+                    h.close.cancel();
+                }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }

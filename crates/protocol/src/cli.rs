@@ -10,19 +10,25 @@ pub const DEFAULT_PORT: u16 = 5677;
 /// An address as `host:port`, with [`DEFAULT_PORT`] when `addr` names only a host: `localhost`,
 /// `127.0.0.1`, `node7.example`, `::1` or `[::1]` all work, as do their forms with a port.
 pub fn with_default_port(addr: &str) -> String {
+    with_port(addr, DEFAULT_PORT)
+}
+
+/// `addr` with `port` added when it names none (as [`with_default_port`], for other services
+/// such as the coordinator's HTTP).
+pub fn with_port(addr: &str, port: u16) -> String {
     let a = addr.trim();
     if a.starts_with('[') {
         // `[v6]` or `[v6]:port`.
         return match a.rsplit_once("]:") {
             Some(_) => a.to_string(),
-            None => format!("{a}:{DEFAULT_PORT}"),
+            None => format!("{a}:{port}"),
         };
     }
     match a.matches(':').count() {
-        0 => format!("{a}:{DEFAULT_PORT}"),
+        0 => format!("{a}:{port}"),
         1 => a.to_string(),
         // A bare IPv6 address: bracket it.
-        _ => format!("[{a}]:{DEFAULT_PORT}"),
+        _ => format!("[{a}]:{port}"),
     }
 }
 

@@ -268,6 +268,20 @@ pub enum ActionerRequest {
         #[serde(default)]
         limit: Option<u32>,
     },
+    /// Lists tasks newest first, a page at a time, for a client paging through millions: the
+    /// matching tasks older than `before` (the last id of the previous page; from the newest
+    /// when absent), at most `limit`. Replied with `Tasks`; the page is the last when it holds
+    /// fewer than `limit`.
+    ListPage {
+        /// Which tasks.
+        #[serde(default)]
+        filter: TaskFilter,
+        /// At most this many (at least 1).
+        limit: u32,
+        /// Only tasks older than this one.
+        #[serde(default)]
+        before: Option<TaskId>,
+    },
 }
 
 fn one() -> u32 {

@@ -297,6 +297,17 @@ fn actioner_requests() -> Vec<ActionerRequest> {
         queue: "q".into(),
         limit: Some(10),
     });
+    v.push(ActionerRequest::ListPage {
+        filter: TaskFilter {
+            states: vec![TaskState::Failed],
+            tags: vec![],
+            queue: Some("q".into()),
+            name: None,
+            batch: Some(3),
+        },
+        limit: 100,
+        before: Some(TaskId::new()),
+    });
     // Fails to compile when a variant is added and not listed above.
     for r in &v {
         match r {
@@ -329,7 +340,8 @@ fn actioner_requests() -> Vec<ActionerRequest> {
             | ActionerRequest::QueueShow { .. }
             | ActionerRequest::QueueSet { .. }
             | ActionerRequest::Move { .. }
-            | ActionerRequest::QueueTasks { .. } => {}
+            | ActionerRequest::QueueTasks { .. }
+            | ActionerRequest::ListPage { .. } => {}
         }
     }
     v

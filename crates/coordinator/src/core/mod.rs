@@ -203,6 +203,8 @@ pub struct Core {
     /// and an empty slot costs the whole value; boxed, it costs a pointer.
     tasks: BTreeMap<TaskId, Box<Task>>,
     counts: [u64; 8],
+    /// Tasks that entered each state since the start (added ones count in their first state).
+    entered: [u64; 8],
     workers: BTreeMap<WorkerId, Worker>,
     next_worker: u64,
     /// The counters changed in a way the tables do not show: the next batch writes them.
@@ -313,6 +315,7 @@ impl Core {
             cfg,
             tasks: BTreeMap::new(),
             counts: [0; 8],
+            entered: [0; 8],
             workers: BTreeMap::new(),
             next_worker: 1,
             counters_dirty: false,
@@ -524,6 +527,33 @@ impl Core {
         })
     }
 
+    /// The tables' part of `/metrics`: the rest (commits, checkpoints, memory) is left as
+    /// it is in `into`.
+    pub fn metrics(&self, into: &mut crate::metrics::Snapshot) {
+        into.tasks = self.counts;
+        into.entered = self.entered;
+        into.queues = self
+            .queues
+            .all()
+            .map(|e| crate::metrics::QueueCounts {
+                namespace: e.settings.namespace.clone(),
+                name: e.settings.name.clone(),
+                counts: e.counts,
+            })
+            .collect();
+        into.workers_known = self.workers.len() as u64;
+        into.workers_connected = self.workers.values().filter(|w| w.conn.is_some()).count() as u64;
+        into.connections = [0; 3];
+        for c in self.conns.values() {
+            let i = match c {
+                Conn::Actioner { .. } => 0,
+                Conn::Worker(_) => 1,
+                Conn::Client { .. } => 2,
+            };
+            into.connections[i] += 1;
+        }
+    }
+
     /// The counters as they stand.
     pub fn counters(&self) -> Counters {
         Counters {
@@ -719,6 +749,7 @@ impl Core {
         }
         self.counts[idx(before)] -= 1;
         self.counts[idx(after)] += 1;
+        self.entered[idx(after)] += 1;
         let q = task.queue;
         let ended_at = task.info.times.ended_ms;
         self.queues.count(q, before, false);

@@ -50,6 +50,11 @@ impl QueueTable {
         q
     }
 
+    /// Every queue named since the start.
+    pub fn all(&self) -> impl Iterator<Item = &QueueEntry> {
+        self.entries.iter()
+    }
+
     /// The number of a queue named before.
     pub fn find(&self, namespace: &str, name: &str) -> Option<QueueIdx> {
         self.index.get(namespace)?.get(name).copied()

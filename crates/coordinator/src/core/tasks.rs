@@ -23,6 +23,7 @@ impl Core {
         task.info.number = self.take_number(id);
         task.info.batch = batch;
         self.counts[idx(task.state())] += 1;
+        self.entered[idx(task.state())] += 1;
         self.queues.count(queue, task.state(), true);
         self.tasks.insert(id, Box::new(task));
         if play {
@@ -223,25 +224,27 @@ impl Core {
                 limit,
                 queue,
             } => {
+                let filter = tatzelwurm_protocol::TaskFilter {
+                    states,
+                    tags,
+                    queue,
+                    ..Default::default()
+                };
                 let limit = limit.map_or(usize::MAX, |l| l as usize);
-                let queue = queue.map(|name| self.queue_to_match(conn, &name));
-                let tasks = self
-                    .tasks
-                    .values()
-                    .rev()
-                    .filter(|t| queue.is_none_or(|q| t.queue == q))
-                    .filter(|t| states.is_empty() || states.contains(&t.state()))
-                    .filter(|t| has_tags(t, &tags))
-                    .take(limit)
-                    .map(|t| t.summary())
-                    .collect();
-                Ok((
-                    Reply::Tasks {
-                        tasks,
-                        counts: self.counts(),
-                    },
-                    false,
-                ))
+                Ok((self.page(conn, &filter, limit, None), false))
+            }
+            ActionerRequest::ListPage {
+                filter,
+                limit,
+                before,
+            } => {
+                if limit == 0 {
+                    return Err(err(
+                        ErrorKind::InvalidRequest,
+                        "a page holds at least 1 task",
+                    ));
+                }
+                Ok((self.page(conn, &filter, limit as usize, before), false))
             }
             ActionerRequest::Show { id } => {
                 let id = self.resolve(&id)?;
@@ -383,6 +386,49 @@ impl Core {
         }
     }
 
+    /// At most `limit` tasks that match `filter`, newest first, older than `before` if given,
+    /// with the counts per state.
+    fn page(
+        &self,
+        conn: ConnId,
+        filter: &tatzelwurm_protocol::TaskFilter,
+        limit: usize,
+        before: Option<TaskId>,
+    ) -> Reply {
+        let matches = self.filter_matcher(conn, filter);
+        let older = match before {
+            Some(b) => self.tasks.range(..b),
+            None => self.tasks.range(..),
+        };
+        let tasks = older
+            .rev()
+            .map(|(_, t)| t)
+            .filter(|t| matches(t))
+            .take(limit)
+            .map(|t| t.summary())
+            .collect();
+        Reply::Tasks {
+            tasks,
+            counts: self.counts(),
+        }
+    }
+
+    /// Whether a task matches `f` (a queue named in it is one of `conn`'s namespace).
+    fn filter_matcher<'a>(
+        &self,
+        conn: ConnId,
+        f: &'a tatzelwurm_protocol::TaskFilter,
+    ) -> impl Fn(&Task) -> bool + 'a {
+        let queue = f.queue.as_ref().map(|name| self.queue_to_match(conn, name));
+        move |t: &Task| {
+            (f.states.is_empty() || f.states.contains(&t.state()))
+                && has_tags(t, &f.tags)
+                && queue.is_none_or(|q| t.queue == q)
+                && (f.name.is_none() || t.info.spec.name == f.name)
+                && f.batch.is_none_or(|b| t.info.batch == b)
+        }
+    }
+
     /// The tasks a selector names, all valid for the operation, or the first refusal.
     pub(super) fn select(
         &self,
@@ -399,15 +445,11 @@ impl Core {
                 .map(|t| t.id())
                 .collect()),
             Selector::Where(f) => {
-                let queue = f.queue.as_ref().map(|name| self.queue_to_match(conn, name));
+                let matches = self.filter_matcher(conn, f);
                 Ok(self
                     .tasks
                     .values()
-                    .filter(|t| f.states.is_empty() || f.states.contains(&t.state()))
-                    .filter(|t| has_tags(t, &f.tags))
-                    .filter(|t| queue.is_none_or(|q| t.queue == q))
-                    .filter(|t| f.name.is_none() || t.info.spec.name == f.name)
-                    .filter(|t| f.batch.is_none_or(|b| t.info.batch == b))
+                    .filter(|t| matches(t))
                     .filter(|t| check(t).is_ok())
                     .map(|t| t.id())
                     .collect())

@@ -258,6 +258,8 @@ struct State {
     /// and what surrealkv (0.21) appends after such a part is lost at the next start. The next
     /// write first reopens the store (see [`Store::reopen`]).
     must_reopen: bool,
+    /// How long the checkpoints took.
+    checkpoint_seconds: crate::metrics::Histogram,
     /// Records of the layout before journals are still stored; the next checkpoint deletes them.
     legacy: bool,
 }
@@ -270,6 +272,7 @@ impl Default for State {
             next_seq: 1,
             checkpointing: false,
             must_reopen: false,
+            checkpoint_seconds: crate::metrics::Histogram::new(crate::metrics::SECONDS),
             legacy: false,
         }
     }
@@ -351,6 +354,11 @@ impl Store {
         let store = Store::attach(db, opts, server).await?;
         info!(url = %opts.url, ns = %opts.namespace, db = %opts.database, "store open");
         Ok(store)
+    }
+
+    /// How long the checkpoints written so far took.
+    pub fn checkpoint_seconds(&self) -> crate::metrics::Histogram {
+        self.state().checkpoint_seconds.clone()
     }
 
     /// The database handle, unless the store is being reopened.
@@ -674,6 +682,8 @@ impl Store {
         st.checkpointing = false;
         match &result {
             Ok(()) => {
+                st.checkpoint_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 st.image.checkpointed(&snap);
                 st.legacy &= !legacy;
                 info!(

@@ -363,3 +363,49 @@ fn kill_of_a_running_task_is_sent_to_its_worker() {
     );
     assert_eq!(c.task(ids[0]).unwrap().state, TaskState::Killed);
 }
+
+#[test]
+fn pages_walk_the_matching_tasks_newest_first_from_a_cursor() {
+    let mut c = core();
+    c.connect_actioner(1);
+    let ids = add(&mut c, 7, false);
+    let page = |c: &mut Core, before: Option<TaskId>, states: Vec<TaskState>| -> Vec<TaskId> {
+        let out = ask(
+            c,
+            1,
+            9,
+            ActionerRequest::ListPage {
+                filter: tatzelwurm_protocol::TaskFilter {
+                    states,
+                    ..Default::default()
+                },
+                limit: 3,
+                before,
+            },
+        );
+        match replies(&out, 1).pop() {
+            Some(Reply::Tasks { tasks, .. }) => tasks.iter().map(|t| t.id).collect(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let first = page(&mut c, None, vec![]);
+    assert_eq!(first, vec![ids[6], ids[5], ids[4]]);
+    let second = page(&mut c, Some(ids[4]), vec![]);
+    assert_eq!(second, vec![ids[3], ids[2], ids[1]]);
+    assert_eq!(page(&mut c, Some(ids[1]), vec![]), vec![ids[0]]);
+    assert!(page(&mut c, None, vec![TaskState::Ready]).is_empty());
+    // A page of nothing is refused, not answered with everything.
+    let out = ask(
+        &mut c,
+        1,
+        10,
+        ActionerRequest::ListPage {
+            filter: Default::default(),
+            limit: 0,
+            before: None,
+        },
+    );
+    assert!(
+        matches!(&replies(&out, 1)[..], [Reply::Error(e)] if e.kind == ErrorKind::InvalidRequest)
+    );
+}
