@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -54,6 +56,11 @@ struct Args {
     /// Heartbeat interval the coordinator asks for (e.g. 1s), to load it with heartbeats.
     #[arg(long, default_value = "5s")]
     heartbeat: String,
+    /// Run the throughput test twice in one run, the second time with this many HTTP clients
+    /// polling `/api/summary` and `/api/tasks?limit=100` as fast as they are answered; report
+    /// both rates and the HTTP latencies.
+    #[arg(long, default_value_t = 0)]
+    http_load: usize,
     /// A few hundred tasks, quickly: for CI.
     #[arg(long)]
     smoke: bool,
@@ -262,6 +269,59 @@ fn report(name: &str, r: &Throughput) {
     );
 }
 
+/// One HTTP/1.1 GET on a fresh connection; the status code.
+async fn http_get(base: &str, path: &str, token: &str) -> Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).await?;
+    let head = String::from_utf8_lossy(&body[..body.len().min(16)]).to_string();
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("not an HTTP answer: {head:?}"))
+}
+
+/// `n` clients polling the summary and a page of tasks until `stop`; every request's latency.
+async fn poll_http(
+    base: String,
+    token: String,
+    n: usize,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<(bool, Duration)>> {
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let (base, token, stop) = (base.clone(), token.clone(), stop.clone());
+        handles.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut summary = i % 2 == 0;
+            while !stop.load(Ordering::Relaxed) {
+                let path = if summary {
+                    "/api/summary"
+                } else {
+                    "/api/tasks?limit=100"
+                };
+                let t = Instant::now();
+                let code = http_get(&base, path, &token).await?;
+                anyhow::ensure!(code == 200, "{path} answered {code}");
+                out.push((summary, t.elapsed()));
+                summary = !summary;
+            }
+            Ok::<_, anyhow::Error>(out)
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await??);
+    }
+    Ok(all)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut a = Args::parse();
@@ -304,7 +364,17 @@ async fn main() -> Result<()> {
         return Ok(());
     }
 
-    let c = Coordinator::start_with(db, &["--lease", "30s", "--heartbeat", &a.heartbeat])?;
+    let c = Coordinator::start_with(
+        db,
+        &[
+            "--lease",
+            "30s",
+            "--heartbeat",
+            &a.heartbeat,
+            "--http",
+            "127.0.0.1:0",
+        ],
+    )?;
     let stop = tatzelwurm_worker::session::Stop::default();
     if a.idle_workers > 0 {
         let token = std::fs::read_to_string(c.token_file())?.trim().to_string();
@@ -359,6 +429,53 @@ async fn main() -> Result<()> {
         println!(
             "  raw spawn rate of `true`: {raw:.0}/s; ratio {:.2}",
             rate / raw
+        );
+    }
+    if a.http_load > 0 {
+        let base = c
+            .http
+            .clone()
+            .context("the coordinator printed no http address")?;
+        let token = std::fs::read_to_string(c.token_file())?.trim().to_string();
+        let stop_http = Arc::new(AtomicBool::new(false));
+        let pollers = tokio::spawn(poll_http(base, token, a.http_load, stop_http.clone()));
+        let cpu0 = cpu_seconds(c.pid());
+        let loaded = throughput(&c, a.tasks, &a.kind, a.batch, a.in_flight).await?;
+        let cpu = cpu_seconds(c.pid()) - cpu0;
+        stop_http.store(true, Ordering::Relaxed);
+        let polls = pollers.await??;
+        report(
+            &format!(
+                "throughput ({}, {}) with {} HTTP clients polling",
+                a.kind, a.db, a.http_load
+            ),
+            &loaded,
+        );
+        println!(
+            "  coordinator CPU {:.2} s ({:.0}% of one core)",
+            cpu,
+            100.0 * cpu / loaded.wall.as_secs_f64()
+        );
+        for (which, name) in [(true, "/api/summary"), (false, "/api/tasks?limit=100")] {
+            let mut l: Vec<Duration> = polls
+                .iter()
+                .filter(|(s, _)| *s == which)
+                .map(|(_, d)| *d)
+                .collect();
+            l.sort();
+            println!(
+                "  {name}: {} requests, {:.0}/s, p50 {} p99 {}",
+                l.len(),
+                l.len() as f64 / loaded.wall.as_secs_f64(),
+                ms(pct(&l, 0.5)),
+                ms(pct(&l, 0.99))
+            );
+        }
+        let plain = r.tasks as f64 / r.wall.as_secs_f64();
+        let with = loaded.tasks as f64 / loaded.wall.as_secs_f64();
+        println!(
+            "  throughput with HTTP polling / without, same run: {:.2}",
+            with / plain
         );
     }
     if a.latency_samples > 0 {

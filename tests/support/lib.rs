@@ -57,6 +57,8 @@ pub struct Coordinator {
     extra: Vec<String>,
     /// Its stderr log file.
     pub log: PathBuf,
+    /// `http://HOST:PORT` of its HTTP edge, when the extra flags ask for one with `--http`.
+    pub http: Option<String>,
 }
 
 impl Coordinator {
@@ -78,6 +80,7 @@ impl Coordinator {
             _tmp: Some(tmp),
             db,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            http: None,
         };
         c.spawn("127.0.0.1:0")?;
         Ok(c)
@@ -127,6 +130,14 @@ impl Coordinator {
         };
         // A wildcard listener is reached through loopback.
         self.addr = addr.trim().replace("0.0.0.0:", "127.0.0.1:");
+        // With --http: the data dir line, then the HTTP address.
+        if self.extra.iter().any(|a| a == "--http") {
+            let _data_dir = lines.next();
+            let line = lines.next().transpose()?.unwrap_or_default();
+            self.http = line
+                .strip_prefix("tatzelwurm http on ")
+                .map(|u| u.trim().trim_end_matches('/').to_string());
+        }
         // Drain the rest of stdout in the background so the child never blocks on it.
         std::thread::spawn(move || for _ in lines {});
         // The port is bound before the store opens: wait until it answers requests, or exits.
