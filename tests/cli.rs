@@ -102,6 +102,22 @@ fn add_list_show_play_pause_kill_remove() {
         text.contains("build") && text.contains("created") && text.contains("echo hi"),
         "{text}"
     );
+    // People read local times to the second, each stage with the time since the one before;
+    // `--json` keeps RFC 3339 in UTC.
+    let created = text
+        .lines()
+        .find(|l| l.trim_start_matches('│').trim().starts_with("created"))
+        .expect("a created line");
+    let stamp = |s: &str| {
+        let b = s.as_bytes();
+        b.len() == 19 && b[4] == b'-' && b[10] == b' ' && b[13] == b':' && b[16] == b':'
+    };
+    assert!(
+        created.split('│').any(|cell| stamp(cell.trim())),
+        "{created}"
+    );
+    let utc = shown["times"]["created"].as_str().unwrap();
+    assert!(!text.contains(utc), "{text}");
 
     // Pause, play, kill, remove.
     assert_eq!(

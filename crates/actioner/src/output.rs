@@ -17,6 +17,28 @@ use tatzelwurm_protocol::{
     WorkerInfo, now_ms,
 };
 
+/// A time as people read it: the local date and time to the second (`2026-11-26 14:02:11`), in
+/// the zone of `TZ` or the system's. Scripts get RFC 3339 in UTC from `--json`.
+pub fn local(ms: u64) -> String {
+    let zone = jiff::tz::TimeZone::system();
+    match jiff::Timestamp::from_millisecond(ms as i64) {
+        Ok(t) => t.to_zoned(zone).strftime("%Y-%m-%d %H:%M:%S").to_string(),
+        Err(_) => rfc3339(ms),
+    }
+}
+
+/// `local` with the time since `from` when there is one: `2026-11-26 14:02:14 (+3.2s)`.
+fn local_after(ms: u64, from: Option<u64>) -> String {
+    match from {
+        Some(f) if ms >= f => format!(
+            "{} (+{})",
+            local(ms),
+            tatzelwurm_protocol::cli::format_duration(Duration::from_millis(ms - f))
+        ),
+        _ => local(ms),
+    }
+}
+
 /// "12s ago", "3m ago": how people read recent times in a table.
 pub fn ago(ms: u64) -> String {
     let now = now_ms();
@@ -197,9 +219,12 @@ pub fn task_text(t: &TaskInfo, waiting: Option<&str>) -> String {
         ("paused", t.times.paused_ms),
         ("ended", t.times.ended_ms),
     ];
+    // Each stage with the time since the one before it.
+    let mut previous = None;
     for (name, at) in stages {
         if let Some(ms) = at {
-            row(name, rfc3339(ms));
+            row(name, local_after(ms, previous));
+            previous = Some(ms);
         }
     }
     let mut out = b.build().with(Style::sharp()).to_string() + "\n";
@@ -228,9 +253,9 @@ pub fn task_text(t: &TaskInfo, waiting: Option<&str>) -> String {
                 .filter(|e| a.exit_code.is_none_or(|c| **e != format!("exit code {c}")))
                 .map(|e| format!(", {e}"))
                 .unwrap_or_default(),
-            rfc3339(a.assigned_ms),
-            a.started_ms.map(rfc3339).unwrap_or_else(|| "-".into()),
-            a.ended_ms.map(rfc3339).unwrap_or_else(|| "-".into()),
+            local(a.assigned_ms),
+            a.started_ms.map(local).unwrap_or_else(|| "-".into()),
+            a.ended_ms.map(local).unwrap_or_else(|| "-".into()),
         ));
         if !a.output.is_empty() {
             out.push_str(&format!("  output: {}\n", data_json(&a.output)));
@@ -275,12 +300,12 @@ pub fn worker_text(w: &WorkerInfo) -> String {
     row("running", w.running.to_string());
     row("tags", tags(&w.tags).join(", "));
     row("handlers", w.handlers.join(", "));
-    row("connected", rfc3339(w.connected_ms));
+    row("connected", local(w.connected_ms));
     row(
         "last heartbeat",
         format!(
             "{} ({})",
-            rfc3339(w.last_heartbeat_ms),
+            local(w.last_heartbeat_ms),
             ago(w.last_heartbeat_ms)
         ),
     );
@@ -421,6 +446,17 @@ pub fn queue_text(q: &QueueInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn people_read_local_times_with_the_time_since_the_stage_before() {
+        // 2026-11-26 14:02:11.500 UTC.
+        let t = 1_795_701_731_500;
+        let shown = local(t);
+        assert_eq!(shown.len(), "2026-11-26 14:02:11".len(), "{shown}");
+        assert!(shown.starts_with("2026-11-2"), "{shown}");
+        assert!(local_after(t + 3_200, Some(t)).ends_with(" (+3.2s)"));
+        assert_eq!(local_after(t, None), shown);
+    }
 
     #[test]
     fn short_ids_are_unique_among_those_shown_and_at_least_twelve_digits() {
