@@ -27,6 +27,15 @@ pub fn local(ms: u64) -> String {
     }
 }
 
+/// `local`, without the date when it is the day of `base`: `14:02:14`.
+fn local_on(ms: u64, base: u64) -> String {
+    let (full, day) = (local(ms), local(base));
+    match (full.split_once(' '), day.split_once(' ')) {
+        (Some((d, time)), Some((b, _))) if d == b => time.to_string(),
+        _ => full,
+    }
+}
+
 /// `local` with the time since `from` when there is one: `2026-11-26 14:02:14 (+3.2s)`.
 fn local_after(ms: u64, from: Option<u64>) -> String {
     match from {
@@ -92,6 +101,20 @@ fn fit(b: Builder) -> String {
             tabled::settings::Width::truncate(w)
                 .priority(tabled::settings::peaker::Priority::max(true))
                 .suffix("…"),
+        );
+    }
+    t.to_string()
+}
+
+/// A table of fields and values (`show`), fit to the screen: the long values wrap inside their
+/// cell, whole, rather than cut (here they are the point) or wrapped by the terminal.
+fn fit_whole(b: Builder) -> String {
+    let mut t = b.build();
+    t.with(Style::sharp());
+    if let Some(w) = screen_width() {
+        t.with(
+            tabled::settings::Width::wrap(w)
+                .priority(tabled::settings::peaker::Priority::max(true)),
         );
     }
     t.to_string()
@@ -227,7 +250,7 @@ pub fn task_text(t: &TaskInfo, waiting: Option<&str>) -> String {
             previous = Some(ms);
         }
     }
-    let mut out = b.build().with(Style::sharp()).to_string() + "\n";
+    let mut out = fit_whole(b) + "\n";
     for a in &t.attempts {
         let ran = match (a.started_ms, a.ended_ms) {
             (Some(s), Some(e)) => format!(
@@ -254,8 +277,12 @@ pub fn task_text(t: &TaskInfo, waiting: Option<&str>) -> String {
                 .map(|e| format!(", {e}"))
                 .unwrap_or_default(),
             local(a.assigned_ms),
-            a.started_ms.map(local).unwrap_or_else(|| "-".into()),
-            a.ended_ms.map(local).unwrap_or_else(|| "-".into()),
+            a.started_ms
+                .map(|t| local_on(t, a.assigned_ms))
+                .unwrap_or_else(|| "-".into()),
+            a.ended_ms
+                .map(|t| local_on(t, a.assigned_ms))
+                .unwrap_or_else(|| "-".into()),
         ));
         if !a.output.is_empty() {
             out.push_str(&format!("  output: {}\n", data_json(&a.output)));
@@ -309,7 +336,7 @@ pub fn worker_text(w: &WorkerInfo) -> String {
             ago(w.last_heartbeat_ms)
         ),
     );
-    b.build().with(Style::sharp()).to_string() + "\n"
+    fit_whole(b) + "\n"
 }
 
 /// The `worker list` table.
@@ -440,7 +467,7 @@ pub fn queue_text(q: &QueueInfo) -> String {
     for c in &q.counts {
         row(c.state.as_str(), c.count.to_string());
     }
-    b.build().with(Style::sharp()).to_string() + "\n"
+    fit_whole(b) + "\n"
 }
 
 #[cfg(test)]
@@ -456,6 +483,7 @@ mod tests {
         assert!(shown.starts_with("2026-11-2"), "{shown}");
         assert!(local_after(t + 3_200, Some(t)).ends_with(" (+3.2s)"));
         assert_eq!(local_after(t, None), shown);
+        assert_eq!(local_on(t + 1000, t), shown[11..].replace(":11", ":12"));
     }
 
     #[test]

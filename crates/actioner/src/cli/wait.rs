@@ -101,21 +101,27 @@ pub(super) async fn wait(
     let bar = if std::io::stderr().is_terminal() && !json {
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} {per_sec} eta {eta} {msg}",
-            )
-            .expect("valid template"),
+            // `wide_msg`: the message is cut to the terminal, never wrapped.
+            indicatif::ProgressStyle::with_template("{bar:20} {pos}/{len} {wide_msg}")
+                .expect("valid template"),
         );
         Some(bar)
     } else {
         None
     };
     let started = Instant::now();
+    let mut rate = Rate::default();
     let mut conn = Some(client);
     while done(&states) < total {
         if let Some(b) = &bar {
-            b.set_position(done(&states));
-            b.set_message(count_states(&states));
+            let now_done = done(&states);
+            rate.note(started.elapsed(), now_done);
+            b.set_position(now_done);
+            b.set_message(format!(
+                "{} · {}",
+                rate.describe(total - now_done),
+                count_states(&states)
+            ));
         }
         let ev = match conn.as_mut() {
             Some(c) => c.next_event().await,
@@ -157,9 +163,9 @@ pub(super) async fn wait(
             Err(e) => return Err(e.into()),
         }
     }
+    // The bar goes; the line below says how it ended (printed after the bar, not on its line).
     if let Some(b) = &bar {
-        b.set_position(total);
-        b.finish_with_message(count_states(&states));
+        b.finish_and_clear();
     }
     let failed = states
         .values()
@@ -184,6 +190,59 @@ pub(super) async fn wait(
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
+/// How fast tasks end, over the last ten seconds: the rate and ETA of `task wait`'s bar. Tasks
+/// that had ended before the wait began count for neither (the first sample is the start).
+#[derive(Default)]
+pub(super) struct Rate {
+    /// (time since the wait began, tasks ended by then), oldest first.
+    samples: std::collections::VecDeque<(Duration, u64)>,
+}
+
+impl Rate {
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    /// Notes that `done` tasks had ended at `at`.
+    pub(super) fn note(&mut self, at: Duration, done: u64) {
+        self.samples.push_back((at, done));
+        // Keep one sample older than the window, so that the window is always spanned.
+        while self.samples.len() > 2 && at.saturating_sub(self.samples[1].0) >= Self::WINDOW {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Tasks per second, once the samples span half a second and something ended.
+    pub(super) fn per_sec(&self) -> Option<f64> {
+        let (&(t0, d0), &(t1, d1)) = (self.samples.front()?, self.samples.back()?);
+        let span = (t1 - t0).as_secs_f64();
+        (span >= 0.5 && d1 > d0).then(|| (d1 - d0) as f64 / span)
+    }
+
+    /// "12.3/s, about 41s left", or "waiting for the first to end".
+    pub(super) fn describe(&self, remaining: u64) -> String {
+        match self.per_sec() {
+            None => "waiting for the first to end".to_string(),
+            Some(r) => {
+                let eta = Duration::from_secs_f64((remaining as f64 / r).ceil());
+                format!(
+                    "{}/s, about {} left",
+                    three_digits(r),
+                    tatzelwurm_protocol::cli::format_duration(eta)
+                )
+            }
+        }
+    }
+}
+
+/// A rate to three significant digits: 0.123, 1.23, 12.3, 123, 1234.
+pub(super) fn three_digits(r: f64) -> String {
+    match r {
+        r if r >= 100.0 => format!("{r:.0}"),
+        r if r >= 10.0 => format!("{r:.1}"),
+        r if r >= 1.0 => format!("{r:.2}"),
+        r => format!("{r:.3}"),
+    }
+}
+
 pub(super) fn count_states(states: &HashMap<TaskId, TaskState>) -> String {
     let mut counts: BTreeMap<TaskState, usize> = BTreeMap::new();
     for s in states.values() {
@@ -194,4 +253,31 @@ pub(super) fn count_states(states: &HashMap<TaskId, TaskState>) -> String {
         .map(|(s, n)| format!("{n} {s}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_is_over_the_last_seconds_and_the_eta_follows_it() {
+        let mut r = Rate::default();
+        let s = Duration::from_secs;
+        r.note(s(0), 0);
+        assert_eq!(r.describe(100), "waiting for the first to end");
+        // A fast start, then 2 tasks a second for a long while: the rate forgets the start.
+        r.note(s(1), 50);
+        for t in 2..=30 {
+            r.note(s(t), 50 + 2 * (t - 1));
+        }
+        assert!(
+            (r.per_sec().unwrap() - 2.0).abs() < 0.01,
+            "{:?}",
+            r.per_sec()
+        );
+        assert_eq!(r.describe(10), "2.00/s, about 5s left");
+        assert_eq!(three_digits(1234.5), "1234");
+        assert_eq!(three_digits(12.345), "12.3");
+        assert_eq!(three_digits(0.1234), "0.123");
+    }
 }
