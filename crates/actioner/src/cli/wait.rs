@@ -217,9 +217,15 @@ impl Rate {
         (span >= 0.5 && d1 > d0).then(|| (d1 - d0) as f64 / span)
     }
 
-    /// "12.3/s, about 41s left", or "waiting for the first to end".
+    /// "12.3/s, about 41s left"; before there is a rate, "waiting for the first to end" or
+    /// "measuring the rate".
     pub(super) fn describe(&self, remaining: u64) -> String {
+        let ended = match (self.samples.front(), self.samples.back()) {
+            (Some(a), Some(b)) => b.1 > a.1,
+            _ => false,
+        };
         match self.per_sec() {
+            None if ended => "measuring the rate".to_string(),
             None => "waiting for the first to end".to_string(),
             Some(r) => {
                 let eta = Duration::from_secs_f64((remaining as f64 / r).ceil());
@@ -265,6 +271,8 @@ mod tests {
         let s = Duration::from_secs;
         r.note(s(0), 0);
         assert_eq!(r.describe(100), "waiting for the first to end");
+        r.note(Duration::from_millis(100), 1);
+        assert_eq!(r.describe(99), "measuring the rate");
         // A fast start, then 2 tasks a second for a long while: the rate forgets the start.
         r.note(s(1), 50);
         for t in 2..=30 {
