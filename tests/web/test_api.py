@@ -18,7 +18,7 @@ def test_every_route_of_the_openapi_description_exists_and_it_is_served_as_in_th
     assert status == 200
     with open(os.path.join(ROOT, "docs", "openapi.json")) as f:
         assert served == json.load(f)
-    task = http.ok("POST", "/api/tasks", {"tasks": [{"sleep_ms": 1}], "play": False}, status=201)[0]
+    task = http.ok("POST", "/api/tasks", {"tasks": [{"sleep": "1ms"}], "play": False}, status=201)[0]
     fill = {"{id}": task["id"], "{key}": "k", "{action}": "pause"}
     for path, methods in served["paths"].items():
         for method in methods:
@@ -28,7 +28,7 @@ def test_every_route_of_the_openapi_description_exists_and_it_is_served_as_in_th
             if path == "/api/events":
                 continue  # a stream: its own test below
             status, body, _ = http.request(method.upper(), concrete,
-                                           {"tasks": [{"sleep_ms": 1}]} if method == "post" and path == "/api/tasks" else None)
+                                           {"tasks": [{"sleep": "1ms"}]} if method == "post" and path == "/api/tasks" else None)
             not_route = isinstance(body, dict) and body.get("error", {}).get("kind") == "not_found"
             assert not not_route and status < 500, (method, concrete, status, body)
     # And a route that is not described is not served.
@@ -51,7 +51,7 @@ def test_the_token_is_required_as_a_bearer_header_or_in_the_query(http):
 
 
 def test_tasks_are_added_listed_in_pages_shown_and_changed(http):
-    added = http.ok("POST", "/api/tasks", {"tasks": [{"argv": ["true"], "name": f"t{i}", "tags": [f"i={i % 3}"]}
+    added = http.ok("POST", "/api/tasks", {"tasks": [{"command": ["true"], "name": f"t{i}", "tags": [f"i={i % 3}"]}
                                                     for i in range(25)], "play": False}, status=201)
     assert [a["number"] for a in added] == list(range(1, 26))
     assert len({a["batch"] for a in added}) == 1
@@ -89,14 +89,14 @@ def test_tasks_are_added_listed_in_pages_shown_and_changed(http):
 
 
 def test_bad_input_gets_a_clear_error_and_changes_nothing(http):
-    http.ok("POST", "/api/tasks", {"tasks": [{"sleep_ms": 1}], "play": False}, status=201)
+    http.ok("POST", "/api/tasks", {"tasks": [{"sleep": "1ms"}], "play": False}, status=201)
     before = http.ok("GET", "/api/summary")["counts"]
     cases = [
         ("POST", "/api/tasks", b"{not json", 400, "invalid_request"),
         ("POST", "/api/tasks", {"tasks": []}, 400, "invalid_request"),
-        ("POST", "/api/tasks", {"tasks": [{"sleep_ms": 1, "colour": "red"}]}, 400, "invalid_request"),
-        ("POST", "/api/tasks", {"tasks": [{"argv": []}]}, 400, "invalid_request"),
-        ("POST", "/api/tasks", {"tasks": [{"sleep_ms": 1, "tags": ["nokey"]}]}, 400, "invalid_request"),
+        ("POST", "/api/tasks", {"tasks": [{"sleep": "1ms", "colour": "red"}]}, 400, "invalid_request"),
+        ("POST", "/api/tasks", {"tasks": [{"command": []}]}, 400, "invalid_request"),
+        ("POST", "/api/tasks", {"tasks": [{"sleep": "1ms", "tags": ["nokey"]}]}, 400, "invalid_request"),
         ("GET", "/api/tasks?state=sleeping", None, 400, "invalid_request"),
         ("GET", "/api/tasks?limit=0", None, 400, "invalid_request"),
         ("GET", "/api/tasks?limit=ten", None, 400, "invalid_request"),
@@ -116,8 +116,8 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(http):
 
 def test_workers_queues_summary_and_breakdown_follow_real_work(http):
     http.worker("--slots", "4", "--name", "web-w")
-    http.ok("POST", "/api/tasks", {"tasks": [{"argv": ["true"], "tags": ["project=a"], "queue": "q1"} for _ in range(5)]
-                                   + [{"argv": ["false"], "tags": ["project=b"]}]}, status=201)
+    http.ok("POST", "/api/tasks", {"tasks": [{"command": ["true"], "tags": ["project=a"], "queue": "q1"} for _ in range(5)]
+                                   + [{"command": ["false"], "tags": ["project=b"]}]}, status=201)
     wait_for(lambda: http.ok("GET", "/api/summary")["counts"]["completed"] == 5
              and http.ok("GET", "/api/summary")["counts"]["failed"] == 1, what="the tasks to end")
     summary = http.ok("GET", "/api/summary")
@@ -153,8 +153,8 @@ def test_the_event_stream_sends_changes_live_with_subscribes_filters(http):
         ready.clear()
         threading.Thread(target=read, args=(q, into), daemon=True).start()
         assert ready.wait(10)
-    http.ok("POST", "/api/tasks", {"tasks": [{"argv": ["true"]}]}, status=201)  # not watched
-    task = http.ok("POST", "/api/tasks", {"tasks": [{"argv": ["true"], "tags": ["watch=yes"]}]}, status=201)[0]
+    http.ok("POST", "/api/tasks", {"tasks": [{"command": ["true"]}]}, status=201)  # not watched
+    task = http.ok("POST", "/api/tasks", {"tasks": [{"command": ["true"], "tags": ["watch=yes"]}]}, status=201)[0]
     http.worker()
     wait_for(lambda: events and events[-1]["state"] == "completed", what="the completed event")
     assert {e["id"] for e in events} == {task["id"]}
@@ -165,7 +165,7 @@ def test_the_event_stream_sends_changes_live_with_subscribes_filters(http):
 
 def test_metrics_parse_with_prometheus_own_parser_and_match_the_counts(http):
     http.worker("--slots", "2")
-    http.ok("POST", "/api/tasks", {"tasks": [{"argv": ["true"], "queue": "m"} for _ in range(4)]}, status=201)
+    http.ok("POST", "/api/tasks", {"tasks": [{"command": ["true"], "queue": "m"} for _ in range(4)]}, status=201)
     wait_for(lambda: http.ok("GET", "/api/summary")["counts"]["completed"] == 4, what="the tasks to end")
     status, text, headers = http.request("GET", "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")

@@ -13,6 +13,7 @@ pub mod data;
 pub mod error;
 pub mod handshake;
 pub mod ids;
+pub mod input;
 pub mod json;
 pub mod messages;
 pub mod queue;

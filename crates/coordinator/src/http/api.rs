@@ -2,7 +2,6 @@
 //! request, asks the actor, and answers in the JSON shapes of `actionwurm --json`
 //! ([`tatzelwurm_protocol::json`]).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +16,13 @@ use futures_util::StreamExt;
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tatzelwurm_protocol::input::{Common, JsonTask};
 use tatzelwurm_protocol::json::{
     counts_json, event_json, queue_json, summary_json, task_json, worker_json,
 };
 use tatzelwurm_protocol::{
-    ActionerRequest, BlockType, CoordinatorToActioner, DEFAULT_NAMESPACE, EnvVar, ErrorKind,
-    ErrorReply, EventFilter, MAX_ADD_TASKS, Payload, Reply, Selector, Tag, TaskFilter, TaskId,
-    TaskSpec, TaskState,
+    ActionerRequest, CoordinatorToActioner, DEFAULT_NAMESPACE, ErrorKind, ErrorReply, EventFilter,
+    MAX_ADD_TASKS, Reply, Selector, Tag, TaskFilter, TaskId, TaskState,
 };
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -318,36 +317,11 @@ pub(super) async fn queues(State(ctx): State<Arc<Ctx>>) -> Response {
     )
 }
 
-/// One task of `POST /api/tasks`: a command (`argv`) or a sleep (`sleep_ms`), and the fields
-/// `task add` takes.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewTask {
-    argv: Option<Vec<String>>,
-    sleep_ms: Option<u64>,
-    #[serde(default)]
-    env: HashMap<String, String>,
-    cwd: Option<String>,
-    name: Option<String>,
-    #[serde(default)]
-    tags: Vec<String>,
-    #[serde(default)]
-    priority: i32,
-    queue: Option<String>,
-    #[serde(default)]
-    prefer: Vec<String>,
-    #[serde(default)]
-    require: Vec<String>,
-    max_attempts: Option<u32>,
-    timeout_ms: Option<u64>,
-    block: Option<BlockType>,
-}
-
-/// The body of `POST /api/tasks`.
+/// The body of `POST /api/tasks`: tasks in the JSON form of `task add --from-file`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewTasks {
-    tasks: Vec<NewTask>,
+    tasks: Vec<JsonTask>,
     /// Ready at once (default), or left `created`.
     #[serde(default = "yes")]
     play: bool,
@@ -355,41 +329,6 @@ pub(super) struct NewTasks {
 
 fn yes() -> bool {
     true
-}
-
-fn parse_tags(list: &[String]) -> Result<Vec<Tag>, String> {
-    list.iter().map(|t| t.parse::<Tag>()).collect()
-}
-
-impl NewTask {
-    fn spec(self) -> Result<TaskSpec, String> {
-        let payload = match (self.argv, self.sleep_ms) {
-            (Some(argv), None) if !argv.is_empty() => Payload::Exec {
-                argv,
-                env: self
-                    .env
-                    .into_iter()
-                    .map(|(name, value)| EnvVar { name, value })
-                    .collect(),
-                cwd: self.cwd,
-            },
-            (None, Some(duration_ms)) => Payload::Sleep { duration_ms },
-            _ => return Err("each task has either a non-empty `argv` or `sleep_ms`".into()),
-        };
-        let mut spec = TaskSpec::new(payload);
-        spec.name = self.name;
-        spec.tags = parse_tags(&self.tags)?;
-        spec.priority = self.priority;
-        spec.queue = self.queue;
-        spec.prefer = parse_tags(&self.prefer)?;
-        spec.require = parse_tags(&self.require)?;
-        spec.max_attempts = self.max_attempts.unwrap_or(0);
-        spec.timeout_ms = self.timeout_ms;
-        if let Some(b) = self.block {
-            spec.block = b;
-        }
-        Ok(spec)
-    }
 }
 
 pub(super) async fn add(
@@ -409,7 +348,11 @@ pub(super) async fn add(
                 .tasks
                 .into_iter()
                 .enumerate()
-                .map(|(i, t)| t.spec().map_err(|e| bad(format!("task {i}: {e}"))))
+                .map(|(i, t)| {
+                    t.spec(&Common::default())
+                        .and_then(|s| s.validate().map(|()| s).map_err(|e| e.to_string()))
+                        .map_err(|e| bad(format!("task {i}: {e}")))
+                })
                 .collect::<Fallible<Vec<_>>>()?;
             let request = ActionerRequest::Add {
                 tasks,
