@@ -49,7 +49,13 @@ pub struct Cli {
     pub quiet: bool,
     /// The namespace of queues, RPC identifiers and broadcasts (as a kiwipy client's, e.g. an
     /// AiiDA profile's UUID) [default: the default namespace].
-    #[arg(long, global = true, env = "TATZELWURM_NAMESPACE", default_value = "")]
+    #[arg(
+        long,
+        global = true,
+        env = "TATZELWURM_NAMESPACE",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub namespace: String,
     /// How long the coordinator has to answer the handshake.
     #[arg(long, global = true, env = "TATZELWURM_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
