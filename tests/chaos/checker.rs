@@ -347,8 +347,36 @@ pub fn check(
                 })
             })
         };
-        for pair in rs.windows(2) {
-            let (a, b) = (pair[0], pair[1]);
+        // Each run against the run before it, leaving out stale runs (judged on their own).
+        let mut prev: Option<&Run> = None;
+        for &b in &rs {
+            let Some(a) = prev else {
+                prev = Some(b);
+                continue;
+            };
+            // An older attempt that starts after a newer one: its dispatch reached a worker that
+            // then fell silent (stopped, cut off) before it could start it; the coordinator gave
+            // the task to another worker, and the first started the stale attempt when it woke.
+            // That is the lease's double run, caused by the silence of the stale run's worker
+            // before it started (from well before the newer run, which came after the dispatch).
+            if b.attempt < a.attempt {
+                let from = a.start.saturating_sub(silent_enough * 10);
+                let stale =
+                    silence.longest(b.pid, from, b.start, silent_enough / 3) >= silent_enough;
+                if stale {
+                    *v.double_runs
+                        .entry("its worker was silent past the lease")
+                        .or_default() += 1;
+                } else {
+                    v.violations.push(format!(
+                        "task {id}: attempt {} started after attempt {} though its worker (pid {}) \
+                         was not silent past the lease before it",
+                        b.attempt, a.attempt, b.pid
+                    ));
+                }
+                continue;
+            }
+            prev = Some(b);
             let silent =
                 silence.longest(a.pid, a.start, b.start, silent_enough / 3) >= silent_enough;
             let died = deaths.get(&a.pid).copied();
@@ -554,6 +582,49 @@ mod tests {
         cut.push((120, Event::Cut { name: "a".into() }));
         cut.push((1_300, Event::Healed { name: "a".into() }));
         let v = check(&runs, &cut, &tables, &told(&["t"]), LEASE);
+        assert!(v.violations.is_empty(), "{:?}", v.violations);
+    }
+
+    #[test]
+    fn a_stale_attempt_started_late_needs_its_worker_silent_before_it() {
+        let tables = HashMap::from([(
+            "t".to_string(),
+            done(&[(1, "lost", 0), (2, "succeeded", 2)]),
+        )]);
+        // Attempt 1 was dispatched to pid 10, which froze; attempt 2 ran on pid 11; pid 10 woke
+        // and started attempt 1.
+        let runs = vec![
+            run("t", 2, 11, 2, 2_000, Some(2_100)),
+            run("t", 1, 10, 1, 2_200, Some(2_300)),
+        ];
+        let events = vec![(0, started("a", 10)), (0, started("b", 11))];
+        let v = check(&runs, &events, &tables, &told(&["t"]), LEASE);
+        assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
+        assert!(
+            v.violations[0].contains("was not silent"),
+            "{:?}",
+            v.violations
+        );
+        let mut frozen = events.clone();
+        frozen.push((500, Event::WorkerStopped { pid: 10 }));
+        frozen.push((2_150, Event::WorkerContinued { pid: 10 }));
+        let v = check(&runs, &frozen, &tables, &told(&["t"]), LEASE);
+        assert!(v.violations.is_empty(), "{:?}", v.violations);
+        assert_eq!(v.double_runs["its worker was silent past the lease"], 1);
+        // A third attempt is judged against the second (the newer run), not the stale one.
+        let mut more = runs.clone();
+        more.push(run("t", 3, 12, 3, 5_000, Some(5_100)));
+        let mut third = frozen.clone();
+        third.push((0, started("c", 12)));
+        let v = check(&more, &third, &tables, &told(&["t"]), LEASE);
+        assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
+        assert!(
+            v.violations[0].contains("attempt 2's worker (pid 11)"),
+            "{:?}",
+            v.violations
+        );
+        third.push((2_500, Event::WorkerKilled { pid: 11 }));
+        let v = check(&more, &third, &tables, &told(&["t"]), LEASE);
         assert!(v.violations.is_empty(), "{:?}", v.violations);
     }
 
