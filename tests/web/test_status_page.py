@@ -8,6 +8,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 from conftest import wait_for
 
@@ -50,6 +51,14 @@ def test_the_page_shows_the_counts_follows_new_tasks_and_shows_attempts(http, br
     assert "page-w" in browser.find_element(By.ID, "workers").text
     wait_for(lambda: "exit code 3" in browser.find_element(By.ID, "failures").text, what="the failure listed")
     wait_for(lambda: browser.find_element(By.ID, "status").text == "live", what="the event stream")
+    # Counts per value of a tag key the user picks.
+    key = browser.find_element(By.ID, "tagkey")
+    key.send_keys("kind")
+    key.send_keys(Keys.ENTER)
+    wait_for(lambda: "bad" in browser.find_element(By.ID, "breakdown").text, what="the breakdown")
+    rows = {r.text.split()[0]: r.text.split()[1:] for r in browser.find_elements(By.CSS_SELECTOR, "#breakdown tr")[1:]}
+    # Columns: the states in order; ok completed, bad failed.
+    assert rows["ok"][5] == "1" and rows["bad"][6] == "1", rows
     # A task added through the CLI appears, and ends, without a reload.
     marker = browser.execute_script("window.notReloaded = true; return window.notReloaded")
     out = http.cli("task", "add", "--play", "--name", "from-the-cli", "--", "echo", "late")
