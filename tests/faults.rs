@@ -90,6 +90,50 @@ fn frozen_worker_is_replaced_and_its_late_result_is_only_recorded() {
     assert_eq!(t["attempts"][1]["worker_name"], "fresh");
 }
 
+/// A worker frozen with a dispatch unread in its socket: the coordinator gives the task away at
+/// the lease; when the worker wakes, it reads the old dispatch after a silence longer than the
+/// lease and hands it back instead of starting it, so the task runs once (CI's fault campaign
+/// saw the stale attempt start after the newer one had run).
+#[test]
+fn a_worker_that_wakes_to_a_stale_dispatch_hands_it_back_instead_of_running_it() {
+    let c = Coordinator::start_with(Db::Mem, &["--lease", "1s"]).unwrap();
+    let w = c.worker(&["--type", "async", "--name", "sleepy"]);
+    wait_for(LONG, || {
+        c.json(&["summary"])["workers_connected"].as_u64() == Some(1)
+    })
+    .unwrap();
+    w.signal("STOP");
+    let runs = c.dir.join("runs");
+    let id = c.add(&[
+        "--play",
+        "--",
+        "sh",
+        "-c",
+        &format!("echo run >> {}", runs.display()),
+    ]);
+    // Dispatched to the frozen worker (the only one), then lost at the lease.
+    wait_for(LONG, || c.show(&id[0])["attempts"][0]["outcome"] == "lost").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    w.signal("CONT");
+    c.wait_state(&id[0], "completed", LONG);
+    // Give a stale start the time it would need to show.
+    std::thread::sleep(Duration::from_millis(500));
+    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    assert_eq!(
+        ran.lines().count(),
+        1,
+        "the task ran {ran:?}; {}",
+        c.show(&id[0])
+    );
+    let t = c.show(&id[0]);
+    assert_eq!(t["attempts"][0]["outcome"], "lost", "{t}");
+    assert!(
+        w.log_text().contains("handed back, not started"),
+        "{}",
+        w.log_text()
+    );
+}
+
 /// Issue 13: a worker that came back under its old id while tasks waited used to be sent a
 /// dispatch before its `reattach` was read; the reattach then lost that attempt and the task ran
 /// twice. Frozen past the lease, the worker loses its connection; tasks are added meanwhile.

@@ -47,6 +47,8 @@ struct State {
     draining: bool,
     /// The heartbeat interval the coordinator asked for.
     heartbeat: Duration,
+    /// The lease the coordinator grants: silent for longer, this worker's tasks are given away.
+    lease: Duration,
     drain_deadline: Option<Instant>,
     /// Set when stopping at once: exit by then even with undelivered reports.
     exit_deadline: Option<Instant>,
@@ -73,6 +75,7 @@ pub async fn run(cfg: WorkerConfig, handlers: Handlers, stop: Stop) -> Result<()
         unacked: HashMap::new(),
         draining: false,
         heartbeat: Duration::from_secs(5),
+        lease: Duration::from_secs(30),
         drain_deadline: None,
         exit_deadline: None,
     };
@@ -209,6 +212,7 @@ async fn connect(st: &mut State) -> Result<Conn> {
     }
     conn.flush().await?;
     st.heartbeat = Duration::from_millis(welcome.heartbeat_ms.max(10));
+    st.lease = Duration::from_millis(welcome.lease_ms.max(10));
     Ok(conn)
 }
 
@@ -285,8 +289,12 @@ async fn session(
                 None => Err("the coordinator closed the connection".into()),
                 Some(Err(e)) => Err(format!("bad frame from the coordinator: {e}")),
                 Some(Ok(msg)) => {
+                    // Heard of nothing for longer than the lease before this frame (frozen,
+                    // cut off): the coordinator has given this worker's tasks away, so a
+                    // dispatch read now was sent before that and is no longer its own.
+                    let out_of_touch = last_inbound.elapsed() > st.lease;
                     last_inbound = Instant::now();
-                    handle(st, &mut conn, msg).await
+                    handle(st, &mut conn, msg, out_of_touch).await
                 }
             },
             Some((a, r)) = done_rx.recv() => {
@@ -324,7 +332,15 @@ async fn session(
     }
 }
 
-async fn handle(st: &mut State, conn: &mut Conn, msg: CoordinatorToWorker) -> Result<(), String> {
+/// Handles one message. `out_of_touch`: nothing came from the coordinator for longer than the
+/// lease before it; a dispatch is then handed back instead of started (it was given away meanwhile,
+/// and starting it would run the task twice).
+async fn handle(
+    st: &mut State,
+    conn: &mut Conn,
+    msg: CoordinatorToWorker,
+    out_of_touch: bool,
+) -> Result<(), String> {
     match msg {
         CoordinatorToWorker::Dispatch(d) => {
             let attempt = d.attempt;
@@ -332,10 +348,20 @@ async fn handle(st: &mut State, conn: &mut Conn, msg: CoordinatorToWorker) -> Re
                 debug!(task = %attempt.task, "duplicate dispatch ignored");
                 return Ok(());
             }
-            if st.draining {
+            let refuse = if st.draining {
+                Some("the worker is draining")
+            } else if out_of_touch {
+                warn!(task = %attempt.task, attempt = attempt.attempt, "a dispatch read after a silence longer than the lease; handed back, not started");
+                Some(
+                    "the worker heard nothing from the coordinator for longer than the lease before this dispatch",
+                )
+            } else {
+                None
+            };
+            if let Some(why) = refuse {
                 let report = AttemptReport {
                     outcome: Some(Outcome::HandedBack),
-                    error: Some("the worker is draining".into()),
+                    error: Some(why.into()),
                     ended_ms: now_ms(),
                     ..Default::default()
                 };
