@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Result;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tatzelwurm_protocol::client::{HandshakeError, handshake};
 use tatzelwurm_protocol::{
     AttemptRef, AttemptReport, BlockType, CoordinatorToWorker, DEFAULT_MAX_FRAME, Hello,
@@ -294,7 +294,36 @@ async fn session(
                     // dispatch read now was sent before that and is no longer its own.
                     let out_of_touch = last_inbound.elapsed() > st.lease;
                     last_inbound = Instant::now();
-                    handle(st, &mut conn, msg, out_of_touch).await
+                    // What else has already arrived: a worker that wakes from a freeze finds
+                    // the coordinator's goodbye (its lease ended) behind the old dispatches,
+                    // perhaps after a heartbeat answer that makes the silence look short.
+                    let mut batch = vec![msg];
+                    let mut ended = false;
+                    while let Some(next) = conn.next().now_or_never() {
+                        match next {
+                            Some(Ok(m)) => batch.push(m),
+                            _ => {
+                                ended = true;
+                                break;
+                            }
+                        }
+                    }
+                    let given_away = out_of_touch
+                        || ended
+                        || batch
+                            .iter()
+                            .any(|m| matches!(m, CoordinatorToWorker::Shutdown { .. }));
+                    let mut res = Ok(());
+                    for m in batch {
+                        res = handle(st, &mut conn, m, given_away).await;
+                        if res.is_err() {
+                            break;
+                        }
+                    }
+                    if res.is_ok() && ended {
+                        res = Err("the coordinator closed the connection".into());
+                    }
+                    res
                 }
             },
             Some((a, r)) = done_rx.recv() => {
@@ -333,8 +362,8 @@ async fn session(
 }
 
 /// Handles one message. `out_of_touch`: nothing came from the coordinator for longer than the
-/// lease before it; a dispatch is then handed back instead of started (it was given away meanwhile,
-/// and starting it would run the task twice).
+/// lease before it, or the coordinator's goodbye came with it; a dispatch is then handed back
+/// instead of started (it was given away meanwhile, and starting it would run the task twice).
 async fn handle(
     st: &mut State,
     conn: &mut Conn,
