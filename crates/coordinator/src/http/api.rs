@@ -133,112 +133,121 @@ fn respond(r: Fallible<Response>) -> Response {
     r.unwrap_or_else(error)
 }
 
-pub(super) async fn summary(State(ctx): State<Arc<Ctx>>) -> Response {
+/// Asks `request` and answers with the JSON `shape` makes of its one reply; a reply `shape`
+/// does not expect (it hands it back) is an internal error.
+async fn answer(
+    ctx: &Ctx,
+    request: ActionerRequest,
+    shape: impl FnOnce(Reply) -> Result<Value, Reply>,
+) -> Response {
     respond(
         async {
-            match single(ask(&ctx, ActionerRequest::Summary).await?)? {
-                Reply::Summary {
-                    counts,
-                    workers_connected,
-                    finished_last_minute,
-                } => Ok(Json(json!({
-                    "counts": counts_json(&counts),
-                    "workers_connected": workers_connected,
-                    "finished_last_minute": finished_last_minute,
-                }))
-                .into_response()),
-                other => Err(unexpected(&other)),
-            }
+            let reply = single(ask(ctx, request).await?)?;
+            shape(reply)
+                .map(|v| Json(v).into_response())
+                .map_err(|other| unexpected(&other))
         }
         .await,
     )
 }
 
+pub(super) async fn summary(State(ctx): State<Arc<Ctx>>) -> Response {
+    answer(&ctx, ActionerRequest::Summary, |r| match r {
+        Reply::Summary {
+            counts,
+            workers_connected,
+            finished_last_minute,
+        } => Ok(json!({
+            "counts": counts_json(&counts),
+            "workers_connected": workers_connected,
+            "finished_last_minute": finished_last_minute,
+        })),
+        other => Err(other),
+    })
+    .await
+}
+
 pub(super) async fn breakdown(State(ctx): State<Arc<Ctx>>, Path(key): Path<String>) -> Response {
-    respond(
-        async {
-            match single(ask(&ctx, ActionerRequest::Breakdown { key }).await?)? {
-                Reply::Breakdown { key, values } => {
-                    let v: serde_json::Map<String, Value> = values
-                        .iter()
-                        .map(|v| (v.value.clone(), counts_json(&v.counts)))
-                        .collect();
-                    Ok(Json(json!({ "key": key, "values": v })).into_response())
-                }
-                other => Err(unexpected(&other)),
-            }
+    answer(&ctx, ActionerRequest::Breakdown { key }, |r| match r {
+        Reply::Breakdown { key, values } => {
+            let v: serde_json::Map<String, Value> = values
+                .iter()
+                .map(|v| (v.value.clone(), counts_json(&v.counts)))
+                .collect();
+            Ok(json!({ "key": key, "values": v }))
         }
-        .await,
-    )
+        other => Err(other),
+    })
+    .await
 }
 
 /// The most tasks one page holds.
 const MAX_PAGE: u32 = 10_000;
 
+/// The page a query asks for, and its limit.
+fn page_request(q: &[(String, String)]) -> Fallible<(ActionerRequest, u32)> {
+    known(
+        q,
+        &["state", "tag", "queue", "name", "batch", "limit", "before"],
+    )?;
+    let limit = number::<u32>(q, "limit")?.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(bad(format!("limit must be 1 to {MAX_PAGE}")));
+    }
+    let before = one(q, "before")
+        .map(|b| {
+            b.parse::<uuid::Uuid>()
+                .map(TaskId)
+                .map_err(|_| bad(format!("before={b:?} is not a task id")))
+        })
+        .transpose()?;
+    let filter = TaskFilter {
+        states: states(q)?,
+        tags: tags(q)?,
+        queue: one(q, "queue").map(str::to_string),
+        name: one(q, "name").map(str::to_string),
+        batch: number(q, "batch")?,
+    };
+    let request = ActionerRequest::ListPage {
+        filter,
+        limit,
+        before,
+    };
+    Ok((request, limit))
+}
+
 pub(super) async fn list(State(ctx): State<Arc<Ctx>>, Query(q): Pairs) -> Response {
-    respond(
-        async {
-            known(
-                &q,
-                &["state", "tag", "queue", "name", "batch", "limit", "before"],
-            )?;
-            let limit = number::<u32>(&q, "limit")?.unwrap_or(100);
-            if limit == 0 || limit > MAX_PAGE {
-                return Err(bad(format!("limit must be 1 to {MAX_PAGE}")));
-            }
-            let before = one(&q, "before")
-                .map(|b| {
-                    b.parse::<uuid::Uuid>()
-                        .map(TaskId)
-                        .map_err(|_| bad(format!("before={b:?} is not a task id")))
-                })
-                .transpose()?;
-            let filter = TaskFilter {
-                states: states(&q)?,
-                tags: tags(&q)?,
-                queue: one(&q, "queue").map(str::to_string),
-                name: one(&q, "name").map(str::to_string),
-                batch: number(&q, "batch")?,
-            };
-            let request = ActionerRequest::ListPage {
-                filter,
-                limit,
-                before,
-            };
-            match single(ask(&ctx, request).await?)? {
-                Reply::Tasks { tasks, counts } => {
-                    // The cursor of the next page, when this one is full.
-                    let next = (tasks.len() == limit as usize)
-                        .then(|| tasks.last().map(|t| t.id.to_string()))
-                        .flatten();
-                    Ok(Json(json!({
-                        "tasks": tasks.iter().map(summary_json).collect::<Vec<_>>(),
-                        "counts": counts_json(&counts),
-                        "next": next,
-                    }))
-                    .into_response())
-                }
-                other => Err(unexpected(&other)),
-            }
+    let (request, limit) = match page_request(&q) {
+        Ok(x) => x,
+        Err(e) => return error(e),
+    };
+    answer(&ctx, request, |r| match r {
+        Reply::Tasks { tasks, counts } => {
+            // The cursor of the next page, when this one is full.
+            let next = (tasks.len() == limit as usize)
+                .then(|| tasks.last().map(|t| t.id.to_string()))
+                .flatten();
+            Ok(json!({
+                "tasks": tasks.iter().map(summary_json).collect::<Vec<_>>(),
+                "counts": counts_json(&counts),
+                "next": next,
+            }))
         }
-        .await,
-    )
+        other => Err(other),
+    })
+    .await
 }
 
 pub(super) async fn show(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Response {
-    respond(
-        async {
-            match single(ask(&ctx, ActionerRequest::Show { id }).await?)? {
-                Reply::Task { task, waiting } => {
-                    let mut v = task_json(&task);
-                    v["waiting"] = json!(waiting);
-                    Ok(Json(v).into_response())
-                }
-                other => Err(unexpected(&other)),
-            }
+    answer(&ctx, ActionerRequest::Show { id }, |r| match r {
+        Reply::Task { task, waiting } => {
+            let mut v = task_json(&task);
+            v["waiting"] = json!(waiting);
+            Ok(v)
         }
-        .await,
-    )
+        other => Err(other),
+    })
+    .await
 }
 
 /// The ids a change touched, gathered from its parts.
@@ -290,31 +299,21 @@ pub(super) async fn remove(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) 
 }
 
 pub(super) async fn workers(State(ctx): State<Arc<Ctx>>) -> Response {
-    respond(
-        async {
-            match single(ask(&ctx, ActionerRequest::Workers).await?)? {
-                Reply::Workers { workers } => {
-                    Ok(Json(workers.iter().map(worker_json).collect::<Vec<_>>()).into_response())
-                }
-                other => Err(unexpected(&other)),
-            }
+    answer(&ctx, ActionerRequest::Workers, |r| match r {
+        Reply::Workers { workers } => {
+            Ok(json!(workers.iter().map(worker_json).collect::<Vec<_>>()))
         }
-        .await,
-    )
+        other => Err(other),
+    })
+    .await
 }
 
 pub(super) async fn queues(State(ctx): State<Arc<Ctx>>) -> Response {
-    respond(
-        async {
-            match single(ask(&ctx, ActionerRequest::Queues).await?)? {
-                Reply::Queues { queues } => {
-                    Ok(Json(queues.iter().map(queue_json).collect::<Vec<_>>()).into_response())
-                }
-                other => Err(unexpected(&other)),
-            }
-        }
-        .await,
-    )
+    answer(&ctx, ActionerRequest::Queues, |r| match r {
+        Reply::Queues { queues } => Ok(json!(queues.iter().map(queue_json).collect::<Vec<_>>())),
+        other => Err(other),
+    })
+    .await
 }
 
 /// The body of `POST /api/tasks`: tasks in the JSON form of `task add --from-file`.

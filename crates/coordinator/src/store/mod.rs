@@ -583,9 +583,8 @@ impl Store {
         if self.state().must_reopen {
             self.reopen().await?;
         }
-        let result = self
-            .write_journal(tasks, removed, workers, removed_workers, queues, counters)
-            .await;
+        let entry = Entry::new(tasks, removed, workers, removed_workers, queues);
+        let result = self.write_journal(entry, counters).await;
         if result.is_err() {
             self.failed_write();
         }
@@ -615,14 +614,9 @@ impl Store {
     /// The journal records of one batch, in order; the image follows each one written.
     async fn write_journal(
         &self,
-        tasks: &[TaskInfo],
-        removed: &[TaskId],
-        workers: &[WorkerInfo],
-        removed_workers: &[WorkerId],
-        queues: &[QueueSettings],
+        entry: Entry,
         counters: Option<Counters>,
     ) -> Result<(), StoreError> {
-        let entry = Entry::new(tasks, removed, workers, removed_workers, queues);
         // The counters go with the first part: whatever a later part holds, its ids and numbers
         // were handed out before the batch was taken.
         let mut counters = counters.map(|c| image::encode(&c));
