@@ -513,3 +513,105 @@ fn tasks_have_numbers_people_can_type_kept_across_restarts_with_ranges_and_batch
     let listed = c.action(&["task", "list", "-f", "all"]);
     assert!(listed.contains("│ 5 "), "{listed}");
 }
+
+/// `actionwurm task follow ARGS` started in the background; its stdout and stderr are gathered.
+struct Follower {
+    child: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    err: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Follower {
+    fn start(c: &Coordinator, id: &str) -> Follower {
+        let mut child = Command::new(bin("actionwurm"))
+            .args(["--coordinator", &c.addr, "--token-file"])
+            .arg(c.token_file())
+            .args(["task", "follow", id])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let gather = |mut r: Box<dyn std::io::Read + Send>| {
+            let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let b = buf.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = r.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    b.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            });
+            buf
+        };
+        let out = gather(Box::new(child.stdout.take().unwrap()));
+        let err = gather(Box::new(child.stderr.take().unwrap()));
+        Follower { child, out, err }
+    }
+
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.err.lock().unwrap()).into_owned()
+    }
+
+    fn wait_stdout(&self, want: &str) {
+        let ok = wait_for(LONG, || self.stdout() == want);
+        assert!(
+            ok.is_ok(),
+            "stdout {:?}, not {want:?}; stderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+    }
+}
+
+#[test]
+fn task_follow_streams_a_running_command_through_a_coordinator_restart_on_both_kinds_of_worker() {
+    for block in ["async", "sync"] {
+        let mut c = Coordinator::start(Db::Kv).unwrap();
+        let _w = c.worker(&["--type", block]);
+        let gates = tempfile::tempdir().unwrap();
+        let gate = |n: u32| gates.path().join(format!("gate{n}"));
+        let script = format!(
+            "echo one; until [ -e {g1} ]; do sleep 0.05; done; echo two >&2; echo three; \
+             until [ -e {g2} ]; do sleep 0.05; done; echo four; exit 3",
+            g1 = gate(1).display(),
+            g2 = gate(2).display()
+        );
+        let id = c.add(&["--play", "--block", block, "--shell", &script]);
+        let f = Follower::start(&c, "1");
+        // "one" arrives while the command still waits at its first gate: it is streamed.
+        f.wait_stdout("one\n");
+        assert_eq!(c.state(&id[0]), "running");
+        if block == "async" {
+            // The follower waits the restart out; the worker's tails, sent again after it
+            // reattached, are not printed twice.
+            c.restart().unwrap();
+            let ok = wait_for(LONG, || f.stderr().contains("lost the coordinator"));
+            assert!(ok.is_ok(), "{}", f.stderr());
+        }
+        std::fs::write(gate(1), "").unwrap();
+        f.wait_stdout("one\nthree\n");
+        std::fs::write(gate(2), "").unwrap();
+        let mut f = f;
+        let status = f.child.wait().unwrap();
+        f.wait_stdout("one\nthree\nfour\n");
+        let err = f.stderr();
+        assert_eq!(status.code(), Some(1), "the task failed: {err}");
+        assert_eq!(err.matches("two\n").count(), 1, "{err}");
+        assert!(err.contains("task 1 failed (exit code 3)"), "{err}");
+        // Followed after its end: the output as kept, and the same exit code.
+        let out = c.try_action(&["task", "follow", "1"]).unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "one\nthree\nfour\n");
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).contains("has ended (failed)"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}

@@ -376,3 +376,51 @@ def test_a_frame_that_cannot_be_read_is_answered_with_shutdown_then_closed(short
         a.recv(timeout=5)
     a.close()
 
+
+
+def test_a_followed_command_streams_its_output_by_offset_and_ends_with_followed(short_lease):
+    c = short_lease
+    a = Actioner(c.addr, c.token)
+    w = Peer(c.addr, c.token, worker_role("streamer", streams_output=True))
+    _, added = a.ask({"add": {"tasks": [{"block": "async", "payload": {"exec": {"argv": ["true"]}}}], "play": True}})
+    tid = str(uuid.UUID(bytes=added["ids"][0]))
+    dispatch, _ = w.until("dispatch")
+    attempt = dispatch["attempt"]
+    w.send({"started": {"attempt": attempt, "at_ms": int(time.time() * 1000)}})
+    name, following = a.ask({"follow": {"id": tid}})
+    assert name == "following"
+    assert following["attempt"] == 1 and following["worker"] == "streamer" and following["streamed"] is True
+    order, _ = w.until("follow")
+    assert order == {"attempt": attempt, "on": True}
+
+    def piece(stream, offset, data):
+        w.send({"output": {"attempt": attempt, "stream": stream, "offset": offset, "data": data}})
+
+    def replies(n):
+        """The next n replies to the follow, state updates (`following`) left out: the start
+        may reach the coordinator after the follow."""
+        out = []
+        while len(out) < n:
+            kind, body = variant(a.recv())
+            assert kind == "reply" and body["request"] == a.next_id
+            reply = variant(body["body"])
+            if reply[0] != "following":
+                out.append(reply)
+        return out
+
+    piece("stdout", 0, b"hello ")
+    piece("stderr", 0, b"oops\n")
+    # The tails again, as after a second `follow`: only what is new comes through.
+    piece("stdout", 0, b"hello world\n")
+    got = replies(3)
+    assert [(n, b.get("stream"), b.get("offset"), b.get("data")) for n, b in got] == [
+        ("output", "stdout", 0, b"hello "),
+        ("output", "stderr", 0, b"oops\n"),
+        ("output", "stdout", 6, b"world\n"),
+    ]
+    finish(w, attempt)
+    w.until("ack")
+    [(name, body)] = replies(1)
+    assert name == "followed" and body["state"] == "completed" and body["attempt"] == 1
+    w.close()
+    a.close()

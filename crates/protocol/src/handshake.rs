@@ -126,6 +126,11 @@ pub struct WorkerHello {
     /// The id it had before a reconnect, so it keeps its tasks.
     #[serde(default)]
     pub previous_id: Option<WorkerId>,
+    /// It streams a running command's output when asked (`follow`), so that `task follow`
+    /// shows it as it is written. Workers that leave it out are never asked. Not written when
+    /// false, so that the hello of a worker without it is the one of protocol version 4.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub streams_output: bool,
 }
 
 /// The coordinator's answer to a hello.

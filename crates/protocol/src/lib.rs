@@ -21,7 +21,7 @@ pub mod task;
 
 pub use broker::*;
 pub use codec::{BodyCodec, DEFAULT_MAX_FRAME, MessageCodec};
-pub use data::Data;
+pub use data::{Bytes, Data};
 pub use error::{ErrorKind, ErrorReply, FrameError};
 pub use handshake::{
     ClientHello, DEFAULT_NAMESPACE, Hello, HelloReply, MAGIC, MIN_BINCODE_VERSION,

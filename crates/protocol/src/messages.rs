@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{BroadcastMessage, MessageOutcome, QueuedMessage};
-use crate::data::Data;
+use crate::data::{Bytes, Data};
 use crate::error::ErrorReply;
 use crate::ids::{RequestId, TaskId};
 use crate::queue::{QueueChange, QueueInfo};
@@ -282,6 +282,12 @@ pub enum ActionerRequest {
         #[serde(default)]
         before: Option<TaskId>,
     },
+    /// Streams the output of a task's command as it is written, attempt after attempt, until
+    /// the task ends: `following`, then `output` pieces, then `followed`.
+    Follow {
+        /// Id, number or unique prefix.
+        id: String,
+    },
 }
 
 fn one() -> u32 {
@@ -479,6 +485,47 @@ pub enum Reply {
         /// The waiting tasks, oldest first.
         tasks: Vec<QueuedMessage>,
     },
+    /// To `Follow`: which attempt is followed now, sent first and again whenever a new attempt
+    /// starts.
+    Following {
+        /// The task.
+        id: TaskId,
+        /// Its number.
+        number: u64,
+        /// Its state now.
+        state: TaskState,
+        /// The attempt whose output follows; 0 when none has started yet.
+        attempt: u32,
+        /// The name of the worker that runs it.
+        worker: Option<String>,
+        /// Whether its output comes while it runs: false when the task is not a command, or its
+        /// worker does not stream output (then only the stored tails tell, once it ended).
+        streamed: bool,
+    },
+    /// To `Follow`: a piece of the followed attempt's output, in the order the worker read it.
+    Output {
+        /// The task.
+        id: TaskId,
+        /// The attempt.
+        attempt: u32,
+        /// Which stream.
+        stream: OutputStream,
+        /// Where `data` starts in the stream: how many bytes the command had written to it
+        /// before. A piece that starts beyond the end of the one before it follows a gap (the
+        /// worker could not send everything, or the stream was joined late).
+        offset: u64,
+        /// The bytes, raw: a piece may end inside a line or a UTF-8 character.
+        data: Bytes,
+    },
+    /// To `Follow`: the task ended; nothing follows.
+    Followed {
+        /// The task.
+        id: TaskId,
+        /// Its final state.
+        state: TaskState,
+        /// Its last attempt.
+        attempt: u32,
+    },
 }
 
 /// The tasks with one tag value, counted per state.
@@ -550,6 +597,31 @@ pub enum WorkerToCoordinator {
         /// Which attempt.
         attempt: AttemptRef,
     },
+    /// A piece of a running command's output, sent only between a `follow` that turns
+    /// streaming on for its attempt and one that turns it off (only by workers whose hello set
+    /// `streams_output`).
+    Output {
+        /// Which attempt.
+        attempt: AttemptRef,
+        /// Which stream.
+        stream: OutputStream,
+        /// Where `data` starts in the stream: how many bytes the command had written to it
+        /// before. Pieces may overlap what was sent before (the tails after a second `follow`)
+        /// or leave gaps (output the worker could not send fast enough).
+        offset: u64,
+        /// The bytes, raw.
+        data: Bytes,
+    },
+}
+
+/// Which of a command's output streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
 }
 
 /// Names one attempt of one task.
@@ -621,6 +693,15 @@ pub enum CoordinatorToWorker {
     Shutdown {
         /// Why, in words.
         reason: String,
+    },
+    /// Somebody follows this attempt's output (`on`), or nobody does any more: send what you
+    /// hold of its output (the tails), then every piece as it is read, until told otherwise or
+    /// the attempt ends. Sent only to workers whose hello set `streams_output`.
+    Follow {
+        /// Which attempt.
+        attempt: AttemptRef,
+        /// Start (true) or stop (false).
+        on: bool,
     },
 }
 

@@ -29,6 +29,7 @@ fn worker_hello() -> Hello {
             tags: vec![],
             handlers: vec!["render".into()],
             previous_id: None,
+            streams_output: false,
         }),
         BodyCodec::Msgpack,
         "c0ffee",

@@ -308,6 +308,7 @@ fn actioner_requests() -> Vec<ActionerRequest> {
         limit: 100,
         before: Some(TaskId::new()),
     });
+    v.push(ActionerRequest::Follow { id: "42".into() });
     // Fails to compile when a variant is added and not listed above.
     for r in &v {
         match r {
@@ -341,7 +342,8 @@ fn actioner_requests() -> Vec<ActionerRequest> {
             | ActionerRequest::QueueSet { .. }
             | ActionerRequest::Move { .. }
             | ActionerRequest::QueueTasks { .. }
-            | ActionerRequest::ListPage { .. } => {}
+            | ActionerRequest::ListPage { .. }
+            | ActionerRequest::Follow { .. } => {}
         }
     }
     v
@@ -434,6 +436,26 @@ fn replies() -> Vec<Reply> {
                 created_ms: 5,
             }],
         },
+        Reply::Following {
+            id: TaskId::new(),
+            number: 42,
+            state: TaskState::Running,
+            attempt: 2,
+            worker: Some("w".into()),
+            streamed: true,
+        },
+        Reply::Output {
+            id: TaskId::new(),
+            attempt: 2,
+            stream: OutputStream::Stdout,
+            offset: 12,
+            data: Bytes(b"line\n".to_vec()),
+        },
+        Reply::Followed {
+            id: TaskId::new(),
+            state: TaskState::Failed,
+            attempt: 2,
+        },
     ];
     for r in &v {
         match r {
@@ -455,7 +477,10 @@ fn replies() -> Vec<Reply> {
             | Reply::Broadcasted { .. }
             | Reply::Queues { .. }
             | Reply::Queue { .. }
-            | Reply::QueueTasks { .. } => {}
+            | Reply::QueueTasks { .. }
+            | Reply::Following { .. }
+            | Reply::Output { .. }
+            | Reply::Followed { .. } => {}
         }
     }
     v
@@ -518,6 +543,12 @@ fn from_worker() -> Vec<WorkerToCoordinator> {
         },
         WorkerToCoordinator::Draining,
         WorkerToCoordinator::Reject { attempt: attempt() },
+        WorkerToCoordinator::Output {
+            attempt: attempt(),
+            stream: OutputStream::Stderr,
+            offset: 70_000,
+            data: Bytes(b"half a line \xff".to_vec()),
+        },
     ];
     for m in &v {
         match m {
@@ -526,7 +557,8 @@ fn from_worker() -> Vec<WorkerToCoordinator> {
             | WorkerToCoordinator::Started { .. }
             | WorkerToCoordinator::Finished { .. }
             | WorkerToCoordinator::Draining
-            | WorkerToCoordinator::Reject { .. } => {}
+            | WorkerToCoordinator::Reject { .. }
+            | WorkerToCoordinator::Output { .. } => {}
         }
     }
     v
@@ -556,6 +588,10 @@ fn to_worker() -> Vec<CoordinatorToWorker> {
             drop: vec![attempt()],
         },
         CoordinatorToWorker::HeartbeatAck,
+        CoordinatorToWorker::Follow {
+            attempt: attempt(),
+            on: true,
+        },
         CoordinatorToWorker::Error(ErrorReply::new(ErrorKind::InvalidRequest, "no")),
         CoordinatorToWorker::Shutdown {
             reason: "bye".into(),
@@ -571,7 +607,8 @@ fn to_worker() -> Vec<CoordinatorToWorker> {
             | CoordinatorToWorker::Reattached { .. }
             | CoordinatorToWorker::HeartbeatAck
             | CoordinatorToWorker::Error(_)
-            | CoordinatorToWorker::Shutdown { .. } => {}
+            | CoordinatorToWorker::Shutdown { .. }
+            | CoordinatorToWorker::Follow { .. } => {}
         }
     }
     v
@@ -588,6 +625,7 @@ fn hellos() -> Vec<Hello> {
                 tags: vec!["zone=a".parse().unwrap()],
                 handlers: vec!["render".into()],
                 previous_id: Some(WorkerId(9)),
+                streams_output: true,
             }),
             BodyCodec::Bincode,
             "secret",

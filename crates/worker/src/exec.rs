@@ -2,37 +2,90 @@
 //! of stdout and stderr, a timeout, and kill, pause and resume by signals.
 
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tatzelwurm_protocol::{AttemptReport, EnvVar, OUTPUT_TAIL_LIMIT, Outcome, now_ms};
+use tatzelwurm_protocol::{
+    AttemptRef, AttemptReport, EnvVar, OUTPUT_TAIL_LIMIT, Outcome, OutputStream, now_ms,
+};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::runner::Control;
+use crate::runner::{Control, Piece};
 
-/// Keeps the last [`OUTPUT_TAIL_LIMIT`] bytes of a stream.
-async fn tail<R: AsyncRead + Unpin>(mut r: R) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        match r.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if buf.len() > 2 * OUTPUT_TAIL_LIMIT {
-                    buf.drain(..buf.len() - OUTPUT_TAIL_LIMIT);
+/// A command's output as the worker holds it: the tail of each stream, how much was written
+/// to it, and whether somebody follows it (then every piece also goes to `sink`).
+struct Tap {
+    attempt: AttemptRef,
+    sink: mpsc::Sender<Piece>,
+    following: bool,
+    /// The last bytes of stdout and stderr: at least [`OUTPUT_TAIL_LIMIT`] of each when there
+    /// were as many, at most twice that.
+    tails: [Vec<u8>; 2],
+    /// Bytes written to each stream since the start.
+    written: [u64; 2],
+}
+
+const STREAMS: [OutputStream; 2] = [OutputStream::Stdout, OutputStream::Stderr];
+
+impl Tap {
+    /// Passes a piece on to the follower. A full channel (the connection cannot keep up) drops
+    /// it: the offsets of the next pieces show the gap.
+    fn send(&self, i: usize, offset: u64, data: Vec<u8>) {
+        let piece = Piece {
+            attempt: self.attempt,
+            stream: STREAMS[i],
+            offset,
+            data,
+        };
+        let _ = self.sink.try_send(piece);
+    }
+
+    fn read(&mut self, i: usize, chunk: &[u8]) {
+        if self.following {
+            self.send(i, self.written[i], chunk.to_vec());
+        }
+        self.written[i] += chunk.len() as u64;
+        let tail = &mut self.tails[i];
+        tail.extend_from_slice(chunk);
+        if tail.len() > 2 * OUTPUT_TAIL_LIMIT {
+            tail.drain(..tail.len() - OUTPUT_TAIL_LIMIT);
+        }
+    }
+
+    /// Somebody follows now (or nobody does): what the tails hold goes first.
+    fn follow(&mut self, on: bool) {
+        self.following = on;
+        if on {
+            for i in 0..2 {
+                if !self.tails[i].is_empty() {
+                    let offset = self.written[i] - self.tails[i].len() as u64;
+                    self.send(i, offset, self.tails[i].clone());
                 }
             }
         }
     }
-    if buf.len() > OUTPUT_TAIL_LIMIT {
-        buf.drain(..buf.len() - OUTPUT_TAIL_LIMIT);
+
+    /// The stored tail of stream `i`: its last [`OUTPUT_TAIL_LIMIT`] bytes, lossy UTF-8.
+    fn tail(&self, i: usize) -> String {
+        let t = &self.tails[i];
+        String::from_utf8_lossy(&t[t.len().saturating_sub(OUTPUT_TAIL_LIMIT)..]).into_owned()
     }
-    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Reads stream `i` of a command to its end into the tap.
+async fn read_into<R: AsyncRead + Unpin>(mut r: R, tap: Arc<Mutex<Tap>>, i: usize) {
+    let mut chunk = [0u8; 8192];
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => tap.lock().expect("never poisoned").read(i, &chunk[..n]),
+        }
+    }
 }
 
 fn signal_group(pid: u32, sig: Signal) {
@@ -68,8 +121,12 @@ fn die_with_the_worker(cmd: &mut Command) {
 #[cfg(not(target_os = "linux"))]
 fn die_with_the_worker(_cmd: &mut Command) {}
 
-/// Runs `argv` to its end, a timeout, or a kill, and reports how it ended.
+/// Runs `argv` to its end, a timeout, or a kill, and reports how it ended. Its output goes to
+/// `output` while somebody follows it.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_exec(
+    attempt: AttemptRef,
+    output: mpsc::Sender<Piece>,
     argv: &[String],
     env: &[EnvVar],
     cwd: Option<&str>,
@@ -110,8 +167,23 @@ pub async fn run_exec(
         }
     };
     let pid = child.id().unwrap_or(0);
-    let out = tokio::spawn(tail(child.stdout.take().expect("piped")));
-    let err = tokio::spawn(tail(child.stderr.take().expect("piped")));
+    let tap = Arc::new(Mutex::new(Tap {
+        attempt,
+        sink: output,
+        following: false,
+        tails: [Vec::new(), Vec::new()],
+        written: [0; 2],
+    }));
+    let out = tokio::spawn(read_into(
+        child.stdout.take().expect("piped"),
+        tap.clone(),
+        0,
+    ));
+    let err = tokio::spawn(read_into(
+        child.stderr.take().expect("piped"),
+        tap.clone(),
+        1,
+    ));
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut stop: Option<(Outcome, String)> = None;
     let mut term_sent_at: Option<tokio::time::Instant> = None;
@@ -139,6 +211,7 @@ pub async fn run_exec(
                     term_sent_at = Some(tokio::time::Instant::now());
                 }
                 Some(Control::Stop(..)) => {}
+                Some(Control::Follow(on)) => tap.lock().expect("never poisoned").follow(on),
                 // The runner is gone (the worker stops at once): kill the group now.
                 None => {
                     signal_group(pid, Signal::SIGKILL);
@@ -149,8 +222,12 @@ pub async fn run_exec(
     };
     // The whole group, in case the leader left children behind.
     signal_group(pid, Signal::SIGKILL);
-    let stdout_tail = out.await.unwrap_or_default();
-    let stderr_tail = err.await.unwrap_or_default();
+    let _ = out.await;
+    let _ = err.await;
+    let (stdout_tail, stderr_tail) = {
+        let tap = tap.lock().expect("never poisoned");
+        (tap.tail(0), tap.tail(1))
+    };
     let mut report = AttemptReport {
         stdout_tail,
         stderr_tail,

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tatzelwurm_protocol::{AttemptRef, AttemptReport, Dispatch, Outcome, Payload, now_ms};
+use tatzelwurm_protocol::{
+    AttemptRef, AttemptReport, Dispatch, Outcome, OutputStream, Payload, now_ms,
+};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
@@ -20,6 +22,21 @@ pub enum Control {
     Resume,
     /// End it now with this outcome and reason (killed, handed back).
     Stop(Outcome, String),
+    /// Send the command's output as it is read (after what the tails hold), or stop sending.
+    Follow(bool),
+}
+
+/// A piece of a command's output for whoever follows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// Whose.
+    pub attempt: AttemptRef,
+    /// Which stream.
+    pub stream: OutputStream,
+    /// Bytes written to that stream before `data`.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Vec<u8>,
 }
 
 /// Starts attempts and sends their reports to one channel.
@@ -30,21 +47,24 @@ pub struct Runner {
     blocking_slots: Option<Arc<Semaphore>>,
     kill_grace: Duration,
     done: mpsc::UnboundedSender<(AttemptRef, AttemptReport)>,
+    output: mpsc::Sender<Piece>,
 }
 
 impl Runner {
-    /// A runner whose reports go to `done`.
+    /// A runner whose reports go to `done`, and the output of followed commands to `output`.
     pub fn new(
         handlers: Handlers,
         sync_slots: Option<u32>,
         kill_grace: Duration,
         done: mpsc::UnboundedSender<(AttemptRef, AttemptReport)>,
+        output: mpsc::Sender<Piece>,
     ) -> Self {
         Runner {
             handlers,
             blocking_slots: sync_slots.map(|n| Arc::new(Semaphore::new(n as usize))),
             kill_grace,
             done,
+            output,
         }
     }
 
@@ -76,6 +96,8 @@ impl Runner {
                     ),
                 ];
                 run_exec(
+                    d.attempt,
+                    self.output.clone(),
                     argv,
                     env,
                     cwd.as_deref(),

@@ -9,7 +9,7 @@ use anyhow::Result;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tatzelwurm_protocol::client::{HandshakeError, handshake};
 use tatzelwurm_protocol::{
-    AttemptRef, AttemptReport, BlockType, CoordinatorToWorker, DEFAULT_MAX_FRAME, Hello,
+    AttemptRef, AttemptReport, BlockType, Bytes, CoordinatorToWorker, DEFAULT_MAX_FRAME, Hello,
     MessageCodec, Outcome, Role, WorkerHello, WorkerId, WorkerToCoordinator, now_ms,
 };
 use tokio::net::TcpStream;
@@ -21,7 +21,10 @@ use tracing::{debug, info, warn};
 
 use crate::WorkerConfig;
 use crate::handlers::Handlers;
-use crate::runner::{Control, Runner};
+use crate::runner::{Control, Piece, Runner};
+
+/// Pieces of followed output waiting for the connection.
+const OUTPUT_PIECES: usize = 256;
 
 type Conn = Framed<TcpStream, MessageCodec<CoordinatorToWorker, WorkerToCoordinator>>;
 
@@ -63,8 +66,17 @@ enum End {
 /// Runs a worker until it is stopped (see [`Stop`]) and everything it ran is acknowledged.
 pub async fn run(cfg: WorkerConfig, handlers: Handlers, stop: Stop) -> Result<()> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    // Output of followed commands; bounded, so that a command that writes faster than the
+    // connection carries loses pieces (the follower sees the gap) instead of filling memory.
+    let (output_tx, mut output_rx) = mpsc::channel(OUTPUT_PIECES);
     let sync_slots = (cfg.block == BlockType::Sync).then_some(cfg.slots);
-    let runner = Runner::new(handlers.clone(), sync_slots, cfg.kill_grace, done_tx);
+    let runner = Runner::new(
+        handlers.clone(),
+        sync_slots,
+        cfg.kill_grace,
+        done_tx,
+        output_tx,
+    );
     let mut st = State {
         cfg,
         handlers,
@@ -109,9 +121,15 @@ pub async fn run(cfg: WorkerConfig, handlers: Handlers, stop: Stop) -> Result<()
             Ok(conn) => {
                 backoff = Duration::from_millis(100);
                 failures = 0;
-                match session(&mut st, conn, &mut done_rx, &stop).await {
+                match session(&mut st, conn, &mut done_rx, &mut output_rx, &stop).await {
                     End::Done => return Ok(()),
                     End::Lost(why) => {
+                        // Nobody follows through a dead connection; the coordinator asks again
+                        // after the reattach, if somebody still does.
+                        for ctl in st.running.values() {
+                            let _ = ctl.send(Control::Follow(false));
+                        }
+                        while output_rx.try_recv().is_ok() {}
                         warn!(reason = %why, running = st.running.len(), unacked = st.unacked.len(), "connection lost; reconnecting")
                     }
                 }
@@ -173,6 +191,7 @@ async fn connect(st: &mut State) -> Result<Conn> {
             tags: st.cfg.tags.clone(),
             handlers: st.handlers.names(),
             previous_id: st.id,
+            streams_output: true,
         }),
         st.cfg.codec,
         st.cfg.token.clone(),
@@ -272,6 +291,7 @@ async fn session(
     st: &mut State,
     mut conn: Conn,
     done_rx: &mut mpsc::UnboundedReceiver<(AttemptRef, AttemptReport)>,
+    output_rx: &mut mpsc::Receiver<Piece>,
     stop: &Stop,
 ) -> End {
     let hb = st.heartbeat;
@@ -327,9 +347,20 @@ async fn session(
                 }
             },
             Some((a, r)) = done_rx.recv() => {
+                // The last pieces of its output were read before it ended: they go first.
+                let mut res = Ok(());
+                while let Ok(p) = output_rx.try_recv() && res.is_ok() {
+                    res = conn.send(output_message(p)).await;
+                }
+                if let Err(e) = res {
+                    return End::Lost(e.to_string());
+                }
                 let send = !st.dropped.contains(&a);
                 st.finished_attempt(a, r.clone());
                 if send { conn.send(WorkerToCoordinator::Finished { attempt: a, report: r }).await.map_err(|e| e.to_string()) } else { Ok(()) }
+            }
+            Some(p) = output_rx.recv() => {
+                conn.send(output_message(p)).await.map_err(|e| e.to_string())
             }
             _ = ticker.tick() => {
                 if last_inbound.elapsed() > hb * 4 + Duration::from_secs(2) {
@@ -358,6 +389,15 @@ async fn session(
         if let Err(why) = res {
             return End::Lost(why);
         }
+    }
+}
+
+fn output_message(p: Piece) -> WorkerToCoordinator {
+    WorkerToCoordinator::Output {
+        attempt: p.attempt,
+        stream: p.stream,
+        offset: p.offset,
+        data: Bytes(p.data),
     }
 }
 
@@ -424,6 +464,11 @@ async fn handle(
         CoordinatorToWorker::Resume { attempt } => {
             if let Some(ctl) = st.running.get(&attempt) {
                 let _ = ctl.send(Control::Resume);
+            }
+        }
+        CoordinatorToWorker::Follow { attempt, on } => {
+            if let Some(ctl) = st.running.get(&attempt) {
+                let _ = ctl.send(Control::Follow(on));
             }
         }
         CoordinatorToWorker::Ack { attempt } => {

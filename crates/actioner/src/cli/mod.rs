@@ -18,6 +18,7 @@ use tatzelwurm_protocol::{
 
 use crate::client::{Client, ClientError, DEFAULT_ADDR, default_token_file};
 
+mod follow;
 mod queues;
 mod tasks;
 mod wait;
@@ -371,6 +372,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Task(TaskCommand::Wait(a)) => {
             return wait(client, &reach, a, json).await;
+        }
+        Command::Task(TaskCommand::Follow { id, reconnect_for }) => {
+            return follow::follow(client, &reach, &id, reconnect_for).await;
         }
         Command::Worker(WorkerCommand::List) => {
             let workers = client.workers().await?;

@@ -40,6 +40,16 @@ pub enum TaskCommand {
         #[arg(long)]
         stderr: bool,
     },
+    /// Print a task's output as its command writes it, until the task ends (stdout to stdout,
+    /// stderr to stderr; of a task that has ended, the output as kept). Exits 1 when the task
+    /// did not succeed, 3 when the coordinator was lost.
+    Follow {
+        /// Task number, id or unique prefix.
+        id: String,
+        /// How long to wait for a coordinator that went away before giving up (exit 3).
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        reconnect_for: Duration,
+    },
     /// Wait until tasks end: those named, or (-a, --tag, --queue) those that can still end;
     /// exits 1 when any failed or was killed, 3 when the coordinator was lost.
     Wait(WaitArgs),

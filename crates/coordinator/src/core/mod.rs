@@ -150,6 +150,8 @@ struct Worker {
     client: bool,
     /// Drained by a user (`worker drain`): no new task, whatever the worker says.
     held_back: bool,
+    /// It streams a command's output when asked (its hello said so).
+    streams_output: bool,
 }
 
 impl Worker {
@@ -218,6 +220,8 @@ pub struct Core {
     sched: Scheduler,
     /// The broker's queues, RPC identifiers, calls, listeners and watchers.
     msg: Messaging,
+    /// Who follows which task's output.
+    follows: follow::Follows,
     /// Every queue's settings and counts.
     queues: QueueTable,
     /// Task ids by number (index 0 unused); an entry whose task was removed is stale.
@@ -324,6 +328,7 @@ impl Core {
             subs: Vec::new(),
             sched: Scheduler::new(),
             msg: Messaging::default(),
+            follows: Default::default(),
             queues: QueueTable::default(),
             by_number: vec![TaskId(Uuid::nil())],
             next_number: 1,
@@ -377,6 +382,7 @@ impl Core {
                     awaiting_reattach: None,
                     client: false,
                     held_back: false,
+                    streams_output: false,
                 },
             );
         }
@@ -684,6 +690,7 @@ impl Core {
     fn remove_task(&mut self, id: TaskId) {
         if let Some(t) = self.tasks.remove(&id) {
             self.message_removed(&t);
+            self.unfollow_removed(id, t.info.number);
             self.counts[idx(t.state())] -= 1;
             self.queues.count(t.queue, t.state(), false);
             self.dirty_tasks.remove(&id);
@@ -763,6 +770,7 @@ impl Core {
             self.note_ended(id, after, ended_at);
         }
         self.message_transition(id, before);
+        self.follow_transition(id, at_once);
         self.emit(id, now, at_once);
         true
     }
@@ -818,6 +826,7 @@ impl Core {
     }
 }
 
+mod follow;
 mod messaging;
 mod queues;
 mod subscriptions;

@@ -76,6 +76,7 @@ impl Core {
                 self.respond(conn, call, outcome)
             }
             (false, ActionerRequest::Watch { ids }) => self.watch(conn, request, &ids),
+            (false, ActionerRequest::Follow { id }) => self.follow(conn, request, &id),
             (_, body) => {
                 let result = match refusal {
                     Some(e) => Err(e),
@@ -346,7 +347,8 @@ impl Core {
             // Handled before `answer`.
             ActionerRequest::Call { .. }
             | ActionerRequest::Respond { .. }
-            | ActionerRequest::Watch { .. } => Err(err(
+            | ActionerRequest::Watch { .. }
+            | ActionerRequest::Follow { .. } => Err(err(
                 ErrorKind::Internal,
                 "a call, respond or watch reached answer",
             )),

@@ -81,6 +81,7 @@ impl Core {
                 awaiting_reattach: None,
                 client: true,
                 held_back: false,
+                streams_output: false,
             });
             self.dirty_workers.insert(w);
         }
@@ -175,6 +176,7 @@ impl Core {
             .remove(&id)
             .map(|w| (w.held, w.client, w.held_back))
             .unwrap_or_default();
+        let streams_output = hello.streams_output;
         let info = WorkerInfo {
             id,
             name: hello.name,
@@ -223,6 +225,7 @@ impl Core {
                 awaiting_reattach,
                 client,
                 held_back,
+                streams_output,
             },
         );
         self.conns.insert(conn, Conn::Worker(id));
@@ -243,6 +246,7 @@ impl Core {
         };
         self.subs.retain(|s| s.conn != conn);
         self.forget_connection(conn);
+        self.unfollow_connection(conn);
         match worker {
             None => {}
             Some(id) => {
@@ -555,6 +559,12 @@ impl Core {
                 self.finished(w, attempt, report, now)
             }
             WorkerToCoordinator::Reject { attempt } => self.reject(w, attempt, now),
+            WorkerToCoordinator::Output {
+                attempt,
+                stream,
+                offset,
+                data,
+            } => self.follow_output(w, attempt, stream, offset, data.0),
             WorkerToCoordinator::Draining => {
                 if let Some(worker) = self.workers.get_mut(&w) {
                     worker.info.state = WorkerState::Draining;
@@ -705,7 +715,9 @@ impl Core {
             self.lose_task(t, &format!("worker {w} reconnected without it"), now);
         }
         info!(worker = %w, kept = keep.len(), dropped = drop.len(), "worker reattached");
+        let kept = keep.clone();
         self.send_worker(w, CoordinatorToWorker::Reattached { keep, drop });
+        self.follow_reattached(w, &kept);
         for attempt in pause {
             self.send_worker(w, CoordinatorToWorker::Pause { attempt });
         }
@@ -722,5 +734,6 @@ fn client_hello(hello: &ClientHello, previous_id: Option<WorkerId>) -> WorkerHel
         tags: vec![],
         handlers: vec![],
         previous_id,
+        streams_output: false,
     }
 }

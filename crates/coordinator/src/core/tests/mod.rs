@@ -4,6 +4,7 @@ use super::*;
 use tatzelwurm_protocol::{BlockType, Outcome, Payload};
 
 mod commits;
+mod follow;
 mod messaging;
 mod queues;
 mod subscriptions;
@@ -26,6 +27,7 @@ pub(super) fn hello(name: &str, slots: u32) -> WorkerHello {
         tags: vec![],
         handlers: vec![],
         previous_id: None,
+        streams_output: false,
     }
 }
 
