@@ -50,6 +50,14 @@ struct Args {
     /// SurrealDB database.
     #[arg(long, default_value = "main")]
     db_database: String,
+    /// When an embedded surrealkv store's writes reach the disk: `every` commit before anything
+    /// waiting on it is sent (survives a power loss); or a duration, e.g. `200ms` (more than
+    /// 100 ms): each commit goes to the operating system at once, so a crash or `kill -9` of
+    /// the coordinator loses nothing acknowledged, and to the disk that often, so a power loss or
+    /// a crash of the machine may lose what was acknowledged in the last interval; or `never`
+    /// (the operating system decides).
+    #[arg(long, default_value = "every", value_parser = parse_sync, env = "TATZELWURM_SYNC")]
+    sync: Sync,
     /// A store write with no answer within this counts as failed and is retried (e.g. a SurrealDB
     /// server that vanished).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -106,6 +114,39 @@ fn parse_or_never(s: &str) -> Result<OrNever, String> {
         .map_err(|e| format!("{e} (or `never`)"))
 }
 
+/// How surrealkv syncs its log: the value of its `sync` URL parameter.
+#[derive(Clone, Debug, PartialEq)]
+enum Sync {
+    Every,
+    Never,
+    Interval(Duration),
+}
+
+impl Sync {
+    /// The store URL with this mode in it (the default, `every`, leaves the URL as it is).
+    fn applied_to(&self, url: String) -> String {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        match self {
+            Sync::Every => url,
+            Sync::Never => format!("{url}{sep}sync=never"),
+            Sync::Interval(d) => format!("{url}{sep}sync={}ms", d.as_millis()),
+        }
+    }
+}
+
+fn parse_sync(s: &str) -> Result<Sync, String> {
+    match s {
+        "every" => Ok(Sync::Every),
+        "never" => Ok(Sync::Never),
+        _ => match parse_duration(s) {
+            // surrealkv ignores an interval of 100 ms or less, and would sync every commit.
+            Ok(d) if d > Duration::from_millis(100) => Ok(Sync::Interval(d)),
+            Ok(_) => Err("an interval must be longer than 100ms".into()),
+            Err(e) => Err(format!("{e} (or `every`, `never`)")),
+        },
+    }
+}
+
 /// The shortest lease that leaves room for heartbeats on a busy machine.
 const MIN_LEASE: Duration = Duration::from_millis(100);
 
@@ -125,6 +166,15 @@ fn check(args: &Args) -> Result<(), String> {
             "--heartbeat {} must be shorter than --lease {}, or every worker is lost",
             humantime::format_duration(h),
             humantime::format_duration(args.lease)
+        ));
+    }
+    if args.sync != Sync::Every
+        && let Some(db) = &args.db
+        && !db.starts_with("surrealkv://")
+    {
+        return Err(format!(
+            "--sync applies to an embedded surrealkv store, not to --db {db:?} (a SurrealDB \
+             server syncs as it was started to)"
         ));
     }
     if let Some(db) = &args.db
@@ -168,9 +218,10 @@ async fn main() -> Result<()> {
     }
     init_logging(args.verbose);
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
-    let db = args
-        .db
-        .unwrap_or_else(|| format!("surrealkv://{}", data_dir.join("store").display()));
+    let db = args.sync.applied_to(
+        args.db
+            .unwrap_or_else(|| format!("surrealkv://{}", data_dir.join("store").display())),
+    );
     let mut cfg = Config::new(data_dir.clone(), db);
     cfg.store.user = args.db_user;
     cfg.store.pass = args.db_pass;
@@ -232,4 +283,34 @@ async fn main() -> Result<()> {
         signals.cancel();
     });
     tatzelwurm_coordinator::run(cfg, listener, http, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_modes_parse_and_go_into_the_store_url() {
+        assert_eq!(parse_sync("every"), Ok(Sync::Every));
+        assert_eq!(
+            parse_sync("250ms"),
+            Ok(Sync::Interval(Duration::from_millis(250)))
+        );
+        assert!(
+            parse_sync("100ms")
+                .unwrap_err()
+                .contains("longer than 100ms")
+        );
+        assert!(parse_sync("often").is_err());
+        let url = "surrealkv:///d/store".to_string();
+        assert_eq!(Sync::Every.applied_to(url.clone()), url);
+        assert_eq!(
+            parse_sync("2s").unwrap().applied_to(url.clone()),
+            "surrealkv:///d/store?sync=2000ms"
+        );
+        assert_eq!(
+            Sync::Never.applied_to(format!("{url}?versioned=false")),
+            "surrealkv:///d/store?versioned=false&sync=never"
+        );
+    }
 }

@@ -103,10 +103,13 @@ pub fn kind(url: &str) -> Option<Kind> {
     }
 }
 
-/// The write-ahead log directory of an embedded surrealkv store.
+/// The write-ahead log directory of an embedded surrealkv store (its URL may carry parameters
+/// after `?`, such as `sync`).
 fn wal_dir(url: &str) -> Option<std::path::PathBuf> {
-    url.strip_prefix("surrealkv://")
-        .map(|path| std::path::Path::new(path).join("wal"))
+    url.strip_prefix("surrealkv://").map(|rest| {
+        let path = rest.split_once('?').map_or(rest, |(p, _)| p);
+        std::path::Path::new(path).join("wal")
+    })
 }
 
 /// The files of a write-ahead log directory, by name, with their inode numbers.
