@@ -37,6 +37,12 @@ struct Args {
     /// noop (sleep 0 on async workers) or exec (`true`, compared with the raw spawn rate).
     #[arg(long, default_value = "noop")]
     kind: String,
+    /// The workers' type, and the tasks': async or sync.
+    #[arg(long, default_value = "async")]
+    block: String,
+    /// How the workers start commands (`workwurm --spawn`): clone or fork.
+    #[arg(long, default_value = "clone")]
+    spawn: String,
     /// Tasks per add request.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
@@ -97,7 +103,7 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-fn spec(kind: &str) -> TaskSpec {
+fn spec(kind: &str, block: BlockType) -> TaskSpec {
     let payload = match kind {
         "exec" => Payload::Exec {
             argv: vec!["true".into()],
@@ -107,7 +113,7 @@ fn spec(kind: &str) -> TaskSpec {
         _ => Payload::Sleep { duration_ms: 0 },
     };
     let mut s = TaskSpec::new(payload);
-    s.block = BlockType::Async;
+    s.block = block;
     s
 }
 
@@ -140,10 +146,12 @@ struct Throughput {
 }
 
 /// Adds `n` tasks in pipelined batches and waits for every one to end.
+#[allow(clippy::too_many_arguments)]
 async fn throughput(
     c: &Coordinator,
     n: usize,
     kind: &str,
+    block: BlockType,
     batch: usize,
     in_flight: usize,
 ) -> Result<Throughput> {
@@ -160,7 +168,7 @@ async fn throughput(
             let k = remaining.min(batch);
             let id = client
                 .send(ActionerRequest::Add {
-                    tasks: (0..k).map(|_| spec(kind)).collect(),
+                    tasks: (0..k).map(|_| spec(kind, block)).collect(),
                     play: true,
                 })
                 .await?;
@@ -223,7 +231,9 @@ async fn latency(c: &Coordinator, samples: usize) -> Result<Vec<Duration>> {
     let mut out = Vec::with_capacity(samples);
     for _ in 0..samples {
         let t = Instant::now();
-        let ids = client.add(vec![spec("noop")], true).await?;
+        let ids = client
+            .add(vec![spec("noop", BlockType::Async)], true)
+            .await?;
         loop {
             let ev = client.next_event().await?;
             if ev.id == ids[0] && ev.state.is_final() {
@@ -352,7 +362,10 @@ async fn main() -> Result<()> {
         while left > 0 {
             let k = left.min(10_000);
             client
-                .add((0..k).map(|_| spec("noop")).collect(), true)
+                .add(
+                    (0..k).map(|_| spec("noop", BlockType::Async)).collect(),
+                    true,
+                )
                 .await?;
             left -= k;
         }
@@ -405,15 +418,20 @@ async fn main() -> Result<()> {
         );
     }
     let slots = a.slots.to_string();
+    let block = match a.block.as_str() {
+        "sync" => BlockType::Sync,
+        "async" => BlockType::Async,
+        other => anyhow::bail!("--block {other:?}: use async or sync"),
+    };
     let workers: Vec<Worker> = (0..a.workers)
-        .map(|_| c.worker(&["--type", "async", "--slots", &slots]))
+        .map(|_| c.worker(&["--type", &a.block, "--slots", &slots, "--spawn", &a.spawn]))
         .collect();
     tatzelwurm_tests::wait_for(Duration::from_secs(30), || {
         c.json(&["summary"])["workers_connected"].as_u64()
             == Some((a.workers + a.idle_workers) as u64)
     })?;
     let cpu0 = cpu_seconds(c.pid());
-    let r = throughput(&c, a.tasks, &a.kind, a.batch, a.in_flight).await?;
+    let r = throughput(&c, a.tasks, &a.kind, block, a.batch, a.in_flight).await?;
     let cpu = cpu_seconds(c.pid()) - cpu0;
     report(&format!("throughput ({}, {})", a.kind, a.db), &r);
     println!(
@@ -440,7 +458,7 @@ async fn main() -> Result<()> {
         let stop_http = Arc::new(AtomicBool::new(false));
         let pollers = tokio::spawn(poll_http(base, token, a.http_load, stop_http.clone()));
         let cpu0 = cpu_seconds(c.pid());
-        let loaded = throughput(&c, a.tasks, &a.kind, a.batch, a.in_flight).await?;
+        let loaded = throughput(&c, a.tasks, &a.kind, block, a.batch, a.in_flight).await?;
         let cpu = cpu_seconds(c.pid()) - cpu0;
         stop_http.store(true, Ordering::Relaxed);
         let polls = pollers.await??;

@@ -52,6 +52,34 @@ fn killed_worker_tasks_run_elsewhere_after_the_lease() {
     }
 }
 
+#[test]
+fn commands_die_with_their_worker_however_it_starts_them() {
+    // `kill -9` of a worker: every command it started dies too (the parent-death signal), on
+    // both worker types and with both ways of starting a command.
+    let c = Coordinator::start(Db::Mem).unwrap();
+    for (block, spawn) in [("async", "clone"), ("sync", "clone"), ("sync", "fork")] {
+        let mut w = c.worker(&["--type", block, "--spawn", spawn, "--slots", "2"]);
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        let script = format!("echo $$ >> {}; exec sleep 30", pids.display());
+        let ids = c.add(&[
+            "--play", "--block", block, "--count", "2", "--", "sh", "-c", &script,
+        ]);
+        wait_for(LONG, || {
+            std::fs::read_to_string(&pids).is_ok_and(|p| p.lines().count() == 2)
+        })
+        .unwrap();
+        w.kill9();
+        for pid in std::fs::read_to_string(&pids).unwrap().lines() {
+            wait_for(Duration::from_secs(10), || !alive(pid.trim()))
+                .unwrap_or_else(|_| panic!("command {pid} outlived its {block} worker ({spawn})"));
+        }
+        for id in &ids {
+            c.action(&["task", "kill", id]);
+        }
+    }
+}
+
 /// Whether a process runs (a zombie waiting for its reaper does not).
 fn alive(pid: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {

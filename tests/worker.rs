@@ -217,15 +217,26 @@ fn async_worker_runs_hundreds_of_sleep_tasks_at_once() {
 }
 
 #[test]
-fn kill_timeout_and_pause_resume_of_exec_tasks() {
+fn kill_timeout_and_pause_resume_of_exec_tasks_on_an_async_worker() {
+    kill_timeout_and_pause_resume("async");
+}
+
+#[test]
+fn kill_timeout_and_pause_resume_of_exec_tasks_on_a_sync_worker() {
+    kill_timeout_and_pause_resume("sync");
+}
+
+/// Kill (the whole group, SIGKILL after the grace), timeout, pause and resume of commands that a
+/// worker of type `block` started (by a vfork-style clone, `workwurm --spawn clone`).
+fn kill_timeout_and_pause_resume(block: &str) {
     let c = Coordinator::start(Db::Mem).unwrap();
-    let _w = c.worker(&["--type", "async", "--kill-grace", "1s"]);
+    let _w = c.worker(&["--type", block, "--kill-grace", "1s"]);
     let dir = tempfile::tempdir().unwrap();
 
     // Kill: the whole process group goes.
     let pidfile = dir.path().join("pid");
     let script = format!("echo $$ > {}; sleep 60", pidfile.display());
-    let killed = c.add(&["--play", "--", "sh", "-c", &script]);
+    let killed = c.add(&["--play", "--block", block, "--", "sh", "-c", &script]);
     c.wait_state(&killed[0], "running", LONG);
     wait_for(LONG, || {
         pidfile.exists() && !std::fs::read_to_string(&pidfile).unwrap().is_empty()
@@ -254,6 +265,8 @@ fn kill_timeout_and_pause_resume_of_exec_tasks() {
     // A command that ignores SIGTERM gets SIGKILL when the kill grace (1 s) ends.
     let stubborn = c.add(&[
         "--play",
+        "--block",
+        block,
         "--",
         "sh",
         "-c",
@@ -274,7 +287,16 @@ fn kill_timeout_and_pause_resume_of_exec_tasks() {
     );
 
     // Timeout: the attempt fails as timed out.
-    let slow = c.add(&["--play", "--timeout", "300ms", "--", "sleep", "60"]);
+    let slow = c.add(&[
+        "--play",
+        "--block",
+        block,
+        "--timeout",
+        "300ms",
+        "--",
+        "sleep",
+        "60",
+    ]);
     c.wait_state(&slow[0], "failed", LONG);
     let a = &c.show(&slow[0])["attempts"][0];
     assert_eq!(a["outcome"], "timed_out");
@@ -286,7 +308,7 @@ fn kill_timeout_and_pause_resume_of_exec_tasks() {
         "for i in $(seq 1 20); do echo $i >> {}; sleep 0.1; done",
         counter.display()
     );
-    let task = c.add(&["--play", "--", "sh", "-c", &script]);
+    let task = c.add(&["--play", "--block", block, "--", "sh", "-c", &script]);
     wait_for(LONG, || {
         counter.exists() && std::fs::read_to_string(&counter).unwrap().lines().count() >= 2
     })

@@ -121,6 +121,77 @@ fn die_with_the_worker(cmd: &mut Command) {
 #[cfg(not(target_os = "linux"))]
 fn die_with_the_worker(_cmd: &mut Command) {}
 
+/// How commands are started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Spawn {
+    /// A vfork-style clone ([`crate::spawn`]): the worker's memory is not copied.
+    #[default]
+    Clone,
+    /// The standard library's fork and exec: the whole worker is copied for every command
+    /// (several times slower; kept for comparison, and as a way out should clone fail).
+    Fork,
+}
+
+/// A started command, however it was started.
+enum Proc {
+    Cloned(crate::spawn::Child),
+    Forked(tokio::process::Child),
+}
+
+impl Proc {
+    fn id(&self) -> u32 {
+        match self {
+            Proc::Cloned(c) => c.id(),
+            Proc::Forked(c) => c.id().unwrap_or(0),
+        }
+    }
+
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            Proc::Cloned(c) => c.wait().await,
+            Proc::Forked(c) => c.wait().await,
+        }
+    }
+}
+
+type Output = Box<dyn AsyncRead + Unpin + Send>;
+
+/// Starts a command in its own process group, dying with the worker, its stdout and stderr
+/// piped.
+fn start(
+    spawn: Spawn,
+    argv: &[String],
+    vars: &[(String, String)],
+    cwd: Option<&str>,
+) -> std::io::Result<(Proc, Output, Output)> {
+    if spawn == Spawn::Clone {
+        let s = crate::spawn::spawn(argv, vars, cwd)?;
+        return Ok((
+            Proc::Cloned(s.child),
+            Box::new(s.stdout),
+            Box::new(s.stderr),
+        ));
+    }
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    die_with_the_worker(&mut cmd);
+    let mut child = cmd.spawn()?;
+    let out = child.stdout.take().expect("piped");
+    let err = child.stderr.take().expect("piped");
+    Ok((Proc::Forked(child), Box::new(out), Box::new(err)))
+}
+
 /// Runs `argv` to its end, a timeout, or a kill, and reports how it ended. Its output goes to
 /// `output` while somebody follows it.
 #[allow(clippy::too_many_arguments)]
@@ -133,28 +204,17 @@ pub async fn run_exec(
     extra_env: &[(String, String)],
     timeout: Option<Duration>,
     kill_grace: Duration,
+    spawn: Spawn,
     mut control: mpsc::UnboundedReceiver<Control>,
 ) -> AttemptReport {
     let started = now_ms();
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    for e in env {
-        cmd.env(&e.name, &e.value);
-    }
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    if let Some(dir) = cwd {
-        cmd.current_dir(dir);
-    }
-    die_with_the_worker(&mut cmd);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+    let mut vars: Vec<(String, String)> = env
+        .iter()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect();
+    vars.extend(extra_env.iter().cloned());
+    let (mut child, stdout, stderr) = match start(spawn, argv, &vars, cwd) {
+        Ok(started) => started,
         Err(e) => {
             let where_ = cwd.map(|d| format!(" in {d}")).unwrap_or_default();
             return AttemptReport {
@@ -166,7 +226,7 @@ pub async fn run_exec(
             };
         }
     };
-    let pid = child.id().unwrap_or(0);
+    let pid = child.id();
     let tap = Arc::new(Mutex::new(Tap {
         attempt,
         sink: output,
@@ -174,16 +234,8 @@ pub async fn run_exec(
         tails: [Vec::new(), Vec::new()],
         written: [0; 2],
     }));
-    let out = tokio::spawn(read_into(
-        child.stdout.take().expect("piped"),
-        tap.clone(),
-        0,
-    ));
-    let err = tokio::spawn(read_into(
-        child.stderr.take().expect("piped"),
-        tap.clone(),
-        1,
-    ));
+    let out = tokio::spawn(read_into(stdout, tap.clone(), 0));
+    let err = tokio::spawn(read_into(stderr, tap.clone(), 1));
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut stop: Option<(Outcome, String)> = None;
     let mut term_sent_at: Option<tokio::time::Instant> = None;

@@ -2,7 +2,7 @@
 //! a worker binary that serves custom tasks, or use the `workwurm` binary as it is.
 //!
 //! [`session`] keeps the connection (reconnecting, reattaching, resending unacknowledged results);
-//! [`runner`] runs attempts; [`exec`] runs commands; [`handlers`] holds custom task handlers;
+//! [`runner`] runs attempts; [`exec`] runs commands, which [`spawn`] starts; [`handlers`] holds custom task handlers;
 //! [`pool`] keeps several worker processes alive (`--processes`).
 
 pub mod exec;
@@ -10,10 +10,12 @@ pub mod handlers;
 pub mod pool;
 pub mod runner;
 pub mod session;
+pub mod spawn;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use exec::Spawn;
 pub use handlers::{Handlers, TaskInput, TaskOutput};
 pub use session::run;
 use tatzelwurm_protocol::{BlockType, BodyCodec, Tag};
@@ -45,6 +47,8 @@ pub struct WorkerConfig {
     pub drain_grace: Duration,
     /// Between SIGTERM and SIGKILL when an exec task is killed.
     pub kill_grace: Duration,
+    /// How commands are started.
+    pub spawn: Spawn,
     /// Where to write the worker id once known (for scripts and tests); optional.
     pub id_file: Option<PathBuf>,
     /// How long the coordinator has to answer the handshake before the worker tries again.
@@ -72,6 +76,7 @@ impl WorkerConfig {
             codec: BodyCodec::Bincode,
             drain_grace: Duration::from_secs(60),
             kill_grace: Duration::from_secs(5),
+            spawn: Spawn::default(),
             id_file: None,
             connect_timeout: Duration::from_secs(10),
         }

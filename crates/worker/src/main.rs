@@ -42,6 +42,10 @@ struct Args {
     /// Between SIGTERM and SIGKILL when an exec task is killed or times out.
     #[arg(long, default_value = "5s", value_parser = tatzelwurm_protocol::cli::parse_duration)]
     kill_grace: Duration,
+    /// How commands are started: clone (a vfork-style clone: cheap) or fork (the whole worker
+    /// is copied for each command: slower; for comparison, or should clone fail here).
+    #[arg(long, default_value = "clone")]
+    spawn: tatzelwurm_worker::Spawn,
     /// Do not serve the built-in `echo` and `fail` custom handlers.
     #[arg(long)]
     no_builtin_handlers: bool,
@@ -104,6 +108,7 @@ async fn main() -> Result<()> {
     cfg.codec = args.codec;
     cfg.drain_grace = args.drain_grace;
     cfg.kill_grace = args.kill_grace;
+    cfg.spawn = args.spawn;
     cfg.id_file = args.id_file;
     cfg.connect_timeout = args.connect_timeout;
     let handlers = if args.no_builtin_handlers {

@@ -10,7 +10,7 @@ use tatzelwurm_protocol::{
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
-use crate::exec::run_exec;
+use crate::exec::{Spawn, run_exec};
 use crate::handlers::{Handler, Handlers, TaskInput, TaskOutput};
 
 /// Orders for a running attempt.
@@ -46,6 +46,7 @@ pub struct Runner {
     /// Present on sync workers: one permit per slot.
     blocking_slots: Option<Arc<Semaphore>>,
     kill_grace: Duration,
+    spawn: Spawn,
     done: mpsc::UnboundedSender<(AttemptRef, AttemptReport)>,
     output: mpsc::Sender<Piece>,
 }
@@ -56,6 +57,7 @@ impl Runner {
         handlers: Handlers,
         sync_slots: Option<u32>,
         kill_grace: Duration,
+        spawn: Spawn,
         done: mpsc::UnboundedSender<(AttemptRef, AttemptReport)>,
         output: mpsc::Sender<Piece>,
     ) -> Self {
@@ -63,6 +65,7 @@ impl Runner {
             handlers,
             blocking_slots: sync_slots.map(|n| Arc::new(Semaphore::new(n as usize))),
             kill_grace,
+            spawn,
             done,
             output,
         }
@@ -104,6 +107,7 @@ impl Runner {
                     &extra,
                     timeout,
                     self.kill_grace,
+                    self.spawn,
                     control,
                 )
                 .await

@@ -74,6 +74,7 @@ pub async fn run(cfg: WorkerConfig, handlers: Handlers, stop: Stop) -> Result<()
         handlers.clone(),
         sync_slots,
         cfg.kill_grace,
+        cfg.spawn,
         done_tx,
         output_tx,
     );

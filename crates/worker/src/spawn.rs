@@ -1,0 +1,435 @@
+//! Starting a command cheaply, and still so that it dies with its worker.
+//!
+//! A command must get the parent-death signal (SIGKILL), or a command of a worker killed with
+//! `kill -9` would run on beside the attempt that replaces it. The standard library can only set
+//! it from a closure that runs between fork and exec, and with such a closure it forks the whole
+//! worker: copying the page tables of a process with a runtime and hundreds of tasks costs far
+//! more than the command `true` itself. Here the child is started the way `posix_spawn` starts
+//! one, with `clone(CLONE_VM | CLONE_VFORK)`: it borrows the worker's memory and the worker's
+//! thread waits only until it has called `execve`. In between it runs a few async-signal-safe
+//! calls on a stack of its own: reset the signal handlers, its own process group, the
+//! parent-death signal, the pipes, the working directory, the signal mask, `execve`. Nothing in
+//! it allocates or takes a lock; everything it needs is prepared before the clone.
+//!
+//! Its end is awaited through a pidfd (Linux 5.3), which becomes readable when the process exits.
+
+#![allow(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::net::unix::pipe;
+
+/// The child's stack: its few calls need little.
+const STACK: usize = 64 * 1024;
+
+/// A started command: its process and the reading ends of its stdout and stderr.
+pub struct Spawned {
+    /// The process.
+    pub child: Child,
+    /// Its standard output.
+    pub stdout: pipe::Receiver,
+    /// Its standard error.
+    pub stderr: pipe::Receiver,
+}
+
+/// A command this process started and has not reaped yet.
+pub struct Child {
+    pid: libc::pid_t,
+    pidfd: AsyncFd<OwnedFd>,
+    reaped: bool,
+}
+
+impl Child {
+    /// Its process id (also its process group's).
+    pub fn id(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// Waits for it to end and reaps it.
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            let mut ready = self.pidfd.readable().await?;
+            ready.clear_ready();
+        }
+    }
+
+    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, with a valid pointer.
+        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+        match r {
+            0 => Ok(None),
+            r if r == self.pid => {
+                self.reaped = true;
+                Ok(Some(ExitStatus::from_raw(status)))
+            }
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+}
+
+impl Drop for Child {
+    /// A command whose attempt was dropped unfinished (the worker stops at once) is killed.
+    fn drop(&mut self) {
+        if !self.reaped {
+            kill_and_reap(self.pid);
+        }
+    }
+}
+
+/// Kills a child of ours that nobody will wait for, and reaps it.
+fn kill_and_reap(pid: libc::pid_t) {
+    // SAFETY: plain syscalls on our own unreaped child: its pid cannot be reused before the
+    // waitpid.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+    }
+}
+
+/// What the child needs, prepared by the parent; the child reads it through the shared memory.
+struct ChildArgs {
+    /// The files to try `execve` on, in order (the `PATH` search done beforehand).
+    paths: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    cwd: Option<CString>,
+    stdin: RawFd,
+    stdout: RawFd,
+    stderr: RawFd,
+    parent: libc::pid_t,
+    /// The signal mask to exec with: the parent thread's before it blocked everything.
+    mask: libc::sigset_t,
+    /// Why the child could not exec (errno), 0 when it did.
+    error: AtomicI32,
+}
+
+/// Where the child failed: recorded for the parent, which reads it once the child is gone.
+fn fail(a: &ChildArgs, errno: i32) -> ! {
+    a.error.store(errno.max(1), Ordering::SeqCst);
+    // SAFETY: _exit is async-signal-safe and does not run the parent's atexit handlers.
+    unsafe { libc::_exit(127) }
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// The child, between `clone` and `execve`. Only async-signal-safe calls: it runs on the
+/// worker's memory while the worker's thread waits.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` points to the `ChildArgs` the parent keeps alive until this child has
+    // exec'd or exited (CLONE_VFORK). Every call below is async-signal-safe.
+    unsafe {
+        let a = &*(arg as *const ChildArgs);
+        // The worker's signal handlers must not run here, in its memory: every caught signal
+        // goes back to its default (exec would do the same); SIGPIPE too, which Rust ignores.
+        for sig in 1..65 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+                continue;
+            }
+            if sig == libc::SIGPIPE
+                || (old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN)
+            {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        // Its own process group, so that signals reach everything it starts.
+        if libc::setpgid(0, 0) != 0 {
+            fail(a, errno());
+        }
+        // Dies with the worker; the worker may have died already, before the prctl.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            fail(a, errno());
+        }
+        if libc::getppid() != a.parent {
+            fail(a, libc::ESRCH);
+        }
+        for (from, to) in [(a.stdin, 0), (a.stdout, 1), (a.stderr, 2)] {
+            if libc::dup2(from, to) < 0 {
+                fail(a, errno());
+            }
+        }
+        if let Some(dir) = &a.cwd
+            && libc::chdir(dir.as_ptr()) != 0
+        {
+            fail(a, errno());
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &a.mask, std::ptr::null_mut());
+        // As execvp does: the first candidate that exists; a permission error is kept in case
+        // no later one works.
+        let mut why = libc::ENOENT;
+        for path in &a.paths {
+            libc::execve(path.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
+            match errno() {
+                libc::ENOENT | libc::ENOTDIR => {}
+                libc::EACCES => why = libc::EACCES,
+                other => fail(a, other),
+            }
+        }
+        fail(a, why)
+    }
+}
+
+fn cstring(bytes: Vec<u8>) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an argument or environment variable holds a NUL byte",
+        )
+    })
+}
+
+/// The files `execve` should try for `program`: itself when it names a path (relative ones
+/// resolve in the child's working directory), else each directory of `PATH`, as `execvp`.
+fn candidates(program: &str, path: Option<&OsString>) -> io::Result<Vec<CString>> {
+    if program.contains('/') {
+        return Ok(vec![cstring(program.as_bytes().to_vec())?]);
+    }
+    let default = OsString::from("/usr/local/bin:/usr/bin:/bin");
+    let dirs = path.unwrap_or(&default);
+    dirs.as_bytes()
+        .split(|&b| b == b':')
+        .map(|dir| {
+            let dir = if dir.is_empty() { b".".as_slice() } else { dir };
+            let mut full = dir.to_vec();
+            full.push(b'/');
+            full.extend_from_slice(program.as_bytes());
+            cstring(full)
+        })
+        .collect()
+}
+
+/// A pipe whose both ends close on exec; (read end, write end).
+fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two descriptors on success, which we then own.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+    }
+}
+
+/// Starts `argv` with the worker's environment plus `env`, in `cwd`, stdin from /dev/null and
+/// stdout and stderr into pipes, in a process group of its own, dying with the worker. Needs
+/// a tokio runtime (the pipes and the pidfd register with it).
+pub fn spawn(argv: &[String], env: &[(String, String)], cwd: Option<&str>) -> io::Result<Spawned> {
+    let program = argv
+        .first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "an empty command"))?;
+    let mut vars: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    for (k, v) in env {
+        vars.insert(k.into(), v.into());
+    }
+    let paths = candidates(program, vars.get(&OsString::from("PATH")))?;
+    let env_c = vars
+        .into_iter()
+        .map(|(k, v)| {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend(v.into_vec());
+            cstring(kv)
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let argv_c = argv
+        .iter()
+        .map(|a| cstring(a.as_bytes().to_vec()))
+        .collect::<io::Result<Vec<_>>>()?;
+    let cwd = cwd.map(|d| cstring(d.as_bytes().to_vec())).transpose()?;
+    let (out_r, out_w) = pipe_pair()?;
+    let (err_r, err_w) = pipe_pair()?;
+    let devnull = std::fs::File::open("/dev/null")?;
+    let null_terminated = |v: &[CString]| {
+        v.iter()
+            .map(|c| c.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect::<Vec<_>>()
+    };
+    let mut args = Box::new(ChildArgs {
+        argv: null_terminated(&argv_c),
+        envp: null_terminated(&env_c),
+        paths,
+        cwd,
+        stdin: devnull.as_raw_fd(),
+        stdout: out_w.as_raw_fd(),
+        stderr: err_w.as_raw_fd(),
+        // SAFETY: getpid cannot fail.
+        parent: unsafe { libc::getpid() },
+        // SAFETY: an all-zero sigset_t is a valid (empty) set; it is overwritten below.
+        mask: unsafe { std::mem::zeroed() },
+        error: AtomicI32::new(0),
+    });
+    let mut stack = vec![0u8; STACK];
+    // SAFETY: the stack outlives the child's use of it (CLONE_VFORK: this thread resumes only
+    // once the child has exec'd or exited), `args` likewise; all signals are blocked around
+    // the clone so that no handler of the worker's runs in the child before it resets them.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(STACK);
+        let top = top.sub(top as usize % 16) as *mut libc::c_void;
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut args.mask);
+        let pid = libc::clone(
+            child_main,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &mut *args as *mut ChildArgs as *mut libc::c_void,
+        );
+        let clone_error = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &args.mask, std::ptr::null_mut());
+        if pid < 0 {
+            return Err(clone_error);
+        }
+        pid
+    };
+    drop((out_w, err_w, devnull));
+    let failed = args.error.load(Ordering::SeqCst);
+    if failed != 0 {
+        // SAFETY: reaping our own child, which has exited.
+        unsafe {
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+        }
+        return Err(io::Error::from_raw_os_error(failed));
+    }
+    // SAFETY: pidfd_open on our own unreaped child; the descriptor is ours on success.
+    let pidfd = unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd;
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            kill_and_reap(pid);
+            return Err(e);
+        }
+        OwnedFd::from_raw_fd(fd)
+    };
+    // SAFETY: the pidfd is owned by the AsyncFd from here on and stays open as long as it.
+    let pidfd = match unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            kill_and_reap(pid);
+            return Err(e.into());
+        }
+    };
+    let child = Child {
+        pid,
+        pidfd,
+        reaped: false,
+    };
+    Ok(Spawned {
+        stdout: pipe::Receiver::from_owned_fd(out_r)?,
+        stderr: pipe::Receiver::from_owned_fd(err_r)?,
+        child,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn run(
+        argv: &[&str],
+        env: &[(&str, &str)],
+        cwd: Option<&str>,
+    ) -> (ExitStatus, String, String) {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut s = spawn(&argv, &env, cwd).unwrap();
+        let (mut out, mut err) = (String::new(), String::new());
+        s.stdout.read_to_string(&mut out).await.unwrap();
+        s.stderr.read_to_string(&mut err).await.unwrap();
+        (s.child.wait().await.unwrap(), out, err)
+    }
+
+    #[tokio::test]
+    async fn a_command_gets_its_arguments_environment_directory_and_pipes() {
+        let (status, out, err) = run(
+            &[
+                "sh",
+                "-c",
+                "echo \"$1 $GREETING $(pwd)\"; echo oops >&2; exit 3",
+                "sh",
+                "hello",
+            ],
+            &[("GREETING", "world")],
+            Some("/tmp"),
+        )
+        .await;
+        assert_eq!(out, "hello world /tmp\n");
+        assert_eq!(err, "oops\n");
+        assert_eq!(status.code(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn it_runs_in_a_process_group_of_its_own_with_the_parent_death_signal() {
+        let (_, out, _) = run(
+            &[
+                "sh",
+                "-c",
+                "cut -d' ' -f5 /proc/$$/stat; echo $$; grep '^PPid' /proc/$$/status",
+            ],
+            &[],
+            None,
+        )
+        .await;
+        let mut lines = out.lines();
+        let pgid = lines.next().unwrap();
+        assert_eq!(
+            Some(pgid),
+            lines.next(),
+            "the leader of its own group: {out}"
+        );
+        // The parent-death signal is not in /proc; that it kills commands is tested with the
+        // real worker (tests/faults.rs). Here: the child's parent is this process.
+        assert!(
+            out.contains(&format!("PPid:\t{}", std::process::id())),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_program_that_does_not_exist_is_an_error_and_leaves_no_child() {
+        let e = spawn(&["no-such-program-here".into()], &[], None)
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        let e = spawn(&["true".into()], &[], Some("/no/such/dir"))
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        let plain =
+            std::env::temp_dir().join(format!("tatzelwurm-not-a-program-{}", std::process::id()));
+        std::fs::write(&plain, "echo no\n").unwrap();
+        let e = spawn(&[plain.display().to_string()], &[], None)
+            .err()
+            .unwrap();
+        std::fs::remove_file(&plain).unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+    }
+}
