@@ -10,6 +10,7 @@ import inspect
 import logging
 import os
 import queue
+import select
 import socket
 import threading
 import time
@@ -168,10 +169,30 @@ class Worker:
 
     # ---- the connection ---------------------------------------------------------------------
 
-    def _reader(self, sock, generation):
+    def _reader(self, sock, generation, lease):
+        """Reads frames in bursts: a frame and whatever is already waiting behind it. A burst that
+        follows a silence longer than the lease (this process was frozen, or cut off), or that
+        holds the coordinator's goodbye, is marked: its dispatches were given away meanwhile
+        (docs/PROTOCOL.md §4, stale dispatches)."""
+        last = time.monotonic()
         try:
             while True:
-                self._events.put(("msg", (generation, recv_frame(sock))))
+                burst = [recv_frame(sock)]
+                now = time.monotonic()
+                silent = now - last > lease
+                ended = None
+                try:
+                    while select.select([sock], [], [], 0)[0]:
+                        burst.append(recv_frame(sock))
+                except (ProtocolError, OSError, ValueError) as e:
+                    ended = str(e)
+                last = time.monotonic()
+                given_away = silent or ended is not None or any(variant(m)[0] == "shutdown" for m in burst)
+                for m in burst:
+                    self._events.put(("msg", (generation, m, given_away)))
+                if ended is not None:
+                    self._events.put(("closed", (generation, ended)))
+                    return
         except (ProtocolError, OSError, ValueError) as e:
             self._events.put(("closed", (generation, str(e))))
 
@@ -217,7 +238,8 @@ class Worker:
                 send_frame(sock, {"reattach": {"running": claims}})
             for key, report in self._unacked.items():
                 send_frame(sock, {"finished": {"attempt": {"task": key[0], "attempt": key[1]}, "report": report}})
-            threading.Thread(target=self._reader, args=(sock, generation), daemon=True).start()
+            lease = max(welcome["lease_ms"], 1) / 1000
+            threading.Thread(target=self._reader, args=(sock, generation, lease), daemon=True).start()
             log.info("connected as worker %s", self.worker_id)
             try:
                 self._serve(sock, heartbeat, generation)
@@ -275,15 +297,26 @@ class Worker:
             return value[0] != generation
         if kind != "msg" or sock is None:
             return True
-        gen, msg = value
+        gen, msg, given_away = value
         if gen != generation:
             return True
         name, body = variant(msg)
         if name == "dispatch":
             key = (body["attempt"]["task"], body["attempt"]["attempt"])
-            if key not in self._running and key not in self._unacked:
-                self._start(body)
-                send_frame(sock, {"started": {"attempt": body["attempt"], "at_ms": _now_ms()}})
+            if key in self._running or key in self._unacked:
+                return True
+            if given_away:
+                # Read after a silence longer than the lease, or beside the goodbye: the task
+                # went to another worker meanwhile, and starting it would run it twice.
+                log.warning("a dispatch read after a silence longer than the lease; handed back, not started")
+                self._report(sock, key, {
+                    "outcome": "handed_back",
+                    "error": "the worker heard nothing from the coordinator for longer than the lease before this dispatch",
+                    "ended_ms": _now_ms(),
+                })
+                return True
+            self._start(body)
+            send_frame(sock, {"started": {"attempt": body["attempt"], "at_ms": _now_ms()}})
         elif name == "kill":
             key = (body["attempt"]["task"], body["attempt"]["attempt"])
             self._stop_task(key, "killed", "killed on request")

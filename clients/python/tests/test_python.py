@@ -234,6 +234,39 @@ def test_python_worker_back_after_its_lease_runs_the_tasks_that_waited_once(tmp_
         c.stop()
 
 
+def test_python_worker_that_wakes_to_a_stale_dispatch_hands_it_back_instead_of_running_it(tmp_path):
+    """Frozen with a dispatch unread, past the lease: the task went back to the queue meanwhile, so
+    on waking the worker hands that dispatch back (it used to run it, and then the next attempt)."""
+    import os
+    import signal
+
+    from conftest import Coordinator
+
+    c = Coordinator(tmp_path, lease="1s")
+    try:
+        p = c.python_worker("py-sleepy")
+        c.wait_workers(1)
+        os.kill(p.pid, signal.SIGSTOP)
+        with c.client() as cl:
+            (tid,) = cl.add(custom_task("py_upper", "x"), play=True)
+            deadline = time.time() + 30
+            while not cl.show(tid)["attempts"] or cl.show(tid)["attempts"][0]["outcome"] != "lost":
+                assert time.time() < deadline
+                time.sleep(0.05)
+            time.sleep(0.5)
+            os.kill(p.pid, signal.SIGCONT)
+            assert cl.wait(tid, timeout=60) == {tid: "completed"}
+            time.sleep(0.5)  # the time a stale run would need to report
+            attempts = cl.show(tid)["attempts"]
+            assert [a["outcome"] for a in attempts] == ["lost", "succeeded"], attempts
+            late = [r["outcome"] for r in attempts[0]["late_reports"]]
+            assert late in ([], ["handed_back"]), f"the stale attempt ran: {late}"
+        with open(os.path.join(c.dir, "py-sleepy.log")) as f:
+            assert "handed back, not started" in f.read()
+    finally:
+        c.stop()
+
+
 def test_queues_from_python_limit_pause_move_and_defaults(coordinator):
     coordinator.rust_worker("--slots", "8")
     coordinator.wait_workers(1)
