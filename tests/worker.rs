@@ -226,12 +226,29 @@ fn kill_timeout_and_pause_resume_of_exec_tasks_on_a_sync_worker() {
     kill_timeout_and_pause_resume("sync");
 }
 
-/// Kill (the whole group, SIGKILL after the grace), timeout, pause and resume of commands that a
+/// Output tails, kill (the whole group, SIGKILL after the grace), timeout, pause and resume of commands that a
 /// worker of type `block` started (by a vfork-style clone, `workwurm --spawn clone`).
 fn kill_timeout_and_pause_resume(block: &str) {
     let c = Coordinator::start(Db::Mem).unwrap();
     let _w = c.worker(&["--type", block, "--kill-grace", "1s"]);
     let dir = tempfile::tempdir().unwrap();
+
+    // Output tails, each stream on its own.
+    let both = c.add(&[
+        "--play",
+        "--block",
+        block,
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2",
+    ]);
+    c.wait_state(&both[0], "completed", LONG);
+    let a = &c.show(&both[0])["attempts"][0];
+    assert_eq!(
+        (&a["stdout_tail"], &a["stderr_tail"]),
+        (&"out\n".into(), &"err\n".into())
+    );
 
     // Kill: the whole process group goes.
     let pidfile = dir.path().join("pid");
