@@ -54,8 +54,8 @@ pub struct Counters {
 /// What must be made durable, and the messages that may only leave once it is.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// Tasks to write, whole.
-    pub tasks: Vec<TaskInfo>,
+    /// Tasks to write, whole: each one's id and record, encoded as the store writes it.
+    pub tasks: Vec<(TaskId, bytes::Bytes)>,
     /// Tasks to delete.
     pub removed: Vec<TaskId>,
     /// Workers to write.
@@ -117,6 +117,11 @@ impl Default for CoreConfig {
     }
 }
 
+/// A set of task ids, with a fast non-cryptographic hash: ids are made here (UUIDv7, random in
+/// their last 8 bytes), so nobody can choose colliding ones. SipHash on the sets every task change
+/// passes through cost about 6 % of the coordinator's CPU per noop task (BENCHMARKS.md).
+pub(crate) type TaskSet = rustc_hash::FxHashSet<TaskId>;
+
 enum Conn {
     /// Requests only, in a namespace.
     Actioner { namespace: String },
@@ -139,12 +144,12 @@ struct Worker {
     /// Since when it is disconnected or silent; its lease runs from here.
     lost_since: Option<u64>,
     /// Tasks it holds (assigned, running, paused on it).
-    held: HashSet<TaskId>,
+    held: TaskSet,
     /// After a reconnect under its previous id: the tasks it held when this connection began,
     /// which its `reattach` must claim or lose. Until that `reattach` arrives the worker gets no
     /// dispatch, so that a task given on the new connection can never be mistaken for one the
     /// worker forgot (the double run of issue 13).
-    awaiting_reattach: Option<HashSet<TaskId>>,
+    awaiting_reattach: Option<TaskSet>,
     /// A client connection serving broker queues: it takes message tasks only, never a task
     /// of the scheduler's.
     client: bool,
@@ -232,10 +237,10 @@ pub struct Core {
     next_batch: u64,
     /// Queues whose settings the next batch writes.
     dirty_queues: HashSet<QueueIdx>,
-    dirty_tasks: HashSet<TaskId>,
+    dirty_tasks: TaskSet,
     /// Tasks changed in a way nobody waits on (an attempt started): written with the next batch
     /// that has something else to write, or at the next tick, never in a commit of their own.
-    lazy_tasks: HashSet<TaskId>,
+    lazy_tasks: TaskSet,
     /// Finished tasks by the time they ended, when they expire (`remove_finished_ms`). An entry
     /// whose task has since changed (retried, removed) is stale and skipped.
     ended: BTreeSet<(u64, TaskId)>,
@@ -334,8 +339,8 @@ impl Core {
             next_number: 1,
             next_batch: 1,
             dirty_queues: HashSet::new(),
-            dirty_tasks: HashSet::new(),
-            lazy_tasks: HashSet::new(),
+            dirty_tasks: TaskSet::default(),
+            lazy_tasks: TaskSet::default(),
             ended: BTreeSet::new(),
             removed: Vec::new(),
             deadlines: BTreeSet::new(),
@@ -378,7 +383,7 @@ impl Core {
                     info,
                     conn: None,
                     lost_since: Some(now),
-                    held: HashSet::new(),
+                    held: TaskSet::default(),
                     awaiting_reattach: None,
                     client: false,
                     held_back: false,
@@ -507,10 +512,16 @@ impl Core {
             return None;
         }
         self.flush_lazy();
+        // Encoded here rather than cloned for the writer: one allocation a task instead of one
+        // for each of its strings and attempts.
         let tasks = self
             .dirty_tasks
             .drain()
-            .filter_map(|id| self.tasks.get(&id).map(|t| t.info.clone()))
+            .filter_map(|id| {
+                self.tasks
+                    .get(&id)
+                    .map(|t| (id, crate::store::encode_task(&t.info)))
+            })
             .collect();
         let workers = self
             .dirty_workers
@@ -585,7 +596,7 @@ impl Core {
             batch
                 .tasks
                 .iter()
-                .map(|t| t.id)
+                .map(|(id, _)| *id)
                 .filter(|id| self.tasks.contains_key(id)),
         );
         self.dirty_workers.extend(

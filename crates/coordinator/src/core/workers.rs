@@ -77,7 +77,7 @@ impl Core {
                 info,
                 conn: Some(conn),
                 lost_since: None,
-                held: HashSet::new(),
+                held: TaskSet::default(),
                 awaiting_reattach: None,
                 client: true,
                 held_back: false,

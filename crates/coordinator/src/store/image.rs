@@ -44,6 +44,11 @@ pub(crate) fn bucket_of(id: TaskId) -> usize {
 
 /// One record in bincode: the unit the journal, the buckets and the image all hold.
 pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Bytes {
+    encode_with(None, v)
+}
+
+/// A record in bincode after an optional tag byte.
+fn encode_with<T: serde::Serialize>(tag: Option<u8>, v: &T) -> Bytes {
     thread_local! {
         static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
     }
@@ -52,6 +57,9 @@ pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Bytes {
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         scratch.clear();
+        if let Some(tag) = tag {
+            scratch.put_u8(tag);
+        }
         CODEC
             .encode_into(v, &mut scratch)
             .expect("in-memory records always encode");
@@ -66,11 +74,40 @@ pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Bytes {
 
 /// A task record: the tag byte, then the task in bincode.
 pub(crate) fn encode_task(t: &TaskInfo) -> Bytes {
-    let body = encode(t);
-    let mut out = BytesMut::with_capacity(body.len() + 1);
-    out.put_u8(TASK_TAG);
-    out.put_slice(&body);
-    out.freeze()
+    encode_with(Some(TASK_TAG), t)
+}
+
+/// A task's record as the store writes it, and its id: what a batch carries, so that the actor
+/// encodes a changed task once instead of cloning it for the writer.
+pub trait TaskRecord {
+    /// The task's id.
+    fn id(&self) -> TaskId;
+    /// The record ([`encode_task`]).
+    fn record(&self) -> Bytes;
+}
+
+impl TaskRecord for TaskInfo {
+    fn id(&self) -> TaskId {
+        self.id
+    }
+    fn record(&self) -> Bytes {
+        encode_task(self)
+    }
+}
+
+impl TaskRecord for (TaskId, Bytes) {
+    fn id(&self) -> TaskId {
+        self.0
+    }
+    fn record(&self) -> Bytes {
+        self.1.clone()
+    }
+}
+
+/// Reads back a task record made by [`encode_task`].
+#[cfg(test)]
+pub(crate) fn decode_task_record(b: &[u8]) -> TaskInfo {
+    decode_task("task", "test", b).expect("a record of this layout")
 }
 
 /// Reads a task record of this layout or of layout 2.
@@ -173,15 +210,15 @@ pub(crate) struct Entry {
 
 impl Entry {
     /// Encodes the records of one batch.
-    pub fn new(
-        tasks: &[TaskInfo],
+    pub fn new<T: TaskRecord>(
+        tasks: &[T],
         removed: &[TaskId],
         workers: &[WorkerInfo],
         removed_workers: &[WorkerId],
         queues: &[QueueSettings],
     ) -> Entry {
         Entry {
-            tasks: tasks.iter().map(|t| (t.id, encode_task(t))).collect(),
+            tasks: tasks.iter().map(|t| (t.id(), t.record())).collect(),
             removed: removed.to_vec(),
             workers: workers.iter().map(|w| (w.id.0, encode(w))).collect(),
             removed_workers: removed_workers.iter().map(|w| w.0).collect(),
@@ -627,7 +664,7 @@ pub(super) mod tests {
         assert!(workers.is_empty());
         assert!(removed_workers.is_empty());
         assert!(queues.is_empty());
-        let forgot = Entry::new(&[], &[], &[], &[WorkerId(3), WorkerId(u64::MAX)], &[]);
+        let forgot = Entry::new::<TaskInfo>(&[], &[], &[], &[WorkerId(3), WorkerId(u64::MAX)], &[]);
         let (.., removed_workers, _) = Entry::from_body(8, &forgot.to_body()).unwrap();
         assert_eq!(removed_workers, vec![3, u64::MAX]);
         // An entry from before workers could be forgotten: tasks, removed ids, workers.

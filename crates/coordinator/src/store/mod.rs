@@ -21,7 +21,10 @@ use tatzelwurm_protocol::{QueueSettings, TaskId, TaskInfo, WorkerId, WorkerInfo}
 use tracing::{debug, info, warn};
 
 use crate::core::Counters;
+#[cfg(test)]
+pub(crate) use image::decode_task_record;
 use image::{Entry, Image, LAYOUT_VERSION, Snapshot, Stored, frame};
+pub(crate) use image::{TaskRecord, encode_task};
 
 /// What the store holds, read at start.
 #[derive(Debug, Default)]
@@ -574,9 +577,9 @@ impl Store {
     /// prefix of its parts may be, each part whole (the caller writes the batch again, which is
     /// safe: records are whole and replay follows sequence numbers). Starts a checkpoint in the
     /// background when one is due.
-    pub async fn write(
+    pub async fn write<T: TaskRecord>(
         &self,
-        tasks: &[TaskInfo],
+        tasks: &[T],
         removed: &[TaskId],
         workers: &[WorkerInfo],
         removed_workers: &[WorkerId],
@@ -857,11 +860,11 @@ mod tests {
     async fn forgotten_workers_stay_forgotten_with_and_without_a_checkpoint() {
         let store = Store::open(&opts("mem://", 64 << 20)).await.unwrap();
         store
-            .write(&[], &[], &[worker(1), worker(2)], &[], &[], None)
+            .write::<TaskInfo>(&[], &[], &[worker(1), worker(2)], &[], &[], None)
             .await
             .unwrap();
         store
-            .write(&[], &[], &[], &[WorkerId(1)], &[], None)
+            .write::<TaskInfo>(&[], &[], &[], &[WorkerId(1)], &[], None)
             .await
             .unwrap();
         let workers = store.load().await.unwrap().workers;
@@ -1016,12 +1019,12 @@ mod tests {
         a.limit = Some(4);
         let b = QueueSettings::new("aiida-x", "gpu");
         store
-            .write(&[], &[], &[], &[], &[a.clone(), b.clone()], None)
+            .write::<TaskInfo>(&[], &[], &[], &[], &[a.clone(), b.clone()], None)
             .await
             .unwrap();
         a.paused = true;
         store
-            .write(&[], &[], &[], &[], &[a.clone()], None)
+            .write::<TaskInfo>(&[], &[], &[], &[], &[a.clone()], None)
             .await
             .unwrap();
         let got = store.load().await.unwrap().queues;

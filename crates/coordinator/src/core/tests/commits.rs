@@ -54,12 +54,17 @@ fn a_start_costs_no_commit_of_its_own_but_is_written_with_the_next() {
         12,
     );
     let batch = c.take_batch().unwrap();
-    let mut written: Vec<TaskId> = batch.tasks.iter().map(|t| t.id).collect();
+    let mut written: Vec<TaskId> = batch.tasks.iter().map(|(id, _)| *id).collect();
     written.sort();
     let mut both = ids.clone();
     both.sort();
     assert_eq!(written, both);
-    let running = batch.tasks.iter().find(|t| t.id == sent[0].task).unwrap();
+    let running = batch
+        .tasks
+        .iter()
+        .map(|(_, record)| crate::store::decode_task_record(record))
+        .find(|t| t.id == sent[0].task)
+        .unwrap();
     assert_eq!(running.state, TaskState::Running);
     assert_eq!(running.attempts[0].started_ms, Some(11));
     // Alone, a start is written at the next tick, and before a shutdown.
