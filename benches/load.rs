@@ -55,6 +55,10 @@ struct Args {
     /// Only queue this many ready tasks with no worker and report the coordinator's memory.
     #[arg(long)]
     queue_only: Option<usize>,
+    /// With --queue-only: then kill -9 the coordinator and start it again on the same store;
+    /// report how long it takes until it serves, and its peak memory meanwhile.
+    #[arg(long, requires = "queue_only")]
+    restart: bool,
     /// Also connect this many in-process workers (real TCP, the worker library), report the
     /// coordinator's CPU while they only heartbeat, then run the throughput test with them.
     #[arg(long, default_value_t = 0)]
@@ -355,7 +359,7 @@ async fn main() -> Result<()> {
     );
 
     if let Some(n) = a.queue_only {
-        let c = Coordinator::start_with(db, &["--lease", "30s"])?;
+        let mut c = Coordinator::start_with(db, &["--lease", "30s"])?;
         let mut client = connect(&c).await?;
         let start = Instant::now();
         let mut left = n;
@@ -374,6 +378,16 @@ async fn main() -> Result<()> {
             start.elapsed().as_secs_f64(),
             peak_rss_mb(c.pid())
         );
+        if a.restart {
+            drop(client);
+            let start = Instant::now();
+            c.restart()?;
+            println!(
+                "after kill -9: serving again over {n} tasks in {:.2} s; peak RSS {:.0} MB",
+                start.elapsed().as_secs_f64(),
+                peak_rss_mb(c.pid())
+            );
+        }
         return Ok(());
     }
 

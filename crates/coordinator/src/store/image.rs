@@ -19,7 +19,7 @@
 //! include, changes nothing: that is what lets a checkpoint write its buckets and drop the
 //! journal in separate transactions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tatzelwurm_protocol::{BodyCodec, QueueSettings, TaskId, TaskInfo, WorkerId, WorkerInfo};
@@ -336,7 +336,7 @@ pub(crate) struct Snapshot {
 /// checkpointed), which buckets changed since the last checkpoint, and how much journal there is.
 #[derive(Debug)]
 pub(crate) struct Image {
-    buckets: Vec<HashMap<TaskId, Bytes>>,
+    buckets: Vec<rustc_hash::FxHashMap<TaskId, Bytes>>,
     dirty: Vec<bool>,
     workers: BTreeMap<u64, Bytes>,
     queues: BTreeMap<QueueKey, Bytes>,
@@ -349,7 +349,7 @@ pub(crate) struct Image {
 impl Default for Image {
     fn default() -> Self {
         Image {
-            buckets: vec![HashMap::new(); BUCKETS],
+            buckets: vec![rustc_hash::FxHashMap::default(); BUCKETS],
             dirty: vec![false; BUCKETS],
             workers: BTreeMap::new(),
             queues: BTreeMap::new(),
@@ -487,10 +487,18 @@ pub(crate) struct Replayed {
 /// Rebuilds the tables: legacy records first, then the buckets, then every journal entry after
 /// the checkpoint in sequence order.
 pub(crate) fn replay(stored: Stored) -> Result<Replayed, StoreError> {
-    let mut tasks: HashMap<TaskId, TaskInfo> = HashMap::new();
     let mut workers: BTreeMap<u64, WorkerInfo> = BTreeMap::new();
     let mut queues: BTreeMap<QueueKey, QueueSettings> = BTreeMap::new();
     let mut image = Image::default();
+    let mut journal = stored.journal;
+    journal.sort_by_key(|(seq, _)| *seq);
+    let stale_entries = journal
+        .iter()
+        .filter(|(seq, _)| *seq <= stored.upto)
+        .count();
+    journal.retain(|(seq, _)| *seq > stored.upto);
+    // FxHash: ids are random in their last bytes (and made by the coordinator).
+    let mut tasks: rustc_hash::FxHashMap<TaskId, TaskInfo> = Default::default();
     for (i, b) in stored.legacy_tasks.iter().enumerate() {
         let t: TaskInfo = decode_task("task", &format!("#{i}"), b)?;
         image.put_task(t.id, b.clone());
@@ -543,14 +551,7 @@ pub(crate) fn replay(stored: Stored) -> Result<Replayed, StoreError> {
     image.dirty.iter_mut().for_each(|d| *d = false);
     image.last_seq = stored.upto;
 
-    let mut journal = stored.journal;
-    journal.sort_by_key(|(seq, _)| *seq);
-    let mut stale_entries = 0;
     for (seq, body) in journal {
-        if seq <= stored.upto {
-            stale_entries += 1;
-            continue;
-        }
         let (ts, removed, ws, removed_ws, qs) = Entry::from_body(seq, &body)?;
         let mut entry = Entry::default();
         for (t, bytes) in ts {
