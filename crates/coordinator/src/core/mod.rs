@@ -391,6 +391,8 @@ impl Core {
                 },
             );
         }
+        let mut loaded: Vec<(TaskId, Box<Task>)> = Vec::with_capacity(tasks.len());
+        let mut ready: Vec<(u64, TaskId)> = Vec::new();
         for info in tasks {
             // Forgotten workers leave their ids in attempts: never hand one out again.
             for a in &info.attempts {
@@ -445,11 +447,25 @@ impl Core {
             core.counts[idx(task.state())] += 1;
             core.queues.count(queue, task.state(), true);
             core.note_ended(id, task.state(), task.info.times.ended_ms);
-            let ready = task.state() == TaskState::Ready;
-            core.tasks.insert(id, Box::new(task));
-            if ready {
-                core.enqueue_ready(id);
+            if task.state() == TaskState::Ready {
+                let since = task
+                    .info
+                    .times
+                    .ready_ms
+                    .unwrap_or(task.info.times.created_ms);
+                ready.push((since, id));
             }
+            loaded.push((id, Box::new(task)));
+        }
+        // Built from sorted ids in one pass rather than inserted one by one in the store's
+        // (hash) order.
+        loaded.sort_unstable_by_key(|(id, _)| *id);
+        core.tasks = loaded.into_iter().collect();
+        // Back in line in the order they became ready (ids, made in order, break ties): the
+        // store gives them in no particular order, and a queue's line must survive a restart.
+        ready.sort_unstable();
+        for (_, id) in ready {
+            core.enqueue_ready(id);
         }
         // Ids are UUIDv7, so their order is the order the tasks were made in.
         unnumbered.sort();

@@ -533,3 +533,57 @@ fn a_subscription_by_queue_and_tags_follows_the_tasks_that_have_both() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert!(!snapshot.contains(&events[0]));
 }
+
+#[test]
+fn a_queue_keeps_its_line_across_a_restart_whatever_order_the_store_gives() {
+    // Made ready one after the other, in two queues and at two priorities; the store hands
+    // them back in any order (here: reversed).
+    let mut c = core();
+    c.connect_actioner(1);
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let q = if n % 2 == 0 { "a" } else { "b" };
+        ids.extend(add_to(&mut c, q, 1, |s| s.priority = (n / 4) as i32));
+    }
+    // Each became ready a millisecond after the one before; the store gives them back newest
+    // first.
+    let mut tasks: Vec<TaskInfo> = ids
+        .iter()
+        .zip(10..)
+        .map(|(id, at)| {
+            let mut t = c.tasks[id].info.clone();
+            t.times.ready_ms = Some(at);
+            t
+        })
+        .collect();
+    tasks.reverse();
+    let mut r = Core::restore(
+        CoreConfig::default(),
+        tasks,
+        vec![],
+        vec![],
+        Default::default(),
+        100,
+    );
+    r.connect_worker(2, hello("w", 1), 100);
+    let mut order = Vec::new();
+    for now in 101..107 {
+        r.schedule(now);
+        let sent = dispatched(&mut r);
+        assert_eq!(sent.len(), 1);
+        order.push(sent[0]);
+        let attempt = AttemptRef {
+            task: sent[0],
+            attempt: 1,
+        };
+        finish(&mut r, 2, attempt, Outcome::Succeeded, now);
+    }
+    // The higher priority first (tasks 4 and 5), then each queue in the order its tasks became
+    // ready, the two queues taking turns.
+    let first: HashSet<TaskId> = order[..2].iter().copied().collect();
+    assert_eq!(first, HashSet::from([ids[4], ids[5]]), "{order:?}");
+    let rest: Vec<TaskId> = order[2..].to_vec();
+    let pos = |id: TaskId| rest.iter().position(|x| *x == id).unwrap();
+    assert!(pos(ids[0]) < pos(ids[2]), "queue a: {order:?}");
+    assert!(pos(ids[1]) < pos(ids[3]), "queue b: {order:?}");
+}
