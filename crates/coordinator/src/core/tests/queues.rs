@@ -543,7 +543,7 @@ fn a_queue_keeps_its_line_across_a_restart_whatever_order_the_store_gives() {
     let mut ids = Vec::new();
     for n in 0..6 {
         let q = if n % 2 == 0 { "a" } else { "b" };
-        ids.extend(add_to(&mut c, q, 1, |s| s.priority = (n / 4) as i32));
+        ids.extend(add_to(&mut c, q, 1, |s| s.priority = n / 4));
     }
     // Each became ready a millisecond after the one before; the store gives them back newest
     // first.
