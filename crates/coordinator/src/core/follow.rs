@@ -299,8 +299,14 @@ impl Core {
             !fs.is_empty()
         });
         for id in unwatched {
+            // A worker back under its id that has not reattached yet hears nothing of its
+            // tasks; it streams nothing either, since every follow ends with a connection.
             if let Some(s) = self.follows.streams.remove(&id)
-                && let Some(c) = self.workers.get(&s.worker).and_then(|w| w.conn)
+                && let Some(c) = self
+                    .workers
+                    .get(&s.worker)
+                    .filter(|w| w.awaiting_reattach.is_none())
+                    .and_then(|w| w.conn)
             {
                 self.immediate.push((
                     c,
