@@ -226,6 +226,7 @@ pub async fn run(
         // well inside the frame.
         reply_chunk: (cfg.max_frame / 64).max(1),
     };
+    let building = std::time::Instant::now();
     let core = Core::restore(
         core_cfg,
         loaded.tasks,
@@ -233,6 +234,10 @@ pub async fn run(
         loaded.queues,
         loaded.counters,
         now_ms(),
+    );
+    info!(
+        took_ms = building.elapsed().as_millis() as u64,
+        "tables built"
     );
 
     let addr = listener.local_addr()?;

@@ -484,8 +484,10 @@ impl Store {
     /// Every task, worker and set queue the store holds. Records of the layout before
     /// journals are read too, and rewritten in the current layout before this returns.
     pub async fn load(&self) -> Result<Loaded, StoreError> {
+        let started = std::time::Instant::now();
         let stored = self.read_stored().await?;
         let counters = self.read_counters().await?;
+        let read_ms = started.elapsed().as_millis() as u64;
         let legacy = !stored.legacy_tasks.is_empty() || !stored.legacy_workers.is_empty();
         let replayed = image::replay(stored)?;
         info!(
@@ -493,6 +495,8 @@ impl Store {
             table_bytes = replayed.image.table_bytes(),
             last_seq = replayed.image.last_seq(),
             stale_entries = replayed.stale_entries,
+            read_ms,
+            replay_ms = started.elapsed().as_millis() as u64 - read_ms,
             "store replayed"
         );
         {
