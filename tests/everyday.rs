@@ -519,6 +519,8 @@ struct Follower {
     child: std::process::Child,
     out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     err: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// The threads that gather them, done once the pipes close.
+    gatherers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Follower {
@@ -531,10 +533,11 @@ impl Follower {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let gather = |mut r: Box<dyn std::io::Read + Send>| {
+        let mut gatherers = Vec::new();
+        let mut gather = |mut r: Box<dyn std::io::Read + Send>| {
             let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
             let b = buf.clone();
-            std::thread::spawn(move || {
+            gatherers.push(std::thread::spawn(move || {
                 let mut chunk = [0u8; 4096];
                 while let Ok(n) = r.read(&mut chunk) {
                     if n == 0 {
@@ -542,12 +545,26 @@ impl Follower {
                     }
                     b.lock().unwrap().extend_from_slice(&chunk[..n]);
                 }
-            });
+            }));
             buf
         };
         let out = gather(Box::new(child.stdout.take().unwrap()));
         let err = gather(Box::new(child.stderr.take().unwrap()));
-        Follower { child, out, err }
+        Follower {
+            child,
+            out,
+            err,
+            gatherers,
+        }
+    }
+
+    /// Waits for it to exit and for the last of its output to be gathered.
+    fn finish(&mut self) -> std::process::ExitStatus {
+        let status = self.child.wait().unwrap();
+        for g in self.gatherers.drain(..) {
+            g.join().unwrap();
+        }
+        status
     }
 
     fn stdout(&self) -> String {
@@ -598,8 +615,8 @@ fn task_follow_streams_a_running_command_through_a_coordinator_restart_on_both_k
         f.wait_stdout("one\nthree\n");
         std::fs::write(gate(2), "").unwrap();
         let mut f = f;
-        let status = f.child.wait().unwrap();
-        f.wait_stdout("one\nthree\nfour\n");
+        let status = f.finish();
+        assert_eq!(f.stdout(), "one\nthree\nfour\n");
         let err = f.stderr();
         assert_eq!(status.code(), Some(1), "the task failed: {err}");
         assert_eq!(err.matches("two\n").count(), 1, "{err}");
