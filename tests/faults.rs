@@ -3,9 +3,10 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::Duration;
 
-use tatzelwurm_tests::{Coordinator, Db, wait_for};
+use tatzelwurm_tests::{Coordinator, Db, Worker, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -20,16 +21,8 @@ fn killed_worker_tasks_run_elsewhere_after_the_lease() {
     for id in &ids {
         c.wait_state(id, "running", LONG);
     }
-    wait_for(LONG, || {
-        std::fs::read_to_string(&pids).is_ok_and(|p| p.lines().count() == 3)
-    })
-    .unwrap();
-    a.kill9();
     // Its commands die with it, or they would run a second time beside the new attempts.
-    for pid in std::fs::read_to_string(&pids).unwrap().lines() {
-        wait_for(Duration::from_secs(10), || !alive(pid.trim()))
-            .unwrap_or_else(|_| panic!("command {pid} outlived its worker"));
-    }
+    kill9_and_see_its_commands_die(&mut a, &pids, 3, "its worker");
     let _b = c.worker(&["--type", "async", "--name", "survivor"]);
     let quick = c.add(&["--play", "--sleep", "10ms"]);
     c.wait_state(&quick[0], "completed", LONG);
@@ -65,18 +58,25 @@ fn commands_die_with_their_worker_however_it_starts_them() {
         let ids = c.add(&[
             "--play", "--block", block, "--count", "2", "--", "sh", "-c", &script,
         ]);
-        wait_for(LONG, || {
-            std::fs::read_to_string(&pids).is_ok_and(|p| p.lines().count() == 2)
-        })
-        .unwrap();
-        w.kill9();
-        for pid in std::fs::read_to_string(&pids).unwrap().lines() {
-            wait_for(Duration::from_secs(10), || !alive(pid.trim()))
-                .unwrap_or_else(|_| panic!("command {pid} outlived its {block} worker ({spawn})"));
-        }
+        let what = format!("its {block} worker ({spawn})");
+        kill9_and_see_its_commands_die(&mut w, &pids, 2, &what);
         for id in &ids {
             c.action(&["task", "kill", id]);
         }
+    }
+}
+
+/// Waits until `n` commands wrote their pid into `pids`, kills the worker with `kill -9`, and
+/// checks that every one of them dies with it (`what`: the worker, for the message).
+fn kill9_and_see_its_commands_die(w: &mut Worker, pids: &Path, n: usize, what: &str) {
+    wait_for(LONG, || {
+        std::fs::read_to_string(pids).is_ok_and(|p| p.lines().count() == n)
+    })
+    .unwrap();
+    w.kill9();
+    for pid in std::fs::read_to_string(pids).unwrap().lines() {
+        wait_for(Duration::from_secs(10), || !alive(pid.trim()))
+            .unwrap_or_else(|_| panic!("command {pid} outlived {what}"));
     }
 }
 

@@ -231,18 +231,16 @@ fn kill_timeout_and_pause_resume_of_exec_tasks_on_a_sync_worker() {
 fn kill_timeout_and_pause_resume(block: &str) {
     let c = Coordinator::start(Db::Mem).unwrap();
     let _w = c.worker(&["--type", block, "--kill-grace", "1s"]);
+    // Played at once, for this worker's type.
+    let add = |args: &[&str]| {
+        let mut all = vec!["--play", "--block", block];
+        all.extend_from_slice(args);
+        c.add(&all)
+    };
     let dir = tempfile::tempdir().unwrap();
 
     // Output tails, each stream on its own.
-    let both = c.add(&[
-        "--play",
-        "--block",
-        block,
-        "--",
-        "sh",
-        "-c",
-        "echo out; echo err >&2",
-    ]);
+    let both = add(&["--", "sh", "-c", "echo out; echo err >&2"]);
     c.wait_state(&both[0], "completed", LONG);
     let a = &c.show(&both[0])["attempts"][0];
     assert_eq!(
@@ -253,7 +251,7 @@ fn kill_timeout_and_pause_resume(block: &str) {
     // Kill: the whole process group goes.
     let pidfile = dir.path().join("pid");
     let script = format!("echo $$ > {}; sleep 60", pidfile.display());
-    let killed = c.add(&["--play", "--block", block, "--", "sh", "-c", &script]);
+    let killed = add(&["--", "sh", "-c", &script]);
     c.wait_state(&killed[0], "running", LONG);
     wait_for(LONG, || {
         pidfile.exists() && !std::fs::read_to_string(&pidfile).unwrap().is_empty()
@@ -280,15 +278,7 @@ fn kill_timeout_and_pause_resume(block: &str) {
     .unwrap();
 
     // A command that ignores SIGTERM gets SIGKILL when the kill grace (1 s) ends.
-    let stubborn = c.add(&[
-        "--play",
-        "--block",
-        block,
-        "--",
-        "sh",
-        "-c",
-        "trap '' TERM; sleep 60 & wait; sleep 60",
-    ]);
+    let stubborn = add(&["--", "sh", "-c", "trap '' TERM; sleep 60 & wait; sleep 60"]);
     c.wait_state(&stubborn[0], "running", LONG);
     std::thread::sleep(Duration::from_millis(200));
     c.action(&["task", "kill", &stubborn[0]]);
@@ -304,16 +294,7 @@ fn kill_timeout_and_pause_resume(block: &str) {
     );
 
     // Timeout: the attempt fails as timed out.
-    let slow = c.add(&[
-        "--play",
-        "--block",
-        block,
-        "--timeout",
-        "300ms",
-        "--",
-        "sleep",
-        "60",
-    ]);
+    let slow = add(&["--timeout", "300ms", "--", "sleep", "60"]);
     c.wait_state(&slow[0], "failed", LONG);
     let a = &c.show(&slow[0])["attempts"][0];
     assert_eq!(a["outcome"], "timed_out");
@@ -325,7 +306,7 @@ fn kill_timeout_and_pause_resume(block: &str) {
         "for i in $(seq 1 20); do echo $i >> {}; sleep 0.1; done",
         counter.display()
     );
-    let task = c.add(&["--play", "--block", block, "--", "sh", "-c", &script]);
+    let task = add(&["--", "sh", "-c", &script]);
     wait_for(LONG, || {
         counter.exists() && std::fs::read_to_string(&counter).unwrap().lines().count() >= 2
     })

@@ -624,6 +624,30 @@ pub enum OutputStream {
     Stderr,
 }
 
+impl OutputStream {
+    /// Both, in the order of [`OutputStream::index`].
+    pub const BOTH: [OutputStream; 2] = [OutputStream::Stdout, OutputStream::Stderr];
+
+    /// 0 for stdout, 1 for stderr: where a stream's state sits in a pair kept for both.
+    pub fn index(self) -> usize {
+        match self {
+            OutputStream::Stdout => 0,
+            OutputStream::Stderr => 1,
+        }
+    }
+}
+
+/// The part of an output piece that is new to a reader who has a stream up to `upto`: where it
+/// starts and its bytes, or `None` when the reader has it all. A piece repeats bytes after a
+/// reconnect (the tails again); where it starts beyond `upto`, the bytes between were left out.
+pub fn new_part(upto: u64, offset: u64, data: &[u8]) -> Option<(u64, &[u8])> {
+    if offset + data.len() as u64 <= upto {
+        return None;
+    }
+    let skip = upto.saturating_sub(offset);
+    Some((offset + skip, &data[skip as usize..]))
+}
+
 /// Names one attempt of one task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AttemptRef {

@@ -8,20 +8,21 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tatzelwurm_protocol::{
-    AttemptRef, AttemptReport, EnvVar, OUTPUT_TAIL_LIMIT, Outcome, OutputStream, now_ms,
+    AttemptRef, AttemptReport, Bytes, EnvVar, OUTPUT_TAIL_LIMIT, Outcome, OutputStream,
+    WorkerToCoordinator, now_ms,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::runner::{Control, Piece};
+use crate::runner::Control;
 
 /// A command's output as the worker holds it: the tail of each stream, how much was written
 /// to it, and whether somebody follows it (then every piece also goes to `sink`).
 struct Tap {
     attempt: AttemptRef,
-    sink: mpsc::Sender<Piece>,
+    sink: mpsc::Sender<WorkerToCoordinator>,
     following: bool,
     /// The last bytes of stdout and stderr: at least [`OUTPUT_TAIL_LIMIT`] of each when there
     /// were as many, at most twice that.
@@ -30,17 +31,15 @@ struct Tap {
     written: [u64; 2],
 }
 
-const STREAMS: [OutputStream; 2] = [OutputStream::Stdout, OutputStream::Stderr];
-
 impl Tap {
     /// Passes a piece on to the follower. A full channel (the connection cannot keep up) drops
     /// it: the offsets of the next pieces show the gap.
     fn send(&self, i: usize, offset: u64, data: Vec<u8>) {
-        let piece = Piece {
+        let piece = WorkerToCoordinator::Output {
             attempt: self.attempt,
-            stream: STREAMS[i],
+            stream: OutputStream::BOTH[i],
             offset,
-            data,
+            data: Bytes(data),
         };
         let _ = self.sink.try_send(piece);
     }
@@ -197,7 +196,7 @@ fn start(
 #[allow(clippy::too_many_arguments)]
 pub async fn run_exec(
     attempt: AttemptRef,
-    output: mpsc::Sender<Piece>,
+    output: mpsc::Sender<WorkerToCoordinator>,
     argv: &[String],
     env: &[EnvVar],
     cwd: Option<&str>,

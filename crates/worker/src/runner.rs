@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tatzelwurm_protocol::{
-    AttemptRef, AttemptReport, Dispatch, Outcome, OutputStream, Payload, now_ms,
+    AttemptRef, AttemptReport, Dispatch, Outcome, Payload, WorkerToCoordinator, now_ms,
 };
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
@@ -26,19 +26,6 @@ pub enum Control {
     Follow(bool),
 }
 
-/// A piece of a command's output for whoever follows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Piece {
-    /// Whose.
-    pub attempt: AttemptRef,
-    /// Which stream.
-    pub stream: OutputStream,
-    /// Bytes written to that stream before `data`.
-    pub offset: u64,
-    /// The bytes.
-    pub data: Vec<u8>,
-}
-
 /// Starts attempts and sends their reports to one channel.
 #[derive(Clone)]
 pub struct Runner {
@@ -48,7 +35,8 @@ pub struct Runner {
     kill_grace: Duration,
     spawn: Spawn,
     done: mpsc::UnboundedSender<(AttemptRef, AttemptReport)>,
-    output: mpsc::Sender<Piece>,
+    /// Where followed commands send their output (`output` messages, ready for the connection).
+    output: mpsc::Sender<WorkerToCoordinator>,
 }
 
 impl Runner {
@@ -59,7 +47,7 @@ impl Runner {
         kill_grace: Duration,
         spawn: Spawn,
         done: mpsc::UnboundedSender<(AttemptRef, AttemptReport)>,
-        output: mpsc::Sender<Piece>,
+        output: mpsc::Sender<WorkerToCoordinator>,
     ) -> Self {
         Runner {
             handlers,

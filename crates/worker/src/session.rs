@@ -9,7 +9,7 @@ use anyhow::Result;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tatzelwurm_protocol::client::{HandshakeError, handshake};
 use tatzelwurm_protocol::{
-    AttemptRef, AttemptReport, BlockType, Bytes, CoordinatorToWorker, DEFAULT_MAX_FRAME, Hello,
+    AttemptRef, AttemptReport, BlockType, CoordinatorToWorker, DEFAULT_MAX_FRAME, Hello,
     MessageCodec, Outcome, Role, WorkerHello, WorkerId, WorkerToCoordinator, now_ms,
 };
 use tokio::net::TcpStream;
@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::WorkerConfig;
 use crate::handlers::Handlers;
-use crate::runner::{Control, Piece, Runner};
+use crate::runner::{Control, Runner};
 
 /// Pieces of followed output waiting for the connection.
 const OUTPUT_PIECES: usize = 256;
@@ -292,7 +292,7 @@ async fn session(
     st: &mut State,
     mut conn: Conn,
     done_rx: &mut mpsc::UnboundedReceiver<(AttemptRef, AttemptReport)>,
-    output_rx: &mut mpsc::Receiver<Piece>,
+    output_rx: &mut mpsc::Receiver<WorkerToCoordinator>,
     stop: &Stop,
 ) -> End {
     let hb = st.heartbeat;
@@ -349,19 +349,17 @@ async fn session(
             },
             Some((a, r)) = done_rx.recv() => {
                 // The last pieces of its output were read before it ended: they go first.
-                let mut res = Ok(());
-                while let Ok(p) = output_rx.try_recv() && res.is_ok() {
-                    res = conn.send(output_message(p)).await;
-                }
-                if let Err(e) = res {
-                    return End::Lost(e.to_string());
+                while let Ok(p) = output_rx.try_recv() {
+                    if let Err(e) = conn.send(p).await {
+                        return End::Lost(e.to_string());
+                    }
                 }
                 let send = !st.dropped.contains(&a);
                 st.finished_attempt(a, r.clone());
                 if send { conn.send(WorkerToCoordinator::Finished { attempt: a, report: r }).await.map_err(|e| e.to_string()) } else { Ok(()) }
             }
             Some(p) = output_rx.recv() => {
-                conn.send(output_message(p)).await.map_err(|e| e.to_string())
+                conn.send(p).await.map_err(|e| e.to_string())
             }
             _ = ticker.tick() => {
                 if last_inbound.elapsed() > hb * 4 + Duration::from_secs(2) {
@@ -390,15 +388,6 @@ async fn session(
         if let Err(why) = res {
             return End::Lost(why);
         }
-    }
-}
-
-fn output_message(p: Piece) -> WorkerToCoordinator {
-    WorkerToCoordinator::Output {
-        attempt: p.attempt,
-        stream: p.stream,
-        offset: p.offset,
-        data: Bytes(p.data),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use tatzelwurm_protocol::OutputStream;
+use tatzelwurm_protocol::{OutputStream, new_part};
 
 use super::*;
 
@@ -23,21 +23,19 @@ struct Printed {
 impl Printed {
     /// Prints the part of a piece that is new, telling of a gap before it.
     fn piece(&mut self, stream: OutputStream, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        let i = usize::from(stream == OutputStream::Stderr);
-        let end = offset + data.len() as u64;
-        if end <= self.upto[i] {
+        let i = stream.index();
+        let Some((at, new)) = new_part(self.upto[i], offset, data) else {
             return Ok(());
-        }
-        if offset > self.upto[i] {
-            let gap = offset - self.upto[i];
+        };
+        if at > self.upto[i] {
+            let gap = at - self.upto[i];
             self.status(&format!(
                 "[{} of {} left out: it came faster than it could be sent]",
                 plural(gap, "byte"),
                 if i == 0 { "stdout" } else { "stderr" }
             ));
         }
-        let new = &data[self.upto[i].saturating_sub(offset) as usize..];
-        self.upto[i] = end;
+        self.upto[i] = at + new.len() as u64;
         self.write(stream, new)
     }
 
@@ -85,7 +83,11 @@ pub(super) async fn follow(
     loop {
         let mut c = match conn.take() {
             Some(c) => c,
-            None => reconnect(reach, reconnect_for).await?,
+            None => {
+                reach
+                    .reconnect(Instant::now() + reconnect_for, reconnect_for)
+                    .await?
+            }
         };
         let request = c.send(ActionerRequest::Follow { id: id.to_string() }).await;
         let mut lost = request.as_ref().err().is_some_and(is_lost);
@@ -189,23 +191,5 @@ fn following_line(
             s.as_str()
         ),
         s => format!("task {number} is {}: waiting for it to run", s.as_str()),
-    }
-}
-
-/// Connects again within `within`, or gives up with the coordinator lost.
-async fn reconnect(reach: &Reach, within: Duration) -> Result<Client> {
-    let deadline = Instant::now() + within;
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        match reach.connect().await {
-            Ok(c) => return Ok(c),
-            Err(_) if Instant::now() < deadline => {}
-            Err(_) => {
-                return Err(ClientError::Closed(format!(
-                    " and did not come back within {within:?}"
-                ))
-                .into());
-            }
-        }
     }
 }

@@ -53,6 +53,26 @@ impl Reach {
         )
         .await
     }
+
+    /// Connects again, every half second until `deadline`; past it the coordinator is lost
+    /// (`waited`: how long it had, for the message).
+    pub(super) async fn reconnect(
+        &self,
+        deadline: Instant,
+        waited: Duration,
+    ) -> Result<Client, ClientError> {
+        loop {
+            if Instant::now() > deadline {
+                return Err(ClientError::Closed(format!(
+                    " and did not come back within {waited:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Ok(c) = self.connect().await {
+                return Ok(c);
+            }
+        }
+    }
 }
 
 /// Subscribes to the tasks of a wait (named, by tag and queue, or all); returns their states
@@ -144,17 +164,8 @@ pub(super) async fn wait(
                 let deadline = Instant::now() + a.reconnect_for;
                 conn = None;
                 while conn.is_none() {
-                    if Instant::now() > deadline {
-                        return Err(ClientError::Closed(format!(
-                            " and did not come back within {:?}",
-                            a.reconnect_for
-                        ))
-                        .into());
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    if let Ok(mut c) = reach.connect().await
-                        && let Ok(now) = watch(&mut c, &a, Some(&left)).await
-                    {
+                    let mut c = reach.reconnect(deadline, a.reconnect_for).await?;
+                    if let Ok(now) = watch(&mut c, &a, Some(&left)).await {
                         states.extend(now);
                         conn = Some(c);
                     }

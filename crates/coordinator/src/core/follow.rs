@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use tatzelwurm_protocol::{
     AttemptRef, Bytes, CoordinatorToActioner, CoordinatorToWorker, ErrorKind, ErrorReply,
     OUTPUT_TAIL_LIMIT, OutputStream, Payload, Reply, RequestId, TaskId, TaskState, WorkerId,
+    new_part,
 };
 
 use super::{ConnId, Core, Out, err};
@@ -34,27 +35,14 @@ struct Stream {
     recent: [Vec<u8>; 2],
 }
 
-fn index(stream: OutputStream) -> usize {
-    match stream {
-        OutputStream::Stdout => 0,
-        OutputStream::Stderr => 1,
-    }
-}
-
-const STREAMS: [OutputStream; 2] = [OutputStream::Stdout, OutputStream::Stderr];
-
 impl Stream {
     /// Takes a piece from the worker: the part beyond what was forwarded, with its offset, or
     /// nothing when it is all old.
     fn take(&mut self, stream: OutputStream, offset: u64, data: Vec<u8>) -> Option<(u64, Vec<u8>)> {
-        let i = index(stream);
-        let end = offset + data.len() as u64;
-        if end <= self.upto[i] {
-            return None;
-        }
-        let skip = self.upto[i].saturating_sub(offset) as usize;
-        let new = data[skip..].to_vec();
-        let at = offset + skip as u64;
+        let i = stream.index();
+        let (at, new) = new_part(self.upto[i], offset, &data)?;
+        let new = new.to_vec();
+        let end = at + new.len() as u64;
         let recent = &mut self.recent[i];
         // After a gap the recent bytes must end where the new ones start: keep none of before.
         if at > self.upto[i] {
@@ -98,16 +86,16 @@ impl Core {
             // Streaming already: what the others saw last, then what comes.
             Some(s) => {
                 let attempt = s.attempt.attempt;
-                let replay: Vec<Reply> = STREAMS
+                let replay: Vec<Reply> = OutputStream::BOTH
                     .iter()
-                    .filter(|&&st| !s.recent[index(st)].is_empty())
+                    .filter(|st| !s.recent[st.index()].is_empty())
                     .map(|&st| {
-                        let recent = &s.recent[index(st)];
+                        let recent = &s.recent[st.index()];
                         Reply::Output {
                             id,
                             attempt,
                             stream: st,
-                            offset: s.upto[index(st)] - recent.len() as u64,
+                            offset: s.upto[st.index()] - recent.len() as u64,
                             data: Bytes(recent.clone()),
                         }
                     })
