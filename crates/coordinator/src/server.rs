@@ -227,14 +227,31 @@ pub async fn run(
         reply_chunk: (cfg.max_frame / 64).max(1),
     };
     let building = std::time::Instant::now();
+    // Each record is decoded as the tables take it, so that a start never holds every task
+    // decoded at once; the first unreadable one stops the start.
+    let mut unreadable = None;
+    let tasks =
+        loaded
+            .tasks
+            .into_iter()
+            .map_while(|record| match crate::store::decode_record(&record) {
+                Ok(info) => Some((info, record)),
+                Err(e) => {
+                    unreadable = Some(e);
+                    None
+                }
+            });
     let core = Core::restore(
         core_cfg,
-        loaded.tasks,
+        tasks,
         loaded.workers,
         loaded.queues,
         loaded.counters,
         now_ms(),
     );
+    if let Some(e) = unreadable {
+        return Err(e).context("cannot load the tables from the store");
+    }
     info!(
         took_ms = building.elapsed().as_millis() as u64,
         "tables built"

@@ -62,79 +62,33 @@ fn refuse(id: TaskId, state: TaskState, op: &str) -> ErrorReply {
     )
 }
 
-impl Task {
-    /// A new task, created (or ready when `play`).
-    pub fn new(id: TaskId, spec: TaskSpec, namespace: String, now: u64, play: bool) -> Task {
-        let info = TaskInfo {
-            id,
-            spec,
-            state: if play {
-                TaskState::Ready
-            } else {
-                TaskState::Created
-            },
-            times: StageTimes {
-                created_ms: now,
-                ready_ms: play.then_some(now),
-                ..Default::default()
-            },
-            attempts: Vec::new(),
-            worker: None,
-            namespace,
-            number: 0,
-            batch: 0,
-        };
-        Task {
-            info,
-            ticket: 0,
-            queue: 0,
-        }
-    }
+/// What the checks of a request read of a task: its id, state and holder, known without
+/// decoding a packed task (`core::table`), so that `kill --all` over a million queued tasks
+/// decodes none of them.
+#[derive(Clone, Copy, Debug)]
+pub struct Head {
+    /// The task's id.
+    pub id: TaskId,
+    /// Its state.
+    pub state: TaskState,
+    /// The worker holding it, if any.
+    pub holder: Option<WorkerId>,
+}
 
+impl Head {
     /// The task's id.
     pub fn id(&self) -> TaskId {
-        self.info.id
+        self.id
     }
 
     /// Its state.
     pub fn state(&self) -> TaskState {
-        self.info.state
+        self.state
     }
 
     /// The worker holding it, if any.
     pub fn holder(&self) -> Option<WorkerId> {
-        self.info.worker
-    }
-
-    /// The latest attempt, which is the current one while a worker holds the task.
-    pub fn current_attempt(&self) -> Option<AttemptRef> {
-        self.info.attempts.last().map(|a| AttemptRef {
-            task: self.info.id,
-            attempt: a.number,
-        })
-    }
-
-    /// Attempts that count against `max_attempts`: lost and handed-back ones do not, since the
-    /// task itself did not fail.
-    pub fn counted_attempts(&self) -> u32 {
-        self.info
-            .attempts
-            .iter()
-            .filter(|a| !matches!(a.outcome, Some(Outcome::Lost | Outcome::HandedBack)))
-            .count() as u32
-    }
-
-    fn enter(&mut self, state: TaskState, now: u64) {
-        self.info.state = state;
-        let t = &mut self.info.times;
-        match state {
-            TaskState::Created => t.created_ms = now,
-            TaskState::Ready => t.ready_ms = Some(now),
-            TaskState::Assigned => t.assigned_ms = Some(now),
-            TaskState::Running => t.running_ms = Some(now),
-            TaskState::Paused => t.paused_ms = Some(now),
-            TaskState::Completed | TaskState::Failed | TaskState::Killed => t.ended_ms = Some(now),
-        }
+        self.holder
     }
 
     /// Checks `play` without changing anything.
@@ -142,33 +96,6 @@ impl Task {
         match self.state() {
             TaskState::Created | TaskState::Paused => Ok(()),
             s => Err(refuse(self.id(), s, "play")),
-        }
-    }
-
-    /// Created → ready; paused → ready, or back to assigned/running on its worker.
-    pub fn play(&mut self, now: u64) -> Result<WorkerOrder, ErrorReply> {
-        self.check_play()?;
-        match (self.holder(), self.current_attempt()) {
-            (Some(w), Some(attempt)) => {
-                let started = self
-                    .info
-                    .attempts
-                    .last()
-                    .is_some_and(|a| a.started_ms.is_some());
-                self.enter(
-                    if started {
-                        TaskState::Running
-                    } else {
-                        TaskState::Assigned
-                    },
-                    now,
-                );
-                Ok(WorkerOrder::Resume(w, attempt))
-            }
-            _ => {
-                self.enter(TaskState::Ready, now);
-                Ok(WorkerOrder::None)
-            }
         }
     }
 
@@ -182,32 +109,12 @@ impl Task {
         }
     }
 
-    /// Holds the task; one on a worker stays there, suspended.
-    pub fn pause(&mut self, now: u64) -> Result<WorkerOrder, ErrorReply> {
-        self.check_pause()?;
-        self.enter(TaskState::Paused, now);
-        Ok(match (self.holder(), self.current_attempt()) {
-            (Some(w), Some(attempt)) => WorkerOrder::Pause(w, attempt),
-            _ => WorkerOrder::None,
-        })
-    }
-
     /// Checks `kill` without changing anything.
     pub fn check_kill(&self) -> Result<(), ErrorReply> {
         if self.state().is_final() {
             return Err(refuse(self.id(), self.state(), "kill"));
         }
         Ok(())
-    }
-
-    /// Ends the task as killed; its worker, if any, is told to stop the attempt.
-    pub fn kill(&mut self, now: u64) -> Result<WorkerOrder, ErrorReply> {
-        self.check_kill()?;
-        self.enter(TaskState::Killed, now);
-        Ok(match (self.holder(), self.current_attempt()) {
-            (Some(w), Some(attempt)) => WorkerOrder::Kill(w, attempt),
-            _ => WorkerOrder::None,
-        })
     }
 
     /// Checks `remove`: a task that no worker holds, finished or still waiting (created, ready,
@@ -242,6 +149,171 @@ impl Task {
             TaskState::Failed | TaskState::Killed if self.holder().is_none() => Ok(()),
             s => Err(refuse(self.id(), s, "retry")),
         }
+    }
+}
+
+impl Task {
+    /// A new task, created (or ready when `play`).
+    pub fn new(id: TaskId, spec: TaskSpec, namespace: String, now: u64, play: bool) -> Task {
+        let info = TaskInfo {
+            id,
+            spec,
+            state: if play {
+                TaskState::Ready
+            } else {
+                TaskState::Created
+            },
+            times: StageTimes {
+                created_ms: now,
+                ready_ms: play.then_some(now),
+                ..Default::default()
+            },
+            attempts: Vec::new(),
+            worker: None,
+            namespace,
+            number: 0,
+            batch: 0,
+        };
+        Task {
+            info,
+            ticket: 0,
+            queue: 0,
+        }
+    }
+
+    /// The task's id.
+    pub fn id(&self) -> TaskId {
+        self.info.id
+    }
+
+    /// Its id, state and holder: what the checks read.
+    pub fn head(&self) -> Head {
+        Head {
+            id: self.id(),
+            state: self.state(),
+            holder: self.holder(),
+        }
+    }
+
+    /// Its state.
+    pub fn state(&self) -> TaskState {
+        self.info.state
+    }
+
+    /// The worker holding it, if any.
+    pub fn holder(&self) -> Option<WorkerId> {
+        self.info.worker
+    }
+
+    /// The latest attempt, which is the current one while a worker holds the task.
+    pub fn current_attempt(&self) -> Option<AttemptRef> {
+        self.info.attempts.last().map(|a| AttemptRef {
+            task: self.info.id,
+            attempt: a.number,
+        })
+    }
+
+    /// Whether the table may keep it packed (`core::table`): no worker holds it, and it is not a
+    /// ready task whose preferences the scheduler reads by reference.
+    pub fn packable(&self) -> bool {
+        self.holder().is_none()
+            && (self.state() != TaskState::Ready || self.info.spec.prefer.is_empty())
+    }
+
+    /// Attempts that count against `max_attempts`: lost and handed-back ones do not, since the
+    /// task itself did not fail.
+    pub fn counted_attempts(&self) -> u32 {
+        self.info
+            .attempts
+            .iter()
+            .filter(|a| !matches!(a.outcome, Some(Outcome::Lost | Outcome::HandedBack)))
+            .count() as u32
+    }
+
+    fn enter(&mut self, state: TaskState, now: u64) {
+        self.info.state = state;
+        let t = &mut self.info.times;
+        match state {
+            TaskState::Created => t.created_ms = now,
+            TaskState::Ready => t.ready_ms = Some(now),
+            TaskState::Assigned => t.assigned_ms = Some(now),
+            TaskState::Running => t.running_ms = Some(now),
+            TaskState::Paused => t.paused_ms = Some(now),
+            TaskState::Completed | TaskState::Failed | TaskState::Killed => t.ended_ms = Some(now),
+        }
+    }
+
+    /// Checks `play` without changing anything.
+    pub fn check_play(&self) -> Result<(), ErrorReply> {
+        self.head().check_play()
+    }
+
+    /// Created → ready; paused → ready, or back to assigned/running on its worker.
+    pub fn play(&mut self, now: u64) -> Result<WorkerOrder, ErrorReply> {
+        self.check_play()?;
+        match (self.holder(), self.current_attempt()) {
+            (Some(w), Some(attempt)) => {
+                let started = self
+                    .info
+                    .attempts
+                    .last()
+                    .is_some_and(|a| a.started_ms.is_some());
+                self.enter(
+                    if started {
+                        TaskState::Running
+                    } else {
+                        TaskState::Assigned
+                    },
+                    now,
+                );
+                Ok(WorkerOrder::Resume(w, attempt))
+            }
+            _ => {
+                self.enter(TaskState::Ready, now);
+                Ok(WorkerOrder::None)
+            }
+        }
+    }
+
+    /// Checks `pause` without changing anything.
+    pub fn check_pause(&self) -> Result<(), ErrorReply> {
+        self.head().check_pause()
+    }
+
+    /// Holds the task; one on a worker stays there, suspended.
+    pub fn pause(&mut self, now: u64) -> Result<WorkerOrder, ErrorReply> {
+        self.check_pause()?;
+        self.enter(TaskState::Paused, now);
+        Ok(match (self.holder(), self.current_attempt()) {
+            (Some(w), Some(attempt)) => WorkerOrder::Pause(w, attempt),
+            _ => WorkerOrder::None,
+        })
+    }
+
+    /// Checks `kill` without changing anything.
+    pub fn check_kill(&self) -> Result<(), ErrorReply> {
+        self.head().check_kill()
+    }
+
+    /// Ends the task as killed; its worker, if any, is told to stop the attempt.
+    pub fn kill(&mut self, now: u64) -> Result<WorkerOrder, ErrorReply> {
+        self.check_kill()?;
+        self.enter(TaskState::Killed, now);
+        Ok(match (self.holder(), self.current_attempt()) {
+            (Some(w), Some(attempt)) => WorkerOrder::Kill(w, attempt),
+            _ => WorkerOrder::None,
+        })
+    }
+
+    /// Checks `remove`: a task that no worker holds, finished or still waiting (created, ready,
+    /// paused), may be forgotten; one that runs must be killed first.
+    pub fn check_remove(&self) -> Result<(), ErrorReply> {
+        self.head().check_remove()
+    }
+
+    /// Checks `retry`: a failed or killed task that no worker holds any more.
+    pub fn check_retry(&self) -> Result<(), ErrorReply> {
+        self.head().check_retry()
     }
 
     /// Failed or killed → ready, allowed `more` attempts beyond those it has used (its earlier

@@ -87,6 +87,16 @@ impl BodyCodec {
 
     /// Decodes a whole body; trailing bytes after the value are an error, not ignored.
     pub fn decode<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, FrameError> {
+        self.decode_with(body, false)
+    }
+
+    /// Decodes the value a body begins with and ignores what follows: how the coordinator reads
+    /// a stored task's id (its first field) without decoding the whole task.
+    pub fn decode_prefix<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, FrameError> {
+        self.decode_with(body, true)
+    }
+
+    fn decode_with<T: DeserializeOwned>(self, body: &[u8], prefix: bool) -> Result<T, FrameError> {
         let err = |reason: String| FrameError::Decode {
             codec: self.name(),
             len: body.len(),
@@ -99,7 +109,7 @@ impl BodyCodec {
                     let mut de = rmp_serde::Deserializer::new(&mut rest);
                     T::deserialize(&mut de).map_err(|e| err(e.to_string()))?
                 };
-                if !rest.is_empty() {
+                if !prefix && !rest.is_empty() {
                     return Err(err(format!(
                         "{} trailing bytes after the message",
                         rest.len()
@@ -110,7 +120,7 @@ impl BodyCodec {
             BodyCodec::Bincode => {
                 let (value, used) = bincode::serde::decode_from_slice(body, bincode_config())
                     .map_err(|e| err(e.to_string()))?;
-                if used != body.len() {
+                if !prefix && used != body.len() {
                     return Err(err(format!(
                         "{} trailing bytes after the message",
                         body.len() - used

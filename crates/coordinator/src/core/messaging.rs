@@ -314,7 +314,7 @@ impl Core {
         if after.is_final() {
             self.msg.forget_task(id);
         }
-        let Some(outcome) = outcome_of(task) else {
+        let Some(outcome) = outcome_of(&task) else {
             return;
         };
         let watchers = if after.is_final() {
@@ -381,8 +381,8 @@ impl Core {
             let tasks = &self.tasks;
             let live = |id: TaskId, ticket: u64| {
                 tasks
-                    .get(&id)
-                    .is_some_and(|t| t.state() == TaskState::Ready && t.ticket == ticket)
+                    .look(&id)
+                    .is_some_and(|t| t.state() == TaskState::Ready && t.ticket() == ticket)
             };
             let queues = &self.queues;
             let open = |(ns, name): &QueueName, held: u64| {
@@ -441,10 +441,11 @@ impl Core {
             .iter()
             .map(|t| self.resolve(t))
             .collect::<Result<_, _>>()?;
-        if let Some(id) = ids
-            .iter()
-            .find(|id| queue_of(&self.tasks[id].info.spec).is_none())
-        {
+        if let Some(id) = ids.iter().find(|id| {
+            self.tasks
+                .get(id)
+                .is_none_or(|t| queue_of(&t.info.spec).is_none())
+        }) {
             return Err(err(
                 ErrorKind::InvalidRequest,
                 format!("watch: task {id} is not a message task"),
@@ -452,8 +453,10 @@ impl Core {
         }
         let mut now_known = Vec::new();
         for &id in &ids {
-            let task = &self.tasks[&id];
-            if let Some(outcome) = outcome_of(task) {
+            let Some(task) = self.tasks.get(&id) else {
+                continue;
+            };
+            if let Some(outcome) = outcome_of(&task) {
                 now_known.push((id, outcome.clone()));
                 if outcome.is_final() {
                     continue;
@@ -721,8 +724,8 @@ impl Core {
             .msg
             .waiting(&q)
             .filter_map(|(id, ticket)| {
-                let t = self.tasks.get(&id)?;
-                (t.state() == TaskState::Ready && t.ticket == ticket).then_some(t)
+                let t = self.tasks.look(&id)?;
+                (t.state() == TaskState::Ready && t.ticket() == ticket).then(|| t.task())
             })
             .take(limit.map_or(usize::MAX, |l| l as usize))
             .filter_map(|t| match &t.info.spec.payload {

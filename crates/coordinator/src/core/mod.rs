@@ -14,7 +14,8 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::scheduler::{Kind, QueueIdx, Scheduler, WorkerSpec};
-use crate::task::{ReportFate, Task, WorkerOrder};
+use crate::store::Record;
+use crate::task::{Head, ReportFate, Task, WorkerOrder};
 use messaging::{Messaging, queue_of};
 use queues::QueueTable;
 use subscriptions::Subscription;
@@ -55,7 +56,7 @@ pub struct Counters {
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Tasks to write, whole: each one's id and record, encoded as the store writes it.
-    pub tasks: Vec<(TaskId, bytes::Bytes)>,
+    pub tasks: Vec<(TaskId, Record)>,
     /// Tasks to delete.
     pub removed: Vec<TaskId>,
     /// Workers to write.
@@ -206,9 +207,8 @@ impl FinishRate {
 /// The tables: tasks, workers, connections, subscriptions, and the scheduler over them.
 pub struct Core {
     cfg: CoreConfig,
-    /// Boxed: a B-tree leaf is about half full after ascending inserts (ids grow with time),
-    /// and an empty slot costs the whole value; boxed, it costs a pointer.
-    tasks: BTreeMap<TaskId, Box<Task>>,
+    /// Every task, packed (its stored record) while it waits or when it has finished.
+    tasks: table::TaskTable,
     counts: [u64; 8],
     /// Tasks that entered each state since the start (added ones count in their first state).
     entered: [u64; 8],
@@ -317,12 +317,76 @@ fn kind_of(spec: &TaskSpec) -> Kind {
     }
 }
 
+/// Where a ready task read at start goes back in line.
+enum Line {
+    /// A message task: its broker queue's FIFO.
+    Broker(Box<messaging::QueueName>),
+    /// Any other: the scheduler, under its kind and priority.
+    Scheduler { kind: Kind, priority: i32 },
+}
+
+/// The ready tasks read at start, put back in line once every task is read, in the order they
+/// became ready. Each kind is kept once (most tasks share a few), so that a million ready tasks
+/// cost 48 bytes each here, not a copy of their kind.
+#[derive(Default)]
+struct ReadyLine {
+    kinds: Vec<Kind>,
+    known: HashMap<Kind, u32>,
+    /// (ready since, id, queue, place)
+    tasks: Vec<(u64, TaskId, QueueIdx, LinePlace)>,
+}
+
+/// A ready task's place at start: its broker queue, or the number of its kind and its priority.
+type LinePlace = Result<Box<messaging::QueueName>, (u32, i32)>;
+
+impl ReadyLine {
+    fn push(&mut self, task: &Task) {
+        let spec = &task.info.spec;
+        let line = match queue_of(spec) {
+            Some(q) => Ok(Box::new(q)),
+            None => {
+                let kind = kind_of(spec);
+                let n = match self.known.get(&kind) {
+                    Some(&n) => n,
+                    None => {
+                        let n = self.kinds.len() as u32;
+                        self.kinds.push(kind.clone());
+                        self.known.insert(kind, n);
+                        n
+                    }
+                };
+                Err((n, spec.priority))
+            }
+        };
+        let times = &task.info.times;
+        let since = times.ready_ms.unwrap_or(times.created_ms);
+        self.tasks.push((since, task.id(), task.queue, line));
+    }
+
+    /// Every task with its queue and line, oldest first (ids, made in order, break ties).
+    fn in_order(mut self) -> impl Iterator<Item = (TaskId, QueueIdx, Line)> {
+        self.tasks
+            .sort_unstable_by_key(|(since, id, ..)| (*since, *id));
+        let kinds = self.kinds;
+        self.tasks.into_iter().map(move |(_, id, queue, line)| {
+            let line = match line {
+                Ok(q) => Line::Broker(q),
+                Err((n, priority)) => Line::Scheduler {
+                    kind: kinds[n as usize].clone(),
+                    priority,
+                },
+            };
+            (id, queue, line)
+        })
+    }
+}
+
 impl Core {
     /// An empty coordinator.
     pub fn new(cfg: CoreConfig) -> Self {
         Core {
             cfg,
-            tasks: BTreeMap::new(),
+            tasks: table::TaskTable::default(),
             counts: [0; 8],
             entered: [0; 8],
             workers: BTreeMap::new(),
@@ -354,11 +418,13 @@ impl Core {
         }
     }
 
-    /// Rebuilds the tables from what the store holds after a restart. Every worker starts lost,
-    /// with a fresh lease: the tasks it held wait for it to reconnect and reattach them.
+    /// Rebuilds the tables from what the store holds after a restart: every task decoded once,
+    /// here, one at a time, and packed again with its record (`table`) unless a worker holds
+    /// it. Every worker starts lost, with a fresh lease: the tasks it held wait for it to
+    /// reconnect and reattach them.
     pub fn restore(
         cfg: CoreConfig,
-        tasks: Vec<TaskInfo>,
+        tasks: impl IntoIterator<Item = (TaskInfo, Record)>,
         workers: Vec<WorkerInfo>,
         queues: Vec<QueueSettings>,
         counters: Counters,
@@ -391,9 +457,9 @@ impl Core {
                 },
             );
         }
-        let mut loaded: Vec<(TaskId, Box<Task>)> = Vec::with_capacity(tasks.len());
-        let mut ready: Vec<(u64, TaskId)> = Vec::new();
-        for info in tasks {
+        let mut loading = table::Loading::default();
+        let mut ready = ReadyLine::default();
+        for (info, record) in tasks {
             // Forgotten workers leave their ids in attempts: never hand one out again.
             for a in &info.attempts {
                 core.next_worker = core.next_worker.max(a.worker.0 + 1);
@@ -411,6 +477,7 @@ impl Core {
                 ticket: 0,
                 queue,
             };
+            let mut changed = false;
             if let Some(w) = task.holder() {
                 match core.workers.get_mut(&w) {
                     Some(worker) => {
@@ -441,6 +508,7 @@ impl Core {
                             now,
                         );
                         core.dirty_tasks.insert(id);
+                        changed = true;
                     }
                 }
             }
@@ -448,24 +516,20 @@ impl Core {
             core.queues.count(queue, task.state(), true);
             core.note_ended(id, task.state(), task.info.times.ended_ms);
             if task.state() == TaskState::Ready {
-                let since = task
-                    .info
-                    .times
-                    .ready_ms
-                    .unwrap_or(task.info.times.created_ms);
-                ready.push((since, id));
+                ready.push(&task);
             }
-            loaded.push((id, Box::new(task)));
+            // A task changed here is encoded with the next batch, which packs it then.
+            loading.push(task, (!changed).then_some(record));
         }
-        // Built from sorted ids in one pass rather than inserted one by one in the store's
-        // (hash) order.
-        loaded.sort_unstable_by_key(|(id, _)| *id);
-        core.tasks = loaded.into_iter().collect();
+        core.tasks = loading.finish();
         // Back in line in the order they became ready (ids, made in order, break ties): the
         // store gives them in no particular order, and a queue's line must survive a restart.
-        ready.sort_unstable();
-        for (_, id) in ready {
-            core.enqueue_ready(id);
+        for (id, queue, line) in ready.in_order() {
+            let ticket = match line {
+                Line::Broker(q) => core.msg.enqueue(*q, id),
+                Line::Scheduler { kind, priority } => core.sched.enqueue(queue, kind, priority, id),
+            };
+            core.tasks.set_ticket(&id, ticket);
         }
         // Ids are UUIDv7, so their order is the order the tasks were made in.
         unnumbered.sort();
@@ -490,9 +554,14 @@ impl Core {
             .collect()
     }
 
-    /// A task, for tests and diagnostics.
-    pub fn task(&self, id: TaskId) -> Option<&TaskInfo> {
-        self.tasks.get(&id).map(|t| &t.info)
+    /// A task, for tests and diagnostics (decoded when it is packed).
+    pub fn task(&self, id: TaskId) -> Option<TaskInfo> {
+        self.tasks.get(&id).map(|t| t.into_owned().info)
+    }
+
+    /// How many tasks the table keeps packed, for tests and diagnostics.
+    pub fn packed_tasks(&self) -> usize {
+        self.tasks.packed()
     }
 
     /// Tells the core whether the store can write; while it cannot, changes are refused.
@@ -529,16 +598,14 @@ impl Core {
         }
         self.flush_lazy();
         // Encoded here rather than cloned for the writer: one allocation a task instead of one
-        // for each of its strings and attempts.
+        // for each of its strings and attempts, and the task is packed with that very record.
         let tasks = self
             .dirty_tasks
             .drain()
-            .filter_map(|id| {
-                self.tasks
-                    .get(&id)
-                    .map(|t| (id, crate::store::encode_task(&t.info)))
-            })
+            .filter_map(|id| self.tasks.record(&id).map(|r| (id, r)))
             .collect();
+        let lazy = &self.lazy_tasks;
+        self.tasks.settle(|id| lazy.contains(id));
         let workers = self
             .dirty_workers
             .drain()
@@ -819,22 +886,20 @@ impl Core {
         n
     }
 
-    /// The task with number `n`, if it is still in the table.
+    /// The task with number `n`, if it is still in the table. Numbers are never handed out
+    /// twice, so an id filed under `n` that is still in the table is that task.
     fn numbered(&self, n: u64) -> Option<TaskId> {
         let id = *self.by_number.get(n as usize)?;
-        self.tasks
-            .get(&id)
-            .filter(|t| t.info.number == n)
-            .map(|t| t.id())
+        self.tasks.contains_key(&id).then_some(id)
     }
 
     /// Puts a ready task in line: in its queue's FIFO of the broker for a message task, in the
     /// scheduler for any other. Its new ticket makes any older entry stale.
     fn enqueue_ready(&mut self, id: TaskId) {
-        let Some(task) = self.tasks.get_mut(&id) else {
+        let Some(task) = self.tasks.get(&id) else {
             return;
         };
-        task.ticket = match queue_of(&task.info.spec) {
+        let ticket = match queue_of(&task.info.spec) {
             Some(q) => self.msg.enqueue(q, id),
             None => self.sched.enqueue(
                 task.queue,
@@ -843,6 +908,7 @@ impl Core {
                 id,
             ),
         };
+        self.tasks.set_ticket(&id, ticket);
     }
 
     /// Queues an order for a worker, sent once the batch that holds the change is durable.
@@ -857,6 +923,7 @@ mod follow;
 mod messaging;
 mod queues;
 mod subscriptions;
+mod table;
 mod tasks;
 mod workers;
 

@@ -232,16 +232,7 @@ impl Core {
         now: u64,
     ) -> Result<Reply, ErrorReply> {
         check_queue_name(queue).map_err(|e| err(ErrorKind::InvalidRequest, e))?;
-        fn check(t: &Task) -> Result<(), ErrorReply> {
-            if messaging::queue_of(&t.info.spec).is_some() {
-                return Err(err(
-                    ErrorKind::InvalidRequest,
-                    format!(
-                        "cannot move task {}: a message task stays in its queue",
-                        t.id()
-                    ),
-                ));
-            }
+        fn check(t: &Head) -> Result<(), ErrorReply> {
             if let Some(w) = t.holder() {
                 return Err(err(
                     ErrorKind::InvalidState,
@@ -262,6 +253,17 @@ impl Core {
             Ok(())
         }
         let ids = self.select(conn, &selector, "move", check)?;
+        // Checked before anything moves (it reads the whole task).
+        if let Some(id) = ids.iter().find(|id| {
+            self.tasks
+                .get(id)
+                .is_some_and(|t| messaging::queue_of(&t.info.spec).is_some())
+        }) {
+            return Err(err(
+                ErrorKind::InvalidRequest,
+                format!("cannot move task {id}: a message task stays in its queue"),
+            ));
+        }
         let ns = self.namespace(conn);
         let to = self.queues.intern(&ns, queue);
         let mut moved = Vec::with_capacity(ids.len());

@@ -15,14 +15,27 @@ pub(super) struct Subscription {
 }
 
 impl Subscription {
-    /// Whether the subscription follows `task`.
-    fn takes(&self, task: &Task) -> bool {
-        self.all
-            || self.ids.contains(&task.id())
-            || ((!self.tags.is_empty() || self.queue.is_some() || self.batch.is_some())
-                && has_tags(task, &self.tags)
-                && self.queue.is_none_or(|q| task.queue == q)
-                && self.batch.is_none_or(|b| task.info.batch == b))
+    /// Whether the subscription follows a task: by its id or queue, or else by its tags and
+    /// batch, for which `task` gives the whole task (decoded only then, when it is packed).
+    fn takes<'t>(
+        &self,
+        id: TaskId,
+        queue: crate::scheduler::QueueIdx,
+        task: impl FnOnce() -> std::borrow::Cow<'t, Task>,
+    ) -> bool {
+        if self.all || self.ids.contains(&id) {
+            return true;
+        }
+        if (self.tags.is_empty() && self.queue.is_none() && self.batch.is_none())
+            || self.queue.is_some_and(|q| q != queue)
+        {
+            return false;
+        }
+        if self.tags.is_empty() && self.batch.is_none() {
+            return true;
+        }
+        let task = task();
+        has_tags(&task, &self.tags) && self.batch.is_none_or(|b| task.info.batch == b)
     }
 }
 
@@ -42,7 +55,7 @@ impl Core {
             attempt: task.info.attempts.len() as u32,
         };
         for s in &self.subs {
-            if s.takes(task) {
+            if s.takes(id, task.queue, || std::borrow::Cow::Borrowed(&*task)) {
                 let msg = CoordinatorToActioner::Event {
                     subscription: s.request,
                     event: event.clone(),
@@ -100,8 +113,8 @@ impl Core {
         };
         let tasks: Vec<TaskStatus> = self
             .tasks
-            .values()
-            .filter(|t| sub.takes(t))
+            .iter()
+            .filter(|t| sub.takes(t.id(), t.queue(), || t.task()))
             .map(|t| TaskStatus {
                 id: t.id(),
                 state: t.state(),

@@ -25,7 +25,7 @@ impl Core {
         self.counts[idx(task.state())] += 1;
         self.entered[idx(task.state())] += 1;
         self.queues.count(queue, task.state(), true);
-        self.tasks.insert(id, Box::new(task));
+        self.tasks.insert(task);
         if play {
             self.enqueue_ready(id);
         }
@@ -153,7 +153,10 @@ impl Core {
                     .into_iter()
                     .map(|spec| self.insert_task(spec, &namespace, play, batch, now))
                     .collect();
-                let numbers = ids.iter().map(|id| self.tasks[id].info.number).collect();
+                let numbers = ids
+                    .iter()
+                    .filter_map(|id| self.tasks.get(id).map(|t| t.info.number))
+                    .collect();
                 Ok((
                     Reply::Added {
                         ids,
@@ -166,19 +169,19 @@ impl Core {
             ActionerRequest::Play { selector, created } => {
                 // `all` without `created` wakes what was paused, not what was never played.
                 let check = match (selector.is_bulk(), created) {
-                    (true, false) => |t: &Task| match t.state() {
+                    (true, false) => |t: &Head| match t.state() {
                         TaskState::Paused => t.check_play(),
                         s => Err(err(ErrorKind::InvalidState, s.to_string())),
                     },
-                    _ => Task::check_play,
+                    _ => Head::check_play,
                 };
                 self.apply(conn, selector, "play", check, Task::play, now)
             }
             ActionerRequest::Pause { selector } => {
-                self.apply(conn, selector, "pause", Task::check_pause, Task::pause, now)
+                self.apply(conn, selector, "pause", Head::check_pause, Task::pause, now)
             }
             ActionerRequest::Kill { selector } => {
-                self.apply(conn, selector, "kill", Task::check_kill, Task::kill, now)
+                self.apply(conn, selector, "kill", Head::check_kill, Task::kill, now)
             }
             ActionerRequest::Retry { selector, attempts } => {
                 if attempts == 0 {
@@ -189,11 +192,11 @@ impl Core {
                 }
                 // `all` retries what failed; a killed task comes back only when named.
                 let check = match selector.is_bulk() {
-                    true => |t: &Task| match t.state() {
+                    true => |t: &Head| match t.state() {
                         TaskState::Failed => t.check_retry(),
                         s => Err(err(ErrorKind::InvalidState, s.to_string())),
                     },
-                    false => Task::check_retry,
+                    false => Head::check_retry,
                 };
                 self.apply(
                     conn,
@@ -207,11 +210,11 @@ impl Core {
             ActionerRequest::Remove { selector } => {
                 // `all` removes finished tasks only, never one that waits.
                 let check = match selector.is_bulk() {
-                    true => |t: &Task| match t.state().is_final() {
+                    true => |t: &Head| match t.state().is_final() {
                         true => t.check_remove(),
                         false => Err(err(ErrorKind::InvalidState, t.state().to_string())),
                     },
-                    false => Task::check_remove,
+                    false => Head::check_remove,
                 };
                 let ids = self.select(conn, &selector, "remove", check)?;
                 for id in &ids {
@@ -249,11 +252,11 @@ impl Core {
             }
             ActionerRequest::Show { id } => {
                 let id = self.resolve(&id)?;
-                let task = &self.tasks[&id];
+                let task = self.tasks.get(&id).expect("resolved");
                 Ok((
                     Reply::Task {
-                        task: Box::new(task.info.clone()),
-                        waiting: self.waiting_reason(task),
+                        waiting: self.waiting_reason(&task),
+                        task: Box::new(task.into_owned().info),
                     },
                     false,
                 ))
@@ -275,16 +278,24 @@ impl Core {
                 ))
             }
             ActionerRequest::Breakdown { key } => {
-                let mut by_value: BTreeMap<&str, [u64; 8]> = BTreeMap::new();
-                for t in self.tasks.values() {
+                let mut by_value: BTreeMap<String, [u64; 8]> = BTreeMap::new();
+                for t in self.tasks.iter() {
+                    let t = t.task();
                     for tag in t.info.spec.tags.iter().filter(|tag| tag.key == key) {
-                        by_value.entry(tag.value.as_str()).or_insert([0; 8])[idx(t.state())] += 1;
+                        match by_value.get_mut(tag.value.as_str()) {
+                            Some(counts) => counts[idx(t.state())] += 1,
+                            None => {
+                                let mut counts = [0; 8];
+                                counts[idx(t.state())] += 1;
+                                by_value.insert(tag.value.clone(), counts);
+                            }
+                        }
                     }
                 }
                 let values = by_value
                     .into_iter()
                     .map(|(value, counts)| TagCounts {
-                        value: value.to_string(),
+                        value,
                         counts: TaskState::ALL
                             .iter()
                             .filter(|s| counts[idx(**s)] > 0)
@@ -377,7 +388,7 @@ impl Core {
         let pad = |c: char| format!("{hex}{}", c.to_string().repeat(32 - hex.len()));
         let lo = TaskId(Uuid::parse_str(&pad('0')).expect("32 hex digits"));
         let hi = TaskId(Uuid::parse_str(&pad('f')).expect("32 hex digits"));
-        let mut found = self.tasks.range(lo..=hi).map(|(id, _)| *id);
+        let mut found = self.tasks.range(lo..=hi).map(|t| t.id());
         match (found.next(), found.next()) {
             (Some(id), None) => Ok(id),
             (None, _) => Err(err(ErrorKind::UnknownId, format!("no task with id {text}"))),
@@ -398,16 +409,17 @@ impl Core {
         before: Option<TaskId>,
     ) -> Reply {
         let matches = self.filter_matcher(conn, filter);
-        let older = match before {
-            Some(b) => self.tasks.range(..b),
-            None => self.tasks.range(..),
+        let upto = match before {
+            Some(b) => std::ops::Bound::Excluded(b),
+            None => std::ops::Bound::Unbounded,
         };
-        let tasks = older
+        let tasks = self
+            .tasks
+            .range((std::ops::Bound::Unbounded, upto))
             .rev()
-            .map(|(_, t)| t)
             .filter(|t| matches(t))
             .take(limit)
-            .map(|t| t.summary())
+            .map(|t| t.task().summary())
             .collect();
         Reply::Tasks {
             tasks,
@@ -415,19 +427,24 @@ impl Core {
         }
     }
 
-    /// Whether a task matches `f` (a queue named in it is one of `conn`'s namespace).
+    /// Whether a task matches `f` (a queue named in it is one of `conn`'s namespace). States
+    /// and queues are read without decoding a packed task; tags, names and batches decode it.
     fn filter_matcher<'a>(
         &self,
         conn: ConnId,
         f: &'a tatzelwurm_protocol::TaskFilter,
-    ) -> impl Fn(&Task) -> bool + 'a {
+    ) -> impl Fn(&table::TaskRef<'_>) -> bool + 'a {
         let queue = f.queue.as_ref().map(|name| self.queue_to_match(conn, name));
-        move |t: &Task| {
+        let whole = !f.tags.is_empty() || f.name.is_some() || f.batch.is_some();
+        move |t: &table::TaskRef<'_>| {
             (f.states.is_empty() || f.states.contains(&t.state()))
-                && has_tags(t, &f.tags)
-                && queue.is_none_or(|q| t.queue == q)
-                && (f.name.is_none() || t.info.spec.name == f.name)
-                && f.batch.is_none_or(|b| t.info.batch == b)
+                && queue.is_none_or(|q| t.queue() == q)
+                && (!whole || {
+                    let t = t.task();
+                    has_tags(&t, &f.tags)
+                        && (f.name.is_none() || t.info.spec.name == f.name)
+                        && f.batch.is_none_or(|b| t.info.batch == b)
+                })
         }
     }
 
@@ -437,22 +454,22 @@ impl Core {
         conn: ConnId,
         selector: &Selector,
         op: &str,
-        check: fn(&Task) -> Result<(), ErrorReply>,
+        check: fn(&Head) -> Result<(), ErrorReply>,
     ) -> Result<Vec<TaskId>, ErrorReply> {
         match selector {
             Selector::All => Ok(self
                 .tasks
-                .values()
-                .filter(|t| check(t).is_ok())
+                .iter()
+                .filter(|t| check(&t.head()).is_ok())
                 .map(|t| t.id())
                 .collect()),
             Selector::Where(f) => {
                 let matches = self.filter_matcher(conn, f);
                 Ok(self
                     .tasks
-                    .values()
+                    .iter()
+                    .filter(|t| check(&t.head()).is_ok())
                     .filter(|t| matches(t))
-                    .filter(|t| check(t).is_ok())
                     .map(|t| t.id())
                     .collect())
             }
@@ -480,7 +497,8 @@ impl Core {
                         None => vec![self.resolve(text)?],
                     };
                     for id in named {
-                        check(&self.tasks[&id])?;
+                        let t = self.tasks.look(&id).expect("resolved");
+                        check(&t.head())?;
                         if seen.insert(id) {
                             ids.push(id);
                         }
@@ -496,7 +514,7 @@ impl Core {
         conn: ConnId,
         selector: Selector,
         op: &str,
-        check: fn(&Task) -> Result<(), ErrorReply>,
+        check: fn(&Head) -> Result<(), ErrorReply>,
         action: impl Fn(&mut Task, u64) -> Result<WorkerOrder, ErrorReply>,
         now: u64,
     ) -> Result<(Reply, bool), ErrorReply> {

@@ -450,12 +450,7 @@ impl Core {
             let mut picks = Vec::new();
             while picks.len() < 1024 {
                 // A current entry's task, with the tags it prefers.
-                let look = |id: TaskId, ticket: u64| {
-                    tasks
-                        .get(&id)
-                        .filter(|t| t.state() == TaskState::Ready && t.ticket == ticket)
-                        .map(|t| &t.info.spec.prefer[..])
-                };
+                let look = |id: TaskId, ticket: u64| tasks.ready_prefer(&id, ticket);
                 match self.sched.next(look) {
                     Some((id, w, _)) => picks.push((id, w)),
                     None => break,

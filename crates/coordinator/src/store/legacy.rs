@@ -112,8 +112,8 @@ impl From<TaskV2> for TaskInfo {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::image::{encode, tests::task};
+pub(crate) mod tests {
+    use super::super::image::{decode_task_record, encode, tests::task};
     use super::*;
 
     /// The record layout 2 wrote for `t` (which must have no queue, affinity or namespace).
@@ -139,25 +139,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_record_of_layout_2_starts_with_the_id_length_and_reads_as_today() {
-        let t = task();
-        let old = encode(&v2(&t));
-        assert_eq!(old[0], 16, "an id's 16 bytes, never the tag");
-        assert_ne!(old[0], TASK_TAG);
-        let bucket = super::super::image::frame([&old[..]].into_iter());
-        let r = super::super::image::replay(super::super::image::Stored {
-            buckets: vec![bucket],
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(r.tasks, vec![t]);
-        assert_eq!(r.tasks[0].namespace, DEFAULT_NAMESPACE);
+    /// The record layout 2 wrote for `t`.
+    pub(crate) fn v2_record(t: &TaskInfo) -> Vec<u8> {
+        encode(&v2(t)).to_vec()
     }
 
-    #[test]
-    fn a_record_of_layout_3_before_numbers_reads_with_number_0() {
-        let t = task();
+    /// The record layout 3 wrote for `t` before tasks had numbers.
+    pub(crate) fn v3_record(t: &TaskInfo) -> Vec<u8> {
         let v3 = TaskV3 {
             id: t.id,
             spec: t.spec.clone(),
@@ -169,6 +157,30 @@ mod tests {
         };
         let mut rec = vec![TASK_TAG_V3];
         rec.extend_from_slice(&encode(&v3));
+        rec
+    }
+
+    #[test]
+    fn a_record_of_layout_2_starts_with_the_id_length_and_reads_as_today() {
+        let t = task();
+        let old = v2_record(&t);
+        assert_eq!(old[0], 16, "an id's 16 bytes, never the tag");
+        assert_ne!(old[0], TASK_TAG);
+        let bucket = super::super::image::frame([&old[..]].into_iter());
+        let r = super::super::image::replay(super::super::image::Stored {
+            buckets: vec![bucket],
+            ..Default::default()
+        })
+        .unwrap();
+        let back: Vec<TaskInfo> = r.tasks.iter().map(|b| decode_task_record(b)).collect();
+        assert_eq!(back, vec![t]);
+        assert_eq!(back[0].namespace, DEFAULT_NAMESPACE);
+    }
+
+    #[test]
+    fn a_record_of_layout_3_before_numbers_reads_with_number_0() {
+        let t = task();
+        let rec = v3_record(&t);
         let bucket = super::super::image::frame([&rec[..]].into_iter());
         let r = super::super::image::replay(super::super::image::Stored {
             buckets: vec![bucket],
@@ -176,7 +188,10 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            r.tasks,
+            r.tasks
+                .iter()
+                .map(|b| decode_task_record(b))
+                .collect::<Vec<_>>(),
             vec![t],
             "today's task with number 0, to be numbered at start"
         );

@@ -21,16 +21,24 @@ use tatzelwurm_protocol::{QueueSettings, TaskId, TaskInfo, WorkerId, WorkerInfo}
 use tracing::{debug, info, warn};
 
 use crate::core::Counters;
+pub(crate) use image::TaskRecord;
 #[cfg(test)]
 pub(crate) use image::decode_task_record;
 use image::{Entry, Image, LAYOUT_VERSION, Snapshot, Stored, frame};
-pub(crate) use image::{TaskRecord, encode_task};
+pub use image::{Record, encode_task};
+
+/// Decodes a task record as the store or the table holds it (of any layout): once per task when
+/// the tables are built, then whenever a packed task is read or changed.
+pub fn decode_record(record: &[u8]) -> Result<TaskInfo, StoreError> {
+    image::decode_task("task", "record", record)
+}
 
 /// What the store holds, read at start.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// Every task.
-    pub tasks: Vec<TaskInfo>,
+    /// Every task's record, not yet decoded ([`decode_record`]): the store's image holds the
+    /// same allocations, which the task table keeps for tasks that wait or have finished.
+    pub tasks: Vec<Record>,
     /// Every worker.
     pub workers: Vec<WorkerInfo>,
     /// Every queue whose settings were set.
@@ -782,7 +790,11 @@ mod tests {
     }
 
     async fn loaded(store: &Store) -> Vec<TaskInfo> {
-        let mut tasks = store.load().await.unwrap().tasks;
+        decoded(store.load().await.unwrap().tasks)
+    }
+
+    fn decoded(records: Vec<Record>) -> Vec<TaskInfo> {
+        let mut tasks: Vec<TaskInfo> = records.iter().map(|r| decode_record(r).unwrap()).collect();
         tasks.sort_by_key(|t| t.id);
         tasks
     }
@@ -809,11 +821,11 @@ mod tests {
             .await
             .unwrap();
         let Loaded {
-            tasks: mut got,
+            tasks: records,
             workers,
             ..
         } = store.load().await.unwrap();
-        got.sort_by_key(|t| t.id);
+        let got = decoded(records);
         tasks.sort_by_key(|t| t.id);
         tasks.retain(|t| got.iter().any(|g| g.id == t.id));
         assert_eq!(got.len(), 9);
@@ -1004,7 +1016,7 @@ mod tests {
                 .unwrap()
                 .query("CREATE type::record('task', $id) CONTENT { state: 'ready', body: $body }")
                 .bind(("id", t.id.simple()))
-                .bind(("body", image::encode_task(t)))
+                .bind(("body", Bytes::copy_from_slice(&image::encode_task(t))))
                 .await
                 .unwrap()
                 .check()

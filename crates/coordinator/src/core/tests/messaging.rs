@@ -170,7 +170,7 @@ fn limits_hold_and_the_least_loaded_subscriber_gets_the_next_task() {
         other => panic!("{other:?}"),
     }
     // An answer frees a slot: the next task goes out at once.
-    let a = c.tasks[&ids[1]].current_attempt().unwrap();
+    let a = c.tasks.get(&ids[1]).unwrap().current_attempt().unwrap();
     answer(&mut c, 3, a, "x");
     c.schedule(50);
     let out = c.take_batch().map(|b| b.sends).unwrap_or_default();
@@ -213,7 +213,7 @@ fn a_rejected_task_goes_to_another_subscriber_first_and_counts_no_attempt() {
     let t = c.task(id).unwrap();
     assert_eq!(t.attempts[0].outcome, Some(Outcome::HandedBack));
     assert_eq!(
-        c.tasks[&id].counted_attempts(),
+        c.tasks.get(&id).unwrap().counted_attempts(),
         1,
         "the rejection did not count"
     );
@@ -394,11 +394,11 @@ fn a_restarted_coordinator_serves_the_stored_outcome_to_a_returning_sender() {
     let batch_out = answer(&mut c, 2, got[0], "forty-two");
     assert!(!replies(&batch_out, 1).is_empty());
     // The tables as stored, loaded by a new coordinator; the sender comes back and watches.
-    let tasks: Vec<TaskInfo> = c.tasks.values().map(|t| t.info.clone()).collect();
+    let tasks: Vec<TaskInfo> = all_tasks(&c);
     let workers: Vec<WorkerInfo> = c.workers.values().map(Worker::info).collect();
     let mut d = Core::restore(
         CoreConfig::default(),
-        tasks,
+        as_stored(tasks),
         workers,
         vec![],
         Default::default(),

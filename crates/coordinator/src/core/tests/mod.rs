@@ -8,8 +8,25 @@ mod follow;
 mod messaging;
 mod queues;
 mod subscriptions;
+mod table;
 mod tasks;
 mod workers;
+
+/// Tasks as a restart reads them from the store: each with its record.
+pub(super) fn as_stored(tasks: Vec<TaskInfo>) -> Vec<(TaskInfo, Record)> {
+    tasks
+        .into_iter()
+        .map(|t| {
+            let r = crate::store::encode_task(&t);
+            (t, r)
+        })
+        .collect()
+}
+
+/// Every task of the table, decoded.
+pub(super) fn all_tasks(c: &Core) -> Vec<TaskInfo> {
+    c.tasks.iter().map(|t| t.task().into_owned().info).collect()
+}
 
 pub(super) fn core() -> Core {
     Core::new(CoreConfig {

@@ -158,12 +158,12 @@ fn a_restart_keeps_settings_and_counts_and_still_honours_the_limit() {
     c.connect_worker(2, hello("w", 10), 20);
     assert_eq!(dispatched(&mut c).len(), 2);
     let before = show(&mut c, "q");
-    let tasks: Vec<TaskInfo> = c.tasks.values().map(|t| t.info.clone()).collect();
+    let tasks: Vec<TaskInfo> = all_tasks(&c);
     let workers: Vec<WorkerInfo> = c.workers.values().map(Worker::info).collect();
     let queues = vec![before.settings.clone()];
     let mut r = Core::restore(
         CoreConfig::default(),
-        tasks,
+        as_stored(tasks),
         workers,
         queues,
         Default::default(),
@@ -317,7 +317,7 @@ fn tasks_move_between_queues_with_their_counts() {
     };
     assert_eq!(e.kind, ErrorKind::InvalidState);
     assert!(e.message.contains("holds it"), "{e}");
-    assert_eq!(c.tasks[&ids[2]].info.spec.queue_name(), "a");
+    assert_eq!(c.tasks.get(&ids[2]).unwrap().info.spec.queue_name(), "a");
 }
 
 #[test]
@@ -551,7 +551,7 @@ fn a_queue_keeps_its_line_across_a_restart_whatever_order_the_store_gives() {
         .iter()
         .zip(10..)
         .map(|(id, at)| {
-            let mut t = c.tasks[id].info.clone();
+            let mut t = c.task(*id).unwrap();
             t.times.ready_ms = Some(at);
             t
         })
@@ -559,7 +559,7 @@ fn a_queue_keeps_its_line_across_a_restart_whatever_order_the_store_gives() {
     tasks.reverse();
     let mut r = Core::restore(
         CoreConfig::default(),
-        tasks,
+        as_stored(tasks),
         vec![],
         vec![],
         Default::default(),

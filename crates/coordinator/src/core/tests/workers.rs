@@ -195,11 +195,11 @@ fn workers_lost_past_the_forget_time_are_forgotten_and_their_ids_never_reused() 
     assert_eq!(batch.removed_workers, vec![gone]);
     // A restart from what is stored (the task's attempt still names the forgotten worker)
     // hands out a new id, not the forgotten one.
-    let tasks = vec![c.task(ids[0]).unwrap().clone()];
+    let tasks = vec![c.task(ids[0]).unwrap()];
     let kept = vec![c.workers[&stays].info()];
     let mut r = Core::restore(
         CoreConfig::default(),
-        tasks,
+        as_stored(tasks),
         kept,
         vec![],
         Default::default(),
@@ -257,7 +257,7 @@ fn restart_keeps_claimed_tasks_and_requeues_unclaimed_ones() {
             lease_ms: 1000,
             ..CoreConfig::default()
         },
-        tasks,
+        as_stored(tasks),
         workers,
         vec![],
         Default::default(),
@@ -610,7 +610,14 @@ fn removing_the_newest_tasks_keeps_their_numbers_taken() {
         .iter()
         .map(|id| c.task(*id).unwrap().clone())
         .collect();
-    let mut r = Core::restore(CoreConfig::default(), tasks, vec![], vec![], counters, 20);
+    let mut r = Core::restore(
+        CoreConfig::default(),
+        as_stored(tasks),
+        vec![],
+        vec![],
+        counters,
+        20,
+    );
     r.connect_actioner(1);
     let again = add(&mut r, 1, false);
     assert!(
