@@ -59,6 +59,11 @@ struct Args {
     /// report how long it takes until it serves, and its peak memory meanwhile.
     #[arg(long, requires = "queue_only")]
     restart: bool,
+    /// With --queue-only: then start --workers async workers of --slots slots and time how
+    /// long they take to run every queued task; report the rate and the coordinator's peak
+    /// memory.
+    #[arg(long, requires = "queue_only")]
+    drain: bool,
     /// Also connect this many in-process workers (real TCP, the worker library), report the
     /// coordinator's CPU while they only heartbeat, then run the throughput test with them.
     #[arg(long, default_value_t = 0)]
@@ -385,6 +390,27 @@ async fn main() -> Result<()> {
             println!(
                 "after kill -9: serving again over {n} tasks in {:.2} s; peak RSS {:.0} MB",
                 start.elapsed().as_secs_f64(),
+                peak_rss_mb(c.pid())
+            );
+        }
+        if a.drain {
+            let slots = a.slots.to_string();
+            let start = Instant::now();
+            let workers: Vec<Worker> = (0..a.workers)
+                .map(|_| c.worker(&["--type", "async", "--slots", &slots]))
+                .collect();
+            let completed = || c.json(&["summary"])["counts"]["completed"].as_u64();
+            tatzelwurm_tests::wait_for(Duration::from_secs(3600), || {
+                std::thread::sleep(Duration::from_millis(500));
+                completed() == Some(n as u64)
+            })?;
+            let took = start.elapsed().as_secs_f64();
+            println!(
+                "drained by {} workers of {} slots in {took:.1} s ({:.0} tasks/s); coordinator \
+                 peak RSS {:.0} MB",
+                workers.len(),
+                a.slots,
+                n as f64 / took,
                 peak_rss_mb(c.pid())
             );
         }

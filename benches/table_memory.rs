@@ -24,10 +24,13 @@ fn resident_mb() -> f64 {
 
 fn main() {
     let start = resident_mb();
-    let records: Vec<Record> = (0..TASKS)
-        .map(|_| {
+    let records: Vec<Record> = (1..=TASKS as u64)
+        .map(|n| {
             let spec = TaskSpec::new(Payload::Sleep { duration_ms: 0 });
-            encode_task(&Task::new(TaskId::new(), spec, "default".into(), 0, true).info)
+            let mut info = Task::new(TaskId::new(), spec, "default".into(), 0, true).info;
+            info.number = n;
+            info.batch = 1;
+            encode_task(&info)
         })
         .collect();
     let as_records = resident_mb() - start;

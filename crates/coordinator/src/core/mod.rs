@@ -332,15 +332,16 @@ enum Line {
 struct ReadyLine {
     kinds: Vec<Kind>,
     known: HashMap<Kind, u32>,
-    /// (ready since, id, queue, place)
-    tasks: Vec<(u64, TaskId, QueueIdx, LinePlace)>,
+    /// (ready since, id, its place among the tasks loaded, queue, place in line)
+    tasks: Vec<(u64, TaskId, u32, QueueIdx, LinePlace)>,
 }
 
 /// A ready task's place at start: its broker queue, or the number of its kind and its priority.
 type LinePlace = Result<Box<messaging::QueueName>, (u32, i32)>;
 
 impl ReadyLine {
-    fn push(&mut self, task: &Task) {
+    /// Notes a ready task, the `at`th loaded.
+    fn push(&mut self, task: &Task, at: usize) {
         let spec = &task.info.spec;
         let line = match queue_of(spec) {
             Some(q) => Ok(Box::new(q)),
@@ -360,15 +361,17 @@ impl ReadyLine {
         };
         let times = &task.info.times;
         let since = times.ready_ms.unwrap_or(times.created_ms);
-        self.tasks.push((since, task.id(), task.queue, line));
+        self.tasks
+            .push((since, task.id(), at as u32, task.queue, line));
     }
 
-    /// Every task with its queue and line, oldest first (ids, made in order, break ties).
-    fn in_order(mut self) -> impl Iterator<Item = (TaskId, QueueIdx, Line)> {
+    /// Every task (its place among those loaded, its id) with its queue and line, oldest first
+    /// (ids, made in order, break ties).
+    fn in_order(mut self) -> impl Iterator<Item = (usize, TaskId, QueueIdx, Line)> {
         self.tasks
             .sort_unstable_by_key(|(since, id, ..)| (*since, *id));
         let kinds = self.kinds;
-        self.tasks.into_iter().map(move |(_, id, queue, line)| {
+        self.tasks.into_iter().map(move |(_, id, at, queue, line)| {
             let line = match line {
                 Ok(q) => Line::Broker(q),
                 Err((n, priority)) => Line::Scheduler {
@@ -376,7 +379,7 @@ impl ReadyLine {
                     priority,
                 },
             };
-            (id, queue, line)
+            (at as usize, id, queue, line)
         })
     }
 }
@@ -516,21 +519,21 @@ impl Core {
             core.queues.count(queue, task.state(), true);
             core.note_ended(id, task.state(), task.info.times.ended_ms);
             if task.state() == TaskState::Ready {
-                ready.push(&task);
+                ready.push(&task, loading.len());
             }
             // A task changed here is encoded with the next batch, which packs it then.
             loading.push(task, (!changed).then_some(record));
         }
-        core.tasks = loading.finish();
         // Back in line in the order they became ready (ids, made in order, break ties): the
         // store gives them in no particular order, and a queue's line must survive a restart.
-        for (id, queue, line) in ready.in_order() {
+        for (at, id, queue, line) in ready.in_order() {
             let ticket = match line {
                 Line::Broker(q) => core.msg.enqueue(*q, id),
                 Line::Scheduler { kind, priority } => core.sched.enqueue(queue, kind, priority, id),
             };
-            core.tasks.set_ticket(&id, ticket);
+            loading.set_ticket(at, ticket);
         }
+        core.tasks = loading.finish();
         // Ids are UUIDv7, so their order is the order the tasks were made in.
         unnumbered.sort();
         for id in unnumbered {
@@ -920,6 +923,7 @@ impl Core {
 }
 
 mod follow;
+mod idmap;
 mod messaging;
 mod queues;
 mod subscriptions;

@@ -17,11 +17,11 @@
 //! of its queue, by reference.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::ops::RangeBounds;
 
 use tatzelwurm_protocol::{Tag, TaskId, TaskState};
 
+use super::idmap::IdMap;
 use crate::scheduler::QueueIdx;
 use crate::store::{Record, decode_record, encode_task};
 use crate::task::{Head, Task};
@@ -30,7 +30,7 @@ use crate::task::{Head, Task};
 #[derive(Default)]
 pub(crate) struct TaskTable {
     /// Ordered by id, which is the order tasks were made in (listings page through it).
-    map: BTreeMap<TaskId, Slot>,
+    map: IdMap<Slot>,
     /// Tasks opened since they were last packed and not yet looked at by `record` or `settle`.
     opened: Vec<TaskId>,
 }
@@ -186,9 +186,7 @@ impl TaskTable {
 
     /// A task's entry, to read its state and queue without decoding it.
     pub(crate) fn look(&self, id: &TaskId) -> Option<TaskRef<'_>> {
-        self.map
-            .get_key_value(id)
-            .map(|(&id, slot)| TaskRef { id, slot })
+        self.map.get(id).map(|slot| TaskRef { id: *id, slot })
     }
 
     /// A task to change: a packed one is opened (decoded in place) first.
@@ -252,9 +250,7 @@ impl TaskTable {
         &self,
         range: impl RangeBounds<TaskId>,
     ) -> impl DoubleEndedIterator<Item = TaskRef<'_>> {
-        self.map
-            .range(range)
-            .map(|(&id, slot)| TaskRef { id, slot })
+        self.map.range(range).map(|(id, slot)| TaskRef { id, slot })
     }
 
     /// Every task, in id order.
@@ -346,11 +342,24 @@ impl Loading {
         self.0.push((id, slot));
     }
 
+    /// How many tasks were added.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Sets the ticket of the `at`th task added (its enqueue at start).
+    pub(crate) fn set_ticket(&mut self, at: usize, new: u64) {
+        match &mut self.0[at].1 {
+            Slot::Packed { ticket, .. } => *ticket = new,
+            Slot::Open { task, .. } => task.ticket = new,
+        }
+    }
+
     /// The table.
     pub(crate) fn finish(mut self) -> TaskTable {
         self.0.sort_unstable_by_key(|(id, _)| *id);
         TaskTable {
-            map: self.0.into_iter().collect(),
+            map: IdMap::from_sorted(self.0),
             opened: Vec::new(),
         }
     }

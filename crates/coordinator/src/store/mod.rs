@@ -405,7 +405,8 @@ impl Store {
             .use_db(self.database.as_str())
             .await?;
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(db);
-        let replayed = image::replay(self.read_stored().await?)?;
+        let (buckets, stored) = self.read_stored().await?;
+        let replayed = image::replay_onto(buckets, stored)?;
         let mut st = self.state();
         st.next_seq = st.next_seq.max(replayed.image.last_seq() + 1);
         st.image = replayed.image;
@@ -493,11 +494,11 @@ impl Store {
     /// journals are read too, and rewritten in the current layout before this returns.
     pub async fn load(&self) -> Result<Loaded, StoreError> {
         let started = std::time::Instant::now();
-        let stored = self.read_stored().await?;
+        let (buckets, stored) = self.read_stored().await?;
         let counters = self.read_counters().await?;
         let read_ms = started.elapsed().as_millis() as u64;
         let legacy = !stored.legacy_tasks.is_empty() || !stored.legacy_workers.is_empty();
-        let replayed = image::replay(stored)?;
+        let replayed = image::replay_onto(buckets, stored)?;
         info!(
             tasks = replayed.tasks.len(),
             table_bytes = replayed.image.table_bytes(),
@@ -543,12 +544,13 @@ impl Store {
     }
 
     /// Every record the store holds, as stored.
-    async fn read_stored(&self) -> Result<Stored, StoreError> {
+    /// What the store holds: the buckets' tasks already in an image (read a few at a time),
+    /// the rest as read.
+    async fn read_stored(&self) -> Result<(Image, Stored), StoreError> {
         let mut res = self
             .db()?
             .query("SELECT upto FROM meta:checkpoint")
             .query("SELECT body FROM meta:workers")
-            .query("SELECT body FROM bucket")
             .query("SELECT seq, body FROM journal")
             .query("SELECT body FROM task")
             .query("SELECT body FROM worker")
@@ -557,21 +559,47 @@ impl Store {
             .check()?;
         let upto: Vec<Upto> = res.take(0)?;
         let workers: Vec<BodyOnly> = res.take(1)?;
-        let buckets: Vec<BodyOnly> = res.take(2)?;
-        let journal: Vec<SeqBody> = res.take(3)?;
-        let legacy_tasks: Vec<BodyOnly> = res.take(4)?;
-        let legacy_workers: Vec<BodyOnly> = res.take(5)?;
-        let queues: Vec<BodyOnly> = res.take(6)?;
+        let journal: Vec<SeqBody> = res.take(2)?;
+        let legacy_tasks: Vec<BodyOnly> = res.take(3)?;
+        let legacy_workers: Vec<BodyOnly> = res.take(4)?;
+        let queues: Vec<BodyOnly> = res.take(5)?;
         let body = |r: BodyOnly| r.body;
-        Ok(Stored {
+        let mut buckets = Image::default();
+        self.read_buckets(&mut buckets).await?;
+        let stored = Stored {
             legacy_tasks: legacy_tasks.into_iter().map(body).collect(),
             legacy_workers: legacy_workers.into_iter().map(body).collect(),
-            buckets: buckets.into_iter().map(body).collect(),
+            // Read a few at a time by `read_buckets`.
+            buckets: Vec::new(),
             workers: workers.into_iter().next().map(body),
             queues: queues.into_iter().next().map(body),
             upto: upto.first().map_or(0, |u| u.upto),
             journal: journal.into_iter().map(|r| (r.seq, r.body)).collect(),
-        })
+        };
+        Ok((buckets, stored))
+    }
+
+    /// Reads the buckets a sixteenth at a time into `image`, each group's bodies dropped once
+    /// their records are in it: at ten million tasks the bodies are about a gigabyte.
+    async fn read_buckets(&self, image: &mut Image) -> Result<(), StoreError> {
+        const GROUP: usize = image::BUCKETS / 16;
+        let mut read = 0;
+        for first in (0..image::BUCKETS).step_by(GROUP) {
+            let rows: Vec<BodyOnly> = self
+                .db()?
+                .query(format!(
+                    "SELECT body FROM bucket:{first}..{}",
+                    first + GROUP
+                ))
+                .await?
+                .check()?
+                .take(0)?;
+            for row in rows {
+                image::load_bucket(image, read, &row.body)?;
+                read += 1;
+            }
+        }
+        Ok(())
     }
 
     async fn timed<T>(
