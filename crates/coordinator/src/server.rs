@@ -228,14 +228,15 @@ pub async fn run(
     };
     let building = std::time::Instant::now();
     // Each record is decoded as the tables take it, so that a start never holds every task
-    // decoded at once; the first unreadable one stops the start.
+    // decoded at once: a thread decodes a few thousand ahead while this one builds the tables
+    // (the two halves of a start's work, on two cores). The first unreadable one stops the start.
     let mut unreadable = None;
     let tasks =
-        loaded
-            .tasks
+        decode_ahead(loaded.tasks)
             .into_iter()
-            .map_while(|record| match crate::store::decode_record(&record) {
-                Ok(info) => Some((info, record)),
+            .flatten()
+            .map_while(|decoded| match decoded {
+                Ok(task) => Some(task),
                 Err(e) => {
                     unreadable = Some(e);
                     None
@@ -737,12 +738,35 @@ async fn send_reject(
         .await
 }
 
-/// The actor: the only code that touches the [`Core`].
+/// A task read at start, decoded, with its record; or why it could not be read.
+type Decoded =
+    Result<(tatzelwurm_protocol::TaskInfo, crate::store::Record), crate::store::StoreError>;
+
+/// Task records decoded on a thread of their own, in order, a few thousand at a time, at most
+/// four such parts ahead of the reader.
+fn decode_ahead(records: Vec<crate::store::Record>) -> std::sync::mpsc::Receiver<Vec<Decoded>> {
+    const PART: usize = 4096;
+    let (tx, rx) = std::sync::mpsc::sync_channel(4);
+    std::thread::spawn(move || {
+        for part in records.chunks(PART) {
+            let decoded = part
+                .iter()
+                .map(|r| crate::store::decode_record(r).map(|info| (info, r.clone())))
+                .collect();
+            if tx.send(decoded).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 /// How often the core's tick runs: a quarter of the lease, between 50 ms and a second.
 fn tick_every(cfg: &Config) -> Duration {
     (cfg.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
+/// The actor: the only code that touches the [`Core`].
 async fn actor(
     mut core: Core,
     store: Store,
@@ -977,6 +1001,42 @@ fn deliver(conns: &mut Peers, sends: Vec<(ConnId, Out)>) {
                 }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Record, encode_task};
+    use tatzelwurm_protocol::{Payload, TaskId, TaskSpec};
+
+    #[test]
+    fn records_are_decoded_ahead_in_order_and_an_unreadable_one_is_reported_in_its_place() {
+        let tasks: Vec<tatzelwurm_protocol::TaskInfo> = (0..10_000)
+            .map(|_| {
+                let spec = TaskSpec::new(Payload::Sleep { duration_ms: 0 });
+                crate::task::Task::new(TaskId::new(), spec, "default".into(), 0, true).info
+            })
+            .collect();
+        let mut records: Vec<Record> = tasks.iter().map(encode_task).collect();
+        // A record cut short, past the first part the thread decodes.
+        let cut = 9_000;
+        records[cut] = Record::from(&records[cut][..20]);
+        let got: Vec<Decoded> = decode_ahead(records.clone()).into_iter().flatten().collect();
+        assert_eq!(got.len(), records.len(), "every record, once");
+        for (i, d) in got.iter().enumerate() {
+            match d {
+                Ok((info, record)) => {
+                    assert_ne!(i, cut);
+                    assert_eq!(info, &tasks[i], "in order");
+                    assert!(Arc::ptr_eq(record, &records[i]), "with its own record");
+                }
+                Err(e) => {
+                    assert_eq!(i, cut);
+                    assert!(e.to_string().contains("unreadable"), "{e}");
+                }
+            }
         }
     }
 }
