@@ -1023,7 +1023,10 @@ mod tests {
         // A record cut short, past the first part the thread decodes.
         let cut = 9_000;
         records[cut] = Record::from(&records[cut][..20]);
-        let got: Vec<Decoded> = decode_ahead(records.clone()).into_iter().flatten().collect();
+        let got: Vec<Decoded> = decode_ahead(records.clone())
+            .into_iter()
+            .flatten()
+            .collect();
         assert_eq!(got.len(), records.len(), "every record, once");
         for (i, d) in got.iter().enumerate() {
             match d {
