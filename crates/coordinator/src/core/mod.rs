@@ -368,10 +368,19 @@ impl ReadyLine {
     /// Every task (its place among those loaded, its id) with its queue and line, oldest first
     /// (ids, made in order, break ties).
     fn in_order(mut self) -> impl Iterator<Item = (usize, TaskId, QueueIdx, Line)> {
+        // Newest first, taken from the end: the vector gives its memory back as the scheduler's
+        // lines grow (ten million ready tasks hold half a gigabyte here).
         self.tasks
-            .sort_unstable_by_key(|(since, id, ..)| (*since, *id));
+            .sort_unstable_by_key(|(since, id, ..)| std::cmp::Reverse((*since, *id)));
         let kinds = self.kinds;
-        self.tasks.into_iter().map(move |(_, id, at, queue, line)| {
+        let mut tasks = self.tasks;
+        let mut taken = 0usize;
+        std::iter::from_fn(move || {
+            let (_, id, at, queue, line) = tasks.pop()?;
+            taken += 1;
+            if taken % (1 << 20) == 0 {
+                tasks.shrink_to_fit();
+            }
             let line = match line {
                 Ok(q) => Line::Broker(q),
                 Err((n, priority)) => Line::Scheduler {
@@ -379,7 +388,7 @@ impl ReadyLine {
                     priority,
                 },
             };
-            (at as usize, id, queue, line)
+            Some((at as usize, id, queue, line))
         })
     }
 }
