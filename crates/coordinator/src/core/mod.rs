@@ -378,7 +378,7 @@ impl ReadyLine {
         std::iter::from_fn(move || {
             let (_, id, at, queue, line) = tasks.pop()?;
             taken += 1;
-            if taken % (1 << 20) == 0 {
+            if taken.is_multiple_of(1 << 20) {
                 tasks.shrink_to_fit();
             }
             let line = match line {
