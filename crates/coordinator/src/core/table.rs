@@ -95,17 +95,29 @@ impl Slot {
         }
     }
 
+    /// `task` packed as `record` (its current encoding).
+    fn packed(task: &Task, record: Record) -> Slot {
+        Slot::Packed {
+            record,
+            ticket: task.ticket,
+            queue: task.queue,
+            state: task.state(),
+        }
+    }
+
     /// Packs an open task with `record` (its current encoding) if it may be packed.
     fn pack_with(&mut self, record: Record) {
         if let Slot::Open { task, .. } = self
             && task.packable()
         {
-            *self = Slot::Packed {
-                record,
-                ticket: task.ticket,
-                queue: task.queue,
-                state: task.state(),
-            };
+            *self = Slot::packed(task, record);
+        }
+    }
+
+    fn set_ticket(&mut self, new: u64) {
+        match self {
+            Slot::Packed { ticket, .. } => *ticket = new,
+            Slot::Open { task, .. } => task.ticket = new,
         }
     }
 }
@@ -192,15 +204,9 @@ impl TaskTable {
     /// A task to change: a packed one is opened (decoded in place) first.
     pub(crate) fn get_mut(&mut self, id: &TaskId) -> Option<&mut Task> {
         let slot = self.map.get_mut(id)?;
-        if let Slot::Packed {
-            record,
-            ticket,
-            queue,
-            ..
-        } = slot
-        {
-            let task = Box::new(unpack(record, *ticket, *queue));
+        if let Slot::Packed { record, .. } = slot {
             let was = Some(record.clone());
+            let task = Box::new(slot.task().into_owned());
             *slot = Slot::Open { task, was };
             self.opened.push(*id);
         }
@@ -225,23 +231,16 @@ impl TaskTable {
 
     /// Sets the ticket of a task's latest enqueue, packed or open.
     pub(crate) fn set_ticket(&mut self, id: &TaskId, new: u64) {
-        match self.map.get_mut(id) {
-            Some(Slot::Packed { ticket, .. }) => *ticket = new,
-            Some(Slot::Open { task, .. }) => task.ticket = new,
-            None => {}
+        if let Some(slot) = self.map.get_mut(id) {
+            slot.set_ticket(new);
         }
     }
 
     /// Takes a task out of the table.
     pub(crate) fn remove(&mut self, id: &TaskId) -> Option<Task> {
         self.map.remove(id).map(|slot| match slot {
-            Slot::Packed {
-                record,
-                ticket,
-                queue,
-                ..
-            } => unpack(&record, ticket, queue),
             Slot::Open { task, .. } => *task,
+            packed => packed.task().into_owned(),
         })
     }
 
@@ -328,12 +327,7 @@ impl Loading {
     pub(crate) fn push(&mut self, task: Task, record: Option<Record>) {
         let id = task.id();
         let slot = match record {
-            Some(record) if task.packable() => Slot::Packed {
-                record,
-                ticket: task.ticket,
-                queue: task.queue,
-                state: task.state(),
-            },
+            Some(record) if task.packable() => Slot::packed(&task, record),
             was => Slot::Open {
                 task: Box::new(task),
                 was,
@@ -349,10 +343,7 @@ impl Loading {
 
     /// Sets the ticket of the `at`th task added (its enqueue at start).
     pub(crate) fn set_ticket(&mut self, at: usize, new: u64) {
-        match &mut self.0[at].1 {
-            Slot::Packed { ticket, .. } => *ticket = new,
-            Slot::Open { task, .. } => task.ticket = new,
-        }
+        self.0[at].1.set_ticket(new);
     }
 
     /// The table.

@@ -537,7 +537,9 @@ pub(crate) struct Stored {
     pub legacy_tasks: Vec<Bytes>,
     /// Worker records of that layout.
     pub legacy_workers: Vec<Bytes>,
-    /// Bucket bodies.
+    /// Bucket bodies, for the tests' stores: a start reads them apart, a few at a time, into the
+    /// image it replays onto ([`load_bucket`], [`replay_onto`]).
+    #[cfg(test)]
     pub buckets: Vec<Bytes>,
     /// The checkpointed workers' body.
     pub workers: Option<Bytes>,
@@ -565,11 +567,14 @@ pub(crate) struct Replayed {
     pub stale_entries: usize,
 }
 
-/// Rebuilds the tables: legacy records first, then the buckets, then every journal entry after
-/// the checkpoint in sequence order.
+/// Rebuilds the tables from a whole stored image: the buckets, then the rest as a start does.
 #[cfg(test)]
-pub(crate) fn replay(stored: Stored) -> Result<Replayed, StoreError> {
-    replay_onto(Image::default(), stored)
+pub(crate) fn replay(mut stored: Stored) -> Result<Replayed, StoreError> {
+    let mut image = Image::default();
+    for (i, body) in std::mem::take(&mut stored.buckets).iter().enumerate() {
+        load_bucket(&mut image, i, body)?;
+    }
+    replay_onto(image, stored)
 }
 
 /// Puts the tasks of bucket body `body` (the `i`th read) into `image`: how a start reads the
@@ -588,10 +593,11 @@ pub(crate) fn load_bucket(image: &mut Image, i: usize, body: &Bytes) -> Result<(
     Ok(())
 }
 
-/// The replay onto an image that already holds the buckets read apart ([`load_bucket`]).
-/// Legacy records go in after them: the two are only found together after a migration to
-/// buckets was cut short, and then hold the same tasks.
-pub(crate) fn replay_onto(mut image: Image, mut stored: Stored) -> Result<Replayed, StoreError> {
+/// Rebuilds the tables onto an image that already holds the buckets, read apart
+/// ([`load_bucket`]): legacy records, then every journal entry after the checkpoint in sequence
+/// order. Legacy records go in after the buckets: the two are only found together after a
+/// migration to buckets was cut short, and then hold the same tasks.
+pub(crate) fn replay_onto(mut image: Image, stored: Stored) -> Result<Replayed, StoreError> {
     let mut workers: BTreeMap<u64, WorkerInfo> = BTreeMap::new();
     let mut queues: BTreeMap<QueueKey, QueueSettings> = BTreeMap::new();
     let mut journal = stored.journal;
@@ -609,11 +615,6 @@ pub(crate) fn replay_onto(mut image: Image, mut stored: Stored) -> Result<Replay
         let w: WorkerInfo = decode("worker", &format!("#{i}"), b)?;
         image.workers.insert(w.id.0, b.clone());
         workers.insert(w.id.0, w);
-    }
-    // Each body is dropped once its records are copied out, so that a start holds the store's
-    // buckets and the image at once for one bucket at a time.
-    for (i, body) in std::mem::take(&mut stored.buckets).into_iter().enumerate() {
-        load_bucket(&mut image, i, &body)?;
     }
     if let Some(body) = &stored.workers {
         let items = unframe(body).map_err(|reason| StoreError::Corrupt {
