@@ -392,6 +392,13 @@ async fn main() -> Result<()> {
                 start.elapsed().as_secs_f64(),
                 peak_rss_mb(c.pid())
             );
+            // Every acknowledged task must be there again: a start that served fewer lost some.
+            let ready = c.json(&["summary"])["counts"]["ready"].as_u64();
+            if ready != Some(n as u64) {
+                bail!(
+                    "after kill -9 the coordinator holds {ready:?} ready tasks, not {n}: tasks were lost"
+                );
+            }
         }
         if a.drain {
             let slots = a.slots.to_string();

@@ -187,6 +187,11 @@ struct Slot {
     /// No new stop or cut before this: one silence at a time per worker, with room after it
     /// to be heard again, so that the checker can tell which silence outlived the lease.
     quiet_until: Instant,
+    /// A silence well inside the lease is on. No coordinator kill meanwhile: a worker cut off
+    /// or stopped for less than a lease, whose coordinator restarts, is silent as the new
+    /// coordinator sees it for the silence plus its reconnect backoff, which may pass the lease
+    /// where the checker, seeing only the silence, could not tell.
+    short: bool,
 }
 
 /// What undoes a fault, due at a time.
@@ -203,6 +208,9 @@ enum Undo {
 struct Campaign {
     coord: Coordinator,
     coord_up: bool,
+    /// Before this, a worker may still be in its reconnect backoff after the coordinator's last
+    /// start, so a silence begun now would add to that backoff unseen: only long silences.
+    settled_at: Instant,
     slots: Vec<Slot>,
     disk: Option<Disk>,
     disk_full: bool,
@@ -240,6 +248,7 @@ impl Campaign {
                     w.signal("CONT");
                     self.log.note(Event::WorkerContinued { pid: w.pid() });
                     self.slots[i].stopped = false;
+                    self.slots[i].short = false;
                     self.slots[i].quiet_until = Instant::now() + self.lease * 2;
                 }
             }
@@ -248,6 +257,7 @@ impl Campaign {
                 let slot = &mut self.slots[i];
                 slot.proxy.heal();
                 slot.cut = false;
+                slot.short = false;
                 slot.quiet_until = quiet;
                 self.log.note(Event::Healed {
                     name: slot.name.clone(),
@@ -260,6 +270,7 @@ impl Campaign {
                 }
                 self.coord.restart().context("restarting the coordinator")?;
                 self.coord_up = true;
+                self.settled_at = Instant::now() + self.lease * 2;
                 self.log.note(Event::CoordinatorStarted);
             }
             Undo::FreeDisk => {
@@ -312,12 +323,18 @@ impl Campaign {
         !s.stopped && !s.cut && Instant::now() >= s.quiet_until
     }
 
+    /// Whether every worker has surely reconnected since the coordinator's last start (its
+    /// longest backoff, 2 s, is less than the campaign's lease).
+    fn settled(&self) -> bool {
+        self.coord_up && Instant::now() >= self.settled_at
+    }
+
     /// One fault, chosen at random.
     fn inject(&mut self, rng: &mut Rng, lease: Duration) {
         let n = self.slots.len();
         let i = rng.below(n as u64) as usize;
         match rng.below(10) {
-            0 if self.coord_up => {
+            0 if self.coord_up && !self.slots.iter().any(|s| s.short) => {
                 self.coord.kill9();
                 self.coord_up = false;
                 self.log.note(Event::CoordinatorKilled);
@@ -331,6 +348,9 @@ impl Campaign {
                 self.log.note(Event::WorkerKilled { pid });
                 self.pending
                     .retain(|(_, u)| *u != Undo::Continue(i) && *u != Undo::RestartWorker(i));
+                if self.slots[i].stopped {
+                    self.slots[i].short = false;
+                }
                 self.slots[i].stopped = false;
                 let after = rng.ms(0, 800);
                 self.later(after, Undo::RestartWorker(i));
@@ -340,7 +360,8 @@ impl Campaign {
                 w.signal("STOP");
                 self.log.note(Event::WorkerStopped { pid: w.pid() });
                 self.slots[i].stopped = true;
-                let after = silence(rng, lease);
+                let after = silence(rng, lease, self.settled());
+                self.slots[i].short = after < lease;
                 self.later(after, Undo::Continue(i));
             }
             5 | 6 if self.quiet(i) => {
@@ -349,7 +370,8 @@ impl Campaign {
                 self.log.note(Event::Cut {
                     name: self.slots[i].name.clone(),
                 });
-                let after = silence(rng, lease);
+                let after = silence(rng, lease, self.settled());
+                self.slots[i].short = after < lease;
                 self.later(after, Undo::Heal(i));
             }
             7 => {
@@ -373,9 +395,10 @@ impl Campaign {
 /// How long a stop or a cut lasts: either well inside the lease (0.2–0.45 of it: the worker
 /// keeps its tasks) or well past it (1.3–2.5 leases: it loses them), never near it, where
 /// heartbeat timing and a busy machine decide and the checker could not tell which happened.
-fn silence(rng: &mut Rng, lease: Duration) -> Duration {
+/// Only long ones unless `short_ok` (see `Campaign::settled`).
+fn silence(rng: &mut Rng, lease: Duration, short_ok: bool) -> Duration {
     let fraction = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
-    if rng.below(2) == 0 {
+    if rng.below(2) == 0 && short_ok {
         lease.mul_f64(0.2 + fraction * 0.25)
     } else {
         lease.mul_f64(1.3 + fraction * 1.2)
@@ -636,11 +659,13 @@ fn campaign(args: &Args, seed: u64) -> Result<bool> {
             stopped: false,
             cut: false,
             quiet_until: Instant::now(),
+            short: false,
         });
     }
     let mut c = Campaign {
         coord,
         coord_up: true,
+        settled_at: Instant::now(),
         slots,
         disk,
         disk_full: false,

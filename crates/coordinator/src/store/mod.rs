@@ -6,6 +6,7 @@
 //! background folds it into 256 bucket records and drops it. [`image`] holds the layout as plain
 //! code; this module does the reading and writing.
 
+mod handle;
 mod image;
 mod legacy;
 
@@ -13,14 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use surrealdb::Surreal;
-use surrealdb::engine::any::Any;
 use surrealdb::opt::auth::Root;
 use surrealdb::types::{RecordId, SurrealValue};
 use tatzelwurm_protocol::{QueueSettings, TaskId, TaskInfo, WorkerId, WorkerInfo};
 use tracing::{debug, info, warn};
 
 use crate::core::Counters;
+use handle::Handle;
+pub use handle::KvMemory;
 pub(crate) use image::TaskRecord;
 #[cfg(test)]
 pub(crate) use image::decode_task_record;
@@ -134,22 +135,31 @@ fn wal_segments(dir: &std::path::Path) -> std::collections::HashMap<String, u64>
         .collect()
 }
 
-/// Connects to the store named by `url`.
-async fn connect(url: &str) -> Result<Surreal<Any>, StoreError> {
-    surrealdb::engine::any::connect(url)
-        .await
-        .map_err(|e| match e.to_string() {
-            words if words.contains("already locked") => StoreError::InUse(words),
-            _ => StoreError::Db(e),
-        })
+/// Connects to the store named by `url`: a surrealkv store is built with `memory`, others
+/// through the SDK.
+async fn connect(url: &str, memory: KvMemory) -> Result<Handle, StoreError> {
+    let opened = match url.strip_prefix("surrealkv://") {
+        Some(rest) => {
+            let (path, params) = match rest.split_once('?') {
+                Some((path, params)) => (path, Some(params)),
+                None => (rest, None),
+            };
+            Handle::open_kv(path, params, memory).await
+        }
+        None => surrealdb::engine::any::connect(url).await.map(Handle::Any),
+    };
+    opened.map_err(|e| match e.to_string() {
+        words if words.contains("already locked") => StoreError::InUse(words),
+        _ => StoreError::Db(e),
+    })
 }
 
 /// Connects again to an embedded store this process just let go of: its engine closes in the
 /// background, so its lock may outlive the handle for a moment.
-async fn reconnect(url: &str) -> Result<Surreal<Any>, StoreError> {
+async fn reconnect(url: &str, memory: KvMemory) -> Result<Handle, StoreError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        match connect(url).await {
+        match connect(url, memory).await {
             Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await
             }
@@ -169,14 +179,15 @@ async fn reconnect(url: &str) -> Result<Surreal<Any>, StoreError> {
 /// `just_released`: this process let go of the store a moment ago (its lock may linger).
 async fn connect_on_a_fresh_log(
     url: &str,
+    memory: KvMemory,
     just_released: bool,
-) -> Result<Surreal<Any>, StoreError> {
+) -> Result<Handle, StoreError> {
     let wal = wal_dir(url);
     let before = wal.as_deref().map(wal_segments).unwrap_or_default();
     let db = if just_released {
-        reconnect(url).await?
+        reconnect(url, memory).await?
     } else {
-        connect(url).await?
+        connect(url, memory).await?
     };
     let Some(dir) = wal.filter(|_| !before.is_empty()) else {
         return Ok(db);
@@ -188,7 +199,7 @@ async fn connect_on_a_fresh_log(
         warn!(wal = %dir.display(), "the store's write-ahead log ended in a torn record (a crash or a full disk cut a write short); it was repaired");
     }
     drop(db);
-    let db = reconnect(url).await?;
+    let db = reconnect(url, memory).await?;
     debug!(wal = %dir.display(), "store reopened on a fresh write-ahead log segment");
     Ok(db)
 }
@@ -212,6 +223,8 @@ pub struct StoreOptions {
     /// tables): small enough that a start replays little, large enough that a small queue is not
     /// rewritten all the time.
     pub checkpoint_min_bytes: u64,
+    /// The memory an embedded surrealkv store may keep for itself.
+    pub kv_memory: KvMemory,
 }
 
 impl StoreOptions {
@@ -225,6 +238,7 @@ impl StoreOptions {
             database: "main".into(),
             write_timeout: Duration::from_secs(30),
             checkpoint_min_bytes: 64 << 20,
+            kv_memory: KvMemory::default(),
         }
     }
 }
@@ -297,9 +311,10 @@ impl Default for State {
 #[derive(Clone)]
 pub struct Store {
     /// The database handle; `None` only while an embedded store is reopened.
-    conn: Arc<Mutex<Option<Surreal<Any>>>>,
+    conn: Arc<Mutex<Option<Handle>>>,
     /// The URL, SurrealDB namespace and database, to reopen an embedded store with.
     url: String,
+    kv_memory: KvMemory,
     ns: String,
     database: String,
     /// This coordinator's mark in `meta:owner`.
@@ -326,7 +341,7 @@ DEFINE TABLE IF NOT EXISTS task SCHEMALESS;
 DEFINE TABLE IF NOT EXISTS worker SCHEMALESS;";
 
 /// Refuses a store written in a newer layout, and marks a new or older one with this layout.
-async fn check_layout(db: &Surreal<Any>) -> Result<(), StoreError> {
+async fn check_layout(db: &Handle) -> Result<(), StoreError> {
     let found: Vec<Layout> = db
         .query("SELECT version FROM meta:layout")
         .await?
@@ -351,7 +366,7 @@ impl Store {
     /// Connects (creating an embedded database when the URL names one), selects the namespace
     /// and database, and checks that this version can read what is there.
     pub async fn open(opts: &StoreOptions) -> Result<Store, StoreError> {
-        let db = connect_on_a_fresh_log(&opts.url, false).await?;
+        let db = connect_on_a_fresh_log(&opts.url, opts.kv_memory, false).await?;
         if let (Some(user), Some(pass)) = (&opts.user, &opts.pass) {
             db.signin(Root {
                 username: user.clone(),
@@ -359,9 +374,7 @@ impl Store {
             })
             .await?;
         }
-        db.use_ns(opts.namespace.as_str())
-            .use_db(opts.database.as_str())
-            .await?;
+        db.use_ns_db(&opts.namespace, &opts.database).await?;
         // An embedded store belongs to this process alone (surrealkv locks its directory, and
         // mem:// is private), so only a server needs the ownership check in every write.
         let server = kind(&opts.url) == Some(Kind::Server);
@@ -376,7 +389,7 @@ impl Store {
     }
 
     /// The database handle, unless the store is being reopened.
-    fn db(&self) -> Result<Surreal<Any>, StoreError> {
+    fn db(&self) -> Result<Handle, StoreError> {
         self.conn
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -400,10 +413,8 @@ impl Store {
         }
         let old = self.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(old);
-        let db = connect_on_a_fresh_log(&self.url, true).await?;
-        db.use_ns(self.ns.as_str())
-            .use_db(self.database.as_str())
-            .await?;
+        let db = connect_on_a_fresh_log(&self.url, self.kv_memory, true).await?;
+        db.use_ns_db(&self.ns, &self.database).await?;
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(db);
         let (buckets, stored) = self.read_stored().await?;
         let replayed = image::replay_onto(buckets, stored)?;
@@ -420,11 +431,7 @@ impl Store {
 
     /// Takes a connected database over: checks its layout and makes this coordinator its owner,
     /// so that a coordinator that had it before stops at its next write.
-    async fn attach(
-        db: Surreal<Any>,
-        opts: &StoreOptions,
-        fenced: bool,
-    ) -> Result<Store, StoreError> {
+    async fn attach(db: Handle, opts: &StoreOptions, fenced: bool) -> Result<Store, StoreError> {
         db.query(SCHEMA).await?.check()?;
         check_layout(&db).await?;
         let owner = uuid::Uuid::new_v4().simple().to_string();
@@ -441,6 +448,7 @@ impl Store {
         Ok(Store {
             conn: Arc::new(Mutex::new(Some(db))),
             url: opts.url.clone(),
+            kv_memory: opts.kv_memory,
             ns: opts.namespace.clone(),
             database: opts.database.clone(),
             owner,
@@ -460,7 +468,7 @@ impl Store {
         &self,
         claim: bool,
         sql: &str,
-        bind: impl FnOnce(surrealdb::method::Query<'_, Any>) -> surrealdb::method::Query<'_, Any>,
+        bind: impl FnOnce(handle::Query) -> handle::Query,
     ) -> Result<(), StoreError> {
         let check = if !self.fenced {
             "false"
@@ -748,7 +756,8 @@ impl Store {
     async fn write_checkpoint(&self, snap: &Snapshot, legacy: bool) -> Result<(), StoreError> {
         // Buckets go in transactions of a few MiB each; any of them may land without the rest
         // (a crash between them), which replay tolerates because the journal is still there.
-        const TXN_BYTES: usize = 8 << 20;
+        // A surrealkv transaction must fit its write buffer, with room for a journal write.
+        let txn_bytes = (8 << 20).min(self.kv_memory.memtable_bytes as usize / 4);
         let mut rows: Vec<BodyRow> = Vec::new();
         let mut size = 0;
         let mut buckets = snap.buckets.iter().peekable();
@@ -759,7 +768,7 @@ impl Store {
                 id: RecordId::new("bucket", *b as i64),
                 body,
             });
-            if size >= TXN_BYTES || buckets.peek().is_none() {
+            if size >= txn_bytes || buckets.peek().is_none() {
                 size = 0;
                 self.timed(
                     self.db()?

@@ -1,0 +1,184 @@
+//! The database handle: a SurrealDB connection of either of the two kinds the store opens.
+//!
+//! A SurrealDB server and `mem://` are reached through the SDK's `any` engine, which builds the
+//! embedded datastore itself with settings sized from the machine's memory: a surrealkv store on
+//! a 24 GiB machine would take a 1 GiB write buffer (memtable), up to two more waiting for their
+//! flush, and a block cache of 11 GiB, which the SDK's URL parameters cannot change. So a surrealkv
+//! store is built here with the memory it is given ([`KvMemory`]) and served through the SDK's
+//! local engine, and [`Handle`] lets the rest of the store run the same queries on either.
+
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use surrealdb::IndexedResults;
+use surrealdb::Surreal;
+use surrealdb::engine::any::Any;
+use surrealdb::engine::local::Db;
+use surrealdb::method::IntoVariables;
+use surrealdb::types::Variables;
+
+/// How much memory an embedded surrealkv store may hold for itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvMemory {
+    /// The write buffer (surrealkv's memtable): writes collect here until it is flushed to a
+    /// table file. Up to three may be alive at once (one filling, two flushing). No single
+    /// transaction may be larger (values over 4 KiB go to the value log and count little).
+    pub memtable_bytes: u64,
+    /// The cache of table-file blocks that reads go through (a start reads every bucket once).
+    pub block_cache_bytes: u64,
+}
+
+impl Default for KvMemory {
+    /// 64 MiB each: a coordinator that queues a million tasks then needs about a quarter of a
+    /// gigabyte, and a larger buffer was not faster (BENCHMARKS.md, "The store's memory").
+    fn default() -> Self {
+        KvMemory {
+            memtable_bytes: 64 << 20,
+            block_cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A datastore's error in the SDK's type, which the rest of the store handles.
+fn internal(e: impl std::fmt::Display) -> surrealdb::Error {
+    surrealdb::Error::internal(format!("{e:#}"))
+}
+
+/// A connection, cheap to clone (clones share it).
+#[derive(Clone)]
+pub(super) enum Handle {
+    /// Through the SDK's `any` engine: a server, or `mem://`.
+    Any(Surreal<Any>),
+    /// A surrealkv datastore built here.
+    Kv(Surreal<Db>),
+}
+
+/// A query being put together: statements and the variables they use, run on `.await`.
+pub(super) struct Query {
+    handle: Handle,
+    statements: Vec<String>,
+    vars: Result<Variables, surrealdb::Error>,
+}
+
+impl Handle {
+    /// Opens the surrealkv store at `path` (a directory) with `memory`, and `params` (the URL's
+    /// query string without its `?`: `sync=every`, …) as the SDK would read them.
+    pub(super) async fn open_kv(
+        path: &str,
+        params: Option<&str>,
+        memory: KvMemory,
+    ) -> Result<Handle, surrealdb::Error> {
+        let config = surrealdb_cnf::ConfigMap::empty()
+            .with_key_value(
+                "surrealkv_max_memtable_size",
+                memory.memtable_bytes.to_string(),
+            )
+            .with_key_value(
+                "surrealkv_block_cache_capacity",
+                memory.block_cache_bytes.to_string(),
+            );
+        let url = match params {
+            Some(q) => format!("surrealkv://{path}?{q}"),
+            None => format!("surrealkv://{path}"),
+        };
+        // As the SDK's local engine opens a datastore: maintenance starts only after the
+        // version key is checked (a write before it would make a new store look like an old one).
+        let ds = surrealdb_core::kvs::Datastore::builder()
+            .with_config(config)
+            .with_capabilities(surrealdb::opt::capabilities::Capabilities::default().into())
+            .without_maintenance_tasks()
+            .build_with_path(&url)
+            .await
+            .map_err(internal)?;
+        ds.check_version().await.map_err(internal)?;
+        ds.bootstrap().await.map_err(internal)?;
+        ds.start_maintenance_tasks();
+        // Dropping the last handle shuts the datastore down and lets its directory lock go,
+        // as with a connection the SDK opened (the store reopens on that).
+        let db = Surreal::<Db>::unstable_from_datastore(Arc::clone(&ds), None).await?;
+        drop(ds);
+        Ok(Handle::Kv(db))
+    }
+
+    /// Starts a query with its first statements.
+    pub(super) fn query(&self, sql: impl Into<String>) -> Query {
+        Query {
+            handle: self.clone(),
+            statements: vec![sql.into()],
+            vars: Ok(Variables::new()),
+        }
+    }
+
+    /// Signs in as a root user (a server).
+    pub(super) async fn signin(
+        &self,
+        root: surrealdb::opt::auth::Root,
+    ) -> Result<(), surrealdb::Error> {
+        match self {
+            Handle::Any(db) => db.signin(root).await.map(drop),
+            Handle::Kv(db) => db.signin(root).await.map(drop),
+        }
+    }
+
+    /// Selects the namespace and database every later query runs in.
+    pub(super) async fn use_ns_db(&self, ns: &str, database: &str) -> Result<(), surrealdb::Error> {
+        match self {
+            Handle::Any(db) => db.use_ns(ns).use_db(database).await.map(drop),
+            Handle::Kv(db) => db.use_ns(ns).use_db(database).await.map(drop),
+        }
+    }
+}
+
+impl Query {
+    /// Adds statements.
+    pub(super) fn query(mut self, sql: impl Into<String>) -> Query {
+        self.statements.push(sql.into());
+        self
+    }
+
+    /// Binds variables (`("name", value)` pairs and the like).
+    pub(super) fn bind(mut self, vars: impl IntoVariables) -> Query {
+        self.vars = match (self.vars, vars.into_variables()) {
+            (Ok(mut all), Ok(more)) => {
+                all.extend(more);
+                Ok(all)
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        self
+    }
+}
+
+impl IntoFuture for Query {
+    type Output = Result<IndexedResults, surrealdb::Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let Query {
+                handle,
+                statements,
+                vars,
+            } = self;
+            // An object binds its fields as variables without copying their values.
+            let vars = surrealdb::types::Object::from(vars?);
+            let mut statements = statements.into_iter();
+            let first = statements.next().unwrap_or_default();
+            match &handle {
+                Handle::Any(db) => {
+                    statements
+                        .fold(db.query(first), |q, s| q.query(s))
+                        .bind(vars)
+                        .await
+                }
+                Handle::Kv(db) => {
+                    statements
+                        .fold(db.query(first), |q, s| q.query(s))
+                        .bind(vars)
+                        .await
+                }
+            }
+        })
+    }
+}
