@@ -67,8 +67,8 @@ struct Args {
     #[arg(long, default_value_t = 64 << 20, env = "TATZELWURM_CHECKPOINT_BYTES")]
     checkpoint_bytes: u64,
     /// An embedded surrealkv store's write buffer (memtable), in MiB: writes gather there until
-    /// it is flushed to a table file, and up to three are alive at once. A write larger than
-    /// this fails; tasks over 4 KiB go to surrealkv's value log and count a few bytes each.
+    /// it is flushed to a table file, and up to three are alive at once. It must hold the
+    /// largest write (a journal record: 4 MiB and one task of up to --max-frame) twice.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=1 << 20), env = "TATZELWURM_KV_MEMTABLE_MIB")]
     kv_memtable_mib: u64,
     /// An embedded surrealkv store's block cache, in MiB: reads of its table files go through

@@ -23,15 +23,17 @@ use surrealdb::types::Variables;
 pub struct KvMemory {
     /// The write buffer (surrealkv's memtable): writes collect here until it is flushed to a
     /// table file. Up to three may be alive at once (one filling, two flushing). No single
-    /// transaction may be larger (values over 4 KiB go to the value log and count little).
+    /// transaction may be larger: values stay inline until the flush moves large ones to the
+    /// value log.
     pub memtable_bytes: u64,
     /// The cache of table-file blocks that reads go through (a start reads every bucket once).
     pub block_cache_bytes: u64,
 }
 
 impl Default for KvMemory {
-    /// 64 MiB each: a coordinator that queues a million tasks then needs about a quarter of a
-    /// gigabyte, and a larger buffer was not faster (BENCHMARKS.md, "The store's memory").
+    /// 64 MiB each: room for twice the largest write at the default frame size, and the noop
+    /// rate measured the same as with surrealkv's own 1 GiB (BENCHMARKS.md, "The store's own
+    /// memory").
     fn default() -> Self {
         KvMemory {
             memtable_bytes: 64 << 20,

@@ -9,7 +9,7 @@ task output discarded (`stdout=None`, as `hq submit --stdout none`), which spare
 task.
 
     python3 -m pip install 'hyperqueue==0.27.0'
-    python3 benches/hyperqueue.py --bin-dir /var/tmp/tatzelwurm-target/release --rounds 3
+    python3 benches/against_hyperqueue.py --bin-dir /var/tmp/tatzelwurm-target/release --rounds 3
 
 HyperQueue is not on crates.io and its source cannot be fetched from this machine, so it runs
 from the wheel on PyPI (manylinux, version 0.27.0) rather than built from source.
