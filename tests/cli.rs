@@ -727,3 +727,30 @@ fn coordinator_refuses_flags_that_cannot_work_before_it_listens() {
         );
     }
 }
+
+/// `actionwurm task list | head -1`: the reader goes away first, and the listing ends quietly
+/// (by SIGPIPE, as other tools do), without a panic about a broken pipe on its stderr.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let c = Coordinator::start(Db::Mem).unwrap();
+    c.add(&["--sleep", "1h", "--count", "2000"]);
+    let mut child = std::process::Command::new(bin("actionwurm"))
+        .args(["--coordinator", &c.addr, "--token-file"])
+        .arg(c.token_file())
+        .args(["task", "list", "--filter", "all"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(nix::sys::signal::Signal::SIGPIPE as i32),
+        "ended by SIGPIPE: {:?}, {}",
+        out.status,
+        stderr_of(&out)
+    );
+    assert!(stderr_of(&out).is_empty(), "{}", stderr_of(&out));
+}

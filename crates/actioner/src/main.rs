@@ -4,8 +4,20 @@ use clap::{CommandFactory, FromArgMatches};
 use tatzelwurm_actioner::cli::{Cli, EXIT_NO_COORDINATOR, lost_coordinator, run};
 use tatzelwurm_actioner::config;
 
+/// Output piped into `head` and the like ends quietly when the reader goes away, as with other
+/// command-line tools, instead of a panic on the broken pipe (Rust starts with SIGPIPE ignored).
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    // SAFETY: sets a signal's disposition to its default; the runtime has a single thread and
+    // installs no SIGPIPE handler of its own.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    default_sigpipe();
     // The configuration file gives the defaults; flags and environment variables win.
     let cfg = config::load(config::path().as_deref()).unwrap_or_else(|e| {
         eprintln!("error: {e}");
