@@ -379,6 +379,9 @@ impl Entry {
 pub(crate) struct Snapshot {
     /// The last journal entry these contents include.
     pub upto: i64,
+    /// The last journal entry the previous checkpoint included: this one's journal begins
+    /// after it (late entries below it aside).
+    pub after: i64,
     /// Dirty buckets with their tasks' encodings (framed by the checkpoint, off the lock).
     pub buckets: Vec<(usize, Vec<Record>)>,
     /// Every worker's encoding.
@@ -403,6 +406,9 @@ pub(crate) struct Image {
     journal_bytes: u64,
     /// The last journal entry applied.
     last_seq: i64,
+    /// The last journal entry the stored buckets include (the journal in the store begins
+    /// after it, but for late entries below it).
+    checkpoint_upto: i64,
 }
 
 impl Default for Image {
@@ -415,6 +421,7 @@ impl Default for Image {
             table_bytes: 0,
             journal_bytes: 0,
             last_seq: 0,
+            checkpoint_upto: 0,
         }
     }
 }
@@ -494,6 +501,7 @@ impl Image {
         }
         Snapshot {
             upto: self.last_seq,
+            after: self.checkpoint_upto,
             buckets,
             workers: self.workers.values().cloned().collect(),
             queues: self.queues.values().cloned().collect(),
@@ -504,6 +512,7 @@ impl Image {
     /// A checkpoint is in the store: its journal bytes no longer count.
     pub fn checkpointed(&mut self, snap: &Snapshot) {
         self.journal_bytes -= snap.journal_bytes.min(self.journal_bytes);
+        self.checkpoint_upto = self.checkpoint_upto.max(snap.upto);
     }
 
     /// A checkpoint failed: its buckets are dirty again, to be written by the next one.
@@ -644,6 +653,7 @@ pub(crate) fn replay_onto(mut image: Image, stored: Stored) -> Result<Replayed, 
     // What was loaded so far is what the store's buckets hold: nothing is dirty yet.
     image.dirty.iter_mut().for_each(|d| *d = false);
     image.last_seq = stored.upto;
+    image.checkpoint_upto = stored.upto;
 
     for (seq, body) in journal {
         let (ts, removed, ws, removed_ws, qs) = Entry::from_body(seq, &body)?;
