@@ -64,13 +64,9 @@ pub(super) struct Query {
 }
 
 impl Handle {
-    /// Opens the surrealkv store at `path` (a directory) with `memory`, and `params` (the URL's
-    /// query string without its `?`: `sync=every`, …) as the SDK would read them.
-    pub(super) async fn open_kv(
-        path: &str,
-        params: Option<&str>,
-        memory: KvMemory,
-    ) -> Result<Handle, surrealdb::Error> {
+    /// Opens the surrealkv store named by `url` (`surrealkv://PATH`, with URL parameters such as
+    /// `sync` as the SDK reads them) with `memory`.
+    pub(super) async fn open_kv(url: &str, memory: KvMemory) -> Result<Handle, surrealdb::Error> {
         let config = surrealdb_cnf::ConfigMap::empty()
             .with_key_value(
                 "surrealkv_max_memtable_size",
@@ -80,17 +76,13 @@ impl Handle {
                 "surrealkv_block_cache_capacity",
                 memory.block_cache_bytes.to_string(),
             );
-        let url = match params {
-            Some(q) => format!("surrealkv://{path}?{q}"),
-            None => format!("surrealkv://{path}"),
-        };
         // As the SDK's local engine opens a datastore: maintenance starts only after the
         // version key is checked (a write before it would make a new store look like an old one).
         let ds = surrealdb_core::kvs::Datastore::builder()
             .with_config(config)
             .with_capabilities(surrealdb::opt::capabilities::Capabilities::default().into())
             .without_maintenance_tasks()
-            .build_with_path(&url)
+            .build_with_path(url)
             .await
             .map_err(internal)?;
         ds.check_version().await.map_err(internal)?;

@@ -138,15 +138,10 @@ fn wal_segments(dir: &std::path::Path) -> std::collections::HashMap<String, u64>
 /// Connects to the store named by `url`: a surrealkv store is built with `memory`, others
 /// through the SDK.
 async fn connect(url: &str, memory: KvMemory) -> Result<Handle, StoreError> {
-    let opened = match url.strip_prefix("surrealkv://") {
-        Some(rest) => {
-            let (path, params) = match rest.split_once('?') {
-                Some((path, params)) => (path, Some(params)),
-                None => (rest, None),
-            };
-            Handle::open_kv(path, params, memory).await
-        }
-        None => surrealdb::engine::any::connect(url).await.map(Handle::Any),
+    let opened = if url.starts_with("surrealkv://") {
+        Handle::open_kv(url, memory).await
+    } else {
+        surrealdb::engine::any::connect(url).await.map(Handle::Any)
     };
     opened.map_err(|e| match e.to_string() {
         words if words.contains("already locked") => StoreError::InUse(words),
@@ -788,14 +783,14 @@ impl Store {
         // statements of a 64th each (one statement over all of it held the whole journal, a
         // quarter of the peak memory of a coordinator queueing a million tasks). The first range
         // takes stale late entries, below the previous checkpoint.
+        let after = snap.after.min(snap.upto);
         let mut sql = format!(
             "UPSERT meta:workers CONTENT {{ body: $workers }};
              UPSERT meta:queues CONTENT {{ body: $queues }};
              UPSERT meta:checkpoint CONTENT {{ upto: $upto }};
-             DELETE journal:..={};",
-            snap.after.min(snap.upto)
+             DELETE journal:..={after};"
         );
-        let mut from = snap.after.min(snap.upto) + 1;
+        let mut from = after + 1;
         let per_statement = ((snap.upto - from + 1 + 63) / 64).max(1);
         while from <= snap.upto {
             let to = (from + per_statement - 1).min(snap.upto);
