@@ -43,7 +43,8 @@ struct State {
     runner: Runner,
     id: Option<WorkerId>,
     running: HashMap<AttemptRef, mpsc::UnboundedSender<Control>>,
-    /// Attempts the coordinator told us to drop: their reports are not sent.
+    /// Attempts the coordinator told us to drop: not reported when this worker stopped them, but
+    /// reported late when they had ended on their own.
     dropped: HashSet<AttemptRef>,
     /// Finished attempts whose reports the coordinator has not acknowledged.
     unacked: HashMap<AttemptRef, AttemptReport>,
@@ -69,29 +70,7 @@ pub async fn run(cfg: WorkerConfig, handlers: Handlers, stop: Stop) -> Result<()
     // Output of followed commands; bounded, so that a command that writes faster than the
     // connection carries loses pieces (the follower sees the gap) instead of filling memory.
     let (output_tx, mut output_rx) = mpsc::channel(OUTPUT_PIECES);
-    let sync_slots = (cfg.block == BlockType::Sync).then_some(cfg.slots);
-    let runner = Runner::new(
-        handlers.clone(),
-        sync_slots,
-        cfg.kill_grace,
-        cfg.spawn,
-        done_tx,
-        output_tx,
-    );
-    let mut st = State {
-        cfg,
-        handlers,
-        runner,
-        id: None,
-        running: HashMap::new(),
-        dropped: HashSet::new(),
-        unacked: HashMap::new(),
-        draining: false,
-        heartbeat: Duration::from_secs(5),
-        lease: Duration::from_secs(30),
-        drain_deadline: None,
-        exit_deadline: None,
-    };
+    let mut st = State::new(cfg, handlers, done_tx, output_tx);
     let mut backoff = Duration::from_millis(100);
     let mut failures: u64 = 0;
     loop {
@@ -159,7 +138,7 @@ pub async fn run(cfg: WorkerConfig, handlers: Handlers, stop: Stop) -> Result<()
                 loop {
                     tokio::select! {
                         _ = sleep_until(until) => break,
-                        Some((a, r)) = done_rx.recv() => st.finished_attempt(a, r),
+                        Some((a, r)) = done_rx.recv() => { st.finished_attempt(a, r); }
                         _ = stop.drain.cancelled(), if !st.draining => st.start_drain(),
                         _ = stop.now.cancelled(), if st.exit_deadline.is_none() => st.stop_now(),
                         _ = async { sleep_until(st.drain_deadline.expect("guarded")).await }, if st.drain_deadline.is_some() => st.hand_back_all("drain grace ended"),
@@ -241,23 +220,58 @@ fn hello_had_id(h: &Hello) -> bool {
 }
 
 impl State {
+    /// A worker before its first connection; attempts report their ends on `done`.
+    fn new(
+        cfg: WorkerConfig,
+        handlers: Handlers,
+        done: mpsc::UnboundedSender<(AttemptRef, AttemptReport)>,
+        output: mpsc::Sender<WorkerToCoordinator>,
+    ) -> Self {
+        let sync_slots = (cfg.block == BlockType::Sync).then_some(cfg.slots);
+        let runner = Runner::new(
+            handlers.clone(),
+            sync_slots,
+            cfg.kill_grace,
+            cfg.spawn,
+            done,
+            output,
+        );
+        State {
+            cfg,
+            handlers,
+            runner,
+            id: None,
+            running: HashMap::new(),
+            dropped: HashSet::new(),
+            unacked: HashMap::new(),
+            draining: false,
+            heartbeat: Duration::from_secs(5),
+            lease: Duration::from_secs(30),
+            drain_deadline: None,
+            exit_deadline: None,
+        }
+    }
+
     fn finished(&self) -> bool {
         (self.draining || self.exit_deadline.is_some())
             && self.running.is_empty()
             && self.unacked.is_empty()
     }
 
-    fn finished_attempt(&mut self, attempt: AttemptRef, report: AttemptReport) {
+    /// Records an attempt's end; true when its report is to go to the coordinator (it waits in
+    /// `unacked` until acknowledged, so a reconnect sends it again).
+    fn finished_attempt(&mut self, attempt: AttemptRef, report: AttemptReport) -> bool {
         self.running.remove(&attempt);
         // A dropped attempt that this worker stopped is not reported. One that had ended on its
         // own before the drop reached it (its command finished while the worker was frozen, say)
         // is: the coordinator keeps it as a late report, as DESIGN.md promises.
         if self.dropped.remove(&attempt) && report.outcome == Some(Outcome::Killed) {
             debug!(task = %attempt.task, "dropped attempt stopped; not reported");
-            return;
+            return false;
         }
         info!(task = %attempt.task, attempt = attempt.attempt, outcome = ?report.outcome, "attempt ended");
         self.unacked.insert(attempt, report);
+        true
     }
 
     fn start_drain(&mut self) {
@@ -354,9 +368,9 @@ async fn session(
                         return End::Lost(e.to_string());
                     }
                 }
-                let send = !st.dropped.contains(&a);
-                st.finished_attempt(a, r.clone());
-                if send { conn.send(WorkerToCoordinator::Finished { attempt: a, report: r }).await.map_err(|e| e.to_string()) } else { Ok(()) }
+                // A dropped attempt whose command had already ended is reported too (a late
+                // report): deciding from `dropped` alone left it unsent until a reconnect.
+                if st.finished_attempt(a, r.clone()) { conn.send(WorkerToCoordinator::Finished { attempt: a, report: r }).await.map_err(|e| e.to_string()) } else { Ok(()) }
             }
             Some(p) = output_rx.recv() => {
                 conn.send(p).await.map_err(|e| e.to_string())
@@ -485,4 +499,60 @@ async fn handle(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tatzelwurm_protocol::ids::TaskId;
+
+    fn state() -> State {
+        let (done, _) = mpsc::unbounded_channel();
+        let (output, _) = mpsc::channel(1);
+        let cfg = WorkerConfig::new("127.0.0.1:1", BlockType::Async);
+        State::new(cfg, Handlers::new(), done, output)
+    }
+
+    fn attempt() -> AttemptRef {
+        AttemptRef {
+            task: TaskId::new(),
+            attempt: 1,
+        }
+    }
+
+    fn report(outcome: Outcome) -> AttemptReport {
+        AttemptReport {
+            outcome: Some(outcome),
+            ..AttemptReport::default()
+        }
+    }
+
+    #[test]
+    fn an_attempt_that_ended_on_its_own_after_its_drop_is_reported_late() {
+        // The command finished while the worker was frozen; the coordinator's drop reached the
+        // worker before the command's end did. The result is a late report, sent now.
+        let mut st = state();
+        let a = attempt();
+        st.dropped.insert(a);
+        assert!(st.finished_attempt(a, report(Outcome::Succeeded)));
+        assert!(st.unacked.contains_key(&a), "kept until acknowledged");
+        assert!(!st.dropped.contains(&a));
+    }
+
+    #[test]
+    fn a_dropped_attempt_the_worker_stopped_is_not_reported() {
+        let mut st = state();
+        let a = attempt();
+        st.dropped.insert(a);
+        assert!(!st.finished_attempt(a, report(Outcome::Killed)));
+        assert!(st.unacked.is_empty());
+    }
+
+    #[test]
+    fn an_attempt_of_this_worker_is_reported_and_waits_for_its_ack() {
+        let mut st = state();
+        let a = attempt();
+        assert!(st.finished_attempt(a, report(Outcome::Failed)));
+        assert_eq!(st.unacked[&a].outcome, Some(Outcome::Failed));
+    }
 }
