@@ -758,8 +758,10 @@ impl Store {
         let mut rows: Vec<BodyRow> = Vec::new();
         let mut size = 0;
         let mut buckets = snap.buckets.iter().peekable();
-        while let Some((b, items)) = buckets.next() {
+        while let Some(b) = buckets.next() {
+            let items = self.state().image.bucket_records(*b);
             let body = frame(items.iter().map(|i| &i[..]));
+            drop(items);
             size += body.len();
             rows.push(BodyRow {
                 id: RecordId::new("bucket", *b as i64),
@@ -1093,9 +1095,10 @@ mod tests {
         // between the two would leave it.
         let mut partial = store.state().image.snapshot();
         partial.buckets.truncate(20);
-        for (b, items) in &partial.buckets {
+        for &b in &partial.buckets {
+            let items = store.state().image.bucket_records(b);
             let row = BodyRow {
-                id: RecordId::new("bucket", *b as i64),
+                id: RecordId::new("bucket", b as i64),
                 body: frame(items.iter().map(|i| &i[..])),
             };
             store
