@@ -21,7 +21,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// environment still overrides them): freed pages go back to the system after a second, not ten,
 /// and a background thread returns them, not the next allocation on the actor's thread. A
 /// million-task start peaked 80 MB lower and a drain 70 MB lower with the same rate; returning
-/// them at once halved the drain's rate (BENCHMARKS.md, "The allocator").
+/// them at once cost a third of the drain's rate (BENCHMARKS.md, "The allocator").
 #[cfg(feature = "jemalloc")]
 #[allow(unsafe_code, non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
