@@ -374,8 +374,8 @@ impl Entry {
     }
 }
 
-/// What one checkpoint writes: the dirty buckets and every worker, as of journal sequence
-/// `upto`.
+/// What one checkpoint writes: every worker and queue as of journal sequence `upto`, and the
+/// buckets dirty then (read as they are written, so as of `upto` or later).
 pub(crate) struct Snapshot {
     /// The last journal entry these contents include.
     pub upto: i64,
