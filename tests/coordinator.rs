@@ -192,6 +192,43 @@ fn kill9_after_the_store_filled_its_write_buffer_loses_no_acknowledged_task() {
     );
 }
 
+/// A task larger than the write buffer: its journal record once made surrealkv refuse it (and
+/// the coordinator refused a buffer smaller than twice the largest frame); the patched store
+/// gives it a buffer of its own. It must be accepted and be there whole after a `kill -9` right
+/// after it (read back from the store's log into a buffer of its size at the next open), and
+/// again after more writes and another `kill -9`.
+#[test]
+fn a_task_larger_than_the_write_buffer_is_kept_through_kill9() {
+    let mut c = Coordinator::start_with(Db::Kv, &["--kv-memtable-mib", "4"]).unwrap();
+    let mut added = c.add(&["--count", "100", "--sleep", "1h"]).len();
+    let dir = tempfile::tempdir().unwrap();
+    let big_arg = "x".repeat(6 << 20);
+    let file = dir.path().join("big.txt");
+    std::fs::write(&file, format!("echo {big_arg}\n")).unwrap();
+    let big = c.add(&["--from-file", file.to_str().unwrap()]);
+    assert_eq!(big.len(), 1);
+    added += 1;
+    for round in 0..2 {
+        c.kill9();
+        c.restart().unwrap();
+        let shown = c.show(&big[0]);
+        let argv = shown["payload"]["argv"]
+            .as_array()
+            .expect("a command's argv");
+        assert!(
+            argv.iter()
+                .any(|a| a.as_str().is_some_and(|a| a.ends_with(&big_arg))),
+            "round {round}: the large task's command line is whole"
+        );
+        assert_eq!(
+            c.json(&["summary"])["counts"]["created"].as_u64(),
+            Some(added as u64),
+            "round {round}: and the writes around it are there"
+        );
+        added += c.add(&["--count", "100", "--sleep", "1h"]).len();
+    }
+}
+
 fn kill9_while_adding_and_running(extra: &[&str]) {
     let mut flags = vec!["--lease", "10s"];
     flags.extend_from_slice(extra);

@@ -85,13 +85,14 @@ struct Args {
     #[arg(long, default_value_t = 64 << 20, env = "TATZELWURM_CHECKPOINT_BYTES")]
     checkpoint_bytes: u64,
     /// An embedded surrealkv store's write buffer (memtable), in MiB: writes gather there until
-    /// it is flushed to a table file, and up to three are alive at once. It must hold the
-    /// largest write (a journal record: 4 MiB and one task of up to --max-frame) twice.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=1 << 20), env = "TATZELWURM_KV_MEMTABLE_MIB")]
+    /// it is flushed to a table file, and up to three are alive at once. A larger write (a
+    /// journal record holds up to 4 MiB and one task of up to --max-frame) gets a buffer of its
+    /// own size.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(4..=1 << 20), env = "TATZELWURM_KV_MEMTABLE_MIB")]
     kv_memtable_mib: u64,
     /// An embedded surrealkv store's block cache, in MiB: reads of its table files go through
-    /// it (a start reads every stored task once; later, only checkpoints read).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1 << 20), env = "TATZELWURM_KV_CACHE_MIB")]
+    /// it (a start reads every stored task once; later, only checkpoints read, once each).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1 << 20), env = "TATZELWURM_KV_CACHE_MIB")]
     kv_cache_mib: u64,
     /// How long a silent or disconnected worker keeps its tasks (e.g. 30s, 2m).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -202,20 +203,6 @@ fn check(args: &Args) -> Result<(), String> {
         return Err(format!(
             "--sync applies to an embedded surrealkv store, not to --db {db:?} (a SurrealDB \
              server syncs as it was started to)"
-        ));
-    }
-    // The largest store write is a journal record: a batch of up to ENTRY_BYTES plus the task
-    // that passed it, which may be as large as a frame. surrealkv refuses a write larger than its
-    // write buffer; twice the largest record leaves room for the encoding.
-    let largest = (store::ENTRY_BYTES + args.max_frame) as u64;
-    if args.kv_memtable_mib << 20 < 2 * largest {
-        return Err(format!(
-            "--kv-memtable-mib {} is too small for --max-frame {}: the largest store write (a \
-             journal record of {} MiB) must fit it twice; use at least {}",
-            args.kv_memtable_mib,
-            args.max_frame,
-            largest.div_ceil(1 << 20),
-            (2 * largest).div_ceil(1 << 20)
         ));
     }
     if let Some(db) = &args.db

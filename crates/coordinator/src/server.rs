@@ -1033,7 +1033,7 @@ mod tests {
                 Ok((info, record)) => {
                     assert_ne!(i, cut);
                     assert_eq!(info, &tasks[i], "in order");
-                    assert!(Arc::ptr_eq(record, &records[i]), "with its own record");
+                    assert!(Record::ptr_eq(record, &records[i]), "with its own record");
                 }
                 Err(e) => {
                     assert_eq!(i, cut);

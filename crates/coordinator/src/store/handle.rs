@@ -22,22 +22,23 @@ use surrealdb::types::Variables;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvMemory {
     /// The write buffer (surrealkv's memtable): writes collect here until it is flushed to a
-    /// table file. Up to three may be alive at once (one filling, two flushing). No single
-    /// transaction may be larger: values stay inline until the flush moves large ones to the
-    /// value log.
+    /// table file. Up to three may be alive at once (one filling, two flushing). A larger
+    /// transaction gets a buffer of its own size (the patch in `third_party/`); its pages cost
+    /// memory only as they are written.
     pub memtable_bytes: u64,
     /// The cache of table-file blocks that reads go through (a start reads every bucket once).
     pub block_cache_bytes: u64,
 }
 
 impl Default for KvMemory {
-    /// 64 MiB each: room for twice the largest write at the default frame size, and the noop
-    /// rate measured the same as with surrealkv's own 1 GiB (BENCHMARKS.md, "The store's own
-    /// memory").
+    /// A 16 MiB write buffer (a larger write gets one of its own size) and an 8 MiB cache: the
+    /// coordinator reads each stored value about once (a start reads every bucket, a checkpoint
+    /// deletes the journal it read), so a larger cache only kept copies of values it would not
+    /// read again (BENCHMARKS.md, "The store's write buffer and cache").
     fn default() -> Self {
         KvMemory {
-            memtable_bytes: 64 << 20,
-            block_cache_bytes: 64 << 20,
+            memtable_bytes: 16 << 20,
+            block_cache_bytes: 8 << 20,
         }
     }
 }

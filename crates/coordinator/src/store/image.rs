@@ -20,7 +20,6 @@
 //! journal in separate transactions.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tatzelwurm_protocol::{BodyCodec, QueueSettings, TaskId, TaskInfo, WorkerId, WorkerInfo};
@@ -84,12 +83,7 @@ fn encode_with<T: serde::Serialize, R>(tag: Option<u8>, v: &T, make: impl Fn(&[u
     })
 }
 
-/// A task's stored record ([`encode_task`]). One allocation, shared: the coordinator's table
-/// keeps a task that waits or has finished as this very record (`core::table`), the batch
-/// carries it to the writer and the image keeps it for checkpoints, so a queued task costs its
-/// encoding once. An `Arc<[u8]>` rather than `Bytes`: half the size in each holder, and no
-/// second allocation when it is first shared.
-pub type Record = Arc<[u8]>;
+pub use super::record::Record;
 
 /// A task record: the tag byte, then the task in bincode.
 pub fn encode_task(t: &TaskInfo) -> Record {

@@ -9,6 +9,7 @@
 mod handle;
 mod image;
 mod legacy;
+mod record;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -324,7 +325,7 @@ pub struct Store {
 /// The largest journal record a batch is written as (a single larger task gets a record of its
 /// own). A SurrealDB server refuses WebSocket messages over 128 MiB by default, and large records
 /// cost it memory; clients may send a 16 MiB task each, and a batch gathers many clients.
-pub const ENTRY_BYTES: usize = 4 << 20;
+pub(crate) const ENTRY_BYTES: usize = 4 << 20;
 
 /// What the ownership check throws, to tell it from other failures.
 const SUPERSEDED: &str = "tatzelwurm: superseded by another coordinator";
@@ -751,9 +752,9 @@ impl Store {
     async fn write_checkpoint(&self, snap: &Snapshot, legacy: bool) -> Result<(), StoreError> {
         // Buckets go in transactions of 2 MiB each; any of them may land without the rest
         // (a crash between them), which replay tolerates because the journal is still there.
-        // A surrealkv transaction must fit its write buffer, with room for a journal write, and
-        // each is held three times while it is written (framed, as SurrealDB values, in
+        // Each is held three times while it is written (framed, as SurrealDB values, in
         // surrealkv's batch): 8 MiB transactions added 20 MB to the peak of a million queued.
+        // A quarter of the write buffer at most, so that a few fill one before it is flushed.
         let txn_bytes = (2 << 20).min(self.kv_memory.memtable_bytes as usize / 4);
         let mut rows: Vec<BodyRow> = Vec::new();
         let mut size = 0;

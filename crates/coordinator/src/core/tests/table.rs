@@ -1,8 +1,6 @@
 //! The compact form of tasks: which tasks are packed, that a packed task shares its record with
 //! the batch that wrote it, and that packing changes nothing anybody sees.
 
-use std::sync::Arc;
-
 use super::*;
 
 /// The record the table keeps for a packed task, or `None` when the task is open.
@@ -29,7 +27,7 @@ fn queued_tasks_are_packed_with_the_very_record_their_batch_wrote() {
     for (id, record) in &batch.tasks {
         let kept = packed_record(&c, *id).expect("packed");
         assert!(
-            Arc::ptr_eq(&kept, record),
+            Record::ptr_eq(&kept, record),
             "the table keeps the batch's allocation, not a copy"
         );
         assert_eq!(
@@ -65,7 +63,7 @@ fn a_task_is_open_while_a_worker_holds_it_and_packed_again_when_it_ends() {
         .find(|(id, _)| *id == attempt.task)
         .expect("the finished task is written");
     let kept = packed_record(&c, attempt.task).expect("packed once finished");
-    assert!(Arc::ptr_eq(&kept, written));
+    assert!(Record::ptr_eq(&kept, written));
     let done = c.task(attempt.task).unwrap();
     assert_eq!(done.state, TaskState::Completed);
     assert_eq!(done.attempts.len(), 1, "its history is in the record");
@@ -90,7 +88,7 @@ fn a_task_opened_and_left_unchanged_gets_its_old_record_back() {
     assert_eq!(changed_reply(&out), Ok(vec![]));
     let after = packed_record(&c, ids[0]).expect("packed again");
     assert!(
-        Arc::ptr_eq(&before, &after),
+        Record::ptr_eq(&before, &after),
         "the same allocation the image holds, not a new encoding"
     );
 }
