@@ -34,7 +34,7 @@ impl Default for KvMemory {
     /// A 16 MiB write buffer (a larger write gets one of its own size) and an 8 MiB cache: the
     /// coordinator reads each stored value about once (a start reads every bucket, a checkpoint
     /// deletes the journal it read), so a larger cache only kept copies of values it would not
-    /// read again (BENCHMARKS.md, "The store's write buffer and cache").
+    /// read again (BENCHMARKS.md, "The store's write buffer and cache, and thin records").
     fn default() -> Self {
         KvMemory {
             memtable_bytes: 16 << 20,
