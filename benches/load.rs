@@ -289,7 +289,7 @@ fn report(name: &str, r: &Throughput) {
 }
 
 /// One HTTP/1.1 GET on a fresh connection; the status code.
-async fn http_get(base: &str, path: &str, token: &str) -> Result<u16> {
+async fn http_get(base: &str, path: &str, token: &str) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = base.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(host).await?;
@@ -299,11 +299,30 @@ async fn http_get(base: &str, path: &str, token: &str) -> Result<u16> {
     s.write_all(req.as_bytes()).await?;
     let mut body = Vec::new();
     s.read_to_end(&mut body).await?;
-    let head = String::from_utf8_lossy(&body[..body.len().min(16)]).to_string();
-    head.split_whitespace()
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let head = &text[..text.len().min(16)];
+    let code = head
+        .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .with_context(|| format!("not an HTTP answer: {head:?}"))
+        .with_context(|| format!("not an HTTP answer: {head:?}"))?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((code, body.to_string()))
+}
+
+/// The store's commits so far and the records they carried, from the coordinator's `/metrics`.
+async fn store_commits(base: &str, token: &str) -> Result<(f64, f64)> {
+    let (code, body) = http_get(base, "/metrics", token).await?;
+    anyhow::ensure!(code == 200, "/metrics answered {code}");
+    let value = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .with_context(|| format!("/metrics has no {name}"))
+    };
+    Ok((
+        value("tatzelwurm_store_batch_records_count ")?,
+        value("tatzelwurm_store_batch_records_sum ")?,
+    ))
 }
 
 /// `n` clients polling the summary and a page of tasks until `stop`; every request's latency.
@@ -326,7 +345,7 @@ async fn poll_http(
                     "/api/tasks?limit=100"
                 };
                 let t = Instant::now();
-                let code = http_get(&base, path, &token).await?;
+                let (code, _) = http_get(&base, path, &token).await?;
                 anyhow::ensure!(code == 200, "{path} answered {code}");
                 out.push((summary, t.elapsed()));
                 summary = !summary;
@@ -477,14 +496,28 @@ async fn main() -> Result<()> {
         c.json(&["summary"])["workers_connected"].as_u64()
             == Some((a.workers + a.idle_workers) as u64)
     })?;
+    let base = c
+        .http
+        .clone()
+        .context("the coordinator printed no http address")?;
+    let token = std::fs::read_to_string(c.token_file())?.trim().to_string();
+    let commits0 = store_commits(&base, &token).await?;
     let cpu0 = cpu_seconds(c.pid());
     let r = throughput(&c, a.tasks, &a.kind, block, a.batch, a.in_flight).await?;
     let cpu = cpu_seconds(c.pid()) - cpu0;
+    let commits1 = store_commits(&base, &token).await?;
     report(&format!("throughput ({}, {})", a.kind, a.db), &r);
     println!(
-        "  coordinator CPU {:.2} s ({:.0}% of one core)",
+        "  coordinator CPU {:.2} s ({:.0}% of one core, {:.1} µs a task)",
         cpu,
-        100.0 * cpu / r.wall.as_secs_f64()
+        100.0 * cpu / r.wall.as_secs_f64(),
+        1e6 * cpu / r.tasks as f64
+    );
+    let commits = commits1.0 - commits0.0;
+    println!(
+        "  store commits {commits:.0} ({:.2} a task, {:.1} records each)",
+        commits / r.tasks as f64,
+        (commits1.1 - commits0.1) / commits.max(1.0)
     );
     if a.kind == "exec" {
         // The same parallelism as the workers' slots, capped at 64 spawning threads.
@@ -497,11 +530,6 @@ async fn main() -> Result<()> {
         );
     }
     if a.http_load > 0 {
-        let base = c
-            .http
-            .clone()
-            .context("the coordinator printed no http address")?;
-        let token = std::fs::read_to_string(c.token_file())?.trim().to_string();
         let stop_http = Arc::new(AtomicBool::new(false));
         let pollers = tokio::spawn(poll_http(base, token, a.http_load, stop_http.clone()));
         let cpu0 = cpu_seconds(c.pid());

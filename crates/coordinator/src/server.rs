@@ -22,7 +22,6 @@ use tatzelwurm_protocol::{
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -776,7 +775,10 @@ async fn actor(
     cfg: Config,
 ) -> Result<()> {
     let mut conns = Peers::default();
-    let mut commit: Option<JoinHandle<(Batch, Result<(), StoreError>)>> = None;
+    // One writer for the actor's whole life, one batch at a time: a task spawned per commit cost
+    // the actor a spawn and a copy of the write's future each time (small batches commit often).
+    let (to_writer, mut written) = writer(store.clone());
+    let mut committing = false;
     let mut commit_started = tokio::time::Instant::now();
     let mut commit_seconds = Histogram::new(crate::metrics::SECONDS);
     let mut batch_records = Histogram::new(crate::metrics::SIZES);
@@ -801,10 +803,10 @@ async fn actor(
                 stopping = true;
                 core.begin_shutdown();
             }
-            done = async { commit.as_mut().expect("guarded").await }, if commit.is_some() => {
-                commit = None;
+            done = written.recv(), if committing => {
+                committing = false;
                 commit_seconds.observe(commit_started.elapsed().as_secs_f64());
-                match done {
+                match done.ok_or("stopped") {
                     Ok((batch, Ok(()))) => {
                         if failures > 0 {
                             info!(after_failures = failures, "store writes again; accepting changes");
@@ -833,7 +835,7 @@ async fn actor(
                         let wait = Duration::from_millis(100u64 << failures.min(6));
                         retry_at = Some(tokio::time::Instant::now() + wait);
                     }
-                    Err(e) => return Err(anyhow::anyhow!("store writer panicked: {e}")),
+                    Err(e) => return Err(anyhow::anyhow!("store writer {e} (it panicked)")),
                 }
             }
             _ = async { tokio::time::sleep_until(retry_at.expect("guarded")).await }, if retry_at.is_some() => {
@@ -887,7 +889,7 @@ async fn actor(
         }
         core.schedule(now_ms());
         deliver(&mut conns, core.take_immediate());
-        if commit.is_none()
+        if !committing
             && retry_at.is_none()
             && let Some(batch) = core.take_batch()
         {
@@ -900,25 +902,15 @@ async fn actor(
                         + batch.queues.len()) as f64,
                 );
                 commit_started = tokio::time::Instant::now();
-                let store = store.clone();
-                commit = Some(tokio::spawn(async move {
-                    let r = store
-                        .write(
-                            &batch.tasks,
-                            &batch.removed,
-                            &batch.workers,
-                            &batch.removed_workers,
-                            &batch.queues,
-                            batch.counters,
-                        )
-                        .await;
-                    (batch, r)
-                }));
+                if to_writer.try_send(batch).is_err() {
+                    return Err(anyhow::anyhow!("store writer stopped (it panicked)"));
+                }
+                committing = true;
             } else {
                 deliver(&mut conns, batch.sends);
             }
         }
-        if stopping && commit.is_none() {
+        if stopping && !committing {
             if failures > 0 {
                 error!(
                     "shutting down with writes the store did not take; they were never acknowledged"
@@ -932,6 +924,35 @@ async fn actor(
             return Ok(());
         }
     }
+}
+
+/// A batch back from the store's writer, with the outcome of its write.
+type Written = (Batch, Result<(), StoreError>);
+
+/// Starts the task that writes the actor's batches to the store, one at a time, and hands each
+/// back with the outcome. Both channels hold one: the actor sends a batch only when the last
+/// one came back.
+fn writer(store: Store) -> (mpsc::Sender<Batch>, mpsc::Receiver<Written>) {
+    let (to_writer, mut batches) = mpsc::channel::<Batch>(1);
+    let (done, written) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while let Some(batch) = batches.recv().await {
+            let r = store
+                .write(
+                    &batch.tasks,
+                    &batch.removed,
+                    &batch.workers,
+                    &batch.removed_workers,
+                    &batch.queues,
+                    batch.counters,
+                )
+                .await;
+            if done.send((batch, r)).await.is_err() {
+                break;
+            }
+        }
+    });
+    (to_writer, written)
 }
 
 /// The connections the actor reaches, and how many it closed for reading too slowly.

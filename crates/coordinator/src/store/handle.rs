@@ -1,11 +1,12 @@
 //! The database handle: a SurrealDB connection of either of the two kinds the store opens.
 //!
-//! A SurrealDB server and `mem://` are reached through the SDK's `any` engine, which builds the
-//! embedded datastore itself with settings sized from the machine's memory: a surrealkv store on
-//! a 24 GiB machine would take a 1 GiB write buffer (memtable), up to two more waiting for their
-//! flush, and a block cache of 11 GiB, which the SDK's URL parameters cannot change. So a surrealkv
-//! store is built here with the memory it is given ([`KvMemory`]) and served through the SDK's
-//! local engine, and [`Handle`] lets the rest of the store run the same queries on either.
+//! A SurrealDB server is reached through the SDK's `any` engine. An embedded store (`surrealkv://`
+//! or `mem://`) is built here and served through the SDK's local engine, for two reasons: the SDK
+//! sizes surrealkv's memory from the machine's (on a 24 GiB machine a 1 GiB write buffer, up to
+//! two more waiting for their flush, and an 11 GiB block cache, which its URL parameters cannot
+//! change), so it is given [`KvMemory`] instead; and the datastore itself is kept, so that the
+//! journal can be written as key-value pairs without SurrealQL ([`super::kvlog`]). [`Handle`]
+//! lets the rest of the store run the same queries on either kind.
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
@@ -17,6 +18,7 @@ use surrealdb::engine::any::Any;
 use surrealdb::engine::local::Db;
 use surrealdb::method::IntoVariables;
 use surrealdb::types::Variables;
+use surrealdb_core::kvs::Datastore;
 
 /// How much memory an embedded surrealkv store may hold for itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,17 +46,19 @@ impl Default for KvMemory {
 }
 
 /// A datastore's error in the SDK's type, which the rest of the store handles.
-fn internal(e: impl std::fmt::Display) -> surrealdb::Error {
+pub(super) fn internal(e: impl std::fmt::Display) -> surrealdb::Error {
     surrealdb::Error::internal(format!("{e:#}"))
 }
 
 /// A connection, cheap to clone (clones share it).
 #[derive(Clone)]
 pub(super) enum Handle {
-    /// Through the SDK's `any` engine: a server, or `mem://`.
+    /// Through the SDK's `any` engine: a server.
     Any(Surreal<Any>),
-    /// A surrealkv datastore built here.
-    Kv(Surreal<Db>),
+    /// An embedded datastore built here (surrealkv or memory), and the datastore itself for
+    /// key-value transactions. The datastore shuts down when the last `Surreal` handle is
+    /// dropped, whoever else holds it.
+    Kv(Surreal<Db>, Arc<Datastore>),
 }
 
 /// A query being put together: statements and the variables they use, run on `.await`.
@@ -65,8 +69,8 @@ pub(super) struct Query {
 }
 
 impl Handle {
-    /// Opens the surrealkv store named by `url` (`surrealkv://PATH`, with URL parameters such as
-    /// `sync` as the SDK reads them) with `memory`.
+    /// Opens the embedded store named by `url` (`surrealkv://PATH`, with URL parameters such as
+    /// `sync` as the SDK reads them, or `mem://`) with `memory`.
     pub(super) async fn open_kv(url: &str, memory: KvMemory) -> Result<Handle, surrealdb::Error> {
         let config = surrealdb_cnf::ConfigMap::empty()
             .with_key_value(
@@ -79,6 +83,7 @@ impl Handle {
             );
         // As the SDK's local engine opens a datastore: maintenance starts only after the
         // version key is checked (a write before it would make a new store look like an old one).
+        // The surrealkv settings are ignored by the memory engine.
         let ds = surrealdb_core::kvs::Datastore::builder()
             .with_config(config)
             .with_capabilities(surrealdb::opt::capabilities::Capabilities::default().into())
@@ -89,11 +94,18 @@ impl Handle {
         ds.check_version().await.map_err(internal)?;
         ds.bootstrap().await.map_err(internal)?;
         ds.start_maintenance_tasks();
-        // Dropping the last handle shuts the datastore down and lets its directory lock go,
-        // as with a connection the SDK opened (the store reopens on that).
+        // Dropping the last `Surreal` handle shuts the datastore down and lets its directory
+        // lock go, as with a connection the SDK opened (the store reopens on that).
         let db = Surreal::<Db>::unstable_from_datastore(Arc::clone(&ds), None).await?;
-        drop(ds);
-        Ok(Handle::Kv(db))
+        Ok(Handle::Kv(db, ds))
+    }
+
+    /// The embedded datastore, for key-value transactions; `None` for a server.
+    pub(super) fn datastore(&self) -> Option<&Arc<Datastore>> {
+        match self {
+            Handle::Any(_) => None,
+            Handle::Kv(_, ds) => Some(ds),
+        }
     }
 
     /// Starts a query with its first statements.
@@ -112,7 +124,7 @@ impl Handle {
     ) -> Result<(), surrealdb::Error> {
         match self {
             Handle::Any(db) => db.signin(root).await.map(drop),
-            Handle::Kv(db) => db.signin(root).await.map(drop),
+            Handle::Kv(db, _) => db.signin(root).await.map(drop),
         }
     }
 
@@ -120,7 +132,7 @@ impl Handle {
     pub(super) async fn use_ns_db(&self, ns: &str, database: &str) -> Result<(), surrealdb::Error> {
         match self {
             Handle::Any(db) => db.use_ns(ns).use_db(database).await.map(drop),
-            Handle::Kv(db) => db.use_ns(ns).use_db(database).await.map(drop),
+            Handle::Kv(db, _) => db.use_ns(ns).use_db(database).await.map(drop),
         }
     }
 }
@@ -167,7 +179,7 @@ impl IntoFuture for Query {
                         .bind(vars)
                         .await
                 }
-                Handle::Kv(db) => {
+                Handle::Kv(db, _) => {
                     statements
                         .fold(db.query(first), |q, s| q.query(s))
                         .bind(vars)

@@ -2,8 +2,10 @@
 //! are framed, the in-memory image of what the store holds (so that a checkpoint never has to ask
 //! the actor for anything), and the replay that rebuilds the tables at start.
 //!
-//! Layout (version 3):
-//! - `journal:SEQ`: one record per committed batch (or part of one); `body` is an [`Entry`].
+//! Layout (version 4):
+//! - `journal:SEQ`: one record per committed batch (or part of one); `body` is an [`Entry`]. An
+//!   embedded store keeps these as key-value pairs instead ([`super::kvlog`]), with the same
+//!   bodies; one written by version 3 may still hold some here, which are read and folded away.
 //! - `bucket:B` (B in 0..256): every task whose id ends in byte B, as of the last checkpoint;
 //!   `body` is a framed list of task records: bincode behind the tag byte of
 //!   [`legacy::TASK_TAG`](super::legacy), or a layout-2 record without it.
@@ -12,7 +14,8 @@
 //!   list of bincode queue settings.
 //! - `meta:checkpoint`: `upto`, the last journal sequence number the buckets include.
 //! - `meta:counters`: the id, number and batch counters in bincode (`Counters`), written in the
-//!   transaction of a batch that moved one of them past what the tables show.
+//!   transaction of a batch that moved one of them past what the tables show (in an embedded
+//!   store, a key-value pair beside its journal).
 //!
 //! The tables are the buckets with every journal entry after `upto` applied in sequence order.
 //! Entries hold whole records, so applying an entry twice, or an entry the buckets already
@@ -28,8 +31,10 @@ use super::StoreError;
 use super::legacy::{TASK_TAG, TASK_TAG_V3, TaskV2, TaskV3};
 
 /// The layout this code writes; a store with a higher number was written by a newer version.
-/// Version 3 tags task records and adds queue settings; it reads version 2 as it is.
-pub(crate) const LAYOUT_VERSION: i64 = 3;
+/// Version 3 tags task records and adds queue settings; version 4 moves an embedded store's
+/// journal and counters out of SurrealDB's tables (a version 3 coordinator would not see them).
+/// Both read the versions before them as they are.
+pub(crate) const LAYOUT_VERSION: i64 = 4;
 
 /// Queue settings are identified by namespace and name.
 pub(crate) type QueueKey = (String, String);

@@ -2,12 +2,14 @@
 //!
 //! Every committed batch is one journal record, so a commit costs SurrealDB one insert however
 //! many tasks changed (a per-task upsert costs it about 100 µs; the journal brings that to about
-//! a microsecond a task). When the journal has grown as large as the tables, a checkpoint in the
+//! a microsecond a task). An embedded store writes that record as a key-value pair, without
+//! SurrealQL ([`kvlog`]). When the journal has grown as large as the tables, a checkpoint in the
 //! background folds it into 256 bucket records and drops it. [`image`] holds the layout as plain
 //! code; this module does the reading and writing.
 
 mod handle;
 mod image;
+mod kvlog;
 mod legacy;
 mod record;
 
@@ -28,6 +30,7 @@ pub(crate) use image::TaskRecord;
 pub(crate) use image::decode_task_record;
 use image::{Entry, Image, LAYOUT_VERSION, Snapshot, Stored, frame};
 pub use image::{Record, encode_task};
+use kvlog::KvLog;
 
 /// Decodes a task record as the store or the table holds it (of any layout): once per task when
 /// the tables are built, then whenever a packed task is read or changed.
@@ -139,7 +142,7 @@ fn wal_segments(dir: &std::path::Path) -> std::collections::HashMap<String, u64>
 /// Connects to the store named by `url`: a surrealkv store is built with `memory`, others
 /// through the SDK.
 async fn connect(url: &str, memory: KvMemory) -> Result<Handle, StoreError> {
-    let opened = if url.starts_with("surrealkv://") {
+    let opened = if kind(url) == Some(Kind::Embedded) {
         Handle::open_kv(url, memory).await
     } else {
         surrealdb::engine::any::connect(url).await.map(Handle::Any)
@@ -313,6 +316,9 @@ pub struct Store {
     kv_memory: KvMemory,
     ns: String,
     database: String,
+    /// Where an embedded store keeps its journal and counters; `None` when writes are fenced
+    /// (a server, which has no key-value access: its journal is the `journal` table).
+    log: Option<KvLog>,
     /// This coordinator's mark in `meta:owner`.
     owner: String,
     /// Whether writes check the mark (a server that other coordinators can reach).
@@ -412,7 +418,7 @@ impl Store {
         let db = connect_on_a_fresh_log(&self.url, self.kv_memory, true).await?;
         db.use_ns_db(&self.ns, &self.database).await?;
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(db);
-        let (buckets, stored) = self.read_stored().await?;
+        let (buckets, stored, _) = self.read_stored().await?;
         let replayed = image::replay_onto(buckets, stored)?;
         let mut st = self.state();
         st.next_seq = st.next_seq.max(replayed.image.last_seq() + 1);
@@ -447,6 +453,7 @@ impl Store {
             kv_memory: opts.kv_memory,
             ns: opts.namespace.clone(),
             database: opts.database.clone(),
+            log: (!fenced).then(|| KvLog::new(&opts.namespace, &opts.database)),
             owner,
             fenced,
             write_timeout: opts.write_timeout,
@@ -488,6 +495,14 @@ impl Store {
         }
     }
 
+    /// The key-value journal and the datastore it is in, for an embedded store.
+    fn kv_log<'a>(
+        &'a self,
+        db: &'a Handle,
+    ) -> Option<(&'a KvLog, &'a surrealdb_core::kvs::Datastore)> {
+        Some((self.log.as_ref()?, db.datastore()?))
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // The state is plain data updated in a few lines; a panic there is a bug, not a reason
         // to stop writing.
@@ -498,8 +513,8 @@ impl Store {
     /// journals are read too, and rewritten in the current layout before this returns.
     pub async fn load(&self) -> Result<Loaded, StoreError> {
         let started = std::time::Instant::now();
-        let (buckets, stored) = self.read_stored().await?;
-        let counters = self.read_counters().await?;
+        let (buckets, stored, kv_counters) = self.read_stored().await?;
+        let counters = self.read_counters(kv_counters).await?;
         let read_ms = started.elapsed().as_millis() as u64;
         let legacy = !stored.legacy_tasks.is_empty() || !stored.legacy_workers.is_empty();
         let replayed = image::replay_onto(buckets, stored)?;
@@ -533,24 +548,32 @@ impl Store {
         })
     }
 
-    /// The counters last written with a batch (`meta:counters`), zero when none were.
-    async fn read_counters(&self) -> Result<Counters, StoreError> {
-        let rows: Vec<BodyOnly> = self
-            .db()?
-            .query("SELECT body FROM meta:counters")
-            .await?
-            .check()?
-            .take(0)?;
-        match rows.into_iter().next() {
+    /// The counters last written with a batch, zero when none were: an embedded store's
+    /// key-value ones, else (a server, or a store of layout 3) `meta:counters`.
+    async fn read_counters(&self, kv: Option<Bytes>) -> Result<Counters, StoreError> {
+        let body = match kv {
+            Some(body) => Some(body),
+            None => {
+                let rows: Vec<BodyOnly> = self
+                    .db()?
+                    .query("SELECT body FROM meta:counters")
+                    .await?
+                    .check()?
+                    .take(0)?;
+                rows.into_iter().next().map(|r| r.body)
+            }
+        };
+        match body {
             None => Ok(Counters::default()),
-            Some(r) => image::decode("meta", "counters", &r.body),
+            Some(body) => image::decode("meta", "counters", &body),
         }
     }
 
-    /// Every record the store holds, as stored.
     /// What the store holds: the buckets' tasks already in an image (read a few at a time),
-    /// the rest as read.
-    async fn read_stored(&self) -> Result<(Image, Stored), StoreError> {
+    /// the rest as read, and an embedded store's key-value counters. The journal is the
+    /// `journal` table's records (a server's, or an embedded store's from before layout 4) and
+    /// an embedded store's key-value ones.
+    async fn read_stored(&self) -> Result<(Image, Stored, Option<Bytes>), StoreError> {
         let mut res = self
             .db()?
             .query("SELECT upto FROM meta:checkpoint")
@@ -568,6 +591,13 @@ impl Store {
         let legacy_workers: Vec<BodyOnly> = res.take(4)?;
         let queues: Vec<BodyOnly> = res.take(5)?;
         let body = |r: BodyOnly| r.body;
+        let mut journal: Vec<(i64, Bytes)> = journal.into_iter().map(|r| (r.seq, r.body)).collect();
+        let mut kv_counters = None;
+        if let Some((log, ds)) = self.kv_log(&self.db()?) {
+            let read = log.read(ds).await?;
+            journal.extend(read.journal);
+            kv_counters = read.counters;
+        }
         let mut buckets = Image::default();
         self.read_buckets(&mut buckets).await?;
         // `Stored` has one more field in tests (their buckets), which the update fills here.
@@ -578,11 +608,11 @@ impl Store {
             workers: workers.into_iter().next().map(body),
             queues: queues.into_iter().next().map(body),
             upto: upto.first().map_or(0, |u| u.upto),
-            journal: journal.into_iter().map(|r| (r.seq, r.body)).collect(),
+            journal,
             // The buckets are read apart, a few at a time, by `read_buckets`.
             ..Stored::default()
         };
-        Ok((buckets, stored))
+        Ok((buckets, stored, kv_counters))
     }
 
     /// Reads the buckets a sixteenth at a time into `image`, each group's bodies dropped once
@@ -682,6 +712,15 @@ impl Store {
                 st.next_seq += 1;
                 seq
             };
+            let db = self.db()?;
+            if let Some((log, ds)) = self.kv_log(&db) {
+                let append = log.append(ds, seq, body, counters.take());
+                tokio::time::timeout(self.write_timeout, append)
+                    .await
+                    .map_err(|_| StoreError::Timeout(self.write_timeout))??;
+                self.state().image.apply(seq, entry, body_len);
+                continue;
+            }
             let row = JournalRow {
                 id: RecordId::new("journal", seq),
                 seq,
@@ -812,7 +851,15 @@ impl Store {
                 .bind(("queues", queues))
                 .bind(("upto", snap.upto))
         })
-        .await
+        .await?;
+        // An embedded store's key-value journal goes once the mark is in: a crash between the
+        // two leaves records at or below the mark, which replay skips and the next checkpoint
+        // deletes (this deletes everything up to the mark, not from the previous one).
+        let db = self.db()?;
+        if let Some((log, ds)) = self.kv_log(&db) {
+            log.drop_upto(ds, snap.upto).await?;
+        }
+        Ok(())
     }
 }
 
@@ -840,6 +887,24 @@ mod tests {
             .unwrap();
         let n: Option<i64> = res.take((0, "n")).unwrap();
         n.unwrap_or(0) as usize
+    }
+
+    /// The sequence numbers of the journal records the store holds: the `journal` table's and
+    /// the key-value ones.
+    async fn journal_seqs(store: &Store) -> Vec<i64> {
+        let db = store.db().unwrap();
+        let rows: Vec<Upto> = db
+            .query("SELECT seq AS upto FROM journal")
+            .await
+            .unwrap()
+            .take(0)
+            .unwrap();
+        let mut seqs: Vec<i64> = rows.iter().map(|u| u.upto).collect();
+        if let Some((log, ds)) = store.kv_log(&db) {
+            seqs.extend(log.read(ds).await.unwrap().journal.iter().map(|(s, _)| *s));
+        }
+        seqs.sort();
+        seqs
     }
 
     async fn loaded(store: &Store) -> Vec<TaskInfo> {
@@ -884,7 +949,7 @@ mod tests {
         assert_eq!(got.len(), 9);
         assert_eq!(got, tasks);
         assert!(workers.is_empty());
-        assert_eq!(count(&store, "journal").await, 2, "one record per batch");
+        assert_eq!(journal_seqs(&store).await.len(), 2, "one record per batch");
     }
 
     fn worker(id: u64) -> WorkerInfo {
@@ -923,6 +988,71 @@ mod tests {
             .unwrap();
         store.checkpoint().await.unwrap();
         assert_eq!(store.load().await.unwrap().counters, c);
+    }
+
+    #[tokio::test]
+    async fn an_embedded_store_of_layout_3_is_read_and_its_journal_table_folded_away() {
+        let o = opts("mem://", u64::MAX);
+        let open = Store::open(&o).await.unwrap();
+        // What version 3 wrote: journal records and counters in SurrealDB tables (a fenced
+        // store writes them so today), and its layout mark.
+        let old = Store::attach(open.db().unwrap(), &o, true).await.unwrap();
+        let mut tasks: Vec<TaskInfo> = (0..3).map(|_| task()).collect();
+        let c3 = Counters {
+            next_worker: 3,
+            next_number: 3,
+            next_batch: 3,
+        };
+        old.write(&tasks[..2], &[], &[], &[], &[], Some(c3))
+            .await
+            .unwrap();
+        old.db()
+            .unwrap()
+            .query("UPSERT meta:layout CONTENT { version: 3 }")
+            .await
+            .unwrap()
+            .check()
+            .unwrap();
+        // This version opens it: it reads both journals, then writes key-value records.
+        let new = Store::attach(open.db().unwrap(), &o, false).await.unwrap();
+        let loaded_now = new.load().await.unwrap();
+        assert_eq!(loaded_now.counters, c3);
+        let mut two = tasks[..2].to_vec();
+        two.sort_by_key(|t| t.id);
+        assert_eq!(decoded(loaded_now.tasks), two);
+        let c4 = Counters {
+            next_worker: 4,
+            next_number: 4,
+            next_batch: 4,
+        };
+        tasks[0].state = TaskState::Completed;
+        new.write(
+            &[tasks[0].clone(), tasks[2].clone()],
+            &[],
+            &[],
+            &[],
+            &[],
+            Some(c4),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            journal_seqs(&new).await,
+            vec![1, 2],
+            "one record in each journal"
+        );
+        tasks.sort_by_key(|t| t.id);
+        let loaded_now = new.load().await.unwrap();
+        assert_eq!(
+            loaded_now.counters, c4,
+            "the key-value counters are the newer"
+        );
+        assert_eq!(decoded(loaded_now.tasks), tasks);
+        new.checkpoint().await.unwrap();
+        assert!(journal_seqs(&new).await.is_empty(), "both journals folded");
+        let loaded_now = new.load().await.unwrap();
+        assert_eq!(loaded_now.counters, c4);
+        assert_eq!(decoded(loaded_now.tasks), tasks);
     }
 
     #[tokio::test]
@@ -984,7 +1114,7 @@ mod tests {
         }
         store.write(&tasks, &[], &[], &[], &[], None).await.unwrap();
         assert_eq!(
-            count(&store, "journal").await,
+            journal_seqs(&store).await.len(),
             2,
             "records of at most 4 MiB: 3 + 2 tasks of 1 MiB"
         );
@@ -996,6 +1126,21 @@ mod tests {
     async fn a_checkpoint_deletes_the_journal_up_to_its_mark_and_keeps_what_came_after() {
         // No checkpoint of its own: this test writes one by hand.
         let store = Store::open(&opts("mem://", u64::MAX)).await.unwrap();
+        assert!(store.log.is_some(), "an embedded store's key-value journal");
+        checkpoint_deletes_the_journal_up_to_its_mark(store).await;
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_deletes_the_journal_table_up_to_its_mark_and_keeps_what_came_after() {
+        let o = opts("mem://", u64::MAX);
+        // Fenced, as a server's: the journal is the `journal` table.
+        let open = Store::open(&o).await.unwrap();
+        let store = Store::attach(open.db().unwrap(), &o, true).await.unwrap();
+        assert!(store.log.is_none());
+        checkpoint_deletes_the_journal_up_to_its_mark(store).await;
+    }
+
+    async fn checkpoint_deletes_the_journal_up_to_its_mark(store: Store) {
         let mut tasks: Vec<TaskInfo> = (0..4).map(|_| task()).collect();
         for t in &tasks {
             store
@@ -1003,7 +1148,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        assert_eq!(count(&store, "journal").await, 4);
+        assert_eq!(journal_seqs(&store).await.len(), 4);
         // Entries past the mark stay (here: written by hand, as a write that lands while a
         // checkpoint runs would be), entries at or below it go, late ones included.
         let snap = store.state().image.snapshot();
@@ -1014,16 +1159,8 @@ mod tests {
             .await
             .unwrap();
         store.write_checkpoint(&snap, false).await.unwrap();
-        let left: Vec<Upto> = store
-            .db()
-            .unwrap()
-            .query("SELECT seq AS upto FROM journal")
-            .await
-            .unwrap()
-            .take(0)
-            .unwrap();
         assert_eq!(
-            left.iter().map(|u| u.upto).collect::<Vec<_>>(),
+            journal_seqs(&store).await,
             vec![5],
             "only the entry after the mark"
         );
@@ -1044,7 +1181,11 @@ mod tests {
         assert_eq!((snap.after, snap.upto), (4, 155));
         store.write_checkpoint(&snap, false).await.unwrap();
         store.state().image.checkpointed(&snap);
-        assert_eq!(count(&store, "journal").await, 0, "the whole journal went");
+        assert_eq!(
+            journal_seqs(&store).await.len(),
+            0,
+            "the whole journal went"
+        );
         tasks.sort_by_key(|t| t.id);
         assert_eq!(loaded(&store).await, tasks, "and nothing is lost");
         assert_eq!(
@@ -1070,7 +1211,7 @@ mod tests {
             .await
             .unwrap();
         store.checkpoint().await.unwrap();
-        assert_eq!(count(&store, "journal").await, 0, "the journal is folded");
+        assert_eq!(journal_seqs(&store).await.len(), 0, "the journal is folded");
         assert!(
             count(&store, "bucket").await > 100,
             "tasks spread over buckets"
@@ -1162,7 +1303,7 @@ mod tests {
         let got = store.load().await.unwrap().queues;
         assert_eq!(got, vec![b.clone(), a.clone()], "replayed, latest wins");
         store.checkpoint().await.unwrap();
-        assert_eq!(count(&store, "journal").await, 0);
+        assert_eq!(journal_seqs(&store).await.len(), 0);
         let got = store.load().await.unwrap().queues;
         assert_eq!(got, vec![b, a], "read from the checkpoint");
     }
