@@ -502,9 +502,12 @@ async fn main() -> Result<()> {
         .context("the coordinator printed no http address")?;
     let token = std::fs::read_to_string(c.token_file())?.trim().to_string();
     let commits0 = store_commits(&base, &token).await?;
+    let workers_cpu = || workers.iter().map(|w| cpu_seconds(w.pid())).sum::<f64>();
+    let wcpu0 = workers_cpu();
     let cpu0 = cpu_seconds(c.pid());
     let r = throughput(&c, a.tasks, &a.kind, block, a.batch, a.in_flight).await?;
     let cpu = cpu_seconds(c.pid()) - cpu0;
+    let wcpu = workers_cpu() - wcpu0;
     let commits1 = store_commits(&base, &token).await?;
     report(&format!("throughput ({}, {})", a.kind, a.db), &r);
     println!(
@@ -512,6 +515,12 @@ async fn main() -> Result<()> {
         cpu,
         100.0 * cpu / r.wall.as_secs_f64(),
         1e6 * cpu / r.tasks as f64
+    );
+    // Their own threads: a command's time, from its start on, is its own process's.
+    println!(
+        "  workers' CPU {:.2} s ({:.1} µs a task)",
+        wcpu,
+        1e6 * wcpu / r.tasks as f64
     );
     let commits = commits1.0 - commits0.0;
     println!(

@@ -31,6 +31,26 @@ use tokio::net::unix::pipe;
 /// The child's stack: its few calls need little.
 const STACK: usize = 64 * 1024;
 
+thread_local! {
+    /// The child's stack, one per thread that starts commands, reused: the thread waits until
+    /// its child has exec'd or exited, so one stack serves all of its children in turn. A fresh
+    /// zeroed 64 KiB a command cost a memset, and glibc's malloc consolidated its heap on each
+    /// free of it.
+    static CHILD_STACK: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(STACK));
+}
+
+/// `/dev/null`, opened once: every command's stdin (the child duplicates it onto 0).
+static DEV_NULL: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+
+fn dev_null() -> io::Result<RawFd> {
+    if let Some(f) = DEV_NULL.get() {
+        return Ok(f.as_raw_fd());
+    }
+    let f = std::fs::File::open("/dev/null")?;
+    // Another thread may have set it meanwhile; either file is /dev/null.
+    Ok(DEV_NULL.get_or_init(|| f).as_raw_fd())
+}
+
 /// A started command: its process and the reading ends of its stdout and stderr.
 pub struct Spawned {
     /// The process.
@@ -233,6 +253,35 @@ fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     }
 }
 
+/// Starts the child on `stack` (its capacity; what it holds does not matter) and returns its
+/// pid once it has exec'd or exited.
+fn clone_child(stack: &mut Vec<u8>, args: &mut ChildArgs) -> io::Result<libc::pid_t> {
+    stack.reserve(STACK);
+    // SAFETY: the stack outlives the child's use of it (CLONE_VFORK: this thread resumes only
+    // once the child has exec'd or exited), `args` likewise; the child only writes the stack
+    // before it reads it, so its bytes need no initialising. All signals are blocked around
+    // the clone so that no handler of the worker's runs in the child before it resets them.
+    unsafe {
+        let top = stack.as_mut_ptr().add(STACK);
+        let top = top.sub(top as usize % 16) as *mut libc::c_void;
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut args.mask);
+        let pid = libc::clone(
+            child_main,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            args as *mut ChildArgs as *mut libc::c_void,
+        );
+        let clone_error = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &args.mask, std::ptr::null_mut());
+        if pid < 0 {
+            return Err(clone_error);
+        }
+        Ok(pid)
+    }
+}
+
 /// Starts `argv` with the worker's environment plus `env`, in `cwd`, stdin from /dev/null and
 /// stdout and stderr into pipes, in a process group of its own, dying with the worker. Needs
 /// a tokio runtime (the pipes and the pidfd register with it).
@@ -261,7 +310,7 @@ pub fn spawn(argv: &[String], env: &[(String, String)], cwd: Option<&str>) -> io
     let cwd = cwd.map(|d| cstring(d.as_bytes().to_vec())).transpose()?;
     let (out_r, out_w) = pipe_pair()?;
     let (err_r, err_w) = pipe_pair()?;
-    let devnull = std::fs::File::open("/dev/null")?;
+    let devnull = dev_null()?;
     let null_terminated = |v: &[CString]| {
         v.iter()
             .map(|c| c.as_ptr())
@@ -273,7 +322,7 @@ pub fn spawn(argv: &[String], env: &[(String, String)], cwd: Option<&str>) -> io
         envp: null_terminated(&env_c),
         paths,
         cwd,
-        stdin: devnull.as_raw_fd(),
+        stdin: devnull,
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
         // SAFETY: getpid cannot fail.
@@ -282,30 +331,8 @@ pub fn spawn(argv: &[String], env: &[(String, String)], cwd: Option<&str>) -> io
         mask: unsafe { std::mem::zeroed() },
         error: AtomicI32::new(0),
     });
-    let mut stack = vec![0u8; STACK];
-    // SAFETY: the stack outlives the child's use of it (CLONE_VFORK: this thread resumes only
-    // once the child has exec'd or exited), `args` likewise; all signals are blocked around
-    // the clone so that no handler of the worker's runs in the child before it resets them.
-    let pid = unsafe {
-        let top = stack.as_mut_ptr().add(STACK);
-        let top = top.sub(top as usize % 16) as *mut libc::c_void;
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut args.mask);
-        let pid = libc::clone(
-            child_main,
-            top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            &mut *args as *mut ChildArgs as *mut libc::c_void,
-        );
-        let clone_error = io::Error::last_os_error();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &args.mask, std::ptr::null_mut());
-        if pid < 0 {
-            return Err(clone_error);
-        }
-        pid
-    };
-    drop((out_w, err_w, devnull));
+    let pid = CHILD_STACK.with_borrow_mut(|stack| clone_child(stack, &mut args))?;
+    drop((out_w, err_w));
     let failed = args.error.load(Ordering::SeqCst);
     if failed != 0 {
         // SAFETY: reaping our own child, which has exited.
