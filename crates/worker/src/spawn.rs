@@ -39,6 +39,38 @@ thread_local! {
     static CHILD_STACK: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(STACK));
 }
 
+/// The worker's own environment, read once: each command gets it (plus its task's variables).
+/// A running worker cannot change it: `std::env::set_var` is sound only while no other thread
+/// reads the environment, and a worker runs threads from its start. Reading it per command cost
+/// an allocation per variable.
+struct WorkerEnv {
+    /// Each variable's name (lossy UTF-8, to compare with a task's) and `NAME=VALUE`.
+    vars: Vec<(String, CString)>,
+    /// `PATH`, where commands are looked for.
+    path: Option<OsString>,
+}
+
+fn worker_env() -> &'static WorkerEnv {
+    static ENV: std::sync::OnceLock<WorkerEnv> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut path = None;
+        let vars = std::env::vars_os()
+            .filter_map(|(k, v)| {
+                if k == "PATH" {
+                    path = Some(v.clone());
+                }
+                let name = k.to_string_lossy().into_owned();
+                let mut kv = k.into_vec();
+                kv.push(b'=');
+                kv.extend(v.into_vec());
+                // The environment holds no NUL bytes; a name with one could not be passed on.
+                Some((name, CString::new(kv).ok()?))
+            })
+            .collect();
+        WorkerEnv { vars, path }
+    })
+}
+
 /// `/dev/null`, opened once: every command's stdin (the child duplicates it onto 0).
 static DEV_NULL: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
 
@@ -289,20 +321,29 @@ pub fn spawn(argv: &[String], env: &[(String, String)], cwd: Option<&str>) -> io
     let program = argv
         .first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "an empty command"))?;
-    let mut vars: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    // The task's variables, the last of each name winning, then the worker's that they leave.
+    let mut own: BTreeMap<&str, &str> = BTreeMap::new();
     for (k, v) in env {
-        vars.insert(k.into(), v.into());
+        own.insert(k, v);
     }
-    let paths = candidates(program, vars.get(&OsString::from("PATH")))?;
-    let env_c = vars
-        .into_iter()
-        .map(|(k, v)| {
-            let mut kv = k.into_vec();
-            kv.push(b'=');
-            kv.extend(v.into_vec());
-            cstring(kv)
-        })
+    let base = worker_env();
+    let path = match own.get("PATH") {
+        Some(p) => Some(OsString::from(p)),
+        None => base.path.clone(),
+    };
+    let paths = candidates(program, path.as_ref())?;
+    let own_c = own
+        .iter()
+        .map(|(k, v)| cstring(format!("{k}={v}").into_bytes()))
         .collect::<io::Result<Vec<_>>>()?;
+    let envp: Vec<*const libc::c_char> = base
+        .vars
+        .iter()
+        .filter(|(name, _)| !own.contains_key(name.as_str()))
+        .map(|(_, kv)| kv.as_ptr())
+        .chain(own_c.iter().map(|c| c.as_ptr()))
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
     let argv_c = argv
         .iter()
         .map(|a| cstring(a.as_bytes().to_vec()))
@@ -319,7 +360,7 @@ pub fn spawn(argv: &[String], env: &[(String, String)], cwd: Option<&str>) -> io
     };
     let mut args = Box::new(ChildArgs {
         argv: null_terminated(&argv_c),
-        envp: null_terminated(&env_c),
+        envp,
         paths,
         cwd,
         stdin: devnull,
@@ -411,6 +452,32 @@ mod tests {
         assert_eq!(out, "hello world /tmp\n");
         assert_eq!(err, "oops\n");
         assert_eq!(status.code(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_task_variable_replaces_the_workers_own_once_and_its_path_finds_the_program() {
+        assert!(
+            std::env::var_os("HOME").is_some(),
+            "the test needs HOME set"
+        );
+        let (_, out, _) = run(
+            &["sh", "-c", "env | grep -c '^HOME='; echo \"$HOME\""],
+            &[("HOME", "/first"), ("HOME", "/last")],
+            None,
+        )
+        .await;
+        assert_eq!(out, "1\n/last\n");
+        // A program found only through the task's PATH.
+        let dir = std::env::temp_dir().join(format!("tatzelwurm-path-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let prog = dir.join("tatzelwurm-test-prog");
+        std::fs::write(&prog, "#!/bin/sh\necho found\n").unwrap();
+        std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let path = format!("{}:/usr/bin:/bin", dir.display());
+        let (status, out, _) = run(&["tatzelwurm-test-prog"], &[("PATH", &path)], None).await;
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!((status.code(), out.as_str()), (Some(0), "found\n"));
     }
 
     #[tokio::test]
