@@ -123,6 +123,13 @@ def test_a_worker_back_under_its_old_id_while_a_task_waits_runs_it_once(short_le
     wid = old.welcome["peer_id"]
     old.close()
     with c.client() as cl:
+        # The task is added once the coordinator has seen the worker go: added before, it may be
+        # dispatched on the closed connection, and then (rightly) lost when the worker comes back
+        # claiming nothing, which is another case than this one.
+        deadline = time.time() + 10
+        while next(w["state"] for w in cl.workers() if w["id"] == wid) != "lost":
+            assert time.time() < deadline, cl.workers()
+            time.sleep(0.01)
         (tid,) = cl.add(sleep_task(0.001), play=True)
         # Gone for longer than the lease, as in the report (or not at all); back under its id.
         time.sleep(away)

@@ -139,8 +139,8 @@ fn wal_segments(dir: &std::path::Path) -> std::collections::HashMap<String, u64>
         .collect()
 }
 
-/// Connects to the store named by `url`: a surrealkv store is built with `memory`, others
-/// through the SDK.
+/// Connects to the store named by `url`: an embedded store (surrealkv, memory) is built here,
+/// with `memory`; a server is reached through the SDK.
 async fn connect(url: &str, memory: KvMemory) -> Result<Handle, StoreError> {
     let opened = if kind(url) == Some(Kind::Embedded) {
         Handle::open_kv(url, memory).await
