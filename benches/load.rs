@@ -288,7 +288,7 @@ fn report(name: &str, r: &Throughput) {
     );
 }
 
-/// One HTTP/1.1 GET on a fresh connection; the status code.
+/// One HTTP/1.1 GET on a fresh connection; the status code and the body.
 async fn http_get(base: &str, path: &str, token: &str) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = base.trim_start_matches("http://");

@@ -88,11 +88,11 @@ struct Args {
     /// it is flushed to a table file, and up to three are alive at once. A larger write (a
     /// journal record holds up to 4 MiB and one task of up to --max-frame) gets a buffer of its
     /// own size.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(4..=1 << 20), env = "TATZELWURM_KV_MEMTABLE_MIB")]
+    #[arg(long, default_value_t = store::KvMemory::default().memtable_bytes >> 20, value_parser = clap::value_parser!(u64).range(4..=1 << 20), env = "TATZELWURM_KV_MEMTABLE_MIB")]
     kv_memtable_mib: u64,
     /// An embedded surrealkv store's block cache, in MiB: reads of its table files go through
-    /// it (a start reads every stored task once; later, only checkpoints read, once each).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1 << 20), env = "TATZELWURM_KV_CACHE_MIB")]
+    /// it (a start reads every stored task and the journal once; little reads it later).
+    #[arg(long, default_value_t = store::KvMemory::default().block_cache_bytes >> 20, value_parser = clap::value_parser!(u64).range(1..=1 << 20), env = "TATZELWURM_KV_CACHE_MIB")]
     kv_cache_mib: u64,
     /// How long a silent or disconnected worker keeps its tasks (e.g. 30s, 2m).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]

@@ -806,8 +806,11 @@ async fn actor(
             done = written.recv(), if committing => {
                 committing = false;
                 commit_seconds.observe(commit_started.elapsed().as_secs_f64());
-                match done.ok_or("stopped") {
-                    Ok((batch, Ok(()))) => {
+                let Some(done) = done else {
+                    return Err(anyhow::anyhow!(WRITER_GONE));
+                };
+                match done {
+                    (batch, Ok(())) => {
                         if failures > 0 {
                             info!(after_failures = failures, "store writes again; accepting changes");
                             failures = 0;
@@ -815,7 +818,7 @@ async fn actor(
                         }
                         deliver(&mut conns, batch.sends);
                     }
-                    Ok((_, Err(StoreError::Superseded))) => {
+                    (_, Err(StoreError::Superseded)) => {
                         // Nothing of the batch was written, nor acknowledged; the other
                         // coordinator now owns the tables and the clients must go there.
                         let reason = StoreError::Superseded.to_string();
@@ -826,7 +829,7 @@ async fn actor(
                         shutdown.cancel();
                         return Err(anyhow::anyhow!(reason));
                     }
-                    Ok((batch, Err(e))) => {
+                    (batch, Err(e)) => {
                         failures += 1;
                         failures_total += 1;
                         error!(error = %e, failures, "store write failed; refusing changes until it works again");
@@ -835,7 +838,6 @@ async fn actor(
                         let wait = Duration::from_millis(100u64 << failures.min(6));
                         retry_at = Some(tokio::time::Instant::now() + wait);
                     }
-                    Err(e) => return Err(anyhow::anyhow!("store writer {e} (it panicked)")),
                 }
             }
             _ = async { tokio::time::sleep_until(retry_at.expect("guarded")).await }, if retry_at.is_some() => {
@@ -903,7 +905,7 @@ async fn actor(
                 );
                 commit_started = tokio::time::Instant::now();
                 if to_writer.try_send(batch).is_err() {
-                    return Err(anyhow::anyhow!("store writer stopped (it panicked)"));
+                    return Err(anyhow::anyhow!(WRITER_GONE));
                 }
                 committing = true;
             } else {
@@ -925,6 +927,9 @@ async fn actor(
         }
     }
 }
+
+/// Why the actor stops when its store writer is gone: only a panic in a write ends it early.
+const WRITER_GONE: &str = "the store writer stopped (it panicked)";
 
 /// A batch back from the store's writer, with the outcome of its write.
 type Written = (Batch, Result<(), StoreError>);

@@ -34,9 +34,10 @@ pub struct KvMemory {
 
 impl Default for KvMemory {
     /// A 16 MiB write buffer (a larger write gets one of its own size) and an 8 MiB cache: the
-    /// coordinator reads each stored value about once (a start reads every bucket, a checkpoint
-    /// deletes the journal it read), so a larger cache only kept copies of values it would not
-    /// read again (BENCHMARKS.md, "The store's write buffer and cache, and thin records").
+    /// coordinator reads each stored value about once (a start reads every bucket and the
+    /// journal), so a larger cache only kept copies of values it would not read again
+    /// (BENCHMARKS.md, "The store's write buffer and cache, and thin records"; the journal's
+    /// deletion then read every record too, which the key-value journal's does not).
     fn default() -> Self {
         KvMemory {
             memtable_bytes: 16 << 20,

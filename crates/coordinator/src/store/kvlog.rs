@@ -96,15 +96,7 @@ impl KvLog {
         if let (Ok(()), Some(counters)) = (&written, counters) {
             written = tx.set(Key::from(self.key(b'c', None)), counters).await;
         }
-        match written {
-            Ok(()) => tx.commit().await.map_err(|e| internal(e).into()),
-            Err(e) => {
-                // The write failed before the commit: nothing of it lands; the cancel only
-                // frees the transaction, and its own failure adds nothing to the first.
-                let _ = tx.cancel().await;
-                Err(internal(e).into())
-            }
-        }
+        commit_unless_failed(tx, written).await
     }
 
     /// Every journal record and the counters.
@@ -159,12 +151,23 @@ impl KvLog {
             .transaction(TransactionType::Write)
             .await
             .map_err(internal)?;
-        match tx.delr(self.records(0, upto.saturating_add(1))).await {
-            Ok(()) => tx.commit().await.map_err(|e| internal(e).into()),
-            Err(e) => {
-                let _ = tx.cancel().await;
-                Err(internal(e).into())
-            }
+        let deleted = tx.delr(self.records(0, upto.saturating_add(1))).await;
+        commit_unless_failed(tx, deleted).await
+    }
+}
+
+/// Commits `tx` when what it did (`done`) worked, else cancels it: nothing of a transaction
+/// lands before its commit, so the cancel only frees it, and its own failure adds nothing to
+/// the first.
+async fn commit_unless_failed(
+    tx: surrealdb_datastore::tx::Transaction,
+    done: anyhow::Result<()>,
+) -> Result<(), StoreError> {
+    match done {
+        Ok(()) => tx.commit().await.map_err(|e| internal(e).into()),
+        Err(e) => {
+            let _ = tx.cancel().await;
+            Err(internal(e).into())
         }
     }
 }

@@ -638,10 +638,13 @@ impl Store {
         Ok(())
     }
 
-    async fn timed<T>(
+    async fn timed<T, E>(
         &self,
-        f: impl std::future::IntoFuture<Output = Result<T, surrealdb::Error>>,
-    ) -> Result<T, StoreError> {
+        f: impl std::future::IntoFuture<Output = Result<T, E>>,
+    ) -> Result<T, StoreError>
+    where
+        StoreError: From<E>,
+    {
         tokio::time::timeout(self.write_timeout, f.into_future())
             .await
             .map_err(|_| StoreError::Timeout(self.write_timeout))?
@@ -713,39 +716,49 @@ impl Store {
                 seq
             };
             let db = self.db()?;
-            if let Some((log, ds)) = self.kv_log(&db) {
-                let append = log.append(ds, seq, body, counters.take());
-                tokio::time::timeout(self.write_timeout, append)
-                    .await
-                    .map_err(|_| StoreError::Timeout(self.write_timeout))??;
-                self.state().image.apply(seq, entry, body_len);
-                continue;
-            }
-            let row = JournalRow {
-                id: RecordId::new("journal", seq),
-                seq,
-                body,
-            };
-            match counters.take() {
-                None => {
-                    self.owned(true, "CREATE journal CONTENT $row;", |q| {
-                        q.bind(("row", row))
-                    })
-                    .await?
+            match self.kv_log(&db) {
+                Some((log, ds)) => {
+                    self.timed(log.append(ds, seq, body, counters.take()))
+                        .await?
                 }
-                Some(body) => {
-                    self.owned(
-                        true,
-                        "CREATE journal CONTENT $row; UPSERT meta:counters CONTENT { body: $counters };",
-                        |q| q.bind(("row", row)).bind(("counters", body)),
-                    )
-                    .await?
-                }
+                None => self.create_journal(seq, body, counters.take()).await?,
             }
             // The image follows the journal part by part, so that it never lacks a committed one.
             self.state().image.apply(seq, entry, body_len);
         }
         Ok(())
+    }
+
+    /// Writes journal record `seq` as a `journal` table record (a server's journal), and the
+    /// counters with it when they moved, in one transaction that checks this coordinator still
+    /// owns the store.
+    async fn create_journal(
+        &self,
+        seq: i64,
+        body: Bytes,
+        counters: Option<Bytes>,
+    ) -> Result<(), StoreError> {
+        let row = JournalRow {
+            id: RecordId::new("journal", seq),
+            seq,
+            body,
+        };
+        match counters {
+            None => {
+                self.owned(true, "CREATE journal CONTENT $row;", |q| {
+                    q.bind(("row", row))
+                })
+                .await
+            }
+            Some(body) => {
+                self.owned(
+                    true,
+                    "CREATE journal CONTENT $row; UPSERT meta:counters CONTENT { body: $counters };",
+                    |q| q.bind(("row", row)).bind(("counters", body)),
+                )
+                .await
+            }
+        }
     }
 
     /// Folds the journal into the buckets now: writes every bucket that changed, then, in one
@@ -857,7 +870,7 @@ impl Store {
         // deletes (this deletes everything up to the mark, not from the previous one).
         let db = self.db()?;
         if let Some((log, ds)) = self.kv_log(&db) {
-            log.drop_upto(ds, snap.upto).await?;
+            self.timed(log.drop_upto(ds, snap.upto)).await?;
         }
         Ok(())
     }
