@@ -1,8 +1,10 @@
 //! Running a command: its own process group (so that signals reach the whole tree), bounded tails
 //! of stdout and stderr, a timeout, and kill, pause and resume by signals.
 
+use std::pin::Pin;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::task::Poll;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -11,7 +13,7 @@ use tatzelwurm_protocol::{
     AttemptRef, AttemptReport, Bytes, EnvVar, OUTPUT_TAIL_LIMIT, Outcome, OutputStream,
     WorkerToCoordinator, now_ms,
 };
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -76,15 +78,33 @@ impl Tap {
     }
 }
 
-/// Reads stream `i` of a command to its end into the tap.
-async fn read_into<R: AsyncRead + Unpin>(mut r: R, tap: Arc<Mutex<Tap>>, i: usize) {
-    let mut chunk = [0u8; 8192];
-    loop {
-        match r.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => tap.lock().expect("never poisoned").read(i, &chunk[..n]),
+/// Reads both streams of a command to their ends into the tap. One future for both, polled
+/// in the attempt's own: two tasks a command cost a spawn each, and each carried its read
+/// buffer in its state; here the buffer lives on the stack only while a poll reads.
+async fn read_both(streams: [Output; 2], tap: &Mutex<Tap>) {
+    let mut open = streams.map(Some);
+    std::future::poll_fn(|cx| {
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
+        for (i, stream) in open.iter_mut().enumerate() {
+            while let Some(r) = stream {
+                let mut chunk = ReadBuf::uninit(&mut buf);
+                match Pin::new(r).poll_read(cx, &mut chunk) {
+                    Poll::Ready(Ok(())) if !chunk.filled().is_empty() => {
+                        tap.lock().expect("never poisoned").read(i, chunk.filled())
+                    }
+                    // The end of the stream (or an error, which ends it as well).
+                    Poll::Ready(_) => *stream = None,
+                    Poll::Pending => break,
+                }
+            }
         }
-    }
+        if open.iter().all(Option::is_none) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 fn signal_group(pid: u32, sig: Signal) {
@@ -226,15 +246,16 @@ pub async fn run_exec(
         }
     };
     let pid = child.id();
-    let tap = Arc::new(Mutex::new(Tap {
+    let tap = Mutex::new(Tap {
         attempt,
         sink: output,
         following: false,
         tails: [Vec::new(), Vec::new()],
         written: [0; 2],
-    }));
-    let out = tokio::spawn(read_into(stdout, tap.clone(), 0));
-    let err = tokio::spawn(read_into(stderr, tap.clone(), 1));
+    });
+    let reading = read_both([stdout, stderr], &tap);
+    tokio::pin!(reading);
+    let mut read_all = false;
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut stop: Option<(Outcome, String)> = None;
     let mut term_sent_at: Option<tokio::time::Instant> = None;
@@ -242,6 +263,7 @@ pub async fn run_exec(
         let grace_end = term_sent_at.map(|t| t + kill_grace);
         tokio::select! {
             st = child.wait() => break st,
+            () = &mut reading, if !read_all => read_all = true,
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() && stop.is_none() => {
                 stop = Some((Outcome::TimedOut, format!("timed out after {}", humantime_ms(timeout.unwrap_or_default()))));
                 signal_group(pid, Signal::SIGCONT);
@@ -273,8 +295,9 @@ pub async fn run_exec(
     };
     // The whole group, in case the leader left children behind.
     signal_group(pid, Signal::SIGKILL);
-    let _ = out.await;
-    let _ = err.await;
+    if !read_all {
+        reading.await;
+    }
     let (stdout_tail, stderr_tail) = {
         let tap = tap.lock().expect("never poisoned");
         (tap.tail(0), tap.tail(1))

@@ -355,22 +355,41 @@ async fn session(
                             break;
                         }
                     }
+                    // What the handling fed (the `started` of each dispatch), in one write.
+                    if res.is_ok() {
+                        res = conn.flush().await.map_err(|e| e.to_string());
+                    }
                     if res.is_ok() && ended {
                         res = Err("the coordinator closed the connection".into());
                     }
                     res
                 }
             },
-            Some((a, r)) = done_rx.recv() => {
-                // The last pieces of its output were read before it ended: they go first.
-                while let Ok(p) = output_rx.try_recv() {
-                    if let Err(e) = conn.send(p).await {
-                        return End::Lost(e.to_string());
+            Some(first) = done_rx.recv() => {
+                // Every report that is ready, in one write. A dropped attempt whose command had
+                // already ended is reported too (a late report): deciding from `dropped` alone
+                // left it unsent until a reconnect.
+                let mut next = Some(first);
+                let mut res = Ok(());
+                while let Some((a, r)) = next {
+                    // The last pieces of its output were read before it ended: they go first.
+                    while let Ok(p) = output_rx.try_recv() {
+                        if let Err(e) = conn.feed(p).await {
+                            return End::Lost(e.to_string());
+                        }
                     }
+                    if st.finished_attempt(a, r.clone())
+                        && let Err(e) = conn.feed(WorkerToCoordinator::Finished { attempt: a, report: r }).await
+                    {
+                        res = Err(e.to_string());
+                        break;
+                    }
+                    next = done_rx.try_recv().ok();
                 }
-                // A dropped attempt whose command had already ended is reported too (a late
-                // report): deciding from `dropped` alone left it unsent until a reconnect.
-                if st.finished_attempt(a, r.clone()) { conn.send(WorkerToCoordinator::Finished { attempt: a, report: r }).await.map_err(|e| e.to_string()) } else { Ok(()) }
+                if res.is_ok() {
+                    res = conn.flush().await.map_err(|e| e.to_string());
+                }
+                res
             }
             Some(p) = output_rx.recv() => {
                 conn.send(p).await.map_err(|e| e.to_string())
@@ -408,6 +427,7 @@ async fn session(
 /// Handles one message. `out_of_touch`: nothing came from the coordinator for longer than the
 /// lease before it, or the coordinator's goodbye came with it; a dispatch is then handed back
 /// instead of started (it was given away meanwhile, and starting it would run the task twice).
+/// What it feeds without sending, the caller flushes.
 async fn handle(
     st: &mut State,
     conn: &mut Conn,
@@ -447,7 +467,8 @@ async fn handle(
             debug!(task = %attempt.task, attempt = attempt.attempt, payload = %d.payload.describe(), "starting");
             let ctl = st.runner.start(*d);
             st.running.insert(attempt, ctl);
-            conn.send(WorkerToCoordinator::Started {
+            // Fed, not sent: the caller flushes once the messages that came with it are handled.
+            conn.feed(WorkerToCoordinator::Started {
                 attempt,
                 at_ms: now_ms(),
             })

@@ -11,7 +11,8 @@
 //! parent-death signal, the pipes, the working directory, the signal mask, `execve`. Nothing in
 //! it allocates or takes a lock; everything it needs is prepared before the clone.
 //!
-//! Its end is awaited through a pidfd (Linux 5.3), which becomes readable when the process exits.
+//! Its end is awaited through a pidfd, which the clone itself returns (`CLONE_PIDFD`) and which
+//! becomes readable when the process exits (Linux 5.3).
 
 #![allow(unsafe_code)]
 
@@ -106,29 +107,29 @@ impl Child {
         self.pid as u32
     }
 
-    /// Waits for it to end and reaps it.
+    /// Waits for it to end and reaps it. The pidfd is asked first: a command has seldom ended
+    /// by the time it is waited for, and a `waitpid` that finds it running is a wasted call.
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         loop {
-            if let Some(status) = self.try_wait()? {
+            let mut ready = self.pidfd.readable().await?;
+            if let Some(status) = try_reap(self.pid)? {
+                drop(ready);
+                self.reaped = true;
                 return Ok(status);
             }
-            let mut ready = self.pidfd.readable().await?;
             ready.clear_ready();
         }
     }
+}
 
-    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
-        let mut status = 0;
-        // SAFETY: waitpid on our own child, with a valid pointer.
-        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
-        match r {
-            0 => Ok(None),
-            r if r == self.pid => {
-                self.reaped = true;
-                Ok(Some(ExitStatus::from_raw(status)))
-            }
-            _ => Err(io::Error::last_os_error()),
-        }
+/// Reaps our child `pid` if it has ended.
+fn try_reap(pid: libc::pid_t) -> io::Result<Option<ExitStatus>> {
+    let mut status = 0;
+    // SAFETY: waitpid on our own child, with a valid pointer.
+    match unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } {
+        0 => Ok(None),
+        r if r == pid => Ok(Some(ExitStatus::from_raw(status))),
+        _ => Err(io::Error::last_os_error()),
     }
 }
 
@@ -273,21 +274,29 @@ fn candidates(program: &str, path: Option<&OsString>) -> io::Result<Vec<CString>
         .collect()
 }
 
-/// A pipe whose both ends close on exec; (read end, write end).
+/// A pipe whose both ends close on exec, its read end non-blocking (the write end becomes the
+/// command's stdout or stderr and stays blocking); (read end, write end).
 fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the two descriptors on success, which we then own.
+    // SAFETY: pipe2 fills the two descriptors on success, which we then own; fcntl on our own
+    // descriptor. The read end's status flags are O_RDONLY alone, so setting O_NONBLOCK needs
+    // no F_GETFL first (F_SETFL leaves the access mode alone).
     unsafe {
         if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+        let (r, w) = (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]));
+        if libc::fcntl(r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((r, w))
     }
 }
 
 /// Starts the child on `stack` (its capacity; what it holds does not matter) and returns its
-/// pid once it has exec'd or exited.
-fn clone_child(stack: &mut Vec<u8>, args: &mut ChildArgs) -> io::Result<libc::pid_t> {
+/// pid and a pidfd for it (`CLONE_PIDFD`, Linux 5.2: no `pidfd_open` of its own) once it has
+/// exec'd or exited.
+fn clone_child(stack: &mut Vec<u8>, args: &mut ChildArgs) -> io::Result<(libc::pid_t, OwnedFd)> {
     stack.reserve(STACK);
     // SAFETY: the stack outlives the child's use of it (CLONE_VFORK: this thread resumes only
     // once the child has exec'd or exited), `args` likewise; the child only writes the stack
@@ -299,18 +308,21 @@ fn clone_child(stack: &mut Vec<u8>, args: &mut ChildArgs) -> io::Result<libc::pi
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut args.mask);
+        let mut pidfd: libc::c_int = -1;
         let pid = libc::clone(
             child_main,
             top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
             args as *mut ChildArgs as *mut libc::c_void,
+            &mut pidfd as *mut libc::c_int,
         );
         let clone_error = io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, &args.mask, std::ptr::null_mut());
         if pid < 0 {
             return Err(clone_error);
         }
-        Ok(pid)
+        // The kernel wrote the pidfd (close-on-exec) before the child ran; it is ours.
+        Ok((pid, OwnedFd::from_raw_fd(pidfd)))
     }
 }
 
@@ -372,7 +384,7 @@ pub fn spawn(argv: &[String], env: &[(String, String)], cwd: Option<&str>) -> io
         mask: unsafe { std::mem::zeroed() },
         error: AtomicI32::new(0),
     });
-    let pid = CHILD_STACK.with_borrow_mut(|stack| clone_child(stack, &mut args))?;
+    let (pid, pidfd) = CHILD_STACK.with_borrow_mut(|stack| clone_child(stack, &mut args))?;
     drop((out_w, err_w));
     let failed = args.error.load(Ordering::SeqCst);
     if failed != 0 {
@@ -383,16 +395,6 @@ pub fn spawn(argv: &[String], env: &[(String, String)], cwd: Option<&str>) -> io
         }
         return Err(io::Error::from_raw_os_error(failed));
     }
-    // SAFETY: pidfd_open on our own unreaped child; the descriptor is ours on success.
-    let pidfd = unsafe {
-        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd;
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            kill_and_reap(pid);
-            return Err(e);
-        }
-        OwnedFd::from_raw_fd(fd)
-    };
     // SAFETY: the pidfd is owned by the AsyncFd from here on and stays open as long as it.
     let pidfd = match unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) } {
         Ok(fd) => fd,
@@ -406,9 +408,11 @@ pub fn spawn(argv: &[String], env: &[(String, String)], cwd: Option<&str>) -> io
         pidfd,
         reaped: false,
     };
+    // Unchecked: they are pipes' read ends, non-blocking already (the checked form asks the
+    // kernel both again).
     Ok(Spawned {
-        stdout: pipe::Receiver::from_owned_fd(out_r)?,
-        stderr: pipe::Receiver::from_owned_fd(err_r)?,
+        stdout: pipe::Receiver::from_owned_fd_unchecked(out_r)?,
+        stderr: pipe::Receiver::from_owned_fd_unchecked(err_r)?,
         child,
     })
 }

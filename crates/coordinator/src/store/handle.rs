@@ -51,15 +51,18 @@ pub(super) fn internal(e: impl std::fmt::Display) -> surrealdb::Error {
     surrealdb::Error::internal(format!("{e:#}"))
 }
 
-/// A connection, cheap to clone (clones share it).
+/// A connection, cheap to clone: clones share it, and its one session. The SDK's own clone of a
+/// `Surreal` opens a new session on the engine (a fresh id and session maps, whose set-up costs
+/// a `membarrier` call that interrupts every CPU); the store's handle was cloned for every
+/// commit and query, which made that a good part of a small commit's cost.
 #[derive(Clone)]
 pub(super) enum Handle {
     /// Through the SDK's `any` engine: a server.
-    Any(Surreal<Any>),
+    Any(Arc<Surreal<Any>>),
     /// An embedded datastore built here (surrealkv or memory), and the datastore itself for
     /// key-value transactions. The datastore shuts down when the last `Surreal` handle is
     /// dropped, whoever else holds it.
-    Kv(Surreal<Db>, Arc<Datastore>),
+    Kv(Arc<Surreal<Db>>, Arc<Datastore>),
 }
 
 /// A query being put together: statements and the variables they use, run on `.await`.
@@ -98,7 +101,7 @@ impl Handle {
         // Dropping the last `Surreal` handle shuts the datastore down and lets its directory
         // lock go, as with a connection the SDK opened (the store reopens on that).
         let db = Surreal::<Db>::unstable_from_datastore(Arc::clone(&ds), None).await?;
-        Ok(Handle::Kv(db, ds))
+        Ok(Handle::Kv(Arc::new(db), ds))
     }
 
     /// The embedded datastore, for key-value transactions; `None` for a server.

@@ -145,7 +145,9 @@ async fn connect(url: &str, memory: KvMemory) -> Result<Handle, StoreError> {
     let opened = if kind(url) == Some(Kind::Embedded) {
         Handle::open_kv(url, memory).await
     } else {
-        surrealdb::engine::any::connect(url).await.map(Handle::Any)
+        surrealdb::engine::any::connect(url)
+            .await
+            .map(|db| Handle::Any(Arc::new(db)))
     };
     opened.map_err(|e| match e.to_string() {
         words if words.contains("already locked") => StoreError::InUse(words),
