@@ -15,7 +15,7 @@ impl Core {
         batch: u64,
         now: u64,
     ) -> TaskId {
-        let id = TaskId(Uuid::now_v7());
+        let id = TaskId::new();
         let queue = self.queue_for(namespace, &spec);
         self.queue_defaults(queue, &mut spec);
         let mut task = Task::new(id, spec, namespace.to_string(), now, play);
