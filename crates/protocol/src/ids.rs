@@ -17,7 +17,8 @@ use uuid::Uuid;
 pub struct TaskId(pub Uuid);
 
 impl TaskId {
-    /// A fresh, time-ordered id: later calls in one process give larger ids ([`IdClock`]).
+    /// A fresh, time-ordered id: later calls in one process give larger ids (this module's
+    /// `IdClock` says how, and why not `uuid`'s `now_v7`).
     pub fn new() -> Self {
         static CLOCK: Mutex<Option<IdClock>> = Mutex::new(None);
         let now = SystemTime::now()
