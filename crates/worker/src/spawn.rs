@@ -17,7 +17,7 @@
 #![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
-use std::ffi::{CString, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -256,13 +256,12 @@ fn cstring(bytes: Vec<u8>) -> io::Result<CString> {
 
 /// The files `execve` should try for `program`: itself when it names a path (relative ones
 /// resolve in the child's working directory), else each directory of `PATH`, as `execvp`.
-fn candidates(program: &str, path: Option<&OsString>) -> io::Result<Vec<CString>> {
+fn candidates(program: &str, path: Option<&OsStr>) -> io::Result<Vec<CString>> {
     if program.contains('/') {
         return Ok(vec![cstring(program.as_bytes().to_vec())?]);
     }
-    let default = OsString::from("/usr/local/bin:/usr/bin:/bin");
-    let dirs = path.unwrap_or(&default);
-    dirs.as_bytes()
+    path.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"))
+        .as_bytes()
         .split(|&b| b == b':')
         .map(|dir| {
             let dir = if dir.is_empty() { b".".as_slice() } else { dir };
@@ -339,11 +338,8 @@ pub fn spawn(argv: &[String], env: &[(String, String)], cwd: Option<&str>) -> io
         own.insert(k, v);
     }
     let base = worker_env();
-    let path = match own.get("PATH") {
-        Some(p) => Some(OsString::from(p)),
-        None => base.path.clone(),
-    };
-    let paths = candidates(program, path.as_ref())?;
+    let path = own.get("PATH").map(OsStr::new).or(base.path.as_deref());
+    let paths = candidates(program, path)?;
     let own_c = own
         .iter()
         .map(|(k, v)| cstring(format!("{k}={v}").into_bytes()))
