@@ -503,6 +503,12 @@ async fn main() -> Result<()> {
     let token = std::fs::read_to_string(c.token_file())?.trim().to_string();
     let commits0 = store_commits(&base, &token).await?;
     let workers_cpu = || workers.iter().map(|w| cpu_seconds(w.pid())).sum::<f64>();
+    // The raw rate is taken on either side of the run, half the tasks each, and averaged: this
+    // machine's spawn rate drifts by a fifth within minutes, and one measurement after the run
+    // put that drift into the ratio.
+    let parallel = (a.workers * a.slots as usize).clamp(1, 64);
+    let raw_before =
+        (a.kind == "exec").then(|| raw_spawn_rate((a.tasks / 2).max(parallel), parallel));
     let wcpu0 = workers_cpu();
     let cpu0 = cpu_seconds(c.pid());
     let r = throughput(&c, a.tasks, &a.kind, block, a.batch, a.in_flight).await?;
@@ -528,13 +534,13 @@ async fn main() -> Result<()> {
         commits / r.tasks as f64,
         (commits1.1 - commits0.1) / commits.max(1.0)
     );
-    if a.kind == "exec" {
+    if let Some(before) = raw_before {
         // The same parallelism as the workers' slots, capped at 64 spawning threads.
-        let parallel = (a.workers * a.slots as usize).clamp(1, 64);
-        let raw = raw_spawn_rate(a.tasks, parallel);
+        let after = raw_spawn_rate((a.tasks / 2).max(parallel), parallel);
+        let raw = (before + after) / 2.0;
         let rate = r.tasks as f64 / r.wall.as_secs_f64();
         println!(
-            "  raw spawn rate of `true`: {raw:.0}/s; ratio {:.2}",
+            "  raw spawn rate of `true`: {before:.0}/s before, {after:.0}/s after, {raw:.0}/s mean; ratio {:.2}",
             rate / raw
         );
     }

@@ -705,6 +705,7 @@ fn coordinator_refuses_flags_that_cannot_work_before_it_listens() {
         (vec!["--forget-lost-after", "soon"], "or `never`"),
         (vec!["--kv-memtable-mib", "2"], "--kv-memtable-mib"),
         (vec!["--kv-cache-mib", "0"], "--kv-cache-mib"),
+        (vec!["--threads", "0"], "--threads"),
     ] {
         let out = std::process::Command::new(bin("tatzelwurm"))
             .args(["--listen", "127.0.0.1:0", "--data-dir"])

@@ -156,6 +156,48 @@ fn kill9_while_checkpointing_loses_no_acknowledged_task() {
     kill9_while_adding_and_running(&["--checkpoint-bytes", "1"]);
 }
 
+/// SIGTERM while checkpoints run (one whenever the journal is as large as the tables: pausing
+/// and playing every task rewrites them all). Checkpoints run on the blocking pool, beside the
+/// runtime: the coordinator must stop one that is under way rather than leave it holding the
+/// store, exit 0, and keep every change it acknowledged. On the default runtime of one thread
+/// and on one of three.
+#[test]
+fn sigterm_during_checkpoints_exits_0_and_keeps_every_acknowledged_change() {
+    for threads in ["1", "3"] {
+        let mut c =
+            Coordinator::start_with(Db::Kv, &["--checkpoint-bytes", "1", "--threads", threads])
+                .unwrap();
+        let mut added = 0;
+        for _ in 0..2 {
+            added += c
+                .add(&["--sleep", "1h", "--play", "--count", "10000"])
+                .len();
+        }
+        let mut rounds = 0;
+        while c.log_text().matches("checkpoint written").count() < 3 {
+            assert!(rounds < 50, "{threads}: no checkpoints were written");
+            c.action(&["task", "pause", "--all"]);
+            c.action(&["task", "play", "-a"]);
+            rounds += 1;
+        }
+        // Acknowledged after its commit, which makes the next checkpoint due: the signal lands
+        // while that one starts or runs.
+        c.action(&["task", "pause", "--all"]);
+        tatzelwurm_tests::signal(c.pid(), "TERM");
+        assert_eq!(
+            c.wait_exit(LONG),
+            Some(0),
+            "{threads}: SIGTERM during checkpoints exits 0"
+        );
+        c.restart().unwrap();
+        assert_eq!(
+            c.json(&["summary"])["counts"]["paused"].as_u64(),
+            Some(added as u64),
+            "{threads}: every task is there, paused, after the restart"
+        );
+    }
+}
+
 /// A small write buffer (surrealkv's memtable), so that adds and checkpoints fill it again and
 /// again: the write that did not fit is the one surrealkv 0.21.4 lost at a crash after the older
 /// buffer's flush (the patch in third_party/). Every acknowledged add must be there after the kill.

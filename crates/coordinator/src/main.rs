@@ -124,6 +124,13 @@ struct Args {
     /// A client must send its hello within this.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
+    /// Threads that run the connections and the tables' owner. One is fastest where it was
+    /// measured (2 cores: a fifth less CPU a task, no hand-offs between threads); more may help
+    /// a host with many cores and many busy connections. The store and the start's decoding
+    /// have threads of their own.
+    #[arg(long, default_value_t = 1, env = "TATZELWURM_THREADS",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: u16,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -236,8 +243,7 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let args = Args::parse();
     if let Err(msg) = check(&args) {
         Args::command()
@@ -245,6 +251,20 @@ async fn main() -> Result<()> {
             .exit();
     }
     init_logging(args.verbose);
+    // Every connection hands its messages to the one task that owns the tables: with a second
+    // runtime thread, most of those hand-offs woke a parked thread (a futex call and a context
+    // switch each), which cost more than the parallel decoding gained (BENCHMARKS.md, "One
+    // runtime thread").
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.into())
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+/// The coordinator, from its flags: binds, opens the store, serves until a signal.
+async fn run(args: Args) -> Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let db = args.sync.applied_to(
         args.db

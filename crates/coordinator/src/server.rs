@@ -283,6 +283,7 @@ pub async fn run(
     let (in_tx, in_rx) = mpsc::channel::<Input>(8192);
     let tracker = TaskTracker::new();
     let conns_closed = CancellationToken::new();
+    let closer = store.clone();
     let actor = tokio::spawn(actor(
         core,
         store,
@@ -351,7 +352,9 @@ pub async fn run(
     }
     info!("shutting down: no longer accepting");
     drop(in_tx);
-    let outcome = match actor.await {
+    let actor = actor.await;
+    closer.close();
+    let outcome = match actor {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e),
         Err(e) => Err(anyhow::anyhow!("the actor panicked: {e}")),

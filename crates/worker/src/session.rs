@@ -269,7 +269,14 @@ impl State {
             debug!(task = %attempt.task, "dropped attempt stopped; not reported");
             return false;
         }
-        info!(task = %attempt.task, attempt = attempt.attempt, outcome = ?report.outcome, "attempt ended");
+        // A success is the common case and the coordinator keeps its record: logging each one
+        // at info costs a formatted line per task (a few per cent of a worker running small
+        // commands). What went otherwise stays visible at the default level.
+        if report.outcome == Some(Outcome::Succeeded) {
+            debug!(task = %attempt.task, attempt = attempt.attempt, "attempt succeeded");
+        } else {
+            info!(task = %attempt.task, attempt = attempt.attempt, outcome = ?report.outcome, error = report.error.as_deref().unwrap_or(""), "attempt ended");
+        }
         self.unacked.insert(attempt, report);
         true
     }

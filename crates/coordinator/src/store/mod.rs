@@ -328,6 +328,9 @@ pub struct Store {
     write_timeout: Duration,
     checkpoint_min_bytes: u64,
     state: Arc<Mutex<State>>,
+    /// Cancelled by [`Store::close`]: a checkpoint still running stops at its next step (the
+    /// journal keeps what it would have folded), so nothing holds the store past shutdown.
+    closing: tokio_util::sync::CancellationToken,
 }
 
 /// The largest journal record a batch is written as (a single larger task gets a record of its
@@ -461,6 +464,7 @@ impl Store {
             write_timeout: opts.write_timeout,
             checkpoint_min_bytes: opts.checkpoint_min_bytes,
             state: Arc::default(),
+            closing: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -681,14 +685,28 @@ impl Store {
             !st.checkpointing && st.image.wants_checkpoint(self.checkpoint_min_bytes)
         };
         if due {
+            // On a thread of the blocking pool, not on a runtime thread: a checkpoint rewrites
+            // the whole table (seconds of CPU at millions of tasks), and on the coordinator's
+            // runtime of one thread that held the actor back as long (a million-task drain went
+            // a tenth slower). The runtime's drivers still serve its I/O and timers.
             let store = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.checkpoint().await {
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let closing = store.closing.clone();
+                let result = runtime.block_on(closing.run_until_cancelled(store.checkpoint()));
+                if let Some(Err(e)) = result {
                     warn!(error = %e, "checkpoint failed; the journal keeps everything, retrying later");
                 }
             });
         }
         Ok(())
+    }
+
+    /// Stops a checkpoint that is running in the background (and any started later), before
+    /// the coordinator exits: it would otherwise hold the store open on its thread after the
+    /// runtime is gone. What it had not folded stays in the journal.
+    pub fn close(&self) {
+        self.closing.cancel();
     }
 
     /// Notes that a write failed: a surrealkv store is reopened before the next one.
