@@ -31,7 +31,8 @@ def tatzelwurm_round(bin_dir: str, tasks: int, slots: int) -> tuple[float, float
         env={**os.environ, "TATZELWURM_BIN_DIR": bin_dir},
         check=True, capture_output=True, text=True).stdout
     rate = float(re.search(r"throughput \(exec, kv\): .*= (\d+) tasks/s", out).group(1))
-    raw = float(re.search(r"raw spawn rate of `true`: (\d+)/s", out).group(1))
+    # The load tool measures the raw rate before and after its run and prints their mean.
+    raw = float(re.search(r"raw spawn rate of `true`: .*?(\d+)/s mean", out).group(1))
     return rate, raw
 
 
