@@ -506,9 +506,10 @@ async fn main() -> Result<()> {
     // The raw rate is taken on either side of the run, half the tasks each, and averaged: this
     // machine's spawn rate drifts by a fifth within minutes, and one measurement after the run
     // put that drift into the ratio.
+    // The same parallelism as the workers' slots, capped at 64 spawning threads.
     let parallel = (a.workers * a.slots as usize).clamp(1, 64);
-    let raw_before =
-        (a.kind == "exec").then(|| raw_spawn_rate((a.tasks / 2).max(parallel), parallel));
+    let raw_spawns = (a.tasks / 2).max(parallel);
+    let raw_before = (a.kind == "exec").then(|| raw_spawn_rate(raw_spawns, parallel));
     let wcpu0 = workers_cpu();
     let cpu0 = cpu_seconds(c.pid());
     let r = throughput(&c, a.tasks, &a.kind, block, a.batch, a.in_flight).await?;
@@ -535,8 +536,7 @@ async fn main() -> Result<()> {
         (commits1.1 - commits0.1) / commits.max(1.0)
     );
     if let Some(before) = raw_before {
-        // The same parallelism as the workers' slots, capped at 64 spawning threads.
-        let after = raw_spawn_rate((a.tasks / 2).max(parallel), parallel);
+        let after = raw_spawn_rate(raw_spawns, parallel);
         let raw = (before + after) / 2.0;
         let rate = r.tasks as f64 / r.wall.as_secs_f64();
         println!(

@@ -125,7 +125,7 @@ struct Args {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
     /// Threads that run the connections and the tables' owner. One is fastest where it was
-    /// measured (2 cores: a fifth less CPU a task, no hand-offs between threads); more may help
+    /// measured (2 cores: a sixth to a fifth less CPU a task, no hand-offs between threads); more may help
     /// a host with many cores and many busy connections. The store and the start's decoding
     /// have threads of their own.
     #[arg(long, default_value_t = 1, env = "TATZELWURM_THREADS",

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -21,9 +20,7 @@ impl TaskId {
     /// `IdClock` says how, and why not `uuid`'s `now_v7`).
     pub fn new() -> Self {
         static CLOCK: Mutex<Option<IdClock>> = Mutex::new(None);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = crate::now_ms();
         let mut clock = CLOCK.lock().unwrap_or_else(|e| e.into_inner());
         TaskId(clock.get_or_insert_with(IdClock::new).next(now))
     }
@@ -149,15 +146,9 @@ mod tests {
 
     #[test]
     fn ids_are_version_7_increasing_and_carry_the_time() {
-        let before = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
+        let before = crate::now_ms();
         let ids: Vec<TaskId> = (0..100_000).map(|_| TaskId::new()).collect();
-        let after = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
+        let after = crate::now_ms();
         for w in ids.windows(2) {
             assert!(w[0] < w[1], "{} then {}", w[0], w[1]);
         }

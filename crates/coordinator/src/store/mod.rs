@@ -692,8 +692,8 @@ impl Store {
             let store = self.clone();
             let runtime = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || {
-                let closing = store.closing.clone();
-                let result = runtime.block_on(closing.run_until_cancelled(store.checkpoint()));
+                let result =
+                    runtime.block_on(store.closing.run_until_cancelled(store.checkpoint()));
                 if let Some(Err(e)) = result {
                     warn!(error = %e, "checkpoint failed; the journal keeps everything, retrying later");
                 }
