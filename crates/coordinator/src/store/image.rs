@@ -32,9 +32,10 @@ use super::legacy::{TASK_TAG, TASK_TAG_V3, TaskV2, TaskV3};
 
 /// The layout this code writes; a store with a higher number was written by a newer version.
 /// Version 3 tags task records and adds queue settings; version 4 moves an embedded store's
-/// journal and counters out of SurrealDB's tables (a version 3 coordinator would not see them).
-/// Both read the versions before them as they are.
-pub(crate) const LAYOUT_VERSION: i64 = 4;
+/// journal and counters out of SurrealDB's tables (a version 3 coordinator would not see them);
+/// version 5 moves a surrealkv store's journal into files of its own ([`super::filelog`]), which
+/// a version 4 coordinator would not see either. Each reads the versions before it as they are.
+pub(crate) const LAYOUT_VERSION: i64 = 5;
 
 /// Queue settings are identified by namespace and name.
 pub(crate) type QueueKey = (String, String);

@@ -13,6 +13,11 @@
 //! journal), then `j` and the sequence number as 8 big-endian bytes for a journal record (so keys
 //! sort in sequence order), or `c` for the counters. Values are the record's body as
 //! [`super::image`] frames it. A server store has no such access and keeps the `journal` table.
+//!
+//! A surrealkv store keeps its journal in files instead ([`super::filelog`]); here it only
+//! reads what a version before that wrote, and keeps, under `C`, the counters a checkpoint
+//! stores before it deletes the journal files that held them: the sequence number of the record
+//! that carried them (8 bytes big-endian), then the counters.
 
 use std::sync::Arc;
 
@@ -39,8 +44,11 @@ pub(super) struct KvLog {
 pub(super) struct Read {
     /// Every journal record, by sequence number, in order.
     pub journal: Vec<(i64, Bytes)>,
-    /// The counters as last written, if they ever were.
+    /// The counters as last written with a journal record, if they ever were.
     pub counters: Option<Bytes>,
+    /// The counters a checkpoint stored, with the sequence number of the record that carried
+    /// them.
+    pub counters_at: Option<(i64, Bytes)>,
 }
 
 impl KvLog {
@@ -99,6 +107,23 @@ impl KvLog {
         commit_unless_failed(tx, written).await
     }
 
+    /// Stores the counters that record `seq` carried (a checkpoint's), durable when it returns.
+    pub(super) async fn set_counters_at(
+        &self,
+        ds: &Datastore,
+        seq: i64,
+        counters: &[u8],
+    ) -> Result<(), StoreError> {
+        let tx = ds
+            .transaction(TransactionType::Write)
+            .await
+            .map_err(internal)?;
+        let mut value = (seq.max(0) as u64).to_be_bytes().to_vec();
+        value.extend_from_slice(counters);
+        let written = tx.set(Key::from(self.key(b'C', None)), value).await;
+        commit_unless_failed(tx, written).await
+    }
+
     /// Every journal record and the counters.
     pub(super) async fn read(&self, ds: &Datastore) -> Result<Read, StoreError> {
         let tx = ds
@@ -136,6 +161,16 @@ impl KvLog {
         if result.is_ok() {
             match tx.get(Key::from(self.key(b'c', None)), None).await {
                 Ok(counters) => read.counters = counters.map(Bytes::from),
+                Err(e) => result = Err(e),
+            }
+        }
+        if result.is_ok() {
+            match tx.get(Key::from(self.key(b'C', None)), None).await {
+                Ok(Some(value)) if value.len() >= 8 => {
+                    let seq = u64::from_be_bytes(value[..8].try_into().expect("8 bytes"));
+                    read.counters_at = Some((seq as i64, Bytes::from(value).slice(8..)));
+                }
+                Ok(_) => {}
                 Err(e) => result = Err(e),
             }
         }

@@ -1,12 +1,15 @@
 //! The SurrealDB edge: the only module that knows the store exists.
 //!
-//! Every committed batch is one journal record, so a commit costs SurrealDB one insert however
-//! many tasks changed (a per-task upsert costs it about 100 µs; the journal brings that to about
-//! a microsecond a task). An embedded store writes that record as a key-value pair, without
-//! SurrealQL ([`kvlog`]). When the journal has grown as large as the tables, a checkpoint in the
-//! background folds it into 256 bucket records and drops it. [`image`] holds the layout as plain
-//! code; this module does the reading and writing.
+//! Every committed batch is one journal record, so a commit costs one write however many tasks
+//! changed (a per-task upsert costs SurrealDB about 100 µs; the journal brings that to about a
+//! microsecond a task). A surrealkv store keeps its journal in files of its own beside
+//! surrealkv's ([`filelog`]: a `write` and an `fdatasync` a record); `mem://` writes the record
+//! as a key-value pair, without SurrealQL ([`kvlog`]); a server, as a `journal` table record.
+//! When the journal has grown as large as the tables, a checkpoint in the background folds it
+//! into 256 bucket records in SurrealDB and drops it. [`image`] holds the layout as plain code;
+//! this module does the reading and writing.
 
+mod filelog;
 mod handle;
 mod image;
 mod kvlog;
@@ -23,6 +26,7 @@ use tatzelwurm_protocol::{QueueSettings, TaskId, TaskInfo, WorkerId, WorkerInfo}
 use tracing::{debug, info, warn};
 
 use crate::core::Counters;
+use filelog::FileLog;
 use handle::Handle;
 pub use handle::KvMemory;
 pub(crate) use image::TaskRecord;
@@ -92,6 +96,15 @@ pub enum StoreError {
     /// on the old handle; the write is tried again later.
     #[error("the store is being reopened after a failed write ({0})")]
     Reopening(&'static str),
+    /// A journal file could not be written, synced or read (a full disk, a failing disk, no
+    /// permission). A failed write is tried again later, in a new segment.
+    #[error("journal files in {path}: {source}")]
+    Journal {
+        /// The journal directory.
+        path: String,
+        /// What the system said.
+        source: std::io::Error,
+    },
     /// A write got no answer in time (a remote server that vanished, a network that dropped
     /// packets). Whether it was applied is unknown; the batch is written again, which is safe
     /// because every write carries whole records and replay follows sequence numbers.
@@ -119,13 +132,18 @@ pub fn kind(url: &str) -> Option<Kind> {
     }
 }
 
-/// The write-ahead log directory of an embedded surrealkv store (its URL may carry parameters
-/// after `?`, such as `sync`).
-fn wal_dir(url: &str) -> Option<std::path::PathBuf> {
+/// The directory of an embedded surrealkv store (its URL may carry parameters after `?`, such
+/// as `sync`).
+fn store_dir(url: &str) -> Option<std::path::PathBuf> {
     url.strip_prefix("surrealkv://").map(|rest| {
         let path = rest.split_once('?').map_or(rest, |(p, _)| p);
-        std::path::Path::new(path).join("wal")
+        std::path::PathBuf::from(path)
     })
+}
+
+/// The write-ahead log directory of an embedded surrealkv store.
+fn wal_dir(url: &str) -> Option<std::path::PathBuf> {
+    store_dir(url).map(|dir| dir.join("wal"))
 }
 
 /// The files of a write-ahead log directory, by name, with their inode numbers.
@@ -291,6 +309,9 @@ struct State {
     checkpoint_seconds: crate::metrics::Histogram,
     /// Records of the layout before journals are still stored; the next checkpoint deletes them.
     legacy: bool,
+    /// The newest counters written, with the sequence number of the record that carried them:
+    /// a checkpoint stores them beside its mark before it deletes journal files that hold them.
+    counters_at: Option<(i64, Bytes)>,
 }
 
 impl Default for State {
@@ -303,6 +324,7 @@ impl Default for State {
             must_reopen: false,
             checkpoint_seconds: crate::metrics::Histogram::new(crate::metrics::SECONDS),
             legacy: false,
+            counters_at: None,
         }
     }
 }
@@ -321,6 +343,9 @@ pub struct Store {
     /// Where an embedded store keeps its journal and counters; `None` when writes are fenced
     /// (a server, which has no key-value access: its journal is the `journal` table).
     log: Option<KvLog>,
+    /// A surrealkv store's journal files; its key-value journal above is then only read (what
+    /// a version before layout 5 wrote) and holds the counters a checkpoint stores.
+    files: Option<FileLog>,
     /// This coordinator's mark in `meta:owner`.
     owner: String,
     /// Whether writes check the mark (a server that other coordinators can reach).
@@ -459,6 +484,10 @@ impl Store {
             ns: opts.namespace.clone(),
             database: opts.database.clone(),
             log: (!fenced).then(|| KvLog::new(&opts.namespace, &opts.database)),
+            files: store_dir(&opts.url).filter(|_| !fenced).map(|dir| {
+                let sync = filelog::Sync::of_url(&opts.url);
+                FileLog::new(&dir, &opts.namespace, &opts.database, sync)
+            }),
             owner,
             fenced,
             write_timeout: opts.write_timeout,
@@ -519,8 +548,9 @@ impl Store {
     /// journals are read too, and rewritten in the current layout before this returns.
     pub async fn load(&self) -> Result<Loaded, StoreError> {
         let started = std::time::Instant::now();
-        let (buckets, stored, kv_counters) = self.read_stored().await?;
-        let counters = self.read_counters(kv_counters).await?;
+        let (buckets, stored, counters_at) = self.read_stored().await?;
+        self.state().counters_at = counters_at.clone();
+        let counters = self.read_counters(counters_at.map(|(_, c)| c)).await?;
         let read_ms = started.elapsed().as_millis() as u64;
         let legacy = !stored.legacy_tasks.is_empty() || !stored.legacy_workers.is_empty();
         let replayed = image::replay_onto(buckets, stored)?;
@@ -554,8 +584,9 @@ impl Store {
         })
     }
 
-    /// The counters last written with a batch, zero when none were: an embedded store's
-    /// key-value ones, else (a server, or a store of layout 3) `meta:counters`.
+    /// The counters last written with a batch, zero when none were: an embedded store's (from
+    /// its journal files or key-value pairs), else (a server, or a store of layout 3)
+    /// `meta:counters`.
     async fn read_counters(&self, kv: Option<Bytes>) -> Result<Counters, StoreError> {
         let body = match kv {
             Some(body) => Some(body),
@@ -576,10 +607,11 @@ impl Store {
     }
 
     /// What the store holds: the buckets' tasks already in an image (read a few at a time),
-    /// the rest as read, and an embedded store's key-value counters. The journal is the
+    /// the rest as read, and an embedded store's newest counters with the sequence number of
+    /// the record that carried them. The journal is the
     /// `journal` table's records (a server's, or an embedded store's from before layout 4) and
     /// an embedded store's key-value ones.
-    async fn read_stored(&self) -> Result<(Image, Stored, Option<Bytes>), StoreError> {
+    async fn read_stored(&self) -> Result<(Image, Stored, Option<(i64, Bytes)>), StoreError> {
         let mut res = self
             .db()?
             .query("SELECT upto FROM meta:checkpoint")
@@ -598,11 +630,23 @@ impl Store {
         let queues: Vec<BodyOnly> = res.take(5)?;
         let body = |r: BodyOnly| r.body;
         let mut journal: Vec<(i64, Bytes)> = journal.into_iter().map(|r| (r.seq, r.body)).collect();
-        let mut kv_counters = None;
+        // The newest counters by the sequence number of the record that carried them: a
+        // checkpoint's copy, or a journal file's record after it. The key-value ones of a
+        // version before layout 5 are older than both.
+        let mut counters_at: Option<(i64, Bytes)> = None;
         if let Some((log, ds)) = self.kv_log(&self.db()?) {
             let read = log.read(ds).await?;
             journal.extend(read.journal);
-            kv_counters = read.counters;
+            counters_at = read.counters_at.or(read.counters.map(|c| (0, c)));
+        }
+        if let Some(files) = &self.files {
+            let read = files.read().await?;
+            journal.extend(read.journal);
+            if let Some((seq, c)) = read.counters
+                && counters_at.as_ref().is_none_or(|(at, _)| *at < seq)
+            {
+                counters_at = Some((seq, c));
+            }
         }
         let mut buckets = Image::default();
         self.read_buckets(&mut buckets).await?;
@@ -618,7 +662,7 @@ impl Store {
             // The buckets are read apart, a few at a time, by `read_buckets`.
             ..Stored::default()
         };
-        Ok((buckets, stored, kv_counters))
+        Ok((buckets, stored, counters_at))
     }
 
     /// Reads the buckets a sixteenth at a time into `image`, each group's bodies dropped once
@@ -735,16 +779,22 @@ impl Store {
                 st.next_seq += 1;
                 seq
             };
+            let carried = counters.take();
             let db = self.db()?;
-            match self.kv_log(&db) {
-                Some((log, ds)) => {
-                    self.timed(log.append(ds, seq, body, counters.take()))
+            match (&self.files, self.kv_log(&db)) {
+                (Some(files), _) => self.timed(files.append(seq, body, carried.clone())).await?,
+                (None, Some((log, ds))) => {
+                    self.timed(log.append(ds, seq, body, carried.clone()))
                         .await?
                 }
-                None => self.create_journal(seq, body, counters.take()).await?,
+                (None, None) => self.create_journal(seq, body, carried.clone()).await?,
             }
             // The image follows the journal part by part, so that it never lacks a committed one.
-            self.state().image.apply(seq, entry, body_len);
+            let mut st = self.state();
+            st.image.apply(seq, entry, body_len);
+            if let Some(c) = carried {
+                st.counters_at = Some((seq, c));
+            }
         }
         Ok(())
     }
@@ -885,11 +935,19 @@ impl Store {
                 .bind(("upto", snap.upto))
         })
         .await?;
-        // An embedded store's key-value journal goes once the mark is in: a crash between the
-        // two leaves records at or below the mark, which replay skips and the next checkpoint
-        // deletes (this deletes everything up to the mark, not from the previous one).
+        // An embedded store's journal goes once the mark is in: a crash between the two leaves
+        // records at or below the mark, which replay skips and the next checkpoint deletes
+        // (this deletes everything up to the mark, not from the previous one). Journal files
+        // may hold the newest counters, which go beside the mark first.
         let db = self.db()?;
         if let Some((log, ds)) = self.kv_log(&db) {
+            if let Some(files) = &self.files {
+                let counters_at = self.state().counters_at.clone();
+                if let Some((seq, c)) = counters_at {
+                    self.timed(log.set_counters_at(ds, seq, &c)).await?;
+                }
+                self.timed(files.drop_upto(snap.upto)).await?;
+            }
             self.timed(log.drop_upto(ds, snap.upto)).await?;
         }
         Ok(())
@@ -935,6 +993,9 @@ mod tests {
         let mut seqs: Vec<i64> = rows.iter().map(|u| u.upto).collect();
         if let Some((log, ds)) = store.kv_log(&db) {
             seqs.extend(log.read(ds).await.unwrap().journal.iter().map(|(s, _)| *s));
+        }
+        if let Some(files) = &store.files {
+            seqs.extend(files.read().await.unwrap().journal.iter().map(|(s, _)| *s));
         }
         seqs.sort();
         seqs
@@ -1021,6 +1082,95 @@ mod tests {
             .unwrap();
         store.checkpoint().await.unwrap();
         assert_eq!(store.load().await.unwrap().counters, c);
+    }
+
+    fn surrealkv_url(dir: &tempfile::TempDir) -> String {
+        format!("surrealkv://{}", dir.path().join("s").display())
+    }
+
+    fn counters(n: u64) -> Counters {
+        Counters {
+            next_worker: n,
+            next_number: n,
+            next_batch: n,
+        }
+    }
+
+    #[tokio::test]
+    async fn counters_in_journal_files_survive_the_checkpoint_that_deletes_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&opts(&surrealkv_url(&dir), u64::MAX))
+            .await
+            .unwrap();
+        assert!(store.files.is_some(), "a surrealkv store journals in files");
+        store
+            .write(&[task()], &[], &[], &[], &[], Some(counters(5)))
+            .await
+            .unwrap();
+        store.checkpoint().await.unwrap();
+        // A batch without counters, then a checkpoint that deletes the file with record 1.
+        store
+            .write(&[task()], &[], &[], &[], &[], None)
+            .await
+            .unwrap();
+        store.checkpoint().await.unwrap();
+        assert_eq!(journal_seqs(&store).await, vec![2]);
+        assert_eq!(store.load().await.unwrap().counters, counters(5));
+        // Newer counters in a journal file win over the checkpoint's copy.
+        store
+            .write(&[task()], &[], &[], &[], &[], Some(counters(6)))
+            .await
+            .unwrap();
+        let loaded_now = store.load().await.unwrap();
+        assert_eq!(loaded_now.counters, counters(6));
+        assert_eq!(loaded_now.tasks.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_surrealkv_store_of_layout_4_is_read_and_its_key_value_journal_folded_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&opts(&surrealkv_url(&dir), u64::MAX))
+            .await
+            .unwrap();
+        // What version 4 wrote: key-value journal records, the counters with them.
+        let mut tasks: Vec<TaskInfo> = (0..3).map(|_| task()).collect();
+        let db = store.db().unwrap();
+        let (log, ds) = store.kv_log(&db).unwrap();
+        let body = Entry::new(&tasks[..2], &[], &[], &[], &[]).to_body();
+        log.append(ds, 1, body, Some(image::encode(&counters(4))))
+            .await
+            .unwrap();
+        let loaded_now = store.load().await.unwrap();
+        assert_eq!(loaded_now.counters, counters(4));
+        assert_eq!(loaded_now.tasks.len(), 2);
+        // This version goes on in files.
+        tasks[0].state = TaskState::Completed;
+        store
+            .write(
+                &[tasks[0].clone(), tasks[2].clone()],
+                &[],
+                &[],
+                &[],
+                &[],
+                Some(counters(5)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(journal_seqs(&store).await, vec![1, 2]);
+        assert_eq!(
+            log.read(ds).await.unwrap().journal.len(),
+            1,
+            "1 in key-value"
+        );
+        tasks.sort_by_key(|t| t.id);
+        let loaded_now = store.load().await.unwrap();
+        assert_eq!(loaded_now.counters, counters(5), "the file's are newer");
+        assert_eq!(decoded(loaded_now.tasks), tasks);
+        store.checkpoint().await.unwrap();
+        assert!(log.read(ds).await.unwrap().journal.is_empty(), "folded");
+        let loaded_now = store.load().await.unwrap();
+        assert_eq!(loaded_now.counters, counters(5));
+        assert_eq!(decoded(loaded_now.tasks), tasks);
     }
 
     #[tokio::test]
@@ -1231,8 +1381,10 @@ mod tests {
     #[tokio::test]
     async fn a_checkpoint_folds_the_journal_into_buckets_and_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("surrealkv://{}", dir.path().join("s").display());
-        let store = Store::open(&opts(&url, 0)).await.unwrap();
+        // Only the checkpoints written here, none in the background.
+        let store = Store::open(&opts(&surrealkv_url(&dir), u64::MAX))
+            .await
+            .unwrap();
         let mut tasks: Vec<TaskInfo> = (0..300).map(|_| task()).collect();
         store.write(&tasks, &[], &[], &[], &[], None).await.unwrap();
         store.checkpoint().await.unwrap();
@@ -1244,7 +1396,9 @@ mod tests {
             .await
             .unwrap();
         store.checkpoint().await.unwrap();
-        assert_eq!(journal_seqs(&store).await.len(), 0, "the journal is folded");
+        // Journal files go whole once a later one starts after the mark: the newest stays
+        // for a checkpoint more (replay skips its records, which are at the mark).
+        assert_eq!(journal_seqs(&store).await, vec![2], "the journal is folded");
         assert!(
             count(&store, "bucket").await > 100,
             "tasks spread over buckets"
