@@ -19,9 +19,10 @@
 //!          c bytes of counters, then the body (the rest)
 //! ```
 //!
-//! A segment is filled with zeros a mebibyte ahead of its records, so that a record's sync is an
-//! `fdatasync` that need not write the file's size as well (one disk write fewer, a third less
-//! CPU and latency per commit here); a reader takes zeros where a record would begin for the end.
+//! A segment is filled with zeros a mebibyte ahead of its small records, so that a record's sync
+//! is an `fdatasync` that need not write the file's size as well (one disk write fewer, a third
+//! less CPU and latency per commit here); a record of 64 KiB or more grows the file itself. A
+//! reader takes zeros where a record would begin for the end.
 //!
 //! A write that failed or was cut short (a crash, a full disk) leaves a torn record at the end
 //! of its segment, and nothing is ever written after it there: a failed write closes the
@@ -55,6 +56,11 @@ const SEGMENT_BYTES: u64 = 64 << 20;
 
 /// How far ahead of its records a segment is filled with zeros.
 const PREFILL: u64 = 1 << 20;
+
+/// A record at least this large is not prefilled for: it grows the file itself, and the size
+/// its sync then writes is shared by the many tasks such a record holds (writing zeros first
+/// would double what a busy coordinator writes).
+const GROWS_ITSELF: u64 = 64 * 1024;
 
 /// What the prefill writes, a piece at a time.
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
@@ -130,6 +136,10 @@ impl Active {
         if end <= self.filled {
             return Ok(());
         }
+        if len >= GROWS_ITSELF {
+            self.filled = end;
+            return Ok(());
+        }
         let file = self.file.as_ref().expect("an open segment");
         let target = end + PREFILL;
         let mut at = self.filled.max(self.bytes);
@@ -201,19 +211,21 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// One record, framed.
-fn record(seq: i64, body: &[u8], counters: Option<&[u8]>) -> Vec<u8> {
+/// One record's bytes before its body (header, sequence number, counters): the body is
+/// written after them as it is, not copied into one buffer with them (a record is up to 4 MiB).
+fn record_head(seq: i64, body: &[u8], counters: Option<&[u8]>) -> Vec<u8> {
     let counters = counters.unwrap_or_default();
     let n = PAYLOAD_HEAD + counters.len() + body.len();
-    let mut out = Vec::with_capacity(HEADER + n);
+    let mut out = Vec::with_capacity(HEADER + PAYLOAD_HEAD + counters.len());
     out.extend_from_slice(&(n as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&(seq as u64).to_le_bytes());
     out.extend_from_slice(&(counters.len() as u32).to_le_bytes());
     out.extend_from_slice(counters);
-    out.extend_from_slice(body);
-    let crc = crc32fast::hash(&out[HEADER..]);
-    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[HEADER..]);
+    crc.update(body);
+    out[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
     out
 }
 
@@ -341,7 +353,8 @@ impl FileLog {
     }
 
     fn append_now(&self, seq: i64, body: &[u8], counters: Option<&[u8]>) -> io::Result<()> {
-        let rec = record(seq, body, counters);
+        let head = record_head(seq, body, counters);
+        let len = (head.len() + body.len()) as u64;
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
         if active.bytes >= SEGMENT_BYTES {
             active.close()?;
@@ -373,14 +386,15 @@ impl FileLog {
         }
         // With an interval whose thread could not start, every record is synced.
         let sync_now = self.sync == Sync::Every || (!active.syncing && self.sync != Sync::Never);
-        let written = active.prefill(rec.len() as u64).and_then(|()| {
+        let written = active.prefill(len).and_then(|()| {
             let file = active.file.as_ref().expect("opened above");
-            file.write_all_at(&rec, active.bytes)?;
+            file.write_all_at(&head, active.bytes)?;
+            file.write_all_at(body, active.bytes + head.len() as u64)?;
             if sync_now { file.sync_data() } else { Ok(()) }
         });
         match written {
             Ok(()) => {
-                active.bytes += rec.len() as u64;
+                active.bytes += len;
                 active.unsynced = !sync_now;
                 Ok(())
             }
@@ -607,6 +621,29 @@ mod tests {
         log.drop_upto(2).await.unwrap();
         let read = log.read().await.unwrap();
         assert_eq!(bodies(&read), vec![(2, &b"2"[..]), (3, b"3"), (4, b"4")]);
+    }
+
+    #[test]
+    fn small_records_are_prefilled_for_and_a_large_one_grows_the_file_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = FileLog::new(dir.path(), "t", "t", Sync::Every);
+        let path = log.dir().join(segment_name(1));
+        log.append_now(1, b"small", None).unwrap();
+        let small = HEADER + PAYLOAD_HEAD + 5;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            small as u64 + PREFILL
+        );
+        let large = vec![7; (PREFILL + GROWS_ITSELF) as usize];
+        log.append_now(2, &large, None).unwrap();
+        let end = (2 * (HEADER + PAYLOAD_HEAD) + 5 + large.len()) as u64;
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), end, "no zeros after");
+        log.append_now(3, b"small again", None).unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() > end + PREFILL - 100);
+        let data = Bytes::from(std::fs::read(&path).unwrap());
+        let (records, torn) = parse(&data);
+        assert_eq!((records.len(), torn), (3, false));
+        assert_eq!(&records[1].2[..], &large[..]);
     }
 
     #[test]
