@@ -637,7 +637,11 @@ mod tests {
         let large = vec![7; (PREFILL + GROWS_ITSELF) as usize];
         log.append_now(2, &large, None).unwrap();
         let end = (2 * (HEADER + PAYLOAD_HEAD) + 5 + large.len()) as u64;
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), end, "no zeros after");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            end,
+            "no zeros after"
+        );
         log.append_now(3, b"small again", None).unwrap();
         assert!(std::fs::metadata(&path).unwrap().len() > end + PREFILL - 100);
         let data = Bytes::from(std::fs::read(&path).unwrap());
