@@ -4,9 +4,10 @@
 //! is the coordinator's cost per batch. Through surrealkv a journal record went through its
 //! write-ahead log, its memtable, its value log, a sorted table at the next flush and a
 //! compaction after the checkpoint deleted it, and every commit woke surrealkv's sync thread:
-//! a durable noop run was a sixth slower than `mem://` (BENCHMARKS.md, "The journal in files of
-//! its own"). Here a record is one `write` and one `fdatasync`. The checkpoints still go to
-//! SurrealDB; this journal only holds what came after the last one.
+//! a durable noop run was a fifth to a third slower than `mem://` (BENCHMARKS.md, "The journal
+//! in files of its own"). Here a record is written in place (its head, then its body) and synced
+//! with one `fdatasync`. The checkpoints still go to SurrealDB; this journal only holds what came
+//! after the last one.
 //!
 //! Layout: `<store>/tatzelwurm-journal/<namespace>.<database>/` (each name in hex, so any name
 //! is a valid file name), holding segments named by the sequence number of their first record,
@@ -73,7 +74,7 @@ const PAYLOAD_HEAD: usize = 12;
 
 /// When records reach the disk: the store URL's `sync` parameter, as surrealkv reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Sync {
+pub(super) enum SyncMode {
     /// Each record before its write returns.
     Every,
     /// Each record goes to the operating system at once; a thread syncs this often.
@@ -82,23 +83,23 @@ pub(super) enum Sync {
     Never,
 }
 
-impl Sync {
+impl SyncMode {
     /// The mode a store URL asks for (`every` unless its `sync` parameter says otherwise).
-    pub(super) fn of_url(url: &str) -> Sync {
+    pub(super) fn of_url(url: &str) -> SyncMode {
         let query = url.split_once('?').map_or("", |(_, q)| q);
         let value = query
             .split('&')
             .find_map(|kv| kv.strip_prefix("sync="))
             .unwrap_or("every");
         match value {
-            "never" => Sync::Never,
+            "never" => SyncMode::Never,
             v => match v
                 .strip_suffix("ms")
                 .and_then(|ms| ms.parse::<u64>().ok())
                 .filter(|ms| *ms > 0)
             {
-                Some(ms) => Sync::Interval(Duration::from_millis(ms)),
-                None => Sync::Every,
+                Some(ms) => SyncMode::Interval(Duration::from_millis(ms)),
+                None => SyncMode::Every,
             },
         }
     }
@@ -109,20 +110,20 @@ impl Sync {
 pub(super) struct FileLog {
     dir: Arc<PathBuf>,
     active: Arc<Mutex<Active>>,
-    sync: Sync,
+    sync: SyncMode,
 }
 
 /// The segment new records go to.
 #[derive(Debug, Default)]
 struct Active {
-    /// Open for appending; `None` before the first write, after a failed one, and after a
+    /// Open for writing at `bytes`; `None` before the first write, after a failed one, and after a
     /// checkpoint (the next write starts a new segment).
     file: Option<File>,
     /// Bytes of records in it: where the next one goes.
     bytes: u64,
     /// Bytes filled with zeros (or records) from its start.
     filled: u64,
-    /// Records written to it and not yet synced (with an interval).
+    /// Records written to it and not yet synced (with an interval, or never).
     unsynced: bool,
     /// The interval's syncing thread runs.
     syncing: bool,
@@ -286,7 +287,7 @@ async fn blocking<T: Send + 'static>(
 impl FileLog {
     /// The journal of database `db` in namespace `ns` of the surrealkv store in `store_dir`.
     /// Nothing is created until the first write.
-    pub(super) fn new(store_dir: &Path, ns: &str, db: &str, sync: Sync) -> FileLog {
+    pub(super) fn new(store_dir: &Path, ns: &str, db: &str, sync: SyncMode) -> FileLog {
         let dir = store_dir
             .join("tatzelwurm-journal")
             .join(format!("{}.{}", hex(ns), hex(db)));
@@ -300,7 +301,7 @@ impl FileLog {
     /// With an interval, starts the thread that syncs what was written (once; it ends when the
     /// journal is dropped).
     fn start_syncing(&self, active: &mut Active) {
-        let Sync::Interval(every) = self.sync else {
+        let SyncMode::Interval(every) = self.sync else {
             return;
         };
         if active.syncing {
@@ -385,7 +386,8 @@ impl FileLog {
             self.start_syncing(&mut active);
         }
         // With an interval whose thread could not start, every record is synced.
-        let sync_now = self.sync == Sync::Every || (!active.syncing && self.sync != Sync::Never);
+        let sync_now =
+            self.sync == SyncMode::Every || (!active.syncing && self.sync != SyncMode::Never);
         let written = active.prefill(len).and_then(|()| {
             let file = active.file.as_ref().expect("opened above");
             file.write_all_at(&head, active.bytes)?;
@@ -473,7 +475,7 @@ mod tests {
     #[tokio::test]
     async fn records_come_back_in_order_with_the_newest_counters() {
         let dir = tempfile::tempdir().unwrap();
-        let log = FileLog::new(dir.path(), "ns", "db", Sync::Every);
+        let log = FileLog::new(dir.path(), "ns", "db", SyncMode::Every);
         assert!(log.read().await.unwrap().journal.is_empty(), "no files yet");
         log.append(
             1,
@@ -491,7 +493,7 @@ mod tests {
         log.append(4, Bytes::from_static(b"four"), None)
             .await
             .unwrap();
-        let read = FileLog::new(dir.path(), "ns", "db", Sync::Every)
+        let read = FileLog::new(dir.path(), "ns", "db", SyncMode::Every)
             .read()
             .await
             .unwrap();
@@ -501,14 +503,14 @@ mod tests {
         );
         assert_eq!(read.counters, Some((3, Bytes::from_static(b"c3"))));
         // Another database of the same store has a journal of its own.
-        let other = FileLog::new(dir.path(), "ns", "db2", Sync::Every);
+        let other = FileLog::new(dir.path(), "ns", "db2", SyncMode::Every);
         assert!(other.read().await.unwrap().journal.is_empty());
     }
 
     #[tokio::test]
     async fn a_torn_end_is_skipped_and_the_next_segment_read() {
         let dir = tempfile::tempdir().unwrap();
-        let log = FileLog::new(dir.path(), "t", "t", Sync::Every);
+        let log = FileLog::new(dir.path(), "t", "t", SyncMode::Every);
         for seq in 1..=3 {
             log.append(seq, Bytes::from(vec![seq as u8; 100]), None)
                 .await
@@ -529,7 +531,7 @@ mod tests {
             "torn"
         );
         // The next start writes a new segment (record 3 again, as the next sequence number).
-        let log = FileLog::new(dir.path(), "t", "t", Sync::Every);
+        let log = FileLog::new(dir.path(), "t", "t", SyncMode::Every);
         log.append(4, Bytes::from(vec![3; 100]), None)
             .await
             .unwrap();
@@ -551,7 +553,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_write_closes_its_segment_and_the_next_starts_another() {
         let dir = tempfile::tempdir().unwrap();
-        let log = FileLog::new(dir.path(), "t", "t", Sync::Every);
+        let log = FileLog::new(dir.path(), "t", "t", SyncMode::Every);
         log.append(1, Bytes::from_static(b"a"), None).await.unwrap();
         // The segment's file turns unwritable (as a disk error would make it).
         let path = log.dir().join(segment_name(1));
@@ -570,7 +572,7 @@ mod tests {
     #[tokio::test]
     async fn a_checkpoint_deletes_the_segments_it_covers_and_never_the_newest() {
         let dir = tempfile::tempdir().unwrap();
-        let log = FileLog::new(dir.path(), "t", "t", Sync::Every);
+        let log = FileLog::new(dir.path(), "t", "t", SyncMode::Every);
         log.append(1, Bytes::from_static(b"1"), None).await.unwrap();
         log.append(2, Bytes::from_static(b"2"), None).await.unwrap();
         // A checkpoint up to 2: the only segment is the newest, so it stays, but the next
@@ -599,17 +601,17 @@ mod tests {
     #[tokio::test]
     async fn what_a_failed_write_left_before_a_restart_cannot_end_a_segment_early() {
         let dir = tempfile::tempdir().unwrap();
-        let log = FileLog::new(dir.path(), "t", "t", Sync::Every);
+        let log = FileLog::new(dir.path(), "t", "t", SyncMode::Every);
         log.append(1, Bytes::from_static(b"1"), None).await.unwrap();
         // Record 2 failed in a segment of its own before a crash: a file of zeros.
         std::fs::write(log.dir().join(segment_name(2)), [0; 64]).unwrap();
         // After the restart, 2 is the next sequence number again; record 3 goes to the same
         // segment, and the stale file is gone.
-        let log = FileLog::new(dir.path(), "t", "t", Sync::Every);
+        let log = FileLog::new(dir.path(), "t", "t", SyncMode::Every);
         log.append(2, Bytes::from_static(b"2"), None).await.unwrap();
         log.append(3, Bytes::from_static(b"3"), None).await.unwrap();
         std::fs::write(log.dir().join(segment_name(9)), [0; 64]).unwrap();
-        let log = FileLog::new(dir.path(), "t", "t", Sync::Every);
+        let log = FileLog::new(dir.path(), "t", "t", SyncMode::Every);
         log.append(4, Bytes::from_static(b"4"), None).await.unwrap();
         let names: Vec<i64> = segments(log.dir())
             .unwrap()
@@ -626,7 +628,7 @@ mod tests {
     #[test]
     fn small_records_are_prefilled_for_and_a_large_one_grows_the_file_itself() {
         let dir = tempfile::tempdir().unwrap();
-        let log = FileLog::new(dir.path(), "t", "t", Sync::Every);
+        let log = FileLog::new(dir.path(), "t", "t", SyncMode::Every);
         let path = log.dir().join(segment_name(1));
         log.append_now(1, b"small", None).unwrap();
         let small = HEADER + PAYLOAD_HEAD + 5;
@@ -653,7 +655,7 @@ mod tests {
     #[test]
     fn a_full_segment_gives_way_to_a_new_one() {
         let dir = tempfile::tempdir().unwrap();
-        let log = FileLog::new(dir.path(), "t", "t", Sync::Every);
+        let log = FileLog::new(dir.path(), "t", "t", SyncMode::Every);
         log.append_now(1, b"x", None).unwrap();
         log.active.lock().unwrap().bytes = SEGMENT_BYTES;
         log.append_now(2, b"y", None).unwrap();
@@ -667,13 +669,19 @@ mod tests {
 
     #[test]
     fn the_sync_mode_is_read_from_the_store_url() {
-        assert_eq!(Sync::of_url("surrealkv:///d/s"), Sync::Every);
-        assert_eq!(Sync::of_url("surrealkv:///d/s?sync=never"), Sync::Never);
+        assert_eq!(SyncMode::of_url("surrealkv:///d/s"), SyncMode::Every);
         assert_eq!(
-            Sync::of_url("surrealkv:///d/s?versioned=false&sync=2000ms"),
-            Sync::Interval(Duration::from_millis(2000))
+            SyncMode::of_url("surrealkv:///d/s?sync=never"),
+            SyncMode::Never
         );
-        assert_eq!(Sync::of_url("surrealkv:///d/s?sync=every"), Sync::Every);
+        assert_eq!(
+            SyncMode::of_url("surrealkv:///d/s?versioned=false&sync=2000ms"),
+            SyncMode::Interval(Duration::from_millis(2000))
+        );
+        assert_eq!(
+            SyncMode::of_url("surrealkv:///d/s?sync=every"),
+            SyncMode::Every
+        );
     }
 
     #[tokio::test]
@@ -683,11 +691,11 @@ mod tests {
             dir.path(),
             "t",
             "t",
-            Sync::Interval(Duration::from_millis(20)),
+            SyncMode::Interval(Duration::from_millis(20)),
         );
         log.append(1, Bytes::from_static(b"a"), None).await.unwrap();
         // Readable at once (the operating system has it), before any sync.
-        let read = FileLog::new(dir.path(), "t", "t", Sync::Every)
+        let read = FileLog::new(dir.path(), "t", "t", SyncMode::Every)
             .read()
             .await
             .unwrap();

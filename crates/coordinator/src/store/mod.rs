@@ -3,7 +3,7 @@
 //! Every committed batch is one journal record, so a commit costs one write however many tasks
 //! changed (a per-task upsert costs SurrealDB about 100 µs; the journal brings that to about a
 //! microsecond a task). A surrealkv store keeps its journal in files of its own beside
-//! surrealkv's ([`filelog`]: a `write` and an `fdatasync` a record); `mem://` writes the record
+//! surrealkv's ([`filelog`]: a write in place and an `fdatasync` a record); `mem://` writes the record
 //! as a key-value pair, without SurrealQL ([`kvlog`]); a server, as a `journal` table record.
 //! When the journal has grown as large as the tables, a checkpoint in the background folds it
 //! into 256 bucket records in SurrealDB and drops it. [`image`] holds the layout as plain code;
@@ -485,7 +485,7 @@ impl Store {
             database: opts.database.clone(),
             log: (!fenced).then(|| KvLog::new(&opts.namespace, &opts.database)),
             files: store_dir(&opts.url).filter(|_| !fenced).map(|dir| {
-                let sync = filelog::Sync::of_url(&opts.url);
+                let sync = filelog::SyncMode::of_url(&opts.url);
                 FileLog::new(&dir, &opts.namespace, &opts.database, sync)
             }),
             owner,
@@ -608,9 +608,9 @@ impl Store {
 
     /// What the store holds: the buckets' tasks already in an image (read a few at a time),
     /// the rest as read, and an embedded store's newest counters with the sequence number of
-    /// the record that carried them. The journal is the
-    /// `journal` table's records (a server's, or an embedded store's from before layout 4) and
-    /// an embedded store's key-value ones.
+    /// the record that carried them. The journal is the `journal` table's records (a server's,
+    /// or an embedded store's from before layout 4), an embedded store's key-value ones (`mem://`,
+    /// or surrealkv before layout 5) and a surrealkv store's journal files.
     async fn read_stored(&self) -> Result<(Image, Stored, Option<(i64, Bytes)>), StoreError> {
         let mut res = self
             .db()?
@@ -1088,8 +1088,12 @@ mod tests {
         assert_eq!(store.load().await.unwrap().counters, c);
     }
 
-    fn surrealkv_url(dir: &tempfile::TempDir) -> String {
-        format!("surrealkv://{}", dir.path().join("s").display())
+    /// A surrealkv store in a directory of its own that checkpoints only when a test asks.
+    async fn surrealkv_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("surrealkv://{}", dir.path().join("s").display());
+        let store = Store::open(&opts(&url, u64::MAX)).await.unwrap();
+        (dir, store)
     }
 
     fn counters(n: u64) -> Counters {
@@ -1102,10 +1106,7 @@ mod tests {
 
     #[tokio::test]
     async fn counters_in_journal_files_survive_the_checkpoint_that_deletes_the_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&opts(&surrealkv_url(&dir), u64::MAX))
-            .await
-            .unwrap();
+        let (_dir, store) = surrealkv_store().await;
         assert!(store.files.is_some(), "a surrealkv store journals in files");
         store
             .write(&[task()], &[], &[], &[], &[], Some(counters(5)))
@@ -1132,10 +1133,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_surrealkv_store_of_layout_4_is_read_and_its_key_value_journal_folded_away() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&opts(&surrealkv_url(&dir), u64::MAX))
-            .await
-            .unwrap();
+        let (_dir, store) = surrealkv_store().await;
         // What version 4 wrote: key-value journal records, the counters with them.
         let mut tasks: Vec<TaskInfo> = (0..3).map(|_| task()).collect();
         let db = store.db().unwrap();
@@ -1384,11 +1382,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_checkpoint_folds_the_journal_into_buckets_and_loses_nothing() {
-        let dir = tempfile::tempdir().unwrap();
         // Only the checkpoints written here, none in the background.
-        let store = Store::open(&opts(&surrealkv_url(&dir), u64::MAX))
-            .await
-            .unwrap();
+        let (_dir, store) = surrealkv_store().await;
         let mut tasks: Vec<TaskInfo> = (0..300).map(|_| task()).collect();
         store.write(&tasks, &[], &[], &[], &[], None).await.unwrap();
         store.checkpoint().await.unwrap();
