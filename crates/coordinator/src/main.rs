@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser};
 use tatzelwurm_coordinator::config::{Config, default_data_dir, default_listen};
-use tatzelwurm_coordinator::store;
+use tatzelwurm_coordinator::store::{self, SyncMode};
 use tatzelwurm_protocol::cli::{parse_duration, with_default_port};
 use tokio_util::sync::CancellationToken;
 
@@ -75,7 +75,7 @@ struct Args {
     /// a crash of the machine may lose what was acknowledged in the last interval; or `never`
     /// (the operating system decides).
     #[arg(long, default_value = "every", value_parser = parse_sync, env = "TATZELWURM_SYNC")]
-    sync: Sync,
+    sync: SyncMode,
     /// A store write with no answer within this counts as failed and is retried (e.g. a SurrealDB
     /// server that vanished).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -149,33 +149,13 @@ fn parse_or_never(s: &str) -> Result<OrNever, String> {
         .map_err(|e| format!("{e} (or `never`)"))
 }
 
-/// How surrealkv syncs its log: the value of its `sync` URL parameter.
-#[derive(Clone, Debug, PartialEq)]
-enum Sync {
-    Every,
-    Never,
-    Interval(Duration),
-}
-
-impl Sync {
-    /// The store URL with this mode in it (the default, `every`, leaves the URL as it is).
-    fn applied_to(&self, url: String) -> String {
-        let sep = if url.contains('?') { '&' } else { '?' };
-        match self {
-            Sync::Every => url,
-            Sync::Never => format!("{url}{sep}sync=never"),
-            Sync::Interval(d) => format!("{url}{sep}sync={}ms", d.as_millis()),
-        }
-    }
-}
-
-fn parse_sync(s: &str) -> Result<Sync, String> {
+fn parse_sync(s: &str) -> Result<SyncMode, String> {
     match s {
-        "every" => Ok(Sync::Every),
-        "never" => Ok(Sync::Never),
+        "every" => Ok(SyncMode::Every),
+        "never" => Ok(SyncMode::Never),
         _ => match parse_duration(s) {
             // surrealkv ignores an interval of 100 ms or less, and would sync every commit.
-            Ok(d) if d > Duration::from_millis(100) => Ok(Sync::Interval(d)),
+            Ok(d) if d > Duration::from_millis(100) => Ok(SyncMode::Interval(d)),
             Ok(_) => Err("an interval must be longer than 100ms".into()),
             Err(e) => Err(format!("{e} (or `every`, `never`)")),
         },
@@ -203,7 +183,7 @@ fn check(args: &Args) -> Result<(), String> {
             humantime::format_duration(args.lease)
         ));
     }
-    if args.sync != Sync::Every
+    if args.sync != SyncMode::Every
         && let Some(db) = &args.db
         && !db.starts_with("surrealkv://")
     {
@@ -343,10 +323,10 @@ mod tests {
 
     #[test]
     fn sync_modes_parse_and_go_into_the_store_url() {
-        assert_eq!(parse_sync("every"), Ok(Sync::Every));
+        assert_eq!(parse_sync("every"), Ok(SyncMode::Every));
         assert_eq!(
             parse_sync("250ms"),
-            Ok(Sync::Interval(Duration::from_millis(250)))
+            Ok(SyncMode::Interval(Duration::from_millis(250)))
         );
         assert!(
             parse_sync("100ms")
@@ -355,14 +335,23 @@ mod tests {
         );
         assert!(parse_sync("often").is_err());
         let url = "surrealkv:///d/store".to_string();
-        assert_eq!(Sync::Every.applied_to(url.clone()), url);
+        assert_eq!(SyncMode::Every.applied_to(url.clone()), url);
         assert_eq!(
             parse_sync("2s").unwrap().applied_to(url.clone()),
             "surrealkv:///d/store?sync=2000ms"
         );
         assert_eq!(
-            Sync::Never.applied_to(format!("{url}?versioned=false")),
+            SyncMode::Never.applied_to(format!("{url}?versioned=false")),
             "surrealkv:///d/store?versioned=false&sync=never"
         );
+        // What the flag writes is what the store reads back.
+        for flag in ["every", "never", "250ms", "3s"] {
+            let mode = parse_sync(flag).unwrap();
+            assert_eq!(
+                SyncMode::of_url(&mode.applied_to(format!("{url}?versioned=false"))),
+                mode,
+                "--sync {flag}"
+            );
+        }
     }
 }

@@ -72,9 +72,11 @@ const HEADER: usize = 8;
 /// Bytes of a payload before its counters: the sequence number and the counters' length.
 const PAYLOAD_HEAD: usize = 12;
 
-/// When records reach the disk: the store URL's `sync` parameter, as surrealkv reads it.
+/// When records reach the disk: the store URL's `sync` parameter, which surrealkv reads for its
+/// own log too. `--sync` writes it into the URL ([`SyncMode::applied_to`]) and the store reads it
+/// back ([`SyncMode::of_url`]), so that the flag and a URL written by hand mean the same.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum SyncMode {
+pub enum SyncMode {
     /// Each record before its write returns.
     Every,
     /// Each record goes to the operating system at once; a thread syncs this often.
@@ -85,7 +87,7 @@ pub(super) enum SyncMode {
 
 impl SyncMode {
     /// The mode a store URL asks for (`every` unless its `sync` parameter says otherwise).
-    pub(super) fn of_url(url: &str) -> SyncMode {
+    pub fn of_url(url: &str) -> SyncMode {
         let query = url.split_once('?').map_or("", |(_, q)| q);
         let value = query
             .split('&')
@@ -101,6 +103,16 @@ impl SyncMode {
                 Some(ms) => SyncMode::Interval(Duration::from_millis(ms)),
                 None => SyncMode::Every,
             },
+        }
+    }
+
+    /// The store URL with this mode in it; the default, `every`, leaves the URL as it is.
+    pub fn applied_to(self, url: String) -> String {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        match self {
+            SyncMode::Every => url,
+            SyncMode::Never => format!("{url}{sep}sync=never"),
+            SyncMode::Interval(d) => format!("{url}{sep}sync={}ms", d.as_millis()),
         }
     }
 }

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::core::Counters;
 use filelog::FileLog;
+pub use filelog::SyncMode;
 use handle::Handle;
 pub use handle::KvMemory;
 pub(crate) use image::TaskRecord;
@@ -485,7 +486,7 @@ impl Store {
             database: opts.database.clone(),
             log: (!fenced).then(|| KvLog::new(&opts.namespace, &opts.database)),
             files: store_dir(&opts.url).filter(|_| !fenced).map(|dir| {
-                let sync = filelog::SyncMode::of_url(&opts.url);
+                let sync = SyncMode::of_url(&opts.url);
                 FileLog::new(&dir, &opts.namespace, &opts.database, sync)
             }),
             owner,
