@@ -31,6 +31,9 @@ struct Args {
     /// Slots per worker.
     #[arg(long, default_value_t = 2000)]
     slots: u32,
+    /// Tasks each worker takes beyond its slots (`workwurm --prefetch`).
+    #[arg(long, default_value_t = 0)]
+    prefetch: u32,
     /// Store: mem or kv (surrealkv on disk).
     #[arg(long, default_value = "mem")]
     db: String,
@@ -484,13 +487,25 @@ async fn main() -> Result<()> {
         );
     }
     let slots = a.slots.to_string();
+    let prefetch = a.prefetch.to_string();
     let block = match a.block.as_str() {
         "sync" => BlockType::Sync,
         "async" => BlockType::Async,
         other => anyhow::bail!("--block {other:?}: use async or sync"),
     };
     let workers: Vec<Worker> = (0..a.workers)
-        .map(|_| c.worker(&["--type", &a.block, "--slots", &slots, "--spawn", &a.spawn]))
+        .map(|_| {
+            c.worker(&[
+                "--type",
+                &a.block,
+                "--slots",
+                &slots,
+                "--prefetch",
+                &prefetch,
+                "--spawn",
+                &a.spawn,
+            ])
+        })
         .collect();
     tatzelwurm_tests::wait_for(Duration::from_secs(30), || {
         c.json(&["summary"])["workers_connected"].as_u64()

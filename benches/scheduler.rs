@@ -30,6 +30,7 @@ fn scheduler(queued: usize, queues: u32) -> Scheduler {
             WorkerSpec {
                 block: BlockType::Async,
                 slots: u32::MAX,
+                prefetch: 0,
                 running: 0,
                 handlers: vec![],
                 tags: vec![],

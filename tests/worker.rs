@@ -20,6 +20,13 @@ fn attempt_intervals(c: &Coordinator, ids: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Kills a task and waits until its first attempt is recorded killed.
+fn kill_and_wait(c: &Coordinator, id: &str) {
+    c.action(&["task", "kill", id]);
+    wait_for(LONG, || c.show(id)["attempts"][0]["outcome"] == "killed").unwrap();
+    assert_eq!(c.state(id), "killed");
+}
+
 fn wait_all(c: &Coordinator, ids: &[String]) -> std::process::Output {
     let mut args = vec!["task", "wait"];
     args.extend(ids.iter().map(String::as_str));
@@ -196,14 +203,89 @@ fn a_failed_task_retried_runs_again_and_keeps_its_first_attempt() {
 
 #[test]
 fn sync_worker_never_runs_more_than_its_slots() {
+    two_at_a_time(&[]);
+}
+
+#[test]
+fn a_prefetching_sync_worker_still_runs_no_more_than_its_slots() {
+    // The held ones start as slots free, after the others.
+    two_at_a_time(&["--prefetch", "2"]);
+}
+
+/// Six short tasks on a sync worker of two slots (and `extra` flags) run exactly two at a time.
+fn two_at_a_time(extra: &[&str]) {
     let c = Coordinator::start(Db::Mem).unwrap();
-    let _w = c.worker(&["--type", "sync", "--slots", "2"]);
+    let mut args = vec!["--type", "sync", "--slots", "2"];
+    args.extend_from_slice(extra);
+    let _w = c.worker(&args);
     let ids = c.add(&[
         "--play", "--block", "sync", "--count", "6", "--sleep", "300ms",
     ]);
     assert!(wait_all(&c, &ids).status.success());
     let overlap = max_overlap(&attempt_intervals(&c, &ids));
     assert_eq!(overlap, 2, "two slots: exactly two at a time");
+}
+
+/// Tasks held beyond a worker's slots (`--prefetch`) wait there without running, can be killed,
+/// paused and resumed before they start, start as the slot frees, and move to another worker
+/// that has a free slot.
+#[test]
+fn held_tasks_wait_can_be_killed_and_paused_and_move_to_a_free_worker() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let _a = c.worker(&["--slots", "1", "--prefetch", "3", "--name", "a"]);
+    let dir = tempfile::tempdir().unwrap();
+    let ran = |name: &str| dir.path().join(name);
+    let touch = |name: &str| format!("touch {}", ran(name).display());
+    let long = c.add(&["--play", "--", "sleep", "60"]);
+    c.wait_state(&long[0], "running", LONG);
+    let killed = c.add(&["--play", "--", "sh", "-c", &touch("killed")]);
+    let moved = c.add(&["--play", "--", "sh", "-c", &touch("moved")]);
+    let after = c.add(&["--play", "--", "sh", "-c", &touch("after")]);
+    for id in [&killed[0], &moved[0], &after[0]] {
+        c.wait_state(id, "assigned", LONG);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for id in [&killed[0], &moved[0], &after[0]] {
+        assert_eq!(c.state(id), "assigned", "held, not started");
+    }
+    assert_eq!(
+        c.json(&["worker", "list"])[0]["running"],
+        4,
+        "it holds four"
+    );
+
+    // Killed before it started: it never runs.
+    kill_and_wait(&c, &killed[0]);
+
+    // Paused and resumed while held: back to assigned, still held.
+    c.action(&["task", "pause", &after[0]]);
+    assert_eq!(c.state(&after[0]), "paused");
+    c.action(&["task", "play", &after[0]]);
+    assert_eq!(c.state(&after[0]), "assigned");
+
+    // A worker with a free slot comes: a held task goes there (given back by a, uncounted).
+    let _b = c.worker(&["--slots", "1", "--name", "b"]);
+    c.wait_state(&moved[0], "completed", LONG);
+    c.wait_state(&after[0], "completed", LONG);
+    assert!(ran("moved").exists() && ran("after").exists());
+    assert!(!ran("killed").exists(), "a held task killed never ran");
+    for id in [&moved[0], &after[0]] {
+        let attempts = c.show(id)["attempts"].as_array().unwrap().clone();
+        let last = attempts.last().unwrap();
+        assert_eq!(last["worker_name"], "b", "{attempts:?}");
+        assert_eq!(last["outcome"], "succeeded");
+        assert!(
+            attempts[..attempts.len() - 1]
+                .iter()
+                .all(|a| a["outcome"] == "handed_back" && a["worker_name"] == "a"),
+            "{attempts:?}"
+        );
+    }
+    assert_eq!(
+        c.state(&long[0]),
+        "running",
+        "a's slot still runs its long task"
+    );
 }
 
 #[test]
@@ -266,12 +348,7 @@ fn kill_timeout_and_pause_resume(block: &str) {
         1,
         "worker list counts what the worker holds"
     );
-    c.action(&["task", "kill", &killed[0]]);
-    wait_for(LONG, || {
-        c.show(&killed[0])["attempts"][0]["outcome"] == "killed"
-    })
-    .unwrap();
-    assert_eq!(c.state(&killed[0]), "killed");
+    kill_and_wait(&c, &killed[0]);
     wait_for(Duration::from_secs(10), || {
         !std::path::Path::new(&format!("/proc/{pid}")).exists()
     })
@@ -361,6 +438,59 @@ fn worker_keeps_running_through_a_coordinator_restart_and_delivers_results_once(
     }
     let lines = std::fs::read_to_string(&runs).unwrap();
     assert_eq!(lines.lines().count(), 2, "each command ran once: {lines}");
+}
+
+/// A task held beyond the slots when the coordinator dies stays the worker's: it is claimed at
+/// the reattach, started once the slot frees, and runs once.
+#[test]
+fn a_held_task_survives_a_coordinator_restart_and_runs_once() {
+    let mut c = Coordinator::start_with(Db::Kv, &["--lease", "10s"]).unwrap();
+    let _w = c.worker(&["--slots", "1", "--prefetch", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let first = format!("echo first >> {}; sleep 1.5", runs.display());
+    let held = format!("echo held >> {}", runs.display());
+    let first_id = c.add(&["--play", "--", "sh", "-c", &first]);
+    c.wait_state(&first_id[0], "running", LONG);
+    let held_id = c.add(&["--play", "--", "sh", "-c", &held]);
+    c.wait_state(&held_id[0], "assigned", LONG);
+    c.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    c.restart().unwrap();
+    c.wait_state(&held_id[0], "completed", LONG);
+    assert_eq!(c.state(&first_id[0]), "completed");
+    let t = c.show(&held_id[0]);
+    assert_eq!(t["attempts"].as_array().unwrap().len(), 1, "{t}");
+    let lines = std::fs::read_to_string(&runs).unwrap();
+    assert_eq!(lines, "first\nheld\n", "each ran once, the held one after");
+}
+
+/// A draining worker gives back what it holds beyond its slots at once, and finishes what runs.
+#[test]
+fn a_draining_worker_gives_back_its_held_tasks_at_once() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let mut w = c.worker(&["--slots", "1", "--prefetch", "2", "--drain-grace", "60s"]);
+    let running = c.add(&["--play", "--sleep", "1500ms"]);
+    c.wait_state(&running[0], "running", LONG);
+    let held = c.add(&["--play", "--count", "2", "--sleep", "1ms"]);
+    for id in &held {
+        c.wait_state(id, "assigned", LONG);
+    }
+    w.signal("TERM");
+    for id in &held {
+        wait_for(LONG, || {
+            c.show(id)["attempts"][0]["outcome"] == "handed_back"
+        })
+        .unwrap();
+        assert_eq!(
+            c.state(id),
+            "ready",
+            "back in the queue while the other still runs"
+        );
+    }
+    assert_eq!(c.state(&running[0]), "running");
+    assert_eq!(w.wait_exit(LONG), Some(0), "{}", w.log_text());
+    assert_eq!(c.state(&running[0]), "completed");
 }
 
 #[test]

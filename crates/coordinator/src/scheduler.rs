@@ -146,6 +146,8 @@ impl Queue {
 struct Capacity {
     block: BlockType,
     slots: u32,
+    /// Tasks it holds beyond its slots, started as they free.
+    prefetch: u32,
     running: u32,
     handlers: Vec<String>,
     tags: Vec<Tag>,
@@ -154,12 +156,19 @@ struct Capacity {
 }
 
 impl Capacity {
-    /// Load as a fixed-point fraction, so that the ordering is exact.
+    /// Load as a fixed-point fraction, so that the ordering is exact. A worker whose slots
+    /// are all taken is at 1 or more, behind every worker with a free slot: its prefetch room
+    /// is used only when no free slot can take the task.
     fn load_key(&self) -> u64 {
         ((self.running as u64) << 32) / self.slots.max(1) as u64
     }
 
     fn has_room(&self) -> bool {
+        self.accepting && self.running < self.slots.saturating_add(self.prefetch)
+    }
+
+    /// A slot is free: what it is given starts at once.
+    fn has_free_slot(&self) -> bool {
         self.accepting && self.running < self.slots
     }
 
@@ -181,6 +190,8 @@ pub struct WorkerSpec {
     pub block: BlockType,
     /// Tasks at once.
     pub slots: u32,
+    /// Tasks it takes beyond its slots, started as they free (its hello's `prefetch`).
+    pub prefetch: u32,
     /// Tasks it holds already.
     pub running: u32,
     /// Custom handlers it serves.
@@ -323,6 +334,7 @@ impl Scheduler {
             Capacity {
                 block: spec.block,
                 slots: spec.slots,
+                prefetch: spec.prefetch,
                 running: spec.running,
                 handlers: spec.handlers,
                 tags: spec.tags,
@@ -358,6 +370,22 @@ impl Scheduler {
         let queue = self.queue(q);
         queue.held = queue.held.saturating_sub(1);
         self.refresh(q);
+    }
+
+    /// Whether worker `w` has a free slot (not counting its prefetch room) and could run tasks
+    /// of `kind`: where a task held beyond another worker's slots would start at once.
+    pub fn free_slot_for(&self, w: WorkerId, kind: &Kind) -> bool {
+        self.workers
+            .get(&w)
+            .is_some_and(|c| c.has_free_slot() && c.can_run(kind))
+    }
+
+    /// Free slots of worker `w` (not counting its prefetch room), 0 when it takes nothing.
+    pub fn free_slots(&self, w: WorkerId) -> u32 {
+        self.workers
+            .get(&w)
+            .filter(|c| c.accepting)
+            .map_or(0, |c| c.slots.saturating_sub(c.running))
     }
 
     /// Running count of a worker, as the scheduler counts it.
@@ -492,8 +520,9 @@ impl Scheduler {
 }
 
 /// The free worker for a task of `kind` that prefers `prefer`: among the eligible ones, those
-/// with the most preferred tags, the least loaded of them. Over borrowed parts, for use while a
-/// queue is borrowed.
+/// with the most preferred tags, the least loaded of them; a worker with a free slot before any
+/// whose room is only its prefetch, whatever their tags (a preference must not make a task wait
+/// behind another one). Over borrowed parts, for use while a queue is borrowed.
 fn pick_among(
     workers: &HashMap<WorkerId, Capacity>,
     free: &HashMap<BlockType, BTreeSet<(u64, WorkerId)>>,
@@ -509,11 +538,18 @@ fn pick_among(
         return eligible.next();
     }
     let mut best: Option<(usize, WorkerId)> = None;
+    let mut best_in_slot = false;
+    // Least loaded first: the workers with a free slot come before the others.
     for w in eligible {
+        let in_slot = workers[&w].has_free_slot();
+        if best_in_slot && !in_slot {
+            break;
+        }
         let tags = &workers[&w].tags;
         let score = prefer.iter().filter(|t| tags.contains(t)).count();
         if best.is_none_or(|(s, _)| score > s) {
             best = Some((score, w));
+            best_in_slot = in_slot;
             if score == prefer.len() {
                 break;
             }

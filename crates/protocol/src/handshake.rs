@@ -131,6 +131,17 @@ pub struct WorkerHello {
     /// false, so that the hello of a worker without it is the one of protocol version 4.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub streams_output: bool,
+    /// Tasks it takes beyond its slots, to start the moment a slot frees: a dispatch's round
+    /// trip and commit then no longer leave a slot empty between two short tasks. The
+    /// coordinator fills this room only when no other worker has a free slot for the task, and
+    /// takes a held task back (`revoke`) when one gets free. Not written when 0, so that the
+    /// hello of a worker without it is the one of protocol version 4.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub prefetch: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The coordinator's answer to a hello.

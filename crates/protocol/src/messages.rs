@@ -727,6 +727,14 @@ pub enum CoordinatorToWorker {
         /// Start (true) or stop (false).
         on: bool,
     },
+    /// Give this attempt back if it has not started: another worker has a free slot for it.
+    /// Sent only to workers whose hello announced `prefetch`, for attempts they hold beyond
+    /// their slots; one that started meanwhile (or is unknown) is ignored, so the race with
+    /// `started` is harmless.
+    Revoke {
+        /// Which attempt.
+        attempt: AttemptRef,
+    },
 }
 
 /// What a client (the combined role) sends: requests as an actioner, and worker messages for

@@ -30,6 +30,7 @@ fn worker_hello() -> Hello {
             handlers: vec!["render".into()],
             previous_id: None,
             streams_output: false,
+            prefetch: 0,
         }),
         BodyCodec::Msgpack,
         "c0ffee",

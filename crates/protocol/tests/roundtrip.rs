@@ -592,6 +592,7 @@ fn to_worker() -> Vec<CoordinatorToWorker> {
             attempt: attempt(),
             on: true,
         },
+        CoordinatorToWorker::Revoke { attempt: attempt() },
         CoordinatorToWorker::Error(ErrorReply::new(ErrorKind::InvalidRequest, "no")),
         CoordinatorToWorker::Shutdown {
             reason: "bye".into(),
@@ -608,7 +609,8 @@ fn to_worker() -> Vec<CoordinatorToWorker> {
             | CoordinatorToWorker::HeartbeatAck
             | CoordinatorToWorker::Error(_)
             | CoordinatorToWorker::Shutdown { .. }
-            | CoordinatorToWorker::Follow { .. } => {}
+            | CoordinatorToWorker::Follow { .. }
+            | CoordinatorToWorker::Revoke { .. } => {}
         }
     }
     v
@@ -626,6 +628,7 @@ fn hellos() -> Vec<Hello> {
                 handlers: vec!["render".into()],
                 previous_id: Some(WorkerId(9)),
                 streams_output: true,
+                prefetch: 2,
             }),
             BodyCodec::Bincode,
             "secret",

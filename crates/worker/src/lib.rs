@@ -35,6 +35,11 @@ pub struct WorkerConfig {
     pub block: BlockType,
     /// How many at once.
     pub slots: u32,
+    /// How many tasks it takes beyond its slots, each started the moment a slot frees: the
+    /// dispatch's round trip then no longer leaves a slot empty between two short tasks. The
+    /// coordinator gives this room only when no other worker has a free slot, and asks a held
+    /// task back when one gets free. 0 (the default) takes no more than the slots.
+    pub prefetch: u32,
     /// Name for people.
     pub name: String,
     /// Host name reported.
@@ -70,6 +75,7 @@ impl WorkerConfig {
             token_file: None,
             block,
             slots,
+            prefetch: 0,
             name: format!("{host}-{}", std::process::id()),
             host,
             tags: Vec::new(),

@@ -23,6 +23,11 @@ struct Args {
     /// How many tasks at once [default: CPUs for sync, 256 for async].
     #[arg(long)]
     slots: Option<u32>,
+    /// Tasks to take beyond the slots, each started the moment a slot frees (for many short
+    /// tasks: no slot waits for the next dispatch). The coordinator fills this room only when no
+    /// other worker has a free slot, and takes a held task back when one gets free.
+    #[arg(long, default_value_t = 0)]
+    prefetch: u32,
     /// Name shown in `worker list` [default: host-pid].
     #[arg(long)]
     name: Option<String>,
@@ -101,6 +106,7 @@ async fn main() -> Result<()> {
         anyhow::ensure!(s > 0, "--slots must be at least 1");
         cfg.slots = s;
     }
+    cfg.prefetch = args.prefetch;
     if let Some(n) = args.name {
         cfg.name = n;
     }

@@ -2,14 +2,14 @@
 //! drops, keep running, reconnect with backoff, reattach what still runs and resend every result
 //! the coordinator has not acknowledged.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use anyhow::Result;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tatzelwurm_protocol::client::{HandshakeError, handshake};
 use tatzelwurm_protocol::{
-    AttemptRef, AttemptReport, BlockType, CoordinatorToWorker, DEFAULT_MAX_FRAME, Hello,
+    AttemptRef, AttemptReport, BlockType, CoordinatorToWorker, DEFAULT_MAX_FRAME, Dispatch, Hello,
     MessageCodec, Outcome, Role, WorkerHello, WorkerId, WorkerToCoordinator, now_ms,
 };
 use tokio::net::TcpStream;
@@ -37,17 +37,33 @@ pub struct Stop {
     pub now: CancellationToken,
 }
 
+/// A dispatch taken beyond the slots (`prefetch`), waiting for one to free.
+struct Held {
+    dispatch: Box<Dispatch>,
+    /// Paused before it started: it waits until resumed, slot or not.
+    paused: bool,
+    /// Somebody follows its output: streamed from its start.
+    follow: bool,
+}
+
 struct State {
     cfg: WorkerConfig,
     handlers: Handlers,
     runner: Runner,
     id: Option<WorkerId>,
     running: HashMap<AttemptRef, mpsc::UnboundedSender<Control>>,
+    /// Dispatches beyond the slots, started in this order as slots free.
+    held: VecDeque<Held>,
+    /// A `reattach` went out on this connection and its answer has not come: held tasks wait
+    /// for it, since it may drop them (given to another worker while this one was away).
+    reattach_pending: bool,
     /// Attempts the coordinator told us to drop: not reported when this worker stopped them, but
     /// reported late when they had ended on their own.
     dropped: HashSet<AttemptRef>,
     /// Finished attempts whose reports the coordinator has not acknowledged.
     unacked: HashMap<AttemptRef, AttemptReport>,
+    /// Reports of held tasks given back, in `unacked`, not yet sent on this connection.
+    unsent: Vec<AttemptRef>,
     draining: bool,
     /// The heartbeat interval the coordinator asked for.
     heartbeat: Duration,
@@ -172,6 +188,7 @@ async fn connect(st: &mut State) -> Result<Conn> {
             handlers: st.handlers.names(),
             previous_id: st.id,
             streams_output: true,
+            prefetch: st.cfg.prefetch,
         }),
         st.cfg.codec,
         st.cfg.token.clone(),
@@ -189,13 +206,16 @@ async fn connect(st: &mut State) -> Result<Conn> {
     }
     info!(worker = %id, coordinator = %st.cfg.coordinator, heartbeat_ms = welcome.heartbeat_ms, "connected");
     // Claim what runs and what finished unacknowledged, so that none of it is given to another.
+    // Held tasks are claimed too: they were given to this worker and are still its own.
     let claims: Vec<AttemptRef> = st
         .running
         .keys()
+        .chain(st.held.iter().map(|h| &h.dispatch.attempt))
         .chain(st.unacked.keys())
         .copied()
         .collect();
-    if !claims.is_empty() || hello_had_id(&hello) {
+    st.reattach_pending = !claims.is_empty() || hello_had_id(&hello);
+    if st.reattach_pending {
         conn.feed(WorkerToCoordinator::Reattach { running: claims })
             .await?;
     }
@@ -206,6 +226,7 @@ async fn connect(st: &mut State) -> Result<Conn> {
         })
         .await?;
     }
+    st.unsent.clear();
     if st.draining {
         conn.feed(WorkerToCoordinator::Draining).await?;
     }
@@ -242,8 +263,11 @@ impl State {
             runner,
             id: None,
             running: HashMap::new(),
+            held: VecDeque::new(),
+            reattach_pending: false,
             dropped: HashSet::new(),
             unacked: HashMap::new(),
+            unsent: Vec::new(),
             draining: false,
             heartbeat: Duration::from_secs(5),
             lease: Duration::from_secs(30),
@@ -255,6 +279,7 @@ impl State {
     fn finished(&self) -> bool {
         (self.draining || self.exit_deadline.is_some())
             && self.running.is_empty()
+            && self.held.is_empty()
             && self.unacked.is_empty()
     }
 
@@ -284,11 +309,44 @@ impl State {
     fn start_drain(&mut self) {
         info!(
             running = self.running.len(),
+            held = self.held.len(),
             grace_s = self.cfg.drain_grace.as_secs(),
             "draining: taking no new tasks"
         );
         self.draining = true;
         self.drain_deadline = Some(Instant::now() + self.cfg.drain_grace);
+        // Held tasks never started: another worker can have them now.
+        self.hand_back_held("the worker is draining");
+    }
+
+    /// Gives back every held task: each gets a `handed_back` report, sent with the others that
+    /// wait in `unacked` (at once by [`send_unsent`], or after the next connect).
+    fn hand_back_held(&mut self, why: &str) {
+        while let Some(h) = self.held.pop_front() {
+            self.give_back(h.dispatch.attempt, why);
+        }
+    }
+
+    /// Records a `handed_back` report of an attempt that never started.
+    fn give_back(&mut self, attempt: AttemptRef, why: &str) {
+        info!(task = %attempt.task, attempt = attempt.attempt, reason = why, "giving back a held task");
+        let report = AttemptReport {
+            outcome: Some(Outcome::HandedBack),
+            error: Some(why.into()),
+            ended_ms: now_ms(),
+            ..Default::default()
+        };
+        self.unacked.insert(attempt, report);
+        self.unsent.push(attempt);
+    }
+
+    /// Takes a held dispatch out of the queue.
+    fn take_held(&mut self, attempt: AttemptRef) -> Option<Held> {
+        let i = self
+            .held
+            .iter()
+            .position(|h| h.dispatch.attempt == attempt)?;
+        self.held.remove(i)
     }
 
     fn hand_back_all(&mut self, why: &str) {
@@ -305,6 +363,7 @@ impl State {
         );
         self.draining = true;
         self.hand_back_all("the worker stopped");
+        self.hand_back_held("the worker stopped");
         self.exit_deadline = Some(Instant::now() + Duration::from_secs(3) + self.cfg.kill_grace);
     }
 }
@@ -425,10 +484,80 @@ async fn session(
                 return End::Done;
             }
         };
+        // Slots freed by the reports above (or a held task resumed) start what is held, unless
+        // the coordinator was silent for longer than the lease: it may have given those away.
+        let res = match res {
+            Ok(()) if last_inbound.elapsed() <= st.lease => start_held(st, &mut conn).await,
+            other => other,
+        };
+        let res = match res {
+            Ok(()) => send_unsent(st, &mut conn).await,
+            other => other,
+        };
         if let Err(why) = res {
             return End::Lost(why);
         }
     }
+}
+
+/// Starts held tasks while slots are free (a paused one waits for its resume).
+async fn start_held(st: &mut State, conn: &mut Conn) -> Result<(), String> {
+    if st.reattach_pending {
+        return Ok(());
+    }
+    let mut started = false;
+    while st.running.len() < st.cfg.slots as usize {
+        let Some(i) = st.held.iter().position(|h| !h.paused) else {
+            break;
+        };
+        let h = st.held.remove(i).expect("found");
+        start(st, conn, h.dispatch, h.follow).await?;
+        started = true;
+    }
+    if started {
+        conn.flush().await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Sends the reports of held tasks given back since the last call.
+async fn send_unsent(st: &mut State, conn: &mut Conn) -> Result<(), String> {
+    if st.unsent.is_empty() {
+        return Ok(());
+    }
+    for attempt in std::mem::take(&mut st.unsent) {
+        if let Some(report) = st.unacked.get(&attempt) {
+            conn.feed(WorkerToCoordinator::Finished {
+                attempt,
+                report: report.clone(),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    conn.flush().await.map_err(|e| e.to_string())
+}
+
+/// Starts an attempt now; its `started` is fed, for the caller to flush.
+async fn start(
+    st: &mut State,
+    conn: &mut Conn,
+    d: Box<Dispatch>,
+    follow: bool,
+) -> Result<(), String> {
+    let attempt = d.attempt;
+    debug!(task = %attempt.task, attempt = attempt.attempt, payload = %d.payload.describe(), "starting");
+    let ctl = st.runner.start(*d);
+    if follow {
+        let _ = ctl.send(Control::Follow(true));
+    }
+    st.running.insert(attempt, ctl);
+    conn.feed(WorkerToCoordinator::Started {
+        attempt,
+        at_ms: now_ms(),
+    })
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// Handles one message. `out_of_touch`: nothing came from the coordinator for longer than the
@@ -444,7 +573,10 @@ async fn handle(
     match msg {
         CoordinatorToWorker::Dispatch(d) => {
             let attempt = d.attempt;
-            if st.running.contains_key(&attempt) || st.unacked.contains_key(&attempt) {
+            if st.running.contains_key(&attempt)
+                || st.unacked.contains_key(&attempt)
+                || st.held.iter().any(|h| h.dispatch.attempt == attempt)
+            {
                 debug!(task = %attempt.task, "duplicate dispatch ignored");
                 return Ok(());
             }
@@ -471,44 +603,77 @@ async fn handle(
                     .await
                     .map_err(|e| e.to_string());
             }
-            debug!(task = %attempt.task, attempt = attempt.attempt, payload = %d.payload.describe(), "starting");
-            let ctl = st.runner.start(*d);
-            st.running.insert(attempt, ctl);
+            // Beyond the slots (the coordinator used this worker's prefetch room): held until
+            // one frees. A worker without prefetch starts whatever it is sent, as it always did.
+            if st.cfg.prefetch > 0 && st.running.len() >= st.cfg.slots as usize {
+                debug!(task = %attempt.task, attempt = attempt.attempt, held = st.held.len() + 1, "holding until a slot frees");
+                st.held.push_back(Held {
+                    dispatch: d,
+                    paused: false,
+                    follow: false,
+                });
+                return Ok(());
+            }
             // Fed, not sent: the caller flushes once the messages that came with it are handled.
-            conn.feed(WorkerToCoordinator::Started {
-                attempt,
-                at_ms: now_ms(),
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+            start(st, conn, d, false).await?;
         }
         CoordinatorToWorker::Kill { attempt } => {
             if let Some(ctl) = st.running.get(&attempt) {
                 info!(task = %attempt.task, "killing");
                 let _ = ctl.send(Control::Stop(Outcome::Killed, "killed on request".into()));
+            } else if st.take_held(attempt).is_some() {
+                info!(task = %attempt.task, "killed before it started");
+                let report = AttemptReport {
+                    outcome: Some(Outcome::Killed),
+                    error: Some("killed on request before it started".into()),
+                    ended_ms: now_ms(),
+                    ..Default::default()
+                };
+                st.unacked.insert(attempt, report);
+                st.unsent.push(attempt);
             }
         }
         CoordinatorToWorker::Pause { attempt } => {
             if let Some(ctl) = st.running.get(&attempt) {
                 let _ = ctl.send(Control::Pause);
+            } else if let Some(h) = st.held.iter_mut().find(|h| h.dispatch.attempt == attempt) {
+                h.paused = true;
             }
         }
         CoordinatorToWorker::Resume { attempt } => {
             if let Some(ctl) = st.running.get(&attempt) {
                 let _ = ctl.send(Control::Resume);
+            } else if let Some(h) = st.held.iter_mut().find(|h| h.dispatch.attempt == attempt) {
+                h.paused = false;
             }
         }
         CoordinatorToWorker::Follow { attempt, on } => {
             if let Some(ctl) = st.running.get(&attempt) {
                 let _ = ctl.send(Control::Follow(on));
+            } else if let Some(h) = st.held.iter_mut().find(|h| h.dispatch.attempt == attempt) {
+                h.follow = on;
+            }
+        }
+        CoordinatorToWorker::Revoke { attempt } => {
+            // Started meanwhile (its `started` is on its way) or unknown: nothing to give back.
+            if st.take_held(attempt).is_some() {
+                st.give_back(
+                    attempt,
+                    "given back before it started: another worker has a free slot",
+                );
             }
         }
         CoordinatorToWorker::Ack { attempt } => {
             st.unacked.remove(&attempt);
         }
         CoordinatorToWorker::Reattached { keep, drop } => {
+            st.reattach_pending = false;
             info!(kept = keep.len(), dropped = drop.len(), "reattached");
             for a in drop {
+                // A held task given to another meanwhile: forgotten, it never started.
+                if st.take_held(a).is_some() {
+                    continue;
+                }
                 if let Some(ctl) = st.running.get(&a) {
                     st.dropped.insert(a);
                     let _ = ctl.send(Control::Stop(

@@ -158,6 +158,8 @@ struct Worker {
     held_back: bool,
     /// It streams a command's output when asked (its hello said so).
     streams_output: bool,
+    /// Tasks it takes beyond its slots (its hello's `prefetch`), started as its slots free.
+    prefetch: u32,
 }
 
 impl Worker {
@@ -249,6 +251,11 @@ pub struct Core {
     /// not (the task's timeout plus a lease of grace, from the dispatch). Entries of attempts
     /// that ended meanwhile are stale and skipped.
     deadlines: BTreeSet<(u64, TaskId, u32)>,
+    /// A tick passed since the last look for tasks held beyond a worker's slots that a free
+    /// slot elsewhere could start ([`Core::revoke_held`]).
+    revoke_due: bool,
+    /// Held attempts asked back (`revoke`) and not yet given back or started: asked once.
+    revoking: HashSet<AttemptRef>,
     dirty_workers: HashSet<WorkerId>,
     removed_workers: Vec<WorkerId>,
     durable: Vec<(ConnId, Out)>,
@@ -420,6 +427,8 @@ impl Core {
             ended: BTreeSet::new(),
             removed: Vec::new(),
             deadlines: BTreeSet::new(),
+            revoke_due: false,
+            revoking: HashSet::new(),
             dirty_workers: HashSet::new(),
             removed_workers: Vec::new(),
             durable: Vec::new(),
@@ -466,6 +475,7 @@ impl Core {
                     client: false,
                     held_back: false,
                     streams_output: false,
+                    prefetch: 0,
                 },
             );
         }
@@ -934,6 +944,7 @@ impl Core {
 mod follow;
 mod idmap;
 mod messaging;
+mod prefetch;
 mod queues;
 mod subscriptions;
 mod table;

@@ -82,6 +82,7 @@ impl Core {
                 client: true,
                 held_back: false,
                 streams_output: false,
+                prefetch: 0,
             });
             self.dirty_workers.insert(w);
         }
@@ -177,6 +178,8 @@ impl Core {
             .map(|w| (w.held, w.client, w.held_back))
             .unwrap_or_default();
         let streams_output = hello.streams_output;
+        // A client takes message tasks one by one as it asks: nothing to hold ahead.
+        let prefetch = if client { 0 } else { hello.prefetch };
         let info = WorkerInfo {
             id,
             name: hello.name,
@@ -202,6 +205,7 @@ impl Core {
                 WorkerSpec {
                     block: info.block,
                     slots: info.slots,
+                    prefetch,
                     running: held.len() as u32,
                     handlers: info.handlers.clone(),
                     tags: info.tags.clone(),
@@ -226,6 +230,7 @@ impl Core {
                 client,
                 held_back,
                 streams_output,
+                prefetch,
             },
         );
         self.conns.insert(conn, Conn::Worker(id));
@@ -294,6 +299,7 @@ impl Core {
             }
         }
         self.last_tick = Some(now);
+        self.revoke_due = true;
         self.flush_lazy();
         self.remove_expired(now);
         self.end_overdue(now);
@@ -381,12 +387,26 @@ impl Core {
             let Some(w) = task.holder().filter(|&w| task.is_current(w, number)) else {
                 continue; // ended meanwhile
             };
-            if task.state() == TaskState::Paused {
-                // A suspended attempt's clock stops: look again a whole timeout later.
+            let prefetching = self.workers.get(&w).is_some_and(|x| x.prefetch > 0);
+            // A suspended attempt's clock stops, and one held beyond its worker's slots has not
+            // started: look again a whole timeout later.
+            if task.state() == TaskState::Paused
+                || (prefetching && task.state() == TaskState::Assigned)
+            {
                 later.extend(
                     overdue_at(task.info.spec.timeout_ms, now, self.cfg.lease_ms)
                         .map(|at| (at, id, number)),
                 );
+                continue;
+            }
+            // A held attempt's timeout runs from its start, not from its dispatch.
+            if prefetching
+                && let Some(due) = task.info.times.running_ms.and_then(|started| {
+                    overdue_at(task.info.spec.timeout_ms, started, self.cfg.lease_ms)
+                })
+                && due > now
+            {
+                later.push((due, id, number));
                 continue;
             }
             let timeout = task.info.spec.timeout_ms.unwrap_or(0);
@@ -457,6 +477,11 @@ impl Core {
                 }
             }
             if picks.is_empty() {
+                // Every free slot that is left found nothing ready: it may take a task that
+                // another worker holds beyond its slots (once a tick).
+                if std::mem::take(&mut self.revoke_due) {
+                    self.revoke_held();
+                }
                 return n + self.dispatch_messages(now);
             }
             for (id, w) in picks {
@@ -730,5 +755,6 @@ fn client_hello(hello: &ClientHello, previous_id: Option<WorkerId>) -> WorkerHel
         handlers: vec![],
         previous_id,
         streams_output: false,
+        prefetch: 0,
     }
 }

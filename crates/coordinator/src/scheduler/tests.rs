@@ -14,6 +14,7 @@ fn worker(block: BlockType, slots: u32, running: u32) -> WorkerSpec {
     WorkerSpec {
         block,
         slots,
+        prefetch: 0,
         running,
         handlers: vec![],
         tags: vec![],
@@ -431,4 +432,42 @@ fn soft_affinity_ranks_by_how_many_preferred_tags_match() {
     let pref = [tag("a=1"), tag("b=2")];
     s.enqueue(Q, Kind::of(BlockType::Async), 0, TaskId::new());
     assert_eq!(s.next(|_, _| Some(&pref[..])).unwrap().1, WorkerId(2));
+}
+
+#[test]
+fn prefetch_room_comes_after_every_free_slot_even_a_less_preferred_one() {
+    let mut s = Scheduler::new();
+    // Worker 1 has the tag the tasks prefer and one slot with one task held beyond it; worker
+    // 2 lacks the tag but has free slots.
+    s.set_worker(
+        WorkerId(1),
+        WorkerSpec {
+            prefetch: 2,
+            ..tagged(1, &["curve=USD"])
+        },
+    );
+    s.set_worker(WorkerId(2), tagged(2, &[]));
+    let usd = [tag("curve=USD")];
+    let look = |_: TaskId, _: u64| Some(&usd[..]);
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        s.enqueue(Q, Kind::of(BlockType::Async), 0, TaskId::new());
+        got.push(s.next(look).map(|(_, w, _)| w));
+    }
+    assert_eq!(
+        got,
+        [
+            Some(WorkerId(1)),
+            Some(WorkerId(2)),
+            Some(WorkerId(2)),
+            Some(WorkerId(1)),
+            Some(WorkerId(1)),
+            None,
+        ],
+        "the preferred slot, the other worker's slots, then the prefetch room, then nothing"
+    );
+    assert!(!s.free_slot_for(WorkerId(1), &Kind::of(BlockType::Async)));
+    s.release(WorkerId(2), Q);
+    assert!(s.free_slot_for(WorkerId(2), &Kind::of(BlockType::Async)));
+    assert_eq!(s.free_slots(WorkerId(2)), 1);
 }

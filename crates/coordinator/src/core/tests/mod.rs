@@ -6,6 +6,7 @@ use tatzelwurm_protocol::{BlockType, Outcome, Payload};
 mod commits;
 mod follow;
 mod messaging;
+mod prefetch;
 mod queues;
 mod subscriptions;
 mod table;
@@ -45,6 +46,7 @@ pub(super) fn hello(name: &str, slots: u32) -> WorkerHello {
         handlers: vec![],
         previous_id: None,
         streams_output: false,
+        prefetch: 0,
     }
 }
 
