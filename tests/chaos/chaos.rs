@@ -2,8 +2,8 @@
 //!
 //! It starts a real coordinator on surrealkv, real workers (each behind a proxy it can cut) and
 //! in-process clients, and for `--seconds` injects faults at random from a printed seed: `kill -9`
-//! and restart of the coordinator; `kill -9`, SIGSTOP/SIGCONT and restart of workers; cuts, heals
-//! and resets of a worker's network; a full disk under the store (when it can mount a tmpfs,
+//! and restart of the coordinator; `kill -9`, SIGSTOP/SIGCONT and restart of workers (every other
+//! one holding tasks beyond its slots, `--prefetch 2`); cuts, heals and resets of a worker's network; a full disk under the store (when it can mount a tmpfs,
 //! i.e. as root); pauses, kills and cut-off requests from the clients. Every task is this binary's
 //! `run-task`, which appends its start and end (with the machine's monotonic clock) to a history
 //! file outside the system. At the end it heals everything, lets the queue drain, restarts the
@@ -225,6 +225,11 @@ impl Campaign {
         let slot = &mut self.slots[i];
         let mut args = vec!["--name".to_string(), slot.name.clone()];
         args.extend(self.worker_args.iter().cloned());
+        // Every other worker holds tasks beyond its slots, so that held tasks meet every fault
+        // too (revoked, claimed at a reattach, lost with their worker).
+        if i % 2 == 1 {
+            args.extend(["--prefetch".to_string(), "2".to_string()]);
+        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let w = Worker::start(
             &slot.proxy.addr.to_string(),
@@ -754,6 +759,14 @@ fn campaign(args: &Args, seed: u64) -> Result<bool> {
     );
     println!("final states of acknowledged tasks: {:?}", v.states);
     println!("events: {kinds:?}");
+    // How often the prefetching worker's held tasks were moved to a free one.
+    println!(
+        "held tasks asked back: {}",
+        c.coord
+            .log_text()
+            .matches("a held task is asked back")
+            .count()
+    );
     println!(
         "tasks that ran to the end twice, by cause: {:?}",
         v.double_runs
