@@ -1069,7 +1069,7 @@ mod tests {
 
     #[tokio::test]
     async fn counters_written_with_a_batch_are_read_back_and_survive_a_checkpoint() {
-        let store = Store::open(&opts("mem://", 0)).await.unwrap();
+        let store = Store::open(&opts("mem://", u64::MAX)).await.unwrap();
         assert_eq!(store.load().await.unwrap().counters, Counters::default());
         let c = Counters {
             next_worker: 7,
