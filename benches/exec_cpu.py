@@ -18,15 +18,18 @@ import argparse
 import collections
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
 
-def pid_of(name):
-    """The newest process called `name`, or None."""
-    out = subprocess.run(["pgrep", "-n", "-x", name], capture_output=True, text=True).stdout
+def pid_of(name, parent):
+    """The newest child of `parent` called `name`, or None."""
+    out = subprocess.run(
+        ["pgrep", "-n", "-P", str(parent), "-x", name], capture_output=True, text=True
+    ).stdout
     return int(out) if out.strip() else None
 
 
@@ -83,6 +86,8 @@ def main():
     ap.add_argument("--block", default="async")
     ap.add_argument("--seconds", type=float, default=4.0, help="length of each sample window")
     a = ap.parse_args()
+    if shutil.which("perf") is None:
+        sys.exit("exec_cpu.py needs perf (linux-tools / linux-perf)")
     env = dict(os.environ, TATZELWURM_BIN_DIR=a.bin_dir)
     cmd = [
         os.path.join(a.bin_dir, "tatzelwurm-bench"),
@@ -91,9 +96,11 @@ def main():
     ]
     with tempfile.TemporaryDirectory() as tmp:
         bench = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
-        while (worker := pid_of("workwurm")) is None:
+        while (worker := pid_of("workwurm", bench.pid)) is None:
+            if bench.poll() is not None:
+                sys.exit("the load tool ended before its worker started")
             time.sleep(0.05)
-        coordinator = pid_of("tatzelwurm")
+        coordinator = pid_of("tatzelwurm", bench.pid)
         # The raw spawns start once the worker is connected.
         time.sleep(1.0)
         record(f"{tmp}/raw", a.seconds)
