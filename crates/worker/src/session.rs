@@ -720,6 +720,50 @@ mod tests {
         }
     }
 
+    fn held(a: AttemptRef) -> Held {
+        Held {
+            dispatch: Box::new(Dispatch {
+                attempt: a,
+                name: None,
+                payload: tatzelwurm_protocol::Payload::Sleep { duration_ms: 1 },
+                timeout_ms: None,
+                user_key: None,
+                user_data: Default::default(),
+            }),
+            paused: false,
+            follow: false,
+        }
+    }
+
+    #[test]
+    fn a_draining_worker_gives_back_what_it_holds_and_waits_for_the_acks() {
+        let mut st = state();
+        let (a, b) = (attempt(), attempt());
+        st.held.push_back(held(a));
+        st.held.push_back(held(b));
+        st.start_drain();
+        assert!(st.held.is_empty());
+        assert_eq!(st.unsent, vec![a, b], "to be sent, in order");
+        for x in [a, b] {
+            assert_eq!(st.unacked[&x].outcome, Some(Outcome::HandedBack));
+        }
+        assert!(!st.finished(), "not before the coordinator has the reports");
+        st.unacked.clear();
+        assert!(st.finished());
+    }
+
+    #[test]
+    fn a_held_task_is_taken_out_by_its_attempt_only() {
+        let mut st = state();
+        let (a, b) = (attempt(), attempt());
+        st.held.push_back(held(a));
+        st.held.push_back(held(b));
+        assert!(st.take_held(attempt()).is_none(), "not held here");
+        assert_eq!(st.take_held(b).map(|h| h.dispatch.attempt), Some(b));
+        assert_eq!(st.held.len(), 1);
+        assert_eq!(st.held[0].dispatch.attempt, a);
+    }
+
     #[test]
     fn an_attempt_that_ended_on_its_own_after_its_drop_is_reported_late() {
         // The command finished while the worker was frozen; the coordinator's drop reached the
