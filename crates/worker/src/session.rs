@@ -323,15 +323,16 @@ impl State {
     /// wait in `unacked` (at once by [`send_unsent`], or after the next connect).
     fn hand_back_held(&mut self, why: &str) {
         while let Some(h) = self.held.pop_front() {
-            self.give_back(h.dispatch.attempt, why);
+            self.end_unstarted(h.dispatch.attempt, Outcome::HandedBack, why);
         }
     }
 
-    /// Records a `handed_back` report of an attempt that never started.
-    fn give_back(&mut self, attempt: AttemptRef, why: &str) {
-        info!(task = %attempt.task, attempt = attempt.attempt, reason = why, "giving back a held task");
+    /// Records the report of a held attempt that ends without having started (given back or
+    /// killed), to be sent with the others in `unacked`.
+    fn end_unstarted(&mut self, attempt: AttemptRef, outcome: Outcome, why: &str) {
+        info!(task = %attempt.task, attempt = attempt.attempt, ?outcome, reason = why, "a held task ends unstarted");
         let report = AttemptReport {
-            outcome: Some(Outcome::HandedBack),
+            outcome: Some(outcome),
             error: Some(why.into()),
             ended_ms: now_ms(),
             ..Default::default()
@@ -340,12 +341,20 @@ impl State {
         self.unsent.push(attempt);
     }
 
+    /// Where `attempt` waits among the held dispatches.
+    fn held_index(&self, attempt: AttemptRef) -> Option<usize> {
+        self.held.iter().position(|h| h.dispatch.attempt == attempt)
+    }
+
+    /// A held dispatch, to mark.
+    fn held_mut(&mut self, attempt: AttemptRef) -> Option<&mut Held> {
+        let i = self.held_index(attempt)?;
+        self.held.get_mut(i)
+    }
+
     /// Takes a held dispatch out of the queue.
     fn take_held(&mut self, attempt: AttemptRef) -> Option<Held> {
-        let i = self
-            .held
-            .iter()
-            .position(|h| h.dispatch.attempt == attempt)?;
+        let i = self.held_index(attempt)?;
         self.held.remove(i)
     }
 
@@ -575,7 +584,7 @@ async fn handle(
             let attempt = d.attempt;
             if st.running.contains_key(&attempt)
                 || st.unacked.contains_key(&attempt)
-                || st.held.iter().any(|h| h.dispatch.attempt == attempt)
+                || st.held_index(attempt).is_some()
             {
                 debug!(task = %attempt.task, "duplicate dispatch ignored");
                 return Ok(());
@@ -622,43 +631,40 @@ async fn handle(
                 info!(task = %attempt.task, "killing");
                 let _ = ctl.send(Control::Stop(Outcome::Killed, "killed on request".into()));
             } else if st.take_held(attempt).is_some() {
-                info!(task = %attempt.task, "killed before it started");
-                let report = AttemptReport {
-                    outcome: Some(Outcome::Killed),
-                    error: Some("killed on request before it started".into()),
-                    ended_ms: now_ms(),
-                    ..Default::default()
-                };
-                st.unacked.insert(attempt, report);
-                st.unsent.push(attempt);
+                st.end_unstarted(
+                    attempt,
+                    Outcome::Killed,
+                    "killed on request before it started",
+                );
             }
         }
         CoordinatorToWorker::Pause { attempt } => {
             if let Some(ctl) = st.running.get(&attempt) {
                 let _ = ctl.send(Control::Pause);
-            } else if let Some(h) = st.held.iter_mut().find(|h| h.dispatch.attempt == attempt) {
+            } else if let Some(h) = st.held_mut(attempt) {
                 h.paused = true;
             }
         }
         CoordinatorToWorker::Resume { attempt } => {
             if let Some(ctl) = st.running.get(&attempt) {
                 let _ = ctl.send(Control::Resume);
-            } else if let Some(h) = st.held.iter_mut().find(|h| h.dispatch.attempt == attempt) {
+            } else if let Some(h) = st.held_mut(attempt) {
                 h.paused = false;
             }
         }
         CoordinatorToWorker::Follow { attempt, on } => {
             if let Some(ctl) = st.running.get(&attempt) {
                 let _ = ctl.send(Control::Follow(on));
-            } else if let Some(h) = st.held.iter_mut().find(|h| h.dispatch.attempt == attempt) {
+            } else if let Some(h) = st.held_mut(attempt) {
                 h.follow = on;
             }
         }
         CoordinatorToWorker::Revoke { attempt } => {
             // Started meanwhile (its `started` is on its way) or unknown: nothing to give back.
             if st.take_held(attempt).is_some() {
-                st.give_back(
+                st.end_unstarted(
                     attempt,
+                    Outcome::HandedBack,
                     "given back before it started: another worker has a free slot",
                 );
             }
@@ -735,12 +741,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_draining_worker_gives_back_what_it_holds_and_waits_for_the_acks() {
+    /// A worker holding two attempts, in this order.
+    fn holding_two() -> (State, AttemptRef, AttemptRef) {
         let mut st = state();
         let (a, b) = (attempt(), attempt());
         st.held.push_back(held(a));
         st.held.push_back(held(b));
+        (st, a, b)
+    }
+
+    #[test]
+    fn a_draining_worker_gives_back_what_it_holds_and_waits_for_the_acks() {
+        let (mut st, a, b) = holding_two();
         st.start_drain();
         assert!(st.held.is_empty());
         assert_eq!(st.unsent, vec![a, b], "to be sent, in order");
@@ -754,10 +766,7 @@ mod tests {
 
     #[test]
     fn a_held_task_is_taken_out_by_its_attempt_only() {
-        let mut st = state();
-        let (a, b) = (attempt(), attempt());
-        st.held.push_back(held(a));
-        st.held.push_back(held(b));
+        let (mut st, a, b) = holding_two();
         assert!(st.take_held(attempt()).is_none(), "not held here");
         assert_eq!(st.take_held(b).map(|h| h.dispatch.attempt), Some(b));
         assert_eq!(st.held.len(), 1);
