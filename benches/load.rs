@@ -82,6 +82,10 @@ struct Args {
     /// A few hundred tasks, quickly: for CI.
     #[arg(long)]
     smoke: bool,
+    /// The workers and the load client reach the coordinator through its Unix socket
+    /// (`tatzelwurm --socket`) instead of loopback TCP.
+    #[arg(long)]
+    unix: bool,
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -131,7 +135,8 @@ fn spec(kind: &str, block: BlockType) -> TaskSpec {
 
 async fn connect(c: &Coordinator) -> Result<Client> {
     let token = std::fs::read_to_string(c.token_file())?;
-    Ok(Client::connect(&c.addr, token.trim(), BodyCodec::Bincode).await?)
+    let addr = c.reach.as_ref().unwrap_or(&c.addr);
+    Ok(Client::connect(addr, token.trim(), BodyCodec::Bincode).await?)
 }
 
 /// A client subscribed to the events of every task.
@@ -446,22 +451,34 @@ async fn main() -> Result<()> {
         return Ok(());
     }
 
-    let c = Coordinator::start_with(
-        db,
-        &[
-            "--lease",
-            "30s",
-            "--heartbeat",
-            &a.heartbeat,
-            "--http",
-            "127.0.0.1:0",
-        ],
-    )?;
+    let sock_dir = tempfile::tempdir()?;
+    let sock = sock_dir.path().join("tw.sock");
+    let sock = sock
+        .to_str()
+        .context("a temporary path that is not UTF-8")?;
+    let mut flags = vec![
+        "--lease",
+        "30s",
+        "--heartbeat",
+        &a.heartbeat,
+        "--http",
+        "127.0.0.1:0",
+    ];
+    if a.unix {
+        flags.extend(["--socket", sock]);
+    }
+    let mut c = Coordinator::start_with(db, &flags)?;
+    if a.unix {
+        c.reach = Some(format!("unix:{sock}"));
+    }
     let stop = tatzelwurm_worker::session::Stop::default();
     if a.idle_workers > 0 {
         let token = std::fs::read_to_string(c.token_file())?.trim().to_string();
         for i in 0..a.idle_workers {
-            let mut cfg = tatzelwurm_worker::WorkerConfig::new(c.addr.clone(), BlockType::Async);
+            let mut cfg = tatzelwurm_worker::WorkerConfig::new(
+                c.reach.clone().unwrap_or_else(|| c.addr.clone()),
+                BlockType::Async,
+            );
             cfg.token = token.clone();
             cfg.slots = 4;
             cfg.name = format!("bench-{i}");

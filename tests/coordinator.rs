@@ -1,6 +1,6 @@
 //! The real coordinator with `mem://` and with `surrealkv://` on disk: the task life, a graceful
-//! restart that keeps every task with its state, attempts and output, and `kill -9` while tasks are
-//! being added and run.
+//! restart that keeps every task with its state, attempts and output, `kill -9` while tasks are
+//! being added and run, and peers that reach it through its Unix socket.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +35,50 @@ fn task_life_with_mem_store() {
 #[test]
 fn task_life_with_surrealkv_store() {
     life(Db::Kv);
+}
+
+#[test]
+fn workers_and_the_cli_reach_the_coordinator_through_its_unix_socket() {
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock = sock_dir.path().join("tw.sock");
+    let path = sock.to_str().unwrap();
+    let mut c = Coordinator::start_with(Db::Kv, &["--lease", "3s", "--socket", path]).unwrap();
+    c.reach = Some(format!("unix:{path}"));
+    let _w = c.worker(&["--type", "async"]);
+    let first = c.add(&["--play", "--", "sh", "-c", "echo through the socket"]);
+    c.wait_state(&first[0], "completed", LONG);
+    assert_eq!(
+        c.show(&first[0])["attempts"][0]["stdout_tail"],
+        "through the socket\n"
+    );
+    // The worker was given only the socket; the CLI's connections are logged with their process.
+    let log = c.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("actioner connected") && l.contains("peer=unix pid")),
+        "the CLI came through the socket; log:\n{log}"
+    );
+
+    // Killed, it leaves its socket file; the next start replaces it and the worker comes back.
+    c.kill9();
+    assert!(sock.exists(), "kill -9 leaves the socket file");
+    c.restart().unwrap();
+    let second = c.add(&["--play", "--", "sh", "-c", "echo again"]);
+    c.wait_state(&second[0], "completed", LONG);
+
+    // A second coordinator may not take the socket of a running one.
+    let other = Coordinator::start_with(Db::Mem, &["--socket", path]);
+    let err = format!("{:#}", other.err().expect("the socket is in use"));
+    assert!(err.contains("is the socket of a running process"), "{err}");
+    // TCP still serves beside the socket.
+    c.reach = None;
+    assert_eq!(c.all_ids().len(), 2);
+
+    assert_eq!(c.terminate(), Some(0));
+    assert!(
+        !sock.exists(),
+        "a coordinator that stops removes its socket file"
+    );
 }
 
 /// Everything a restart must keep, without the fields that change by themselves.

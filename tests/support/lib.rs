@@ -59,6 +59,9 @@ pub struct Coordinator {
     pub log: PathBuf,
     /// `http://HOST:PORT` of its HTTP edge, when the extra flags ask for one with `--http`.
     pub http: Option<String>,
+    /// How the CLI and the workers these helpers start reach it, when not through `addr`
+    /// (`unix:PATH` for its `--socket`).
+    pub reach: Option<String>,
 }
 
 impl Coordinator {
@@ -81,6 +84,7 @@ impl Coordinator {
             db,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             http: None,
+            reach: None,
         };
         c.spawn("127.0.0.1:0")?;
         Ok(c)
@@ -217,7 +221,7 @@ impl Coordinator {
     /// Runs `actionwurm` against this coordinator.
     pub fn try_action(&self, args: &[&str]) -> Result<Output> {
         let mut cmd = Command::new(bin("actionwurm"));
-        cmd.args(["--coordinator", &self.addr]);
+        cmd.args(["--coordinator", self.reach.as_ref().unwrap_or(&self.addr)]);
         // A coordinator with --insecure-no-auth has no token file.
         if self.token_file().exists() {
             cmd.arg("--token-file").arg(self.token_file());
@@ -300,7 +304,11 @@ impl Coordinator {
 
     /// Starts a worker against this coordinator.
     pub fn worker(&self, args: &[&str]) -> Worker {
-        Worker::start(&self.addr, &self.token_file(), args)
+        Worker::start(
+            self.reach.as_ref().unwrap_or(&self.addr),
+            &self.token_file(),
+            args,
+        )
     }
 }
 

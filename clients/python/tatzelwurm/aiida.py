@@ -30,7 +30,7 @@ class TatzelwurmBroker(Broker):
         BrokerConfigField(
             name="address",
             prompt="Coordinator address",
-            help="HOST:PORT of the tatzelwurm coordinator.",
+            help="HOST:PORT of the tatzelwurm coordinator, or unix:PATH for its Unix socket.",
             default=DEFAULT_ADDR,
             param_type="string",
         ),
@@ -148,7 +148,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tatzelwurm.aiida",
                                 description="Make tatzelwurm the broker of an AiiDA profile.")
     p.add_argument("--profile", help="the profile (default: the default profile)")
-    p.add_argument("--address", default=DEFAULT_ADDR, help="the coordinator, HOST:PORT")
+    p.add_argument("--address", default=DEFAULT_ADDR, help="the coordinator, HOST:PORT or unix:PATH")
     p.add_argument("--token-file", default="", help="the coordinator's token file")
     p.add_argument("--namespace", default="", help="the namespace (default: the profile's UUID)")
     args = p.parse_args(argv)

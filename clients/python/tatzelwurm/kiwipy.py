@@ -237,7 +237,7 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
     """kiwipy's `Communicator` over a tatzelwurm coordinator. Thread-safe; every method but the
     subscribers' callbacks may be called from any thread.
 
-    `addr` is `HOST:PORT`; the token is read from `token_file`, else as the other clients find it
+    `addr` is `HOST:PORT` or `unix:PATH`; the token is read from `token_file`, else as the other clients find it
     (`TATZELWURM_TOKEN_FILE`, then the default data dir). `namespace` separates users of one
     coordinator (an AiiDA profile's UUID); `task_queue` names the default queue and
     `task_prefetch_count` how many of its tasks this client holds at once. `encoder` and

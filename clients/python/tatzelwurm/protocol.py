@@ -45,9 +45,29 @@ def read_token(token_file=None):
         return f.read().strip()
 
 
+UNIX_PREFIX = "unix:"
+
+
 def split_addr(addr):
     host, _, port = addr.rpartition(":")
     return host or "127.0.0.1", int(port)
+
+
+def open_socket(addr, timeout):
+    """A connected socket to `addr`: `unix:PATH` is a coordinator's Unix socket (tatzelwurm
+    --socket), anything else `HOST:PORT` over TCP."""
+    if addr.startswith(UNIX_PREFIX):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(addr[len(UNIX_PREFIX):])
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    sock = socket.create_connection(split_addr(addr), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def pack(obj):
@@ -95,12 +115,10 @@ def variant(msg):
 
 def connect(addr, role, token, timeout=10.0):
     """Opens a connection and shakes hands; returns (socket, welcome dict)."""
-    host, port = split_addr(addr)
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        sock = open_socket(addr, timeout)
     except OSError as e:
         raise ConnectionError(f"cannot reach the coordinator at {addr}: {e}") from e
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     hello = {"magic": MAGIC, "version": PROTOCOL_VERSION, "role": role, "codec": "msgpack", "token": token}
     send_frame(sock, hello)
     name, body = variant(recv_frame(sock))

@@ -2,11 +2,13 @@
 
 import asyncio
 import json
+import os
 import time
 import uuid
 
 import pytest
 
+from conftest import Coordinator
 from tatzelwurm import AsyncClient, TatzelwurmError, custom_task, exec_task, sleep_task
 
 
@@ -304,3 +306,30 @@ def test_bulk_changes_take_a_filter(coordinator):
         assert c.play(tasks_where(states=["paused"])) == [two]
         assert sorted(c.remove(tasks_where(states=["killed"]))) == sorted(ones)
         assert [t["id"] for t in c.list()] == [two]
+
+
+def test_client_worker_and_communicator_reach_the_coordinator_through_its_unix_socket(tmp_path):
+    sock = tmp_path / "tw.sock"
+    c = Coordinator(tmp_path, extra=["--socket", str(sock)])
+    try:
+        # Every helper below (workers, clients, actionwurm) now goes through the socket.
+        c.addr = f"unix:{sock}"
+        c.python_worker("py-unix")
+        c.wait_workers(1)
+        with c.client() as client:
+            [tid] = client.add(custom_task("py_upper", "over a socket"), play=True)
+            assert client.wait(tid) == {tid: "completed"}
+            assert client.show(tid)["attempts"][0]["output"] == "OVER A SOCKET"
+        pytest.importorskip("kiwipy")
+        from tatzelwurm.kiwipy import TatzelwurmCommunicator
+
+        comm = TatzelwurmCommunicator(c.addr, token_file=c.token_file, namespace="unix")
+        try:
+            comm.add_rpc_subscriber(lambda _comm, msg: msg * 2, "doubler")
+            assert comm.rpc_send("doubler", 21).result(timeout=20) == 42
+        finally:
+            comm.close()
+        with open(os.path.join(c.dir, "coordinator.log")) as f:
+            assert "peer=unix pid" in f.read()
+    finally:
+        c.stop()

@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use futures_util::{SinkExt, StreamExt};
-use tatzelwurm_protocol::cli::with_default_port;
 use tatzelwurm_protocol::client::{HandshakeError, handshake};
+use tatzelwurm_protocol::transport::{Endpoint, Stream};
 use tatzelwurm_protocol::{
     ActionerRequest, ActionerToCoordinator, BodyCodec, BroadcastMessage, CoordinatorToActioner,
     DEFAULT_MAX_FRAME, Data, ErrorReply, EventFilter, FrameError, Hello, MAX_ADD_TASKS,
@@ -14,7 +14,6 @@ use tatzelwurm_protocol::{
     StateCount, Tag, TaskEvent, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus, TaskSummary,
     WorkerInfo,
 };
-use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 /// The default coordinator address.
@@ -104,7 +103,7 @@ fn add_chunks(tasks: Vec<TaskSpec>, codec: BodyCodec) -> Vec<Vec<TaskSpec>> {
 
 /// A connection to the coordinator as an actioner.
 pub struct Client {
-    framed: Framed<TcpStream, MessageCodec<CoordinatorToActioner, ActionerToCoordinator>>,
+    framed: Framed<Stream, MessageCodec<CoordinatorToActioner, ActionerToCoordinator>>,
     next_request: u64,
     /// Events that arrived while waiting for a reply, with their subscription.
     events: VecDeque<(RequestId, TaskEvent)>,
@@ -151,14 +150,14 @@ impl Client {
         namespace: &str,
         within: std::time::Duration,
     ) -> Result<Client, ClientError> {
-        let addr = &with_default_port(addr);
-        let stream = TcpStream::connect(addr)
+        let endpoint = Endpoint::parse(addr);
+        let stream = endpoint
+            .connect()
             .await
             .map_err(|source| ClientError::Connect {
-                addr: addr.to_string(),
+                addr: endpoint.to_string(),
                 source,
             })?;
-        let _ = stream.set_nodelay(true);
         let hello = Hello::new(
             Role::Actioner {
                 client: format!("actionwurm {}", env!("CARGO_PKG_VERSION")),

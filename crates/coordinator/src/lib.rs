@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod core;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod scheduler;
 pub mod server;
@@ -15,4 +16,4 @@ pub mod store;
 pub mod task;
 
 pub use config::Config;
-pub use server::run;
+pub use server::{Listeners, run};

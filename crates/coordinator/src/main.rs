@@ -39,6 +39,11 @@ struct Args {
     /// A host name or address, with a port or without (then 5677): `localhost`, `0.0.0.0:7000`.
     #[arg(long, default_value_t = default_listen().to_string(), env = "TATZELWURM_LISTEN")]
     listen: String,
+    /// Also listen on a Unix socket file at this path, for workers and clients on this machine
+    /// (they connect to `unix:PATH`; the token is asked there too). A leftover socket file is
+    /// replaced; one a running coordinator answers on is not.
+    #[arg(long, env = "TATZELWURM_SOCKET")]
+    socket: Option<PathBuf>,
     /// Where to serve the HTTP API, the status page and /metrics (same token as TCP), or `none`.
     /// A host name or address, with a port or without (then 5678). By default on loopback,
     /// 127.0.0.1:5678, and left off with a warning when that port is taken.
@@ -279,6 +284,11 @@ async fn run(args: Args) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
 
+    let unix = match &args.socket {
+        Some(path) => Some(tatzelwurm_coordinator::listen::UnixSocket::bind(path).await?),
+        None => None,
+    };
+
     let http = match args.http.as_deref() {
         Some("none" | "off") => None,
         Some(addr) => {
@@ -314,7 +324,12 @@ async fn run(args: Args) -> Result<()> {
         }
         signals.cancel();
     });
-    tatzelwurm_coordinator::run(cfg, listener, http, shutdown).await
+    let listeners = tatzelwurm_coordinator::Listeners {
+        tcp: listener,
+        unix,
+        http,
+    };
+    tatzelwurm_coordinator::run(cfg, listeners, shutdown).await
 }
 
 #[cfg(test)]

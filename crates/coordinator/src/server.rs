@@ -6,7 +6,6 @@
 //! commits, the next one gathers, so one commit covers everything that arrived during the last.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,13 +13,14 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use tatzelwurm_protocol::handshake::check_hello;
+use tatzelwurm_protocol::transport::Stream;
 use tatzelwurm_protocol::{
     ActionerRequest, ActionerToCoordinator, BodyCodec, ClientHello, ClientToCoordinator,
     CoordinatorToActioner, CoordinatorToClient, CoordinatorToWorker, ErrorKind, ErrorReply,
     FrameError, Hello, HelloReply, MessageCodec, PROTOCOL_VERSION, RejectKind, Reply, RequestId,
     Role, WorkerHello, WorkerId, WorkerToCoordinator, namespace_of, now_ms,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,7 @@ use crate::auth;
 use crate::config::Config;
 use crate::core::{Batch, ConnId, Core, CoreConfig, Out};
 use crate::http;
+use crate::listen::{self, UnixSocket};
 use crate::metrics::{Histogram, Snapshot};
 use crate::store::{Store, StoreError};
 
@@ -179,15 +180,24 @@ impl Drop for Session {
 /// Task writes gathered while a commit runs before the actor stops taking inputs and waits.
 const MAX_PENDING_WRITES: usize = 100_000;
 
-/// Runs the coordinator on `listener` until `shutdown` is cancelled, then stops accepting,
+/// What the coordinator listens on, bound before it starts (so that a taken port fails early).
+pub struct Listeners {
+    /// The protocol's TCP port.
+    pub tcp: TcpListener,
+    /// The same protocol on a Unix socket file, for peers on this machine.
+    pub unix: Option<UnixSocket>,
+    /// The HTTP API, status page and metrics.
+    pub http: Option<TcpListener>,
+}
+
+/// Runs the coordinator on `listeners` until `shutdown` is cancelled, then stops accepting,
 /// flushes the store, tells every peer, and returns.
-/// With `http`, the HTTP API, status page and metrics are served there too.
-pub async fn run(
-    cfg: Config,
-    listener: TcpListener,
-    http: Option<TcpListener>,
-    shutdown: CancellationToken,
-) -> Result<()> {
+pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<()> {
+    let Listeners {
+        tcp: listener,
+        unix,
+        http,
+    } = listeners;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     let token = if cfg.insecure_no_auth {
@@ -280,6 +290,10 @@ pub async fn run(
         info!(addr = %a, "http on");
         println!("tatzelwurm http on http://{a}/");
     }
+    if let Some(u) = &unix {
+        info!(path = %u.path().display(), "listening on a unix socket");
+        println!("tatzelwurm listening on unix:{}", u.path().display());
+    }
     let (in_tx, in_rx) = mpsc::channel::<Input>(8192);
     let tracker = TaskTracker::new();
     let conns_closed = CancellationToken::new();
@@ -318,7 +332,7 @@ pub async fn run(
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
-            a = listener.accept() => a,
+            a = listen::accept(&listener, unix.as_ref()) => a,
         };
         let (stream, peer) = match accepted {
             Ok(x) => {
@@ -332,7 +346,6 @@ pub async fn run(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
         let permit = limit.clone().try_acquire_owned();
         let ctx = ConnCtx {
@@ -351,6 +364,8 @@ pub async fn run(
         });
     }
     info!("shutting down: no longer accepting");
+    // Its file goes now: a peer that looks for this coordinator finds none.
+    drop(unix);
     drop(in_tx);
     let actor = actor.await;
     closer.close();
@@ -371,7 +386,7 @@ pub async fn run(
     outcome
 }
 
-async fn reject_busy(stream: TcpStream, ctx: &ConnCtx) {
+async fn reject_busy(stream: Stream, ctx: &ConnCtx) {
     warn!(peer = %ctx.peer, "connection refused: too many connections");
     let mut framed = Framed::new(
         stream,
@@ -388,7 +403,8 @@ async fn reject_busy(stream: TcpStream, ctx: &ConnCtx) {
 /// What a connection task needs.
 struct ConnCtx {
     conn: ConnId,
-    peer: SocketAddr,
+    /// Who connected, for the logs: an address, or a Unix peer's process.
+    peer: String,
     cfg: Config,
     token: Option<Arc<String>>,
     actor: mpsc::Sender<Input>,
@@ -396,7 +412,7 @@ struct ConnCtx {
 }
 
 impl ConnCtx {
-    async fn serve(self, stream: TcpStream) {
+    async fn serve(self, stream: Stream) {
         let codec = MessageCodec::<Hello, HelloReply>::new(BodyCodec::Msgpack, self.cfg.max_frame);
         let mut framed = Framed::new(stream, codec);
         let hello = match tokio::time::timeout(self.cfg.handshake_timeout, framed.next()).await {
@@ -526,7 +542,7 @@ impl ConnCtx {
 
     async fn welcome(
         &self,
-        framed: &mut Framed<TcpStream, MessageCodec<Hello, HelloReply>>,
+        framed: &mut Framed<Stream, MessageCodec<Hello, HelloReply>>,
         peer_id: u64,
     ) -> Result<(), FrameError> {
         framed
@@ -542,7 +558,7 @@ impl ConnCtx {
     /// Moves frames in both directions until either side ends or the actor closes the connection.
     async fn pump<In, Outgoing>(
         &self,
-        mut framed: Framed<TcpStream, MessageCodec<In, Outgoing>>,
+        mut framed: Framed<Stream, MessageCodec<In, Outgoing>>,
         mut rx: mpsc::Receiver<Out>,
         wrap: impl Fn(ConnId, In) -> Input,
     ) where
@@ -727,7 +743,7 @@ impl OutFilter for CoordinatorToWorker {
 }
 
 async fn send_reject(
-    framed: &mut Framed<TcpStream, MessageCodec<Hello, HelloReply>>,
+    framed: &mut Framed<Stream, MessageCodec<Hello, HelloReply>>,
     kind: RejectKind,
     message: String,
 ) -> Result<(), FrameError> {

@@ -18,6 +18,7 @@ pub mod json;
 pub mod messages;
 pub mod queue;
 pub mod task;
+pub mod transport;
 
 pub use broker::*;
 pub use codec::{BodyCodec, DEFAULT_MAX_FRAME, MessageCodec};

@@ -18,12 +18,13 @@ use std::time::Duration;
 pub use exec::Spawn;
 pub use handlers::{Handlers, TaskInput, TaskOutput};
 pub use session::run;
+use tatzelwurm_protocol::transport::Endpoint;
 use tatzelwurm_protocol::{BlockType, BodyCodec, Tag};
 
 /// Everything a worker needs to know.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// `HOST:PORT` of the coordinator.
+    /// The coordinator: `HOST:PORT`, or `unix:PATH` for a Unix socket.
     pub coordinator: String,
     /// Token presented at the handshake (empty when the coordinator runs without auth).
     pub token: String,
@@ -70,7 +71,7 @@ impl WorkerConfig {
             BlockType::Async => 256,
         };
         WorkerConfig {
-            coordinator: tatzelwurm_protocol::cli::with_default_port(&coordinator.into()),
+            coordinator: Endpoint::parse(&coordinator.into()).to_string(),
             token: String::new(),
             token_file: None,
             block,

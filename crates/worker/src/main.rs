@@ -14,7 +14,8 @@ use tatzelwurm_worker::{Handlers, WorkerConfig};
 #[derive(Parser, Debug)]
 #[command(name = "workwurm", version, about)]
 struct Args {
-    /// Coordinator address: a host name or address, with a port or without (then 5677).
+    /// Coordinator address: a host name or address, with a port or without (then 5677), or
+    /// `unix:PATH` for the Unix socket of a coordinator on this machine (`tatzelwurm --socket`).
     #[arg(long, env = "TATZELWURM_ADDR", default_value = "127.0.0.1:5677")]
     coordinator: String,
     /// Which tasks to take: sync (each blocks a thread) or async (many share the runtime).

@@ -8,11 +8,11 @@ use std::time::Duration;
 use anyhow::Result;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tatzelwurm_protocol::client::{HandshakeError, handshake};
+use tatzelwurm_protocol::transport::{Endpoint, Stream};
 use tatzelwurm_protocol::{
     AttemptRef, AttemptReport, BlockType, CoordinatorToWorker, DEFAULT_MAX_FRAME, Dispatch, Hello,
     MessageCodec, Outcome, Role, WorkerHello, WorkerId, WorkerToCoordinator, now_ms,
 };
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::codec::Framed;
@@ -26,7 +26,7 @@ use crate::runner::{Control, Runner};
 /// Pieces of followed output waiting for the connection.
 const OUTPUT_PIECES: usize = 256;
 
-type Conn = Framed<TcpStream, MessageCodec<CoordinatorToWorker, WorkerToCoordinator>>;
+type Conn = Framed<Stream, MessageCodec<CoordinatorToWorker, WorkerToCoordinator>>;
 
 /// How the worker is asked to stop.
 #[derive(Clone, Default)]
@@ -176,8 +176,7 @@ async fn connect(st: &mut State) -> Result<Conn> {
     {
         st.cfg.token = t.trim().to_string();
     }
-    let stream = TcpStream::connect(&st.cfg.coordinator).await?;
-    let _ = stream.set_nodelay(true);
+    let stream = Endpoint::parse(&st.cfg.coordinator).connect().await?;
     let hello = Hello::new(
         Role::Worker(WorkerHello {
             block: st.cfg.block,

@@ -35,7 +35,8 @@ pub use workers::*;
 #[derive(Parser, Debug)]
 #[command(name = "actionwurm", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Coordinator address: a host name or address, with a port or without (then 5677).
+    /// Coordinator address: a host name or address, with a port or without (then 5677), or
+    /// `unix:PATH` for the Unix socket of a coordinator on this machine (`tatzelwurm --socket`).
     #[arg(long, global = true, env = "TATZELWURM_ADDR", default_value = DEFAULT_ADDR)]
     pub coordinator: String,
     /// File holding the coordinator's token [default: the token of a coordinator on this machine:

@@ -1,0 +1,172 @@
+//! Where the coordinator listens: its TCP port, and optionally a Unix socket file for peers on
+//! the same machine (`--socket`), both speaking the same protocol.
+//!
+//! A socket file outlives a coordinator that was killed, and binding over it fails. So a path that
+//! already holds a socket is probed first: if a coordinator answers there, this one refuses to
+//! start (two coordinators would otherwise split the peers between them); if nothing answers, the
+//! file is a leftover and is replaced. A path that holds anything else is never removed.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tatzelwurm_protocol::transport::Stream;
+use tokio::net::{TcpListener, UnixListener};
+
+/// Why a socket file could not be listened on.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// Another process (another coordinator, most likely) accepts connections there.
+    #[error(
+        "{0} is the socket of a running process (another coordinator?); stop it or choose another --socket"
+    )]
+    InUse(PathBuf),
+    /// The path holds a file that is not a socket: it is not ours to remove.
+    #[error("{0} exists and is not a socket; choose another --socket")]
+    NotASocket(PathBuf),
+    /// Binding, probing or removing failed.
+    #[error("cannot listen on the socket {path}: {source}")]
+    Io {
+        /// The socket's path.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+}
+
+/// A Unix socket the coordinator listens on; its file is removed when the coordinator stops
+/// (unless another process has put its own there meanwhile).
+#[derive(Debug)]
+pub struct UnixSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    /// The file's device and inode as bound, to recognise it at removal.
+    id: (u64, u64),
+}
+
+impl UnixSocket {
+    /// Listens on `path`, replacing a leftover socket file that nothing answers on.
+    pub async fn bind(path: &Path) -> Result<UnixSocket, SocketError> {
+        let io = |source| SocketError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(SocketError::NotASocket(path.to_path_buf()));
+            }
+            Ok(_) => match tokio::net::UnixStream::connect(path).await {
+                Ok(_) => return Err(SocketError::InUse(path.to_path_buf())),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path).map_err(io)?;
+                }
+                Err(e) => return Err(io(e)),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        let listener = UnixListener::bind(path).map_err(io)?;
+        // Owner only, like the token file: other users of the machine cannot even knock.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        let meta = std::fs::metadata(path).map_err(io)?;
+        Ok(UnixSocket {
+            listener,
+            path: path.to_path_buf(),
+            id: (meta.dev(), meta.ino()),
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The next connection, and who it is for the logs (the peer's process id when the system
+    /// tells it).
+    pub async fn accept(&self) -> io::Result<(Stream, String)> {
+        let (stream, _) = self.listener.accept().await?;
+        let peer = match stream.peer_cred().ok().and_then(|c| c.pid()) {
+            Some(pid) => format!("unix pid {pid}"),
+            None => "unix".to_string(),
+        };
+        Ok((Stream::Unix(stream), peer))
+    }
+}
+
+impl Drop for UnixSocket {
+    fn drop(&mut self) {
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Accepts from the TCP listener and, when there is one, the socket: whichever has a connection
+/// first.
+pub async fn accept(tcp: &TcpListener, unix: Option<&UnixSocket>) -> io::Result<(Stream, String)> {
+    let from_socket = async {
+        match unix {
+            Some(s) => s.accept().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        a = tcp.accept() => a.map(|(s, peer)| {
+            let _ = s.set_nodelay(true);
+            (Stream::Tcp(s), peer.to_string())
+        }),
+        a = from_socket => a,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_leftover_socket_is_replaced_a_live_one_refused_and_ours_removed_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tw.sock");
+        // A leftover: bound, then its listener dropped without removing the file.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let first = UnixSocket::bind(&path).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "owner only");
+        let second = UnixSocket::bind(&path).await;
+        assert!(matches!(second, Err(SocketError::InUse(_))), "{second:?}");
+        let peer = tokio::net::UnixStream::connect(&path);
+        let (accepted, who) = tokio::join!(first.accept(), peer);
+        accepted.unwrap();
+        who.unwrap();
+        drop(first);
+        assert!(
+            !path.exists(),
+            "the coordinator's socket is removed when it stops"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_socket_is_never_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.txt");
+        std::fs::write(&path, "mine").unwrap();
+        let r = UnixSocket::bind(&path).await;
+        assert!(matches!(r, Err(SocketError::NotASocket(_))), "{r:?}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "mine");
+    }
+
+    #[tokio::test]
+    async fn a_socket_replaced_by_another_process_is_left_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tw.sock");
+        let ours = UnixSocket::bind(&path).await.unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let theirs = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(ours);
+        assert!(path.exists(), "another's socket file stays");
+        drop(theirs);
+    }
+}
