@@ -544,9 +544,11 @@ async fn main() -> Result<()> {
     let raw_before = (a.kind == "exec").then(|| raw_spawn_rate(raw_spawns, parallel));
     let wcpu0 = workers_cpu();
     let cpu0 = cpu_seconds(c.pid());
+    let own0 = cpu_seconds(std::process::id());
     let r = throughput(&c, a.tasks, &a.kind, block, a.batch, a.in_flight).await?;
     let cpu = cpu_seconds(c.pid()) - cpu0;
     let wcpu = workers_cpu() - wcpu0;
+    let own = cpu_seconds(std::process::id()) - own0;
     let commits1 = store_commits(&base, &token).await?;
     report(&format!("throughput ({}, {})", a.kind, a.db), &r);
     println!(
@@ -560,6 +562,13 @@ async fn main() -> Result<()> {
         "  workers' CPU {:.2} s ({:.1} µs a task)",
         wcpu,
         1e6 * wcpu / r.tasks as f64
+    );
+    // The client's side of the same run (adds, replies, one event per task change), on the same
+    // cores.
+    println!(
+        "  load tool's CPU {:.2} s ({:.1} µs a task)",
+        own,
+        1e6 * own / r.tasks as f64
     );
     let commits = commits1.0 - commits0.0;
     println!(
