@@ -79,7 +79,7 @@ struct Args {
     /// the coordinator loses nothing acknowledged, and to the disk that often, so a power loss or
     /// a crash of the machine may lose what was acknowledged in the last interval; or `never`
     /// (the operating system decides).
-    #[arg(long, default_value = "every", value_parser = parse_sync, env = "TATZELWURM_SYNC")]
+    #[arg(long, default_value = "every", value_parser = SyncMode::parse, env = "TATZELWURM_SYNC")]
     sync: SyncMode,
     /// A store write with no answer within this counts as failed and is retried (e.g. a SurrealDB
     /// server that vanished).
@@ -154,19 +154,6 @@ fn parse_or_never(s: &str) -> Result<OrNever, String> {
         .map_err(|e| format!("{e} (or `never`)"))
 }
 
-fn parse_sync(s: &str) -> Result<SyncMode, String> {
-    match s {
-        "every" => Ok(SyncMode::Every),
-        "never" => Ok(SyncMode::Never),
-        _ => match parse_duration(s) {
-            // surrealkv ignores an interval of 100 ms or less, and would sync every commit.
-            Ok(d) if d > Duration::from_millis(100) => Ok(SyncMode::Interval(d)),
-            Ok(_) => Err("an interval must be longer than 100ms".into()),
-            Err(e) => Err(format!("{e} (or `every`, `never`)")),
-        },
-    }
-}
-
 /// The shortest lease that leaves room for heartbeats on a busy machine.
 const MIN_LEASE: Duration = Duration::from_millis(100);
 
@@ -195,6 +182,14 @@ fn check(args: &Args) -> Result<(), String> {
         return Err(format!(
             "--sync applies to an embedded surrealkv store, not to --db {db:?} (a SurrealDB \
              server syncs as it was started to)"
+        ));
+    }
+    if args.sync != SyncMode::Every
+        && let Some(db) = &args.db
+        && db.contains("sync=")
+    {
+        return Err(format!(
+            "--db {db:?} names a sync mode already: give it once, there or with --sync"
         ));
     }
     if let Some(db) = &args.db
@@ -337,22 +332,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sync_modes_parse_and_go_into_the_store_url() {
-        assert_eq!(parse_sync("every"), Ok(SyncMode::Every));
+    fn a_sync_mode_given_twice_or_to_a_server_is_refused() {
+        let checked = |flags: &[&str]| {
+            let args = Args::try_parse_from([&["tatzelwurm"], flags].concat()).unwrap();
+            check(&args)
+        };
+        let twice = checked(&["--db", "surrealkv:///d/s?sync=never", "--sync", "2s"]);
+        assert!(twice.unwrap_err().contains("give it once"));
+        let server = checked(&["--db", "ws://127.0.0.1:8000", "--sync", "2s"]);
+        assert!(server.unwrap_err().contains("embedded surrealkv store"));
+        assert_eq!(checked(&["--db", "surrealkv:///d/s?sync=never"]), Ok(()));
         assert_eq!(
-            parse_sync("250ms"),
+            checked(&["--db", "surrealkv:///d/s", "--sync", "2s"]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn sync_modes_parse_and_go_into_the_store_url() {
+        assert_eq!(SyncMode::parse("every"), Ok(SyncMode::Every));
+        assert_eq!(
+            SyncMode::parse("250ms"),
             Ok(SyncMode::Interval(Duration::from_millis(250)))
         );
         assert!(
-            parse_sync("100ms")
+            SyncMode::parse("100ms")
                 .unwrap_err()
                 .contains("longer than 100ms")
         );
-        assert!(parse_sync("often").is_err());
+        assert!(SyncMode::parse("often").is_err());
         let url = "surrealkv:///d/store".to_string();
         assert_eq!(SyncMode::Every.applied_to(url.clone()), url);
         assert_eq!(
-            parse_sync("2s").unwrap().applied_to(url.clone()),
+            SyncMode::parse("2s").unwrap().applied_to(url.clone()),
             "surrealkv:///d/store?sync=2000ms"
         );
         assert_eq!(
@@ -361,10 +373,10 @@ mod tests {
         );
         // What the flag writes is what the store reads back.
         for flag in ["every", "never", "250ms", "3s"] {
-            let mode = parse_sync(flag).unwrap();
+            let mode = SyncMode::parse(flag).unwrap();
             assert_eq!(
                 SyncMode::of_url(&mode.applied_to(format!("{url}?versioned=false"))),
-                mode,
+                Ok(mode),
                 "--sync {flag}"
             );
         }

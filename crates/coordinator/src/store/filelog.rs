@@ -86,23 +86,29 @@ pub enum SyncMode {
 }
 
 impl SyncMode {
-    /// The mode a store URL asks for (`every` unless its `sync` parameter says otherwise).
-    pub fn of_url(url: &str) -> SyncMode {
-        let query = url.split_once('?').map_or("", |(_, q)| q);
-        let value = query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("sync="))
-            .unwrap_or("every");
-        match value {
-            "never" => SyncMode::Never,
-            v => match v
-                .strip_suffix("ms")
-                .and_then(|ms| ms.parse::<u64>().ok())
-                .filter(|ms| *ms > 0)
-            {
-                Some(ms) => SyncMode::Interval(Duration::from_millis(ms)),
-                None => SyncMode::Every,
+    /// Reads a mode as `--sync` and a store URL's `sync` parameter write it: `every`, `never`,
+    /// or an interval longer than 100 ms (`200ms`, `2s`).
+    pub fn parse(s: &str) -> Result<SyncMode, String> {
+        match s {
+            "every" => Ok(SyncMode::Every),
+            "never" => Ok(SyncMode::Never),
+            _ => match tatzelwurm_protocol::cli::parse_duration(s) {
+                // surrealkv ignores an interval of 100 ms or less, and would sync every commit.
+                Ok(d) if d > Duration::from_millis(100) => Ok(SyncMode::Interval(d)),
+                Ok(_) => Err("an interval must be longer than 100ms".into()),
+                Err(e) => Err(format!("{e} (or `every`, `never`)")),
             },
+        }
+    }
+
+    /// The mode a store URL asks for: `every` unless its `sync` parameter says otherwise. A
+    /// value that is none of the modes is an error, not the default: a URL written by hand
+    /// with a typo must not quietly sync differently from what its writer meant.
+    pub fn of_url(url: &str) -> Result<SyncMode, String> {
+        let query = url.split_once('?').map_or("", |(_, q)| q);
+        match query.split('&').find_map(|kv| kv.strip_prefix("sync=")) {
+            None => Ok(SyncMode::Every),
+            Some(value) => SyncMode::parse(value).map_err(|e| format!("sync={value}: {e}")),
         }
     }
 
@@ -681,19 +687,27 @@ mod tests {
 
     #[test]
     fn the_sync_mode_is_read_from_the_store_url() {
-        assert_eq!(SyncMode::of_url("surrealkv:///d/s"), SyncMode::Every);
+        assert_eq!(SyncMode::of_url("surrealkv:///d/s"), Ok(SyncMode::Every));
         assert_eq!(
             SyncMode::of_url("surrealkv:///d/s?sync=never"),
-            SyncMode::Never
+            Ok(SyncMode::Never)
         );
         assert_eq!(
             SyncMode::of_url("surrealkv:///d/s?versioned=false&sync=2000ms"),
-            SyncMode::Interval(Duration::from_millis(2000))
+            Ok(SyncMode::Interval(Duration::from_millis(2000)))
+        );
+        assert_eq!(
+            SyncMode::of_url("surrealkv:///d/s?sync=2s"),
+            Ok(SyncMode::Interval(Duration::from_secs(2)))
         );
         assert_eq!(
             SyncMode::of_url("surrealkv:///d/s?sync=every"),
-            SyncMode::Every
+            Ok(SyncMode::Every)
         );
+        for bad in ["banana", "50ms", ""] {
+            let e = SyncMode::of_url(&format!("surrealkv:///d/s?sync={bad}")).unwrap_err();
+            assert!(e.starts_with(&format!("sync={bad}: ")), "{e}");
+        }
     }
 
     #[tokio::test]

@@ -106,6 +106,14 @@ pub enum StoreError {
         /// What the system said.
         source: std::io::Error,
     },
+    /// The store URL asks for something this coordinator cannot do.
+    #[error("store URL {url}: {why}")]
+    Url {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A write got no answer in time (a remote server that vanished, a network that dropped
     /// packets). Whether it was applied is unknown; the batch is written again, which is safe
     /// because every write carries whole records and replay follows sequence numbers.
@@ -139,6 +147,14 @@ fn store_dir(url: &str) -> Option<std::path::PathBuf> {
     url.strip_prefix("surrealkv://").map(|rest| {
         let path = rest.split_once('?').map_or(rest, |(p, _)| p);
         std::path::PathBuf::from(path)
+    })
+}
+
+/// The journal's sync mode a store URL asks for (see [`SyncMode::of_url`]).
+fn sync_mode(url: &str) -> Result<SyncMode, StoreError> {
+    SyncMode::of_url(url).map_err(|why| StoreError::Url {
+        url: url.to_string(),
+        why,
     })
 }
 
@@ -399,6 +415,8 @@ impl Store {
     /// Connects (creating an embedded database when the URL names one), selects the namespace
     /// and database, and checks that this version can read what is there.
     pub async fn open(opts: &StoreOptions) -> Result<Store, StoreError> {
+        // Before anything is opened: the journal's sync mode is read again by `attach`.
+        sync_mode(&opts.url)?;
         let db = connect_on_a_fresh_log(&opts.url, opts.kv_memory, false).await?;
         if let (Some(user), Some(pass)) = (&opts.user, &opts.pass) {
             db.signin(Root {
@@ -485,10 +503,15 @@ impl Store {
             ns: opts.namespace.clone(),
             database: opts.database.clone(),
             log: (!fenced).then(|| KvLog::new(&opts.namespace, &opts.database)),
-            files: store_dir(&opts.url).filter(|_| !fenced).map(|dir| {
-                let sync = SyncMode::of_url(&opts.url);
-                FileLog::new(&dir, &opts.namespace, &opts.database, sync)
-            }),
+            files: match store_dir(&opts.url).filter(|_| !fenced) {
+                Some(dir) => Some(FileLog::new(
+                    &dir,
+                    &opts.namespace,
+                    &opts.database,
+                    sync_mode(&opts.url)?,
+                )),
+                None => None,
+            },
             owner,
             fenced,
             write_timeout: opts.write_timeout,
@@ -972,6 +995,20 @@ mod tests {
             checkpoint_min_bytes,
             ..StoreOptions::new(url.into())
         }
+    }
+
+    #[tokio::test]
+    async fn a_store_url_with_an_unknown_sync_mode_is_refused_before_anything_is_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let url = format!("surrealkv://{}?sync=banana", path.display());
+        let e = Store::open(&opts(&url, u64::MAX))
+            .await
+            .err()
+            .expect("refused");
+        assert!(matches!(e, StoreError::Url { .. }), "{e}");
+        assert!(e.to_string().contains("sync=banana"), "{e}");
+        assert!(!path.exists(), "nothing was opened");
     }
 
     async fn count(store: &Store, table: &str) -> usize {
