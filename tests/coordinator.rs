@@ -81,6 +81,25 @@ fn workers_and_the_cli_reach_the_coordinator_through_its_unix_socket() {
     );
 }
 
+#[test]
+fn a_coordinator_without_a_port_serves_its_socket_alone() {
+    let sock_dir = tempfile::tempdir().unwrap();
+    let path = sock_dir.path().join("tw.sock");
+    let path = path.to_str().unwrap();
+    let flags = ["--lease", "3s", "--listen", "none", "--socket", path];
+    let c = Coordinator::start_with(Db::Mem, &flags).unwrap();
+    assert_eq!(
+        c.addr,
+        format!("unix:{path}"),
+        "its first line names the socket"
+    );
+    let _w = c.worker(&["--type", "async"]);
+    let id = c.add(&["--play", "--", "true"]);
+    c.wait_state(&id[0], "completed", LONG);
+    let log = c.log_text();
+    assert!(!log.contains("listening addr="), "no TCP port; log:\n{log}");
+}
+
 /// Everything a restart must keep, without the fields that change by themselves.
 fn snapshot(c: &Coordinator) -> Vec<Value> {
     let list = c.json(&["task", "list", "-f", "all"]);

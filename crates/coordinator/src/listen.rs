@@ -103,9 +103,21 @@ impl Drop for UnixSocket {
     }
 }
 
-/// Accepts from the TCP listener and, when there is one, the socket: whichever has a connection
+/// Accepts from the TCP listener and the socket, those there are: whichever has a connection
 /// first.
-pub async fn accept(tcp: &TcpListener, unix: Option<&UnixSocket>) -> io::Result<(Stream, String)> {
+pub async fn accept(
+    tcp: Option<&TcpListener>,
+    unix: Option<&UnixSocket>,
+) -> io::Result<(Stream, String)> {
+    let from_port = async {
+        match tcp {
+            Some(l) => l.accept().await.map(|(s, peer)| {
+                let _ = s.set_nodelay(true);
+                (Stream::Tcp(s), peer.to_string())
+            }),
+            None => std::future::pending().await,
+        }
+    };
     let from_socket = async {
         match unix {
             Some(s) => s.accept().await,
@@ -113,10 +125,7 @@ pub async fn accept(tcp: &TcpListener, unix: Option<&UnixSocket>) -> io::Result<
         }
     };
     tokio::select! {
-        a = tcp.accept() => a.map(|(s, peer)| {
-            let _ = s.set_nodelay(true);
-            (Stream::Tcp(s), peer.to_string())
-        }),
+        a = from_port => a,
         a = from_socket => a,
     }
 }

@@ -36,7 +36,8 @@ const HTTP_PORT: u16 = 5678;
 #[command(name = "tatzelwurm", version, about)]
 struct Args {
     /// Address to listen on (loopback by default; other addresses are reachable from the network).
-    /// A host name or address, with a port or without (then 5677): `localhost`, `0.0.0.0:7000`.
+    /// A host name or address, with a port or without (then 5677): `localhost`, `0.0.0.0:7000`;
+    /// or `none` for no port at all, with --socket.
     #[arg(long, default_value_t = default_listen().to_string(), env = "TATZELWURM_LISTEN")]
     listen: String,
     /// Also listen on a Unix socket file at this path, for workers and clients on this machine
@@ -184,6 +185,9 @@ fn check(args: &Args) -> Result<(), String> {
              server syncs as it was started to)"
         ));
     }
+    if matches!(args.listen.as_str(), "none" | "off") && args.socket.is_none() {
+        return Err("--listen none leaves nothing to connect to: give --socket PATH".into());
+    }
     if args.sync != SyncMode::Every
         && let Some(db) = &args.db
         && db.contains("sync=")
@@ -274,10 +278,16 @@ async fn run(args: Args) -> Result<()> {
     cfg.max_connections = args.max_connections;
     cfg.handshake_timeout = args.handshake_timeout;
 
-    let listen = with_default_port(&args.listen);
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = match args.listen.as_str() {
+        "none" | "off" => None,
+        addr => {
+            let listen = with_default_port(addr);
+            let l = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            Some(l)
+        }
+    };
 
     let unix = match &args.socket {
         Some(path) => Some(tatzelwurm_coordinator::listen::UnixSocket::bind(path).await?),
@@ -331,12 +341,14 @@ async fn run(args: Args) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// What [`check`] says of these flags.
+    fn checked(flags: &[&str]) -> Result<(), String> {
+        let args = Args::try_parse_from([&["tatzelwurm"], flags].concat()).unwrap();
+        check(&args)
+    }
+
     #[test]
     fn a_sync_mode_given_twice_or_to_a_server_is_refused() {
-        let checked = |flags: &[&str]| {
-            let args = Args::try_parse_from([&["tatzelwurm"], flags].concat()).unwrap();
-            check(&args)
-        };
         let twice = checked(&["--db", "surrealkv:///d/s?sync=never", "--sync", "2s"]);
         assert!(twice.unwrap_err().contains("give it once"));
         let server = checked(&["--db", "ws://127.0.0.1:8000", "--sync", "2s"]);
@@ -344,6 +356,19 @@ mod tests {
         assert_eq!(checked(&["--db", "surrealkv:///d/s?sync=never"]), Ok(()));
         assert_eq!(
             checked(&["--db", "surrealkv:///d/s", "--sync", "2s"]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn no_port_needs_a_socket() {
+        assert!(
+            checked(&["--listen", "none"])
+                .unwrap_err()
+                .contains("--socket")
+        );
+        assert_eq!(
+            checked(&["--listen", "none", "--socket", "/tmp/tw.sock"]),
             Ok(())
         );
     }

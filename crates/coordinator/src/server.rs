@@ -182,8 +182,8 @@ const MAX_PENDING_WRITES: usize = 100_000;
 
 /// What the coordinator listens on, bound before it starts (so that a taken port fails early).
 pub struct Listeners {
-    /// The protocol's TCP port.
-    pub tcp: TcpListener,
+    /// The protocol's TCP port (none with `--listen none`: the socket alone).
+    pub tcp: Option<TcpListener>,
     /// The same protocol on a Unix socket file, for peers on this machine.
     pub unix: Option<UnixSocket>,
     /// The HTTP API, status page and metrics.
@@ -267,15 +267,27 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken)
         "tables built"
     );
 
-    let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() {
-        warn!(%addr, "listening on a non-loopback address: reachable from other machines");
+    if let Some(l) = &listener {
+        let addr = l.local_addr()?;
+        if !addr.ip().is_loopback() {
+            warn!(%addr, "listening on a non-loopback address: reachable from other machines");
+        }
+        info!(%addr, "listening");
     }
-    info!(%addr, "listening");
+    if let Some(u) = &unix {
+        info!(path = %u.path().display(), "listening on a unix socket");
+    }
     // Stable lines on stdout, for people and for scripts that start the coordinator on port 0:
     // printed once the store is open, so that a coordinator that cannot start never claims to
-    // listen.
-    println!("tatzelwurm listening on {addr}");
+    // listen. The first says where to reach it: its TCP address, or its socket when it has no
+    // port; a socket beside a port comes last.
+    let socket_line = unix
+        .as_ref()
+        .map(|u| format!("tatzelwurm listening on unix:{}", u.path().display()));
+    match &listener {
+        Some(l) => println!("tatzelwurm listening on {}", l.local_addr()?),
+        None => println!("{}", socket_line.as_deref().unwrap_or_default()),
+    }
     println!(
         "data dir {} (store {})",
         cfg.data_dir.display(),
@@ -290,9 +302,8 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken)
         info!(addr = %a, "http on");
         println!("tatzelwurm http on http://{a}/");
     }
-    if let Some(u) = &unix {
-        info!(path = %u.path().display(), "listening on a unix socket");
-        println!("tatzelwurm listening on unix:{}", u.path().display());
+    if let (Some(_), Some(line)) = (&listener, &socket_line) {
+        println!("{line}");
     }
     let (in_tx, in_rx) = mpsc::channel::<Input>(8192);
     let tracker = TaskTracker::new();
@@ -332,7 +343,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken)
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
-            a = listen::accept(&listener, unix.as_ref()) => a,
+            a = listen::accept(listener.as_ref(), unix.as_ref()) => a,
         };
         let (stream, peer) = match accepted {
             Ok(x) => {

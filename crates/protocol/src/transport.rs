@@ -1,9 +1,9 @@
 //! How a peer reaches a coordinator: over TCP, or over a Unix socket when both run on one
 //! machine.
 //!
-//! The protocol is the same byte stream on either. A socket file needs no port: users who share
-//! a login node each run their own coordinator without picking ports, and nothing is reachable
-//! from the network. (It is not faster here: BENCHMARKS.md measured exec and noop runs over both
+//! The protocol is the same byte stream on either. A socket file needs no port: with
+//! `tatzelwurm --listen none` users who share a login node each run their own coordinator
+//! without picking ports, and nothing is reachable from the network. (It is not faster here: BENCHMARKS.md measured exec and noop runs over both
 //! side by side.) An address that starts with `unix:` names a socket file, anything else is
 //! `host[:port]`.
 
