@@ -198,6 +198,10 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken)
         unix,
         http,
     } = listeners;
+    anyhow::ensure!(
+        listener.is_some() || unix.is_some(),
+        "nothing to listen on: neither a TCP port nor a socket"
+    );
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     let token = if cfg.insecure_no_auth {
