@@ -154,7 +154,9 @@ def test_the_event_stream_sends_changes_live_with_subscribes_filters(http):
         threading.Thread(target=read, args=(q, into), daemon=True).start()
         assert ready.wait(10)
     http.ok("POST", "/api/tasks", {"tasks": [{"command": ["true"]}]}, status=201)  # not watched
-    task = http.ok("POST", "/api/tasks", {"tasks": [{"command": ["true"], "tags": ["watch=yes"]}]}, status=201)[0]
+    # Long enough to be seen running (a task that ends within 20 ms goes from assigned to its end).
+    task = http.ok("POST", "/api/tasks", {"tasks": [{"command": ["sleep", "0.1"], "tags": ["watch=yes"]}]},
+                   status=201)[0]
     http.worker()
     wait_for(lambda: events and events[-1]["state"] == "completed", what="the completed event")
     assert {e["id"] for e in events} == {task["id"]}

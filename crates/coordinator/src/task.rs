@@ -417,6 +417,15 @@ impl Task {
             .expect("a current attempt exists");
         a.started_ms = a.started_ms.or(report.started_ms);
         a.ended_ms = Some(report.ended_ms.max(a.started_ms.unwrap_or(0)));
+        // An attempt that ended soon after it began may come without a `started` (the worker
+        // leaves it out): its report says it ran, and when, on the worker's clock (kept
+        // between the assignment and now, so that the times stay in order).
+        if self.info.state == TaskState::Assigned
+            && let Some(started) = report.started_ms
+        {
+            let assigned = self.info.times.assigned_ms.unwrap_or(0);
+            self.info.times.running_ms = Some(started.clamp(assigned, now.max(assigned)));
+        }
         a.outcome = Some(outcome);
         a.exit_code = report.exit_code;
         a.error = report.error;
@@ -691,6 +700,31 @@ mod tests {
         t.pause(5).unwrap();
         t.play(6).unwrap();
         assert_eq!(t.state(), TaskState::Assigned);
+    }
+
+    #[test]
+    fn a_short_attempt_reported_without_started_ran_when_its_report_says() {
+        // Assigned at 3; the report says it ran from 5 (the worker's clock).
+        let mut t = task(TaskState::Assigned, 1);
+        let mut r = report(Outcome::Succeeded);
+        r.started_ms = Some(5);
+        r.ended_ms = 6;
+        assert_eq!(t.report(W, 1, r, 9), ReportFate::Current);
+        assert_eq!(t.state(), TaskState::Completed);
+        assert_eq!(t.info.times.running_ms, Some(5));
+        assert_eq!(t.info.attempts[0].started_ms, Some(5));
+        // A worker clock behind the coordinator's still leaves the times in order.
+        let mut t = task(TaskState::Assigned, 1);
+        let mut r = report(Outcome::Failed);
+        r.started_ms = Some(1);
+        t.report(W, 1, r, 9);
+        assert_eq!(t.info.times.running_ms, Some(3));
+        // Given back unstarted: it never ran.
+        let mut t = task(TaskState::Assigned, 1);
+        let mut r = report(Outcome::HandedBack);
+        r.started_ms = None;
+        t.report(W, 1, r, 9);
+        assert_eq!(t.info.times.running_ms, None);
     }
 
     #[test]

@@ -26,6 +26,11 @@ use crate::runner::{Control, Runner};
 /// Pieces of followed output waiting for the connection.
 const OUTPUT_PIECES: usize = 256;
 
+/// How long an attempt runs before its `started` is sent: one that ends sooner sends only its
+/// `finished` (whose report says when it started), one message instead of two for the short
+/// tasks that come by the million.
+const STARTED_AFTER: Duration = Duration::from_millis(20);
+
 type Conn = Framed<Stream, MessageCodec<CoordinatorToWorker, WorkerToCoordinator>>;
 
 /// How the worker is asked to stop.
@@ -64,6 +69,9 @@ struct State {
     unacked: HashMap<AttemptRef, AttemptReport>,
     /// Reports of held tasks given back, in `unacked`, not yet sent on this connection.
     unsent: Vec<AttemptRef>,
+    /// Attempts started whose `started` is not sent yet: each with when it started and when
+    /// its `started` is due ([`STARTED_AFTER`]), in start order.
+    unstarted: VecDeque<(AttemptRef, u64, Instant)>,
     draining: bool,
     /// The heartbeat interval the coordinator asked for.
     heartbeat: Duration,
@@ -267,6 +275,7 @@ impl State {
             dropped: HashSet::new(),
             unacked: HashMap::new(),
             unsent: Vec::new(),
+            unstarted: VecDeque::new(),
             draining: false,
             heartbeat: Duration::from_secs(5),
             lease: Duration::from_secs(30),
@@ -468,6 +477,12 @@ async fn session(
             Some(p) = output_rx.recv() => {
                 conn.send(p).await.map_err(|e| e.to_string())
             }
+            _ = async { sleep_until(st.unstarted.front().expect("guarded").2).await }, if !st.unstarted.is_empty() => {
+                match feed_due_started(st, &mut conn, Instant::now()).await {
+                    Ok(()) => conn.flush().await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                }
+            }
             _ = ticker.tick() => {
                 if last_inbound.elapsed() > hb * 4 + Duration::from_secs(2) {
                     Err(format!("no word from the coordinator for {} ms", last_inbound.elapsed().as_millis()))
@@ -560,12 +575,51 @@ async fn start(
         let _ = ctl.send(Control::Follow(true));
     }
     st.running.insert(attempt, ctl);
-    conn.feed(WorkerToCoordinator::Started {
-        attempt,
-        at_ms: now_ms(),
-    })
-    .await
-    .map_err(|e| e.to_string())
+    if follow {
+        // Its output goes out as it comes, after the `started`.
+        return conn
+            .feed(WorkerToCoordinator::Started {
+                attempt,
+                at_ms: now_ms(),
+            })
+            .await
+            .map_err(|e| e.to_string());
+    }
+    st.unstarted
+        .push_back((attempt, now_ms(), Instant::now() + STARTED_AFTER));
+    Ok(())
+}
+
+/// Feeds the `started` of the attempts that have run for [`STARTED_AFTER`] and still run, for
+/// the caller to flush. (Those that ended meanwhile are dropped here: their report said it.)
+async fn feed_due_started(st: &mut State, conn: &mut Conn, now: Instant) -> Result<(), String> {
+    while let Some(&(attempt, at_ms, due)) = st.unstarted.front() {
+        if due > now {
+            break;
+        }
+        st.unstarted.pop_front();
+        if st.running.contains_key(&attempt) {
+            conn.feed(WorkerToCoordinator::Started { attempt, at_ms })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Feeds one attempt's `started` now, if it is not sent yet (its output is about to follow).
+async fn feed_started_of(
+    st: &mut State,
+    conn: &mut Conn,
+    attempt: AttemptRef,
+) -> Result<(), String> {
+    let Some(i) = st.unstarted.iter().position(|(a, _, _)| *a == attempt) else {
+        return Ok(());
+    };
+    let (_, at_ms, _) = st.unstarted.remove(i).expect("found above");
+    conn.feed(WorkerToCoordinator::Started { attempt, at_ms })
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Handles one message. `out_of_touch`: nothing came from the coordinator for longer than the
@@ -652,6 +706,9 @@ async fn handle(
             }
         }
         CoordinatorToWorker::Follow { attempt, on } => {
+            if on && st.running.contains_key(&attempt) {
+                feed_started_of(st, conn, attempt).await?;
+            }
             if let Some(ctl) = st.running.get(&attempt) {
                 let _ = ctl.send(Control::Follow(on));
             } else if let Some(h) = st.held_mut(attempt) {
