@@ -154,15 +154,21 @@ def test_the_event_stream_sends_changes_live_with_subscribes_filters(http):
         threading.Thread(target=read, args=(q, into), daemon=True).start()
         assert ready.wait(10)
     http.ok("POST", "/api/tasks", {"tasks": [{"command": ["true"]}]}, status=201)  # not watched
-    # Long enough to be seen running (a task that ends within 20 ms goes from assigned to its end).
-    task = http.ok("POST", "/api/tasks", {"tasks": [{"command": ["sleep", "0.1"], "tags": ["watch=yes"]}]},
+    # Long enough to be seen running: the worker sends `started` 20 ms after the start, and
+    # leaves it out for a task that has ended by then (a `true` usually has).
+    task = http.ok("POST", "/api/tasks", {"tasks": [{"command": ["sleep", "0.3"], "tags": ["watch=yes"]}]},
                    status=201)[0]
+    quick = http.ok("POST", "/api/tasks", {"tasks": [{"command": ["true"]}]}, status=201)[0]
     http.worker()
     wait_for(lambda: events and events[-1]["state"] == "completed", what="the completed event")
     assert {e["id"] for e in events} == {task["id"]}
     assert [e["state"] for e in events] == ["ready", "assigned", "running", "completed"]
     wait_for(lambda: only_completed, what="the filtered stream")
     assert [e["state"] for e in only_completed] == ["completed"]
+    # With a `started` or without, its times are in order.
+    wait_for(lambda: http.ok("GET", f"/api/tasks/{quick['id']}")["state"] == "completed", what="the quick task")
+    shown = http.ok("GET", f"/api/tasks/{quick['id']}")
+    assert shown["times"]["assigned"] <= shown["times"]["running"] <= shown["times"]["ended"], shown["times"]
 
 
 def test_metrics_parse_with_prometheus_own_parser_and_match_the_counts(http):

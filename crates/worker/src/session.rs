@@ -314,6 +314,32 @@ impl State {
         true
     }
 
+    /// The `started` messages due at `now`: of the attempts that started [`STARTED_AFTER`] ago
+    /// or more, those that still run (an ended one's report said it started).
+    fn due_started(&mut self, now: Instant) -> Vec<(AttemptRef, u64)> {
+        let mut due = Vec::new();
+        while let Some(&(attempt, at_ms, at)) = self.unstarted.front() {
+            if at > now {
+                break;
+            }
+            self.unstarted.pop_front();
+            if self.running.contains_key(&attempt) {
+                due.push((attempt, at_ms));
+            }
+        }
+        due
+    }
+
+    /// Takes the held-back `started` of a running attempt, to send it now (its output is about
+    /// to follow): when it started, or `None` when its `started` went out already.
+    fn take_started(&mut self, attempt: AttemptRef) -> Option<u64> {
+        if !self.running.contains_key(&attempt) {
+            return None;
+        }
+        let i = self.unstarted.iter().position(|(a, _, _)| *a == attempt)?;
+        self.unstarted.remove(i).map(|(_, at_ms, _)| at_ms)
+    }
+
     fn start_drain(&mut self) {
         info!(
             running = self.running.len(),
@@ -591,35 +617,14 @@ async fn start(
 }
 
 /// Feeds the `started` of the attempts that have run for [`STARTED_AFTER`] and still run, for
-/// the caller to flush. (Those that ended meanwhile are dropped here: their report said it.)
+/// the caller to flush.
 async fn feed_due_started(st: &mut State, conn: &mut Conn, now: Instant) -> Result<(), String> {
-    while let Some(&(attempt, at_ms, due)) = st.unstarted.front() {
-        if due > now {
-            break;
-        }
-        st.unstarted.pop_front();
-        if st.running.contains_key(&attempt) {
-            conn.feed(WorkerToCoordinator::Started { attempt, at_ms })
-                .await
-                .map_err(|e| e.to_string())?;
-        }
+    for (attempt, at_ms) in st.due_started(now) {
+        conn.feed(WorkerToCoordinator::Started { attempt, at_ms })
+            .await
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
-}
-
-/// Feeds one attempt's `started` now, if it is not sent yet (its output is about to follow).
-async fn feed_started_of(
-    st: &mut State,
-    conn: &mut Conn,
-    attempt: AttemptRef,
-) -> Result<(), String> {
-    let Some(i) = st.unstarted.iter().position(|(a, _, _)| *a == attempt) else {
-        return Ok(());
-    };
-    let (_, at_ms, _) = st.unstarted.remove(i).expect("found above");
-    conn.feed(WorkerToCoordinator::Started { attempt, at_ms })
-        .await
-        .map_err(|e| e.to_string())
 }
 
 /// Handles one message. `out_of_touch`: nothing came from the coordinator for longer than the
@@ -706,8 +711,11 @@ async fn handle(
             }
         }
         CoordinatorToWorker::Follow { attempt, on } => {
-            if on && st.running.contains_key(&attempt) {
-                feed_started_of(st, conn, attempt).await?;
+            // Its output follows its `started`.
+            if on && let Some(at_ms) = st.take_started(attempt) {
+                conn.feed(WorkerToCoordinator::Started { attempt, at_ms })
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             if let Some(ctl) = st.running.get(&attempt) {
                 let _ = ctl.send(Control::Follow(on));
@@ -804,6 +812,27 @@ mod tests {
         st.held.push_back(held(a));
         st.held.push_back(held(b));
         (st, a, b)
+    }
+
+    #[test]
+    fn a_started_goes_out_once_due_and_only_for_an_attempt_that_still_runs() {
+        let mut st = state();
+        let (ended, runs, followed) = (attempt(), attempt(), attempt());
+        let t0 = Instant::now();
+        for (i, a) in [ended, runs, followed].into_iter().enumerate() {
+            let (ctl, _) = mpsc::unbounded_channel();
+            st.running.insert(a, ctl);
+            st.unstarted
+                .push_back((a, 100 + i as u64, t0 + STARTED_AFTER));
+        }
+        // `ended` reports before its `started` is due: its report says it ran.
+        st.running.remove(&ended);
+        assert_eq!(st.due_started(t0), vec![], "none due yet");
+        // A follow wants the output of `followed` now: its `started` goes first.
+        assert_eq!(st.take_started(followed), Some(102));
+        assert_eq!(st.take_started(followed), None, "taken once");
+        assert_eq!(st.due_started(t0 + STARTED_AFTER), vec![(runs, 101)]);
+        assert!(st.unstarted.is_empty());
     }
 
     #[test]
