@@ -330,6 +330,18 @@ impl State {
         due
     }
 
+    /// Forgets the held-back `started` of attempts that ended, from the oldest on, up to the
+    /// first that still runs: its due time is then the next the session wakes for (a command
+    /// that ends before its `started` is due must not wake the worker at that time).
+    fn drop_ended_started(&mut self) {
+        while let Some((attempt, _, _)) = self.unstarted.front() {
+            if self.running.contains_key(attempt) {
+                break;
+            }
+            self.unstarted.pop_front();
+        }
+    }
+
     /// Takes the held-back `started` of a running attempt, to send it now (its output is about
     /// to follow): when it started, or `None` when its `started` went out already.
     fn take_started(&mut self, attempt: AttemptRef) -> Option<u64> {
@@ -495,6 +507,7 @@ async fn session(
                     }
                     next = done_rx.try_recv().ok();
                 }
+                st.drop_ended_started();
                 if res.is_ok() {
                     res = conn.flush().await.map_err(|e| e.to_string());
                 }
@@ -825,8 +838,11 @@ mod tests {
             st.unstarted
                 .push_back((a, 100 + i as u64, t0 + STARTED_AFTER));
         }
-        // `ended` reports before its `started` is due: its report says it ran.
+        // `ended` reports before its `started` is due: its report says it ran, and the session
+        // no longer wakes for it.
         st.running.remove(&ended);
+        st.drop_ended_started();
+        assert_eq!(st.unstarted.front().map(|u| u.0), Some(runs));
         assert_eq!(st.due_started(t0), vec![], "none due yet");
         // A follow wants the output of `followed` now: its `started` goes first.
         assert_eq!(st.take_started(followed), Some(102));
