@@ -135,8 +135,7 @@ fn spec(kind: &str, block: BlockType) -> TaskSpec {
 
 async fn connect(c: &Coordinator) -> Result<Client> {
     let token = std::fs::read_to_string(c.token_file())?;
-    let addr = c.reach.as_ref().unwrap_or(&c.addr);
-    Ok(Client::connect(addr, token.trim(), BodyCodec::Bincode).await?)
+    Ok(Client::connect(c.peer_addr(), token.trim(), BodyCodec::Bincode).await?)
 }
 
 /// A client subscribed to the events of every task.
@@ -475,10 +474,7 @@ async fn main() -> Result<()> {
     if a.idle_workers > 0 {
         let token = std::fs::read_to_string(c.token_file())?.trim().to_string();
         for i in 0..a.idle_workers {
-            let mut cfg = tatzelwurm_worker::WorkerConfig::new(
-                c.reach.clone().unwrap_or_else(|| c.addr.clone()),
-                BlockType::Async,
-            );
+            let mut cfg = tatzelwurm_worker::WorkerConfig::new(c.peer_addr(), BlockType::Async);
             cfg.token = token.clone();
             cfg.slots = 4;
             cfg.name = format!("bench-{i}");

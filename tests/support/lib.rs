@@ -218,10 +218,15 @@ impl Coordinator {
         }
     }
 
+    /// The address peers started here use: [`Coordinator::reach`] when set, else `addr`.
+    pub fn peer_addr(&self) -> &str {
+        self.reach.as_deref().unwrap_or(&self.addr)
+    }
+
     /// Runs `actionwurm` against this coordinator.
     pub fn try_action(&self, args: &[&str]) -> Result<Output> {
         let mut cmd = Command::new(bin("actionwurm"));
-        cmd.args(["--coordinator", self.reach.as_ref().unwrap_or(&self.addr)]);
+        cmd.args(["--coordinator", self.peer_addr()]);
         // A coordinator with --insecure-no-auth has no token file.
         if self.token_file().exists() {
             cmd.arg("--token-file").arg(self.token_file());
@@ -304,11 +309,7 @@ impl Coordinator {
 
     /// Starts a worker against this coordinator.
     pub fn worker(&self, args: &[&str]) -> Worker {
-        Worker::start(
-            self.reach.as_ref().unwrap_or(&self.addr),
-            &self.token_file(),
-            args,
-        )
+        Worker::start(self.peer_addr(), &self.token_file(), args)
     }
 }
 

@@ -600,7 +600,8 @@ async fn send_unsent(st: &mut State, conn: &mut Conn) -> Result<(), String> {
     conn.flush().await.map_err(|e| e.to_string())
 }
 
-/// Starts an attempt now; its `started` is fed, for the caller to flush.
+/// Starts an attempt now. Its `started` is held back ([`STARTED_AFTER`]), unless somebody
+/// follows its output: then it is fed at once, ahead of that output, for the caller to flush.
 async fn start(
     st: &mut State,
     conn: &mut Conn,
@@ -610,23 +611,20 @@ async fn start(
     let attempt = d.attempt;
     debug!(task = %attempt.task, attempt = attempt.attempt, payload = %d.payload.describe(), "starting");
     let ctl = st.runner.start(*d);
-    if follow {
-        let _ = ctl.send(Control::Follow(true));
+    if !follow {
+        st.running.insert(attempt, ctl);
+        st.unstarted
+            .push_back((attempt, now_ms(), Instant::now() + STARTED_AFTER));
+        return Ok(());
     }
+    let _ = ctl.send(Control::Follow(true));
     st.running.insert(attempt, ctl);
-    if follow {
-        // Its output goes out as it comes, after the `started`.
-        return conn
-            .feed(WorkerToCoordinator::Started {
-                attempt,
-                at_ms: now_ms(),
-            })
-            .await
-            .map_err(|e| e.to_string());
-    }
-    st.unstarted
-        .push_back((attempt, now_ms(), Instant::now() + STARTED_AFTER));
-    Ok(())
+    conn.feed(WorkerToCoordinator::Started {
+        attempt,
+        at_ms: now_ms(),
+    })
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// Feeds the `started` of the attempts that have run for [`STARTED_AFTER`] and still run, for
@@ -694,7 +692,7 @@ async fn handle(
                 });
                 return Ok(());
             }
-            // Fed, not sent: the caller flushes once the messages that came with it are handled.
+            // What it feeds, the caller flushes once the messages that came with it are handled.
             start(st, conn, d, false).await?;
         }
         CoordinatorToWorker::Kill { attempt } => {
@@ -737,7 +735,8 @@ async fn handle(
             }
         }
         CoordinatorToWorker::Revoke { attempt } => {
-            // Started meanwhile (its `started` is on its way) or unknown: nothing to give back.
+            // Started meanwhile (its `started` may still be held back) or unknown: nothing to
+            // give back.
             if st.take_held(attempt).is_some() {
                 st.end_unstarted(
                     attempt,
