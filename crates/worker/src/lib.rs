@@ -3,7 +3,8 @@
 //!
 //! [`session`] keeps the connection (reconnecting, reattaching, resending unacknowledged results);
 //! [`runner`] runs attempts; [`exec`] runs commands, which [`spawn`] starts; [`handlers`] holds custom task handlers;
-//! [`pool`] keeps several worker processes alive (`--processes`).
+//! [`touch`] knows when the coordinator was last heard (nothing starts after a silence past the
+//! lease); [`pool`] keeps several worker processes alive (`--processes`).
 
 pub mod exec;
 pub mod handlers;
@@ -11,6 +12,7 @@ pub mod pool;
 pub mod runner;
 pub mod session;
 pub mod spawn;
+pub mod touch;
 
 use std::path::PathBuf;
 use std::time::Duration;

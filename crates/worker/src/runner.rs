@@ -9,9 +9,11 @@ use tatzelwurm_protocol::{
 };
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
+use tracing::warn;
 
 use crate::exec::{Spawn, run_exec};
 use crate::handlers::{Handler, Handlers, TaskInput, TaskOutput};
+use crate::touch::Touch;
 
 /// Orders for a running attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +36,9 @@ pub struct Runner {
     blocking_slots: Option<Arc<Semaphore>>,
     kill_grace: Duration,
     spawn: Spawn,
+    /// When the coordinator was last heard: an attempt whose start comes after a silence past
+    /// the lease is handed back instead.
+    touch: Arc<Touch>,
     done: mpsc::UnboundedSender<(AttemptRef, AttemptReport)>,
     /// Where followed commands send their output (`output` messages, ready for the connection).
     output: mpsc::Sender<WorkerToCoordinator>,
@@ -46,6 +51,7 @@ impl Runner {
         sync_slots: Option<u32>,
         kill_grace: Duration,
         spawn: Spawn,
+        touch: Arc<Touch>,
         done: mpsc::UnboundedSender<(AttemptRef, AttemptReport)>,
         output: mpsc::Sender<WorkerToCoordinator>,
     ) -> Self {
@@ -54,6 +60,7 @@ impl Runner {
             blocking_slots: sync_slots.map(|n| Arc::new(Semaphore::new(n as usize))),
             kill_grace,
             spawn,
+            touch,
             done,
             output,
         }
@@ -69,7 +76,24 @@ impl Runner {
                 None => None,
             };
             let attempt = d.attempt;
-            let report = me.run(d, rx).await;
+            // The worker was frozen or cut off between accepting the dispatch and now, for longer
+            // than the lease: the task may run elsewhere already (CI's fault campaign saw a
+            // worker stopped right after it read its dispatches start them when it woke).
+            let report = if me.touch.out_of_touch() {
+                warn!(task = %attempt.task, attempt = attempt.attempt, silence_ms = me.touch.silence().as_millis() as u64, "the coordinator was silent for longer than the lease before this attempt could start; handed back, not started");
+                AttemptReport {
+                    outcome: Some(Outcome::HandedBack),
+                    error: Some(format!(
+                        "the worker heard nothing from the coordinator for longer than the lease \
+                         ({} ms) before the attempt could start",
+                        me.touch.lease().as_millis()
+                    )),
+                    ended_ms: now_ms(),
+                    ..Default::default()
+                }
+            } else {
+                me.run(d, rx).await
+            };
             let _ = me.done.send((attempt, report));
         });
         tx
@@ -317,6 +341,63 @@ async fn run_custom(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tatzelwurm_protocol::TaskId;
+
+    /// Runs `sh -c 'echo ran > FILE'` through a runner whose coordinator was last heard
+    /// `silent` ago under a 200 ms lease; the report, and whether the command ran.
+    async fn start_after(silent: Duration) -> (AttemptReport, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let ran = dir.path().join("ran");
+        let touch = Arc::new(Touch::new(Duration::from_millis(200)));
+        touch.restart_at(Instant::now() - silent);
+        let (done, mut reports) = mpsc::unbounded_channel();
+        let (output, _pieces) = mpsc::channel(4);
+        let runner = Runner::new(
+            Handlers::new(),
+            None,
+            Duration::from_secs(1),
+            Spawn::Clone,
+            touch,
+            done,
+            output,
+        );
+        let attempt = AttemptRef {
+            task: TaskId::new(),
+            attempt: 1,
+        };
+        let _control = runner.start(Dispatch {
+            attempt,
+            name: None,
+            payload: Payload::Exec {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    format!("echo ran > {}", ran.display()),
+                ],
+                env: vec![],
+                cwd: None,
+            },
+            timeout_ms: None,
+            user_key: None,
+            user_data: Default::default(),
+        });
+        let (of, report) = reports.recv().await.unwrap();
+        assert_eq!(of, attempt);
+        (report, ran.exists())
+    }
+
+    #[tokio::test]
+    async fn an_attempt_whose_start_comes_after_a_silence_past_the_lease_is_handed_back() {
+        let (report, ran) = start_after(Duration::from_millis(300)).await;
+        assert_eq!(report.outcome, Some(Outcome::HandedBack), "{report:?}");
+        assert_eq!(report.started_ms, None, "it never started");
+        assert!(report.error.unwrap().contains("longer than the lease"));
+        assert!(!ran, "the command did not run");
+
+        let (report, ran) = start_after(Duration::from_millis(50)).await;
+        assert_eq!(report.outcome, Some(Outcome::Succeeded), "{report:?}");
+        assert!(ran, "within the lease it runs");
+    }
 
     #[test]
     fn a_sleep_that_is_already_over_ends_without_a_timer() {

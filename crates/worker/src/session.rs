@@ -3,6 +3,7 @@
 //! the coordinator has not acknowledged.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -22,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::WorkerConfig;
 use crate::handlers::Handlers;
 use crate::runner::{Control, Runner};
+use crate::touch::Touch;
 
 /// Pieces of followed output waiting for the connection.
 const OUTPUT_PIECES: usize = 256;
@@ -75,8 +77,9 @@ struct State {
     draining: bool,
     /// The heartbeat interval the coordinator asked for.
     heartbeat: Duration,
-    /// The lease the coordinator grants: silent for longer, this worker's tasks are given away.
-    lease: Duration,
+    /// When the coordinator was last heard, and the lease it grants (silent for longer, this
+    /// worker's tasks are given away); the runner reads it too.
+    touch: Arc<Touch>,
     drain_deadline: Option<Instant>,
     /// Set when stopping at once: exit by then even with undelivered reports.
     exit_deadline: Option<Instant>,
@@ -185,6 +188,9 @@ async fn connect(st: &mut State) -> Result<Conn> {
         st.cfg.token = t.trim().to_string();
     }
     let stream = Endpoint::parse(&st.cfg.coordinator).connect().await?;
+    // The coordinator's lease for this connection runs from the hello it reads: a welcome read
+    // long after (this worker was frozen meanwhile) does not make the silence short.
+    let hello_at = Instant::now();
     let hello = Hello::new(
         Role::Worker(WorkerHello {
             block: st.cfg.block,
@@ -239,7 +245,9 @@ async fn connect(st: &mut State) -> Result<Conn> {
     }
     conn.flush().await?;
     st.heartbeat = Duration::from_millis(welcome.heartbeat_ms.max(10));
-    st.lease = Duration::from_millis(welcome.lease_ms.max(10));
+    st.touch
+        .set_lease(Duration::from_millis(welcome.lease_ms.max(10)));
+    st.touch.restart_at(hello_at);
     Ok(conn)
 }
 
@@ -256,11 +264,13 @@ impl State {
         output: mpsc::Sender<WorkerToCoordinator>,
     ) -> Self {
         let sync_slots = (cfg.block == BlockType::Sync).then_some(cfg.slots);
+        let touch = Arc::new(Touch::new(Duration::from_secs(30)));
         let runner = Runner::new(
             handlers.clone(),
             sync_slots,
             cfg.kill_grace,
             cfg.spawn,
+            touch.clone(),
             done,
             output,
         );
@@ -278,7 +288,7 @@ impl State {
             unstarted: VecDeque::new(),
             draining: false,
             heartbeat: Duration::from_secs(5),
-            lease: Duration::from_secs(30),
+            touch,
             drain_deadline: None,
             exit_deadline: None,
         }
@@ -433,7 +443,6 @@ async fn session(
     let hb = st.heartbeat;
     let mut ticker = tokio::time::interval(hb);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_inbound = Instant::now();
     loop {
         if st.finished() {
             let _ = conn.close().await;
@@ -448,8 +457,8 @@ async fn session(
                     // Heard of nothing for longer than the lease before this frame (frozen,
                     // cut off): the coordinator has given this worker's tasks away, so a
                     // dispatch read now was sent before that and is no longer its own.
-                    let out_of_touch = last_inbound.elapsed() > st.lease;
-                    last_inbound = Instant::now();
+                    let out_of_touch = st.touch.out_of_touch();
+                    st.touch.heard();
                     // What else has already arrived: a worker that wakes from a freeze finds
                     // the coordinator's goodbye (its lease ended) behind the old dispatches,
                     // perhaps after a heartbeat answer that makes the silence look short.
@@ -523,8 +532,9 @@ async fn session(
                 }
             }
             _ = ticker.tick() => {
-                if last_inbound.elapsed() > hb * 4 + Duration::from_secs(2) {
-                    Err(format!("no word from the coordinator for {} ms", last_inbound.elapsed().as_millis()))
+                let silence = st.touch.silence();
+                if silence > hb * 4 + Duration::from_secs(2) {
+                    Err(format!("no word from the coordinator for {} ms", silence.as_millis()))
                 } else {
                     conn.send(WorkerToCoordinator::Heartbeat { running: st.running.len() as u32 }).await.map_err(|e| e.to_string())
                 }
@@ -549,7 +559,7 @@ async fn session(
         // Slots freed by the reports above (or a held task resumed) start what is held, unless
         // the coordinator was silent for longer than the lease: it may have given those away.
         let res = match res {
-            Ok(()) if last_inbound.elapsed() <= st.lease => start_held(st, &mut conn).await,
+            Ok(()) if !st.touch.out_of_touch() => start_held(st, &mut conn).await,
             other => other,
         };
         let res = match res {
