@@ -5,9 +5,16 @@
 //! already holds a socket is probed first: if a coordinator answers there, this one refuses to
 //! start (two coordinators would otherwise split the peers between them); if nothing answers, the
 //! file is a leftover and is replaced. A path that holds anything else is never removed.
+//!
+//! Probing and binding are two steps, so two coordinators started at the same instant could both
+//! find the same leftover, both replace it, and one would end up listening on a file nobody can
+//! reach. A lock file beside the socket (`PATH.lock`, `flock`ed for as long as the coordinator
+//! listens) makes the two steps one coordinator's at a time. It stays behind, empty and unlocked,
+//! when the coordinator stops: removing it would open the same race again.
 
+use std::fs::{File, TryLockError};
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tatzelwurm_protocol::transport::Stream;
@@ -24,6 +31,16 @@ pub enum SocketError {
     /// The path holds a file that is not a socket: it is not ours to remove.
     #[error("{0} exists and is not a socket; choose another --socket")]
     NotASocket(PathBuf),
+    /// The lock file beside the socket could not be opened or locked.
+    #[error(
+        "cannot lock {path} (beside the socket, so that one coordinator at a time takes it): {source}"
+    )]
+    Lock {
+        /// The lock file's path.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
     /// Binding, probing or removing failed.
     #[error("cannot listen on the socket {path}: {source}")]
     Io {
@@ -42,6 +59,9 @@ pub struct UnixSocket {
     path: PathBuf,
     /// The file's device and inode as bound, to recognise it at removal.
     id: (u64, u64),
+    /// `PATH.lock`, locked until this is dropped (after the socket file is removed); `None` on a
+    /// file system without locks.
+    _lock: Option<File>,
 }
 
 impl UnixSocket {
@@ -51,6 +71,7 @@ impl UnixSocket {
             path: path.to_path_buf(),
             source,
         };
+        let lock = lock_beside(path)?;
         match std::fs::symlink_metadata(path) {
             Ok(meta) if !meta.file_type().is_socket() => {
                 return Err(SocketError::NotASocket(path.to_path_buf()));
@@ -73,6 +94,7 @@ impl UnixSocket {
             listener,
             path: path.to_path_buf(),
             id: (meta.dev(), meta.ino()),
+            _lock: lock,
         })
     }
 
@@ -90,6 +112,34 @@ impl UnixSocket {
             None => "unix".to_string(),
         };
         Ok((Stream::Unix(stream), peer))
+    }
+}
+
+/// Takes `PATH.lock` (created owner-only when missing) without waiting: held by another process,
+/// the socket is in use. A file system that has no locks is logged and listened on without one.
+fn lock_beside(path: &Path) -> Result<Option<File>, SocketError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let failed = |source| SocketError::Lock {
+        path: lock_path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(TryLockError::WouldBlock) => Err(SocketError::InUse(path.to_path_buf())),
+        Err(TryLockError::Error(e)) if e.kind() == io::ErrorKind::Unsupported => {
+            tracing::warn!(lock = %lock_path.display(), error = %e, "no file locks here: two coordinators started at once on this socket path could race");
+            Ok(None)
+        }
+        Err(TryLockError::Error(e)) => Err(failed(e)),
     }
 }
 
@@ -155,6 +205,41 @@ mod tests {
             !path.exists(),
             "the coordinator's socket is removed when it stops"
         );
+    }
+
+    #[tokio::test]
+    async fn a_second_coordinator_is_refused_even_when_the_first_ones_file_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tw.sock");
+        let first = UnixSocket::bind(&path).await.unwrap();
+        // What a second coordinator that had just replaced the file would leave the first
+        // with: a listener on a path that no longer names its socket. The lock still holds.
+        std::fs::remove_file(&path).unwrap();
+        let second = UnixSocket::bind(&path).await;
+        assert!(matches!(second, Err(SocketError::InUse(_))), "{second:?}");
+        assert!(!path.exists(), "the refused one bound nothing");
+        drop(first);
+        let third = UnixSocket::bind(&path).await.unwrap();
+        assert!(path.exists());
+        let lock = dir.path().join("tw.sock.lock");
+        let mode = std::fs::metadata(&lock).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the lock file is the owner's only too");
+        drop(third);
+        assert!(lock.exists(), "the lock file stays, unlocked");
+        UnixSocket::bind(&path).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lock_path_that_cannot_be_opened_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tw.sock");
+        std::fs::create_dir(dir.path().join("tw.sock.lock")).unwrap();
+        let r = UnixSocket::bind(&path).await;
+        let Err(e @ SocketError::Lock { .. }) = r else {
+            panic!("{r:?}")
+        };
+        assert!(e.to_string().contains("tw.sock.lock"), "{e}");
+        assert!(!path.exists());
     }
 
     #[tokio::test]

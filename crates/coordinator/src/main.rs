@@ -42,7 +42,8 @@ struct Args {
     listen: String,
     /// Also listen on a Unix socket file at this path, for workers and clients on this machine
     /// (they connect to `unix:PATH`; the token is asked there too). A leftover socket file is
-    /// replaced; one a running coordinator answers on is not.
+    /// replaced; one a running coordinator answers on is not (PATH.lock, beside it, says whose it
+    /// is).
     #[arg(long, env = "TATZELWURM_SOCKET")]
     socket: Option<PathBuf>,
     /// Where to serve the HTTP API, the status page and /metrics (same token as TCP), or `none`.
