@@ -76,6 +76,11 @@ class Worker:
         self._finished = set()
         self._stopping = threading.Event()
         self._loop = None
+        # When the coordinator was last heard (monotonic seconds) and the lease it grants: a
+        # dispatch is handed back, not started, when the silence passed the lease before it could
+        # start (frozen after its frame was read, say), as well as when it was read after one.
+        self._heard = time.monotonic()
+        self._lease = 30.0
 
     def handler(self, name):
         """Decorator: `@worker.handler("render")` above `def f(data, task)` or `async def f(data, task)`."""
@@ -169,12 +174,12 @@ class Worker:
 
     # ---- the connection ---------------------------------------------------------------------
 
-    def _reader(self, sock, generation, lease):
+    def _reader(self, sock, generation, lease, hello_at):
         """Reads frames in bursts: a frame and whatever is already waiting behind it. A burst that
-        follows a silence longer than the lease (this process was frozen, or cut off), or that
-        holds the coordinator's goodbye, is marked: its dispatches were given away meanwhile
-        (docs/PROTOCOL.md §4, stale dispatches)."""
-        last = time.monotonic()
+        follows a silence longer than the lease (this process was frozen, or cut off; counted from
+        the hello, however late the welcome was read), or that holds the coordinator's goodbye,
+        is marked: its dispatches were given away meanwhile (docs/PROTOCOL.md §6, leases)."""
+        last = hello_at
         try:
             while True:
                 burst = [recv_frame(sock)]
@@ -187,6 +192,7 @@ class Worker:
                 except (ProtocolError, OSError, ValueError) as e:
                     ended = str(e)
                 last = time.monotonic()
+                self._heard = last
                 given_away = silent or ended is not None or any(variant(m)[0] == "shutdown" for m in burst)
                 for m in burst:
                     self._events.put(("msg", (generation, m, given_away)))
@@ -214,6 +220,7 @@ class Worker:
                 "block": self.block, "slots": self.slots, "name": self.name, "host": socket.gethostname(),
                 "tags": self.tags, "handlers": sorted(self.handlers), "previous_id": self.worker_id,
             }}
+            hello_at = time.monotonic()
             try:
                 sock, welcome = connect(self.addr, role, self.token)
             except TatzelwurmError as e:
@@ -239,7 +246,9 @@ class Worker:
             for key, report in self._unacked.items():
                 send_frame(sock, {"finished": {"attempt": {"task": key[0], "attempt": key[1]}, "report": report}})
             lease = max(welcome["lease_ms"], 1) / 1000
-            threading.Thread(target=self._reader, args=(sock, generation, lease), daemon=True).start()
+            self._lease = lease
+            self._heard = hello_at
+            threading.Thread(target=self._reader, args=(sock, generation, lease, hello_at), daemon=True).start()
             log.info("connected as worker %s", self.worker_id)
             try:
                 self._serve(sock, heartbeat, generation)
@@ -305,9 +314,10 @@ class Worker:
             key = (body["attempt"]["task"], body["attempt"]["attempt"])
             if key in self._running or key in self._unacked:
                 return True
-            if given_away:
-                # Read after a silence longer than the lease, or beside the goodbye: the task
-                # went to another worker meanwhile, and starting it would run it twice.
+            if given_away or time.monotonic() - self._heard > self._lease:
+                # Read after a silence longer than the lease, or beside the goodbye, or such a
+                # silence fell between its read and now: the task went to another worker
+                # meanwhile, and starting it would run it twice.
                 log.warning("a dispatch read after a silence longer than the lease; handed back, not started")
                 self._report(sock, key, {
                     "outcome": "handed_back",

@@ -269,6 +269,53 @@ def test_python_worker_that_wakes_to_a_stale_dispatch_hands_it_back_instead_of_r
         c.stop()
 
 
+def test_python_worker_hands_back_a_dispatch_whose_start_comes_after_a_silence_past_the_lease():
+    """A dispatch read in time whose turn came after a silence longer than the lease (the worker
+    was frozen between reading its frame and starting it) is handed back, not started; within
+    the lease it runs. Over a real socket pair, the worker's own event handling, no coordinator."""
+    import socket
+    import threading
+
+    from tatzelwurm.protocol import encode_data, recv_frame, variant
+    from tatzelwurm.worker import Worker
+
+    ran = threading.Event()
+    w = Worker(token="unused")
+
+    @w.handler("mark")
+    def mark(data, task):
+        ran.set()
+
+    ours, coordinator_end = socket.socketpair()
+    try:
+        w._lease = 0.2
+
+        def dispatch():
+            body = {
+                "attempt": {"task": uuid.uuid4().bytes, "attempt": 1},
+                "payload": {"custom": {"handler": "mark", "data": encode_data(None)}},
+            }
+            # Read in time (the burst is not marked), handled now.
+            assert w._handle_event(ours, "msg", (1, {"dispatch": body}, False), 1)
+            return variant(recv_frame(coordinator_end))
+
+        w._heard = time.monotonic() - 0.5
+        name, body = dispatch()
+        assert name == "finished", (name, body)
+        assert body["report"]["outcome"] == "handed_back", body
+        assert "longer than the lease" in body["report"]["error"]
+        time.sleep(0.1)
+        assert not ran.is_set(), "the handler must not run"
+
+        w._heard = time.monotonic()
+        name, body = dispatch()
+        assert name == "started", (name, body)
+        assert ran.wait(5), "within the lease the handler runs"
+    finally:
+        ours.close()
+        coordinator_end.close()
+
+
 def test_queues_from_python_limit_pause_move_and_defaults(coordinator):
     coordinator.rust_worker("--slots", "8")
     coordinator.wait_workers(1)
