@@ -267,6 +267,10 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
         self.worker_id = None
         self._heartbeat = 1.0
         self._last_heard = time.monotonic()
+        # The lease the coordinator grants: a task read after a silence longer than this (the
+        # process was frozen, or cut off), or whose turn came after one, was given away meanwhile
+        # and is handed back instead of run.
+        self._lease = 30.0
         self._ids = itertools.count(1)
         self._handlers = {}  # request id -> callable(name, body) -> True when done
         self._queues = {}  # queue name -> _Queue
@@ -582,8 +586,10 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
                     except queue_mod.Empty:
                         break
 
-    def _deliver(self, dispatch):
-        """A message task for this client (on the callback thread)."""
+    def _deliver(self, dispatch_and_silence):
+        """A message task for this client (on the callback thread), and whether its frame was read
+        after a silence longer than the lease."""
+        dispatch, silent = dispatch_and_silence
         name, payload = variant(dispatch["payload"])
         attempt = dispatch["attempt"]
         key = (attempt["task"], attempt["attempt"])
@@ -593,6 +599,16 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
         with self._lock:
             if key in self._running or key in self._unacked:
                 return  # a dispatch seen already (resent over a reconnect)
+        if silent or time.monotonic() - self._last_heard > self._lease:
+            # The coordinator gave the task to another subscriber meanwhile: running it here
+            # too would run it twice (docs/PROTOCOL.md §6, leases).
+            log.warning("a task read after a silence longer than the lease; handed back, not run")
+            self._report(key, {
+                "outcome": "handed_back",
+                "error": "the client heard nothing from the coordinator for longer than the lease before this task",
+            })
+            return
+        with self._lock:
             delivery = {
                 "key": key,
                 "attempt": attempt,
@@ -827,6 +843,7 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
             try:
                 role = {"client": {"name": self.name, "host": socket.gethostname(), "namespace": self.namespace,
                                    "previous_id": self.worker_id}}
+                hello_at = time.monotonic()
                 sock, welcome = connect(self.addr, role, self._token)
                 break
             except TatzelwurmError as e:
@@ -854,7 +871,9 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
             self._sock = sock
             self.worker_id = welcome["peer_id"]
             self._heartbeat = max(welcome["heartbeat_ms"], 10) / 1000
-            self._last_heard = time.monotonic()
+            self._lease = max(welcome["lease_ms"], 1) / 1000
+            # The lease runs from the hello: a welcome read long after does not make the silence short.
+            self._last_heard = hello_at
             old_handlers, self._handlers = self._handlers, {}
             claims = [{"task": k[0], "attempt": k[1]} for k in list(self._running) + list(self._unacked)]
             unacked = list(self._unacked.items())
@@ -930,20 +949,22 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
                 body = stream.read(n)
                 if len(body) < n:
                     raise ProtocolError("connection closed in the middle of a frame")
-                self._last_heard = time.monotonic()
-                self._on_frame(unpack(body))
+                now = time.monotonic()
+                silent = now - self._last_heard > self._lease
+                self._last_heard = now
+                self._on_frame(unpack(body), silent)
         except (ProtocolError, OSError, ValueError) as e:
             with self._lock:
                 if generation == self._generation and not self._closed:
                     log.warning("connection to %s lost: %s", self.addr, e)
                     self._connected.clear()
 
-    def _on_frame(self, msg):
+    def _on_frame(self, msg, silent=False):
         side, body = variant(msg)
         name, content = variant(body)
         if side == "worker":
             if name == "dispatch":
-                self._callbacks.put((self._deliver, content))
+                self._callbacks.put((self._deliver, (content, silent)))
             elif name == "ack":
                 a = content["attempt"]
                 with self._lock:
