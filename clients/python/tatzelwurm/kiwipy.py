@@ -953,6 +953,12 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
                 silent = now - self._last_heard > self._lease
                 self._last_heard = now
                 self._on_frame(unpack(body), silent)
+                if silent:
+                    # What else waits on this connection was sent before the coordinator gave up
+                    # on it (it closes a connection whose lease ended): reconnect and reattach
+                    # rather than trust it.
+                    raise ProtocolError(
+                        f"nothing heard from the coordinator for longer than the lease ({self._lease:g} s)")
         except (ProtocolError, OSError, ValueError) as e:
             with self._lock:
                 if generation == self._generation and not self._closed:
