@@ -390,9 +390,23 @@ pub fn check(
                     } else if failed(a.attempt) {
                         "the first attempt failed"
                     } else {
+                        // A silence that ended just before the first run began points at a
+                        // dispatch its worker accepted, then started only when it woke.
+                        let from = a.start.saturating_sub(silent_enough * 10);
+                        let before = silence.longest(a.pid, from, a.start, silent_enough / 3);
+                        let hint = if before >= silent_enough {
+                            format!(
+                                "; it had been silent for {} ms just before attempt {} started \
+                                 (a start after a freeze?)",
+                                before / 1_000_000,
+                                a.attempt
+                            )
+                        } else {
+                            String::new()
+                        };
                         v.violations.push(format!(
                             "task {id}: ran again (attempt {} after {}) though attempt {}'s worker \
-                             (pid {}) was neither silent past the lease nor killed after the run",
+                             (pid {}) was neither silent past the lease nor killed after the run{hint}",
                             b.attempt, a.attempt, a.attempt, a.pid
                         ));
                         "no cause found"
@@ -626,6 +640,38 @@ mod tests {
         third.push((2_500, Event::WorkerKilled { pid: 11 }));
         let v = check(&more, &third, &tables, &told(&["t"]), LEASE);
         assert!(v.violations.is_empty(), "{:?}", v.violations);
+    }
+
+    #[test]
+    fn a_rerun_after_a_start_that_followed_a_freeze_is_a_violation_that_names_the_freeze() {
+        // Session 18's campaign: pid 10 was stopped with attempt 1 accepted but not started, woke
+        // past the lease and started it; the coordinator had given the task away (attempt 2).
+        let tables = HashMap::from([(
+            "t".to_string(),
+            done(&[(1, "lost", 0), (2, "succeeded", 2)]),
+        )]);
+        let runs = vec![
+            run("t", 1, 10, 1, 2_000, Some(2_100)),
+            run("t", 2, 11, 2, 9_000, Some(9_100)),
+        ];
+        let mut events = vec![(0, started("a", 10)), (0, started("b", 11))];
+        let v = check(&runs, &events, &tables, &told(&["t"]), LEASE);
+        assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
+        assert!(!v.violations[0].contains("freeze"), "{:?}", v.violations);
+        events.push((100, Event::WorkerStopped { pid: 10 }));
+        events.push((1_990, Event::WorkerContinued { pid: 10 }));
+        let v = check(&runs, &events, &tables, &told(&["t"]), LEASE);
+        assert_eq!(
+            v.violations.len(),
+            1,
+            "still a double run: {:?}",
+            v.violations
+        );
+        assert!(
+            v.violations[0].contains("silent for") && v.violations[0].contains("freeze"),
+            "{:?}",
+            v.violations
+        );
     }
 
     #[test]
