@@ -34,6 +34,7 @@ fn scheduler(queued: usize, queues: u32) -> Scheduler {
                 running: 0,
                 handlers: vec![],
                 tags: vec![],
+                custom_only: false,
             },
         );
     }

@@ -219,6 +219,8 @@ class Worker:
             role = {"worker": {
                 "block": self.block, "slots": self.slots, "name": self.name, "host": socket.gethostname(),
                 "tags": self.tags, "handlers": sorted(self.handlers), "previous_id": self.worker_id,
+                # Handlers only: the coordinator keeps commands and sleeps for other workers.
+                "custom_only": True,
             }}
             hello_at = time.monotonic()
             try:

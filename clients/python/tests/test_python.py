@@ -29,6 +29,25 @@ def test_python_worker_runs_custom_tasks_added_by_actionwurm(coordinator):
     assert sorted(workers[0]["handlers"]) == ["echo", "py_async", "py_fail", "py_upper"]
 
 
+def test_a_python_worker_is_given_no_command_which_waits_for_a_worker_that_runs_commands(coordinator):
+    """The Python worker runs its handlers only (its hello says `custom_only`): a command added
+    while it is the only worker waits, and does not fail there (the fault campaign with a Python
+    worker saw every such task fail three times with "this worker does not serve exec")."""
+    coordinator.python_worker("py-only")
+    coordinator.wait_workers(1)
+    with coordinator.client() as c:
+        (cmd,) = c.add(exec_task(["true"]), play=True)
+        (custom,) = c.add(custom_task("py_upper", "x"), play=True)
+        assert c.wait(custom, timeout=30) == {custom: "completed"}
+        shown = c.show(cmd)
+        assert (shown["state"], shown["attempts"]) == ("ready", []), shown
+        assert shown["waiting"], shown
+        coordinator.rust_worker()
+        assert c.wait(cmd, timeout=30) == {cmd: "completed"}
+        attempts = c.show(cmd)["attempts"]
+        assert len(attempts) == 1 and attempts[0]["worker_name"] != "py-only", attempts
+
+
 def test_coroutine_handlers_and_raised_exceptions(coordinator):
     coordinator.python_worker("py-2")
     coordinator.wait_workers(1)

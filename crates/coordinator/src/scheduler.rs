@@ -151,6 +151,8 @@ struct Capacity {
     running: u32,
     handlers: Vec<String>,
     tags: Vec<Tag>,
+    /// Runs only its handlers' custom tasks, no commands or sleeps.
+    custom_only: bool,
     /// Active (not draining, connected).
     accepting: bool,
 }
@@ -175,10 +177,10 @@ impl Capacity {
     /// Whether it can run tasks of `kind` at all.
     fn can_run(&self, kind: &Kind) -> bool {
         self.block == kind.block
-            && kind
-                .handler
-                .as_ref()
-                .is_none_or(|h| self.handlers.contains(h))
+            && match &kind.handler {
+                Some(h) => self.handlers.contains(h),
+                None => !self.custom_only,
+            }
             && kind.require.iter().all(|t| self.tags.contains(t))
     }
 }
@@ -198,6 +200,8 @@ pub struct WorkerSpec {
     pub handlers: Vec<String>,
     /// Its tags, for affinity.
     pub tags: Vec<Tag>,
+    /// It runs only its handlers' custom tasks (its hello's `custom_only`).
+    pub custom_only: bool,
 }
 
 /// Ready queues and worker capacities.
@@ -338,6 +342,7 @@ impl Scheduler {
                 running: spec.running,
                 handlers: spec.handlers,
                 tags: spec.tags,
+                custom_only: spec.custom_only,
                 accepting: true,
             },
         );

@@ -138,6 +138,12 @@ pub struct WorkerHello {
     /// hello of a worker without it is the one of protocol version 4.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub prefetch: u32,
+    /// It runs only the custom tasks of its `handlers`, no commands and no sleeps (a worker for
+    /// a language's own functions, like the Python package's `Worker`): the coordinator gives
+    /// it nothing else. Not written when false, so that the hello of a worker without it is the
+    /// one of protocol version 4.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub custom_only: bool,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -31,6 +31,7 @@ fn worker_hello() -> Hello {
             previous_id: None,
             streams_output: false,
             prefetch: 0,
+            custom_only: false,
         }),
         BodyCodec::Msgpack,
         "c0ffee",

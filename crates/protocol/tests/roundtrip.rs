@@ -629,6 +629,7 @@ fn hellos() -> Vec<Hello> {
                 previous_id: Some(WorkerId(9)),
                 streams_output: true,
                 prefetch: 2,
+                custom_only: true,
             }),
             BodyCodec::Bincode,
             "secret",

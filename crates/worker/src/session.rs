@@ -202,6 +202,7 @@ async fn connect(st: &mut State) -> Result<Conn> {
             previous_id: st.id,
             streams_output: true,
             prefetch: st.cfg.prefetch,
+            custom_only: false,
         }),
         st.cfg.codec,
         st.cfg.token.clone(),

@@ -209,6 +209,7 @@ impl Core {
                     running: held.len() as u32,
                     handlers: info.handlers.clone(),
                     tags: info.tags.clone(),
+                    custom_only: hello.custom_only,
                 },
             );
         }
@@ -756,5 +757,6 @@ fn client_hello(hello: &ClientHello, previous_id: Option<WorkerId>) -> WorkerHel
         previous_id,
         streams_output: false,
         prefetch: 0,
+        custom_only: false,
     }
 }

@@ -18,6 +18,7 @@ fn worker(block: BlockType, slots: u32, running: u32) -> WorkerSpec {
         running,
         handlers: vec![],
         tags: vec![],
+        custom_only: false,
     }
 }
 
@@ -77,6 +78,32 @@ fn tasks_only_go_to_workers_of_their_type_and_handler() {
     w.handlers = vec!["render".into()];
     s.set_worker(WorkerId(3), w);
     assert_eq!(drain(&mut s), vec![(custom, WorkerId(3))]);
+}
+
+#[test]
+fn a_worker_of_custom_handlers_only_gets_no_command_or_sleep() {
+    // The Python package's worker serves its handlers and runs no commands: chaos with a Python
+    // worker saw it given `exec` tasks, which it could only fail.
+    let mut s = Scheduler::new();
+    let command = TaskId::new();
+    let custom = TaskId::new();
+    s.enqueue(Q, Kind::of(BlockType::Async), 0, command);
+    let render = Kind {
+        handler: Some("render".into()),
+        ..Kind::of(BlockType::Async)
+    };
+    s.enqueue(Q, render, 10, custom);
+    s.set_worker(
+        WorkerId(1),
+        WorkerSpec {
+            handlers: vec!["render".into()],
+            custom_only: true,
+            ..worker(BlockType::Async, 10, 0)
+        },
+    );
+    assert_eq!(drain(&mut s), vec![(custom, WorkerId(1))]);
+    s.set_worker(WorkerId(2), worker(BlockType::Async, 10, 0));
+    assert_eq!(drain(&mut s), vec![(command, WorkerId(2))]);
 }
 
 #[test]

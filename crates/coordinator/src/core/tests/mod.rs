@@ -47,6 +47,7 @@ pub(super) fn hello(name: &str, slots: u32) -> WorkerHello {
         previous_id: None,
         streams_output: false,
         prefetch: 0,
+        custom_only: false,
     }
 }
 
