@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tatzelwurm_actioner::client::{Client, ClientError};
-use tatzelwurm_protocol::{ActionerRequest, BodyCodec, Payload, Selector, TaskSpec, TaskState};
+use tatzelwurm_protocol::{
+    ActionerRequest, BodyCodec, Data, Payload, Selector, TaskSpec, TaskState,
+};
 use tatzelwurm_tests::{Coordinator, Db, Worker};
 
 use checker::{Event, FinalAttempt, FinalTask, Ns, Told};
@@ -42,6 +44,10 @@ struct Args {
     /// Worker processes.
     #[arg(long, default_value_t = 3)]
     workers: usize,
+    /// Python worker processes beside them (`tests/chaos/py_worker.py`, the Python package's
+    /// `Worker`), under the same faults; a third of the tasks are then custom tasks only they run.
+    #[arg(long, default_value_t = 0)]
+    python_workers: usize,
     /// Slots per worker.
     #[arg(long, default_value_t = 4)]
     slots: u32,
@@ -180,6 +186,8 @@ impl Drop for Disk {
 /// One worker's place: its name, its proxy, its current process.
 struct Slot {
     name: String,
+    /// A Python worker rather than `workwurm`.
+    python: bool,
     proxy: Proxy,
     worker: Option<Worker>,
     stopped: bool,
@@ -216,6 +224,8 @@ struct Campaign {
     disk_full: bool,
     log: Log,
     worker_args: Vec<String>,
+    /// Each worker's slots (the Python ones are told it on their command line).
+    slots_each: u32,
     pending: Vec<(Instant, Undo)>,
     lease: Duration,
 }
@@ -223,19 +233,29 @@ struct Campaign {
 impl Campaign {
     fn start_worker(&mut self, i: usize) {
         let slot = &mut self.slots[i];
-        let mut args = vec!["--name".to_string(), slot.name.clone()];
-        args.extend(self.worker_args.iter().cloned());
-        // Every other worker holds tasks beyond its slots, so that held tasks meet every fault
-        // too (revoked, claimed at a reattach, lost with their worker).
-        if i % 2 == 1 {
-            args.extend(["--prefetch".to_string(), "2".to_string()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let w = Worker::start(
-            &slot.proxy.addr.to_string(),
-            &self.coord.token_file(),
-            &args,
-        );
+        let w = if slot.python {
+            let mut cmd = std::process::Command::new("python3");
+            cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chaos/py_worker.py"))
+                .arg(slot.proxy.addr.to_string())
+                .arg(self.coord.token_file())
+                .arg(&slot.name)
+                .arg(self.slots_each.to_string());
+            Worker::spawn(cmd)
+        } else {
+            let mut args = vec!["--name".to_string(), slot.name.clone()];
+            args.extend(self.worker_args.iter().cloned());
+            // Every other worker holds tasks beyond its slots, so that held tasks meet every
+            // fault too (revoked, claimed at a reattach, lost with their worker).
+            if i % 2 == 1 {
+                args.extend(["--prefetch".to_string(), "2".to_string()]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Worker::start(
+                &slot.proxy.addr.to_string(),
+                &self.coord.token_file(),
+                &args,
+            )
+        };
         self.log.note(Event::WorkerStarted {
             name: slot.name.clone(),
             pid: w.pid(),
@@ -420,6 +440,8 @@ struct Shared {
     stop: AtomicBool,
     exe: PathBuf,
     history: PathBuf,
+    /// Python workers run: a third of the tasks are theirs (custom `chaos-run`).
+    custom: bool,
 }
 
 /// One client: adds small batches of tasks, and now and then pauses or kills one of its own, or
@@ -483,16 +505,26 @@ async fn client_loop(shared: Arc<Shared>, k: usize, mut rng: Rng) {
             let n = 1 + rng.below(3) as usize;
             let specs: Vec<TaskSpec> = (0..n)
                 .map(|_| {
-                    let mut s = TaskSpec::new(Payload::Exec {
-                        argv: vec![
-                            shared.exe.display().to_string(),
-                            "run-task".into(),
-                            shared.history.display().to_string(),
-                            (50 + rng.below(900)).to_string(),
-                        ],
-                        env: vec![],
-                        cwd: None,
-                    });
+                    let ms = 50 + rng.below(900);
+                    let payload = if shared.custom && rng.below(3) == 0 {
+                        Payload::Custom {
+                            handler: "chaos-run".into(),
+                            data: Data::encode(&(shared.history.display().to_string(), ms))
+                                .expect("a string and a number encode"),
+                        }
+                    } else {
+                        Payload::Exec {
+                            argv: vec![
+                                shared.exe.display().to_string(),
+                                "run-task".into(),
+                                shared.history.display().to_string(),
+                                ms.to_string(),
+                            ],
+                            env: vec![],
+                            cwd: None,
+                        }
+                    };
+                    let mut s = TaskSpec::new(payload);
                     s.max_attempts = 3;
                     s
                 })
@@ -557,7 +589,13 @@ async fn read_tables(addr: &str, token: &str) -> Result<HashMap<String, FinalTas
                     .map(|a| FinalAttempt {
                         number: a.number,
                         outcome: a.outcome.map(|o| o.as_str().to_string()),
-                        stdout: a.stdout_tail.clone(),
+                        // A command's answer is its stdout; a Python handler's, its output
+                        // (MessagePack: the text of a string stands in it as it is).
+                        stdout: format!(
+                            "{}{}",
+                            a.stdout_tail,
+                            String::from_utf8_lossy(&a.output.0)
+                        ),
                     })
                     .collect(),
             },
@@ -655,10 +693,25 @@ fn campaign(args: &Args, seed: u64) -> Result<bool> {
     let token = std::fs::read_to_string(coord.token_file())?
         .trim()
         .to_string();
+    if args.python_workers > 0 {
+        let ok = std::process::Command::new("python3")
+            .args(["-c", "import msgpack"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            bail!("--python-workers needs python3 with msgpack (pip install msgpack)");
+        }
+    }
     let mut slots = Vec::new();
-    for i in 0..args.workers {
+    for i in 0..args.workers + args.python_workers {
+        let python = i >= args.workers;
         slots.push(Slot {
-            name: format!("w{i}"),
+            name: if python {
+                format!("py{}", i - args.workers)
+            } else {
+                format!("w{i}")
+            },
+            python,
             proxy: rt.block_on(Proxy::start(coord.addr.clone()))?,
             worker: None,
             stopped: false,
@@ -681,10 +734,11 @@ fn campaign(args: &Args, seed: u64) -> Result<bool> {
             "--kill-grace".into(),
             "500ms".into(),
         ],
+        slots_each: args.slots,
         pending: Vec::new(),
         lease,
     };
-    for i in 0..args.workers {
+    for i in 0..c.slots.len() {
         c.start_worker(i);
     }
     let shared = Arc::new(Shared {
@@ -695,6 +749,7 @@ fn campaign(args: &Args, seed: u64) -> Result<bool> {
         stop: AtomicBool::new(false),
         exe: std::env::current_exe()?,
         history: history.clone(),
+        custom: args.python_workers > 0,
     });
     let mut rng = Rng(seed);
     let clients: Vec<_> = (0..args.clients)

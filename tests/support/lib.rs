@@ -330,18 +330,24 @@ pub struct Worker {
 impl Worker {
     /// Starts `workwurm ARGS` against `addr`.
     pub fn start(addr: &str, token_file: &Path, args: &[&str]) -> Worker {
+        let mut cmd = Command::new(bin("workwurm"));
+        cmd.args(["--coordinator", addr, "--token-file"])
+            .arg(token_file)
+            .args(args)
+            .env("RUST_LOG", "info");
+        Worker::spawn(cmd)
+    }
+
+    /// Starts a worker of another kind (the Python one), its stderr to the log.
+    pub fn spawn(mut cmd: Command) -> Worker {
         let tmp = tempfile::tempdir().expect("tempdir");
         let log = tmp.path().join("worker.log");
         let f = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(bin("workwurm"))
-            .args(["--coordinator", addr, "--token-file"])
-            .arg(token_file)
-            .args(args)
-            .env("RUST_LOG", "info")
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()
-            .expect("start workwurm");
+            .unwrap_or_else(|e| panic!("start {:?}: {e}", cmd.get_program()));
         Worker {
             child: Some(child),
             log,
