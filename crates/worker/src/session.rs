@@ -622,29 +622,31 @@ async fn start(
     let attempt = d.attempt;
     debug!(task = %attempt.task, attempt = attempt.attempt, payload = %d.payload.describe(), "starting");
     let ctl = st.runner.start(*d);
-    if !follow {
-        st.running.insert(attempt, ctl);
+    if follow {
+        let _ = ctl.send(Control::Follow(true));
+    }
+    st.running.insert(attempt, ctl);
+    if follow {
+        feed_started(conn, attempt, now_ms()).await
+    } else {
         st.unstarted
             .push_back((attempt, now_ms(), Instant::now() + STARTED_AFTER));
-        return Ok(());
+        Ok(())
     }
-    let _ = ctl.send(Control::Follow(true));
-    st.running.insert(attempt, ctl);
-    conn.feed(WorkerToCoordinator::Started {
-        attempt,
-        at_ms: now_ms(),
-    })
-    .await
-    .map_err(|e| e.to_string())
+}
+
+/// Feeds one `started`, for the caller to flush.
+async fn feed_started(conn: &mut Conn, attempt: AttemptRef, at_ms: u64) -> Result<(), String> {
+    conn.feed(WorkerToCoordinator::Started { attempt, at_ms })
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Feeds the `started` of the attempts that have run for [`STARTED_AFTER`] and still run, for
 /// the caller to flush.
 async fn feed_due_started(st: &mut State, conn: &mut Conn, now: Instant) -> Result<(), String> {
     for (attempt, at_ms) in st.due_started(now) {
-        conn.feed(WorkerToCoordinator::Started { attempt, at_ms })
-            .await
-            .map_err(|e| e.to_string())?;
+        feed_started(conn, attempt, at_ms).await?;
     }
     Ok(())
 }
@@ -735,9 +737,7 @@ async fn handle(
         CoordinatorToWorker::Follow { attempt, on } => {
             // Its output follows its `started`.
             if on && let Some(at_ms) = st.take_started(attempt) {
-                conn.feed(WorkerToCoordinator::Started { attempt, at_ms })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                feed_started(conn, attempt, at_ms).await?;
             }
             if let Some(ctl) = st.running.get(&attempt) {
                 let _ = ctl.send(Control::Follow(on));
