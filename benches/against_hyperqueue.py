@@ -23,11 +23,12 @@ import tempfile
 import time
 
 
-def tatzelwurm_round(bin_dir: str, tasks: int, slots: int) -> tuple[float, float]:
+def tatzelwurm_round(bin_dir: str, tasks: int, slots: int, prefetch: int) -> tuple[float, float]:
     """Returns (tasks/s, raw spawns/s) from one run of tatzelwurm-bench."""
     out = subprocess.run(
         [os.path.join(bin_dir, "tatzelwurm-bench"), "--tasks", str(tasks), "--kind", "exec",
-         "--db", "kv", "--workers", "1", "--slots", str(slots), "--latency-samples", "0"],
+         "--db", "kv", "--workers", "1", "--slots", str(slots), "--prefetch", str(prefetch),
+         "--latency-samples", "0"],
         env={**os.environ, "TATZELWURM_BIN_DIR": bin_dir},
         check=True, capture_output=True, text=True).stdout
     rate = float(re.search(r"throughput \(exec, kv\): .*= (\d+) tasks/s", out).group(1))
@@ -64,10 +65,13 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=5000)
     p.add_argument("--slots", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--prefetch", type=int, default=0,
+                   help="tasks tatzelwurm's worker holds beyond its slots (workwurm --prefetch)")
     a = p.parse_args()
-    print(f"{a.tasks} tasks of `true`, 1 worker, {a.slots} slots, {a.rounds} rounds alternating")
+    print(f"{a.tasks} tasks of `true`, 1 worker, {a.slots} slots (tatzelwurm: prefetch "
+          f"{a.prefetch}), {a.rounds} rounds alternating")
     for r in range(1, a.rounds + 1):
-        rate, raw = tatzelwurm_round(a.bin_dir, a.tasks, a.slots)
+        rate, raw = tatzelwurm_round(a.bin_dir, a.tasks, a.slots, a.prefetch)
         hq = hyperqueue_round(a.tasks, a.slots)
         print(f"round {r}: tatzelwurm {rate:.0f}/s (raw spawns {raw:.0f}/s, ratio {rate / raw:.2}); "
               f"HyperQueue {hq:.0f}/s; tatzelwurm / HyperQueue {rate / hq:.2f}")

@@ -34,6 +34,10 @@ struct Args {
     /// Tasks each worker takes beyond its slots (`workwurm --prefetch`).
     #[arg(long, default_value_t = 0)]
     prefetch: u32,
+    /// How long a worker's report may wait for others while it holds tasks
+    /// (`workwurm --report-linger`, e.g. 0 or 2ms) [default: the worker's].
+    #[arg(long)]
+    report_linger: Option<String>,
     /// Store: mem or kv (surrealkv on disk).
     #[arg(long, default_value = "mem")]
     db: String,
@@ -506,20 +510,20 @@ async fn main() -> Result<()> {
         "async" => BlockType::Async,
         other => anyhow::bail!("--block {other:?}: use async or sync"),
     };
-    let workers: Vec<Worker> = (0..a.workers)
-        .map(|_| {
-            c.worker(&[
-                "--type",
-                &a.block,
-                "--slots",
-                &slots,
-                "--prefetch",
-                &prefetch,
-                "--spawn",
-                &a.spawn,
-            ])
-        })
-        .collect();
+    let mut worker_args = vec![
+        "--type",
+        &a.block,
+        "--slots",
+        &slots,
+        "--prefetch",
+        &prefetch,
+        "--spawn",
+        &a.spawn,
+    ];
+    if let Some(linger) = &a.report_linger {
+        worker_args.extend(["--report-linger", linger]);
+    }
+    let workers: Vec<Worker> = (0..a.workers).map(|_| c.worker(&worker_args)).collect();
     tatzelwurm_tests::wait_for(Duration::from_secs(30), || {
         c.json(&["summary"])["workers_connected"].as_u64()
             == Some((a.workers + a.idle_workers) as u64)

@@ -465,6 +465,29 @@ fn a_held_task_survives_a_coordinator_restart_and_runs_once() {
     assert_eq!(lines, "first\nheld\n", "each ran once, the held one after");
 }
 
+/// A finished task's report waits for others to share its write (`--report-linger`) only while
+/// a held task can take the freed slot: once the last held one has started, the reports go at
+/// once. Here the linger is an hour and heartbeats are minutes apart, so nothing else would
+/// carry the last reports to the coordinator.
+#[test]
+fn reports_go_at_once_when_no_held_task_is_left_to_start() {
+    let c = Coordinator::start_with(Db::Mem, &["--lease", "10m", "--heartbeat", "5m"]).unwrap();
+    let _w = c.worker(&["--slots", "1", "--prefetch", "2", "--report-linger", "1h"]);
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let wait_for_go = format!("until [ -e {} ]; do sleep 0.02; done", go.display());
+    let first = c.add(&["--play", "--", "sh", "-c", &wait_for_go]);
+    c.wait_state(&first[0], "running", LONG);
+    let held = c.add(&["--play", "--count", "2", "--", "true"]);
+    for id in &held {
+        c.wait_state(id, "assigned", LONG);
+    }
+    std::fs::write(&go, b"").unwrap();
+    for id in first.iter().chain(&held) {
+        c.wait_state(id, "completed", LONG);
+    }
+}
+
 /// A draining worker gives back what it holds beyond its slots at once, and finishes what runs.
 #[test]
 fn a_draining_worker_gives_back_its_held_tasks_at_once() {

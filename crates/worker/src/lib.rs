@@ -43,6 +43,12 @@ pub struct WorkerConfig {
     /// coordinator gives this room only when no other worker has a free slot, and asks a held
     /// task back when one gets free. 0 (the default) takes no more than the slots.
     pub prefetch: u32,
+    /// How long the report of a finished attempt may wait for others to share its write, while
+    /// the worker holds a task to start in the freed slot (so no slot waits for the
+    /// coordinator's answer). One write and one wake of the coordinator for several short tasks
+    /// instead of one each; without held tasks a report goes at once. Zero sends every report
+    /// at once.
+    pub report_linger: Duration,
     /// Name for people.
     pub name: String,
     /// Host name reported.
@@ -79,6 +85,7 @@ impl WorkerConfig {
             block,
             slots,
             prefetch: 0,
+            report_linger: Duration::from_millis(2),
             name: format!("{host}-{}", std::process::id()),
             host,
             tags: Vec::new(),

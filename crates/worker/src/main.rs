@@ -29,6 +29,11 @@ struct Args {
     /// other worker has a free slot, and takes a held task back when one gets free.
     #[arg(long, default_value_t = 0)]
     prefetch: u32,
+    /// With held tasks (`--prefetch`): how long a finished task's report may wait for others,
+    /// to go to the coordinator in one write (0: each at once). A slot that frees starts a held
+    /// task meanwhile; with nothing held a report goes at once.
+    #[arg(long, default_value = "2ms", value_parser = tatzelwurm_protocol::cli::parse_duration)]
+    report_linger: Duration,
     /// Name shown in `worker list` [default: host-pid].
     #[arg(long)]
     name: Option<String>,
@@ -108,6 +113,7 @@ async fn main() -> Result<()> {
         cfg.slots = s;
     }
     cfg.prefetch = args.prefetch;
+    cfg.report_linger = args.report_linger;
     if let Some(n) = args.name {
         cfg.name = n;
     }

@@ -83,6 +83,10 @@ struct State {
     drain_deadline: Option<Instant>,
     /// Set when stopping at once: exit by then even with undelivered reports.
     exit_deadline: Option<Instant>,
+    /// Reports of finished attempts are fed and not yet written: written by then at the latest
+    /// (`report_linger`), or as soon as [`State::reports_may_wait`] says no. Another write
+    /// before it takes them along.
+    reports_due: Option<Instant>,
 }
 
 /// Why a connection ended.
@@ -292,7 +296,20 @@ impl State {
             touch,
             drain_deadline: None,
             exit_deadline: None,
+            reports_due: None,
         }
+    }
+
+    /// Whether reports fed may wait for more to share their write: only while a held task can
+    /// start in the slot a report freed, so that no slot waits for the coordinator's answer to
+    /// it. With nothing startable held (no prefetch, all held paused, a reattach unanswered, the
+    /// coordinator silent past the lease) the coordinator must hear at once to send the next
+    /// task.
+    fn reports_may_wait(&self) -> bool {
+        !self.cfg.report_linger.is_zero()
+            && !self.reattach_pending
+            && !self.touch.out_of_touch()
+            && self.held.iter().any(|h| !h.paused)
     }
 
     fn finished(&self) -> bool {
@@ -441,6 +458,8 @@ async fn session(
     output_rx: &mut mpsc::Receiver<WorkerToCoordinator>,
     stop: &Stop,
 ) -> End {
+    // Reports left waiting on the last connection went with it; the reattach carries them.
+    st.reports_due = None;
     let hb = st.heartbeat;
     let mut ticker = tokio::time::interval(hb);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -518,10 +537,15 @@ async fn session(
                     next = done_rx.try_recv().ok();
                 }
                 st.drop_ended_started();
-                if res.is_ok() {
-                    res = conn.flush().await.map_err(|e| e.to_string());
+                // Written below at once, or after the linger with the reports that follow.
+                if res.is_ok() && st.reports_due.is_none() {
+                    st.reports_due = Some(Instant::now() + st.cfg.report_linger);
                 }
                 res
+            }
+            _ = async { sleep_until(st.reports_due.expect("guarded")).await }, if st.reports_due.is_some() => {
+                st.reports_due = None;
+                conn.flush().await.map_err(|e| e.to_string())
             }
             Some(p) = output_rx.recv() => {
                 conn.send(p).await.map_err(|e| e.to_string())
@@ -567,6 +591,14 @@ async fn session(
             Ok(()) => send_unsent(st, &mut conn).await,
             other => other,
         };
+        // Reports fed above go now unless a held task took each freed slot.
+        let res = match res {
+            Ok(()) if st.reports_due.is_some() && !st.reports_may_wait() => {
+                st.reports_due = None;
+                conn.flush().await.map_err(|e| e.to_string())
+            }
+            other => other,
+        };
         if let Err(why) = res {
             return End::Lost(why);
         }
@@ -578,16 +610,18 @@ async fn start_held(st: &mut State, conn: &mut Conn) -> Result<(), String> {
     if st.reattach_pending {
         return Ok(());
     }
-    let mut started = false;
+    // Only a followed task's `started` is fed at its start: written at once. Reports waiting
+    // for their linger are not written by a start that fed nothing.
+    let mut fed = false;
     while st.running.len() < st.cfg.slots as usize {
         let Some(i) = st.held.iter().position(|h| !h.paused) else {
             break;
         };
         let h = st.held.remove(i).expect("found");
+        fed |= h.follow;
         start(st, conn, h.dispatch, h.follow).await?;
-        started = true;
     }
-    if started {
+    if fed {
         conn.flush().await.map_err(|e| e.to_string())?;
     }
     Ok(())
@@ -859,6 +893,38 @@ mod tests {
         assert_eq!(st.take_started(followed), None, "taken once");
         assert_eq!(st.due_started(t0 + STARTED_AFTER), vec![(runs, 101)]);
         assert!(st.unstarted.is_empty());
+    }
+
+    #[test]
+    fn reports_wait_for_company_only_while_a_held_task_can_take_the_freed_slot() {
+        let mut st = state();
+        assert!(
+            !st.reports_may_wait(),
+            "nothing held: the next task must be asked for"
+        );
+        st.held.push_back(held(attempt()));
+        assert!(st.reports_may_wait());
+        st.held[0].paused = true;
+        assert!(!st.reports_may_wait(), "a paused held task does not start");
+        st.held[0].paused = false;
+        st.reattach_pending = true;
+        assert!(
+            !st.reports_may_wait(),
+            "held tasks wait for the reattach's answer"
+        );
+        st.reattach_pending = false;
+        st.touch.set_lease(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(
+            !st.reports_may_wait(),
+            "out of touch: held tasks do not start"
+        );
+        st.touch.set_lease(Duration::from_secs(30));
+        st.cfg.report_linger = Duration::ZERO;
+        assert!(
+            !st.reports_may_wait(),
+            "a linger of zero sends each at once"
+        );
     }
 
     #[test]
