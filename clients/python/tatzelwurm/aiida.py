@@ -13,7 +13,9 @@ See the package's README for the whole setup.
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import sys
 import typing as t
 
 from aiida.brokers.broker import Broker, BrokerConfigField
@@ -21,6 +23,23 @@ from aiida.brokers.broker import Broker, BrokerConfigField
 from .protocol import DEFAULT_ADDR
 
 __all__ = ("TatzelwurmBroker",)
+
+
+def leave_lost_processes(bodies) -> None:
+    """What a daemon worker does when it learns that process tasks it was running were given to
+    another daemon worker: it was silent for longer than the lease (frozen, swapped out, cut off
+    from the coordinator), and the other worker has continued those processes from their last
+    checkpoints meanwhile. Going on with them here too would run each twice, which is what a
+    missed RabbitMQ heartbeat does. The worker exits at once, before its event loop steps them
+    again; the daemon's supervisor starts a new one. Every task of a worker whose lease ended was
+    given away, so nothing that is still this worker's is lost with it."""
+    log = logging.getLogger("tatzelwurm.aiida")
+    log.critical("%d process task(s) of this daemon worker (pid %d) were given to another worker while it was "
+                 "silent past the lease; exiting so that they run only there", len(bodies), os.getpid())
+    for handler in logging.getLogger().handlers + log.handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 class TatzelwurmBroker(Broker):
@@ -90,6 +109,7 @@ class TatzelwurmBroker(Broker):
                 encoder=functools.partial(serialize.serialize, encoding="utf-8"),
                 decoder=serialize.deserialize_unsafe,
                 connect_timeout=connect_timeout,
+                on_tasks_lost=leave_lost_processes,
             )
         return self._communicator
 

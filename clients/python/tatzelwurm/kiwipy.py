@@ -38,6 +38,7 @@ from .protocol import (
     ProtocolError,
     TatzelwurmError,
     connect,
+    id_text,
     pack,
     read_token,
     send_frame,
@@ -243,11 +244,19 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
     `task_prefetch_count` how many of its tasks this client holds at once. `encoder` and
     `decoder` turn bodies into bytes or text and back (YAML for AiiDA); by default bodies travel
     as MessagePack values.
+
+    `on_tasks_lost(bodies)` is called, on a thread of its own, with the bodies of tasks this
+    client was still working on when the coordinator gave them to another subscriber: this
+    process was silent for longer than the lease (frozen, swapped out, cut off), and the
+    reconnect's `reattached` says the tasks are no longer its own. Their answers are no longer
+    sent, but work the application started for them may still go on here, beside the new
+    subscriber's; the callback is where to stop it (AiiDA's daemon worker exits, see
+    `tatzelwurm.aiida`). By default the loss is logged as an error.
     """
 
     def __init__(self, addr=DEFAULT_ADDR, token_file=None, namespace=None, *, token=None, name=None,
                  task_queue=DEFAULT_TASK_QUEUE, task_prefetch_count=DEFAULT_PREFETCH, encoder=None,
-                 decoder=None, connect_timeout=10.0, request_timeout=30.0):
+                 decoder=None, connect_timeout=10.0, request_timeout=30.0, on_tasks_lost=None):
         self.addr = addr
         self._token = token if token is not None else read_token(token_file)
         self.namespace = namespace or ""
@@ -257,6 +266,7 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
         self._encoder = encoder
         self._decoder = decoder
         self._request_timeout = request_timeout
+        self._on_tasks_lost = on_tasks_lost
         self._lock = threading.RLock()
         self._send_lock = threading.Lock()
         self._sock = None
@@ -896,8 +906,10 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
                          name="tatzelwurm-kiwipy-reader").start()
         if previous is not None and previous != self.worker_id:
             with self._lock:
+                lost = list(self._running.values())
                 self._running.clear()
                 self._unacked.clear()
+            self._lose(lost)
         for rid, handler in old_handlers.items():
             if rid in calls:
                 out = calls[rid]
@@ -977,8 +989,8 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
                     self._unacked.pop((a["task"], a["attempt"]), None)
             elif name == "reattached":
                 with self._lock:
-                    for a in content["drop"]:
-                        self._running.pop((a["task"], a["attempt"]), None)
+                    lost = [self._running.pop((a["task"], a["attempt"]), None) for a in content["drop"]]
+                self._lose([d for d in lost if d is not None])
             elif name == "error":
                 log.warning("the coordinator refused a message: %s", content.get("message"))
             elif name == "shutdown":
@@ -998,6 +1010,21 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
             self._callbacks.put((self._on_broadcast, content))
         elif name == "shutdown":
             raise ProtocolError(f"the coordinator closes the connection: {content['reason']}")
+
+    def _lose(self, deliveries):
+        """Tasks held here that the coordinator gave to another subscriber: tells the application
+        (`on_tasks_lost`) on a thread of its own, since the callback thread may be busy with one of
+        them."""
+        if not deliveries:
+            return
+        for d in deliveries:
+            log.error("task %s (attempt %d) was given to another subscriber while this process was "
+                      "silent past the lease; its answer will not be sent, but work started for it "
+                      "may still run here", id_text(d["key"][0]), d["key"][1])
+        if self._on_tasks_lost is not None:
+            bodies = [d["body"] for d in deliveries]
+            threading.Thread(target=self._on_tasks_lost, args=(bodies,), daemon=True,
+                             name="tatzelwurm-kiwipy-tasks-lost").start()
 
     def _callback_loop(self):
         while True:

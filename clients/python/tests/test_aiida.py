@@ -73,6 +73,16 @@ class Aiida:
             return {int(w["name"].rsplit("-", 1)[1]): w["running"] for w in c.workers()
                     if w["name"].startswith("aiida-") and w["state"] == "active"}
 
+    def holder_of_running_job(self, pk, runs):
+        """Waits until the job of calculation `pk` runs (`runs` exists) and its id is recorded;
+        returns the pid of the daemon worker that holds the process."""
+        deadline = time.time() + 120
+        while not (runs.exists() and self.python(f"import json; print(json.dumps(orm.load_node({pk}).get_job_id()))")):
+            assert time.time() < deadline, "the job did not start"
+            time.sleep(0.5)
+        (holder,) = [pid for pid, held in self.holders().items() if held]
+        return holder
+
     def wait(self, *pks, timeout=240):
         """Waits until the processes are terminated; returns {pk: [state, exit status, sum or None]}."""
         return {int(k): v for k, v in self.python(f"""
@@ -93,6 +103,15 @@ class Aiida:
 
     def state(self, pk):
         return self.python(f"import json; print(json.dumps(orm.load_node({pk}).process_state.value))")
+
+
+def alive(pid):
+    """Whether process `pid` runs (a zombie waiting for its parent does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -157,13 +176,32 @@ def test_a_daemon_worker_killed_while_it_runs_a_process_leaves_it_to_the_other(a
     pk = aiida.submit_add(6, 7, sleep=10, runs=runs)
     # Killed once its job runs and is recorded: a worker killed between submitting a job and
     # recording it makes AiiDA submit it again, whatever the broker.
-    deadline = time.time() + 120
-    while not (runs.exists() and aiida.python(f"import json; print(json.dumps(orm.load_node({pk}).get_job_id()))")):
-        assert time.time() < deadline, "the job did not start"
-        time.sleep(0.5)
-    (victim,) = [pid for pid, held in aiida.holders().items() if held]
+    victim = aiida.holder_of_running_job(pk, runs)
     os.kill(victim, signal.SIGKILL)
     assert aiida.wait(pk) == {pk: ["finished", 0, 13]}
+    assert runs.read_text().count("run") == 1, "its job ran once"
+
+
+def test_a_daemon_worker_frozen_past_the_lease_while_it_runs_a_process_exits_when_it_wakes(aiida, tmp_path):
+    """Frozen (SIGSTOP) past the lease: the coordinator gives the process task to the other daemon
+    worker, which continues the process. The woken worker hears that the task is no longer its own
+    and exits instead of stepping the process beside the other one; the process finishes once."""
+    runs = tmp_path / "runs"
+    pk = aiida.submit_add(8, 9, sleep=8, runs=runs)
+    victim = aiida.holder_of_running_job(pk, runs)
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        deadline = time.time() + 60
+        while not any(held for pid, held in aiida.holders().items() if pid != victim):
+            assert time.time() < deadline, f"no other worker took the process: {aiida.holders()}"
+            time.sleep(0.2)
+    finally:
+        os.kill(victim, signal.SIGCONT)
+    deadline = time.time() + 30
+    while alive(victim):
+        assert time.time() < deadline, "the woken worker went on"
+        time.sleep(0.2)
+    assert aiida.wait(pk) == {pk: ["finished", 0, 17]}
     assert runs.read_text().count("run") == 1, "its job ran once"
 
 

@@ -307,6 +307,44 @@ def test_a_subscriber_that_wakes_to_a_task_given_away_meanwhile_hands_it_back_in
         coord.stop()
 
 
+def test_a_subscriber_that_wakes_to_find_its_running_task_given_away_is_told_and_stops(tmp_path):
+    """A subscriber process frozen past the lease while its task's work runs: the coordinator gives
+    the task to another subscriber, which answers it. When the first wakes, its reconnect's
+    `reattached` drops the task, and `on_tasks_lost` hears of it (here, as in AiiDA's daemon
+    worker, the process exits, so that its work does not go on beside the new subscriber's)."""
+    from conftest import Coordinator
+
+    coord = Coordinator(tmp_path, lease="1s")
+    try:
+        ns = uuid.uuid4().hex
+        ran = os.path.join(coord.dir, "frozen-ran")
+        frozen = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "kiwipy_subscriber.py"), coord.addr, coord.token_file, ns, ran,
+             "works"],
+            stdout=subprocess.PIPE, stderr=open(os.path.join(coord.dir, "subscriber.log"), "w"), text=True)
+        try:
+            assert read_line(frozen.stdout).strip() == "ready"
+            with tatzelwurm_comm(coord, ns) as sender:
+                f = sender.task_send("long")
+                wait_for(lambda: os.path.exists(ran) and open(ran).read() == "long\n")
+                frozen.send_signal(signal.SIGSTOP)
+                with coord.client() as cl:
+                    wait_for(lambda: [a["outcome"] for t in cl.list(limit=5) for a in cl.show(t["id"])["attempts"]]
+                             == ["lost"])
+                with tatzelwurm_comm(coord, ns) as awake:
+                    awake.add_task_subscriber(lambda c, t: "ran here")
+                    assert unwrap(f, timeout=30) == "ran here"
+                    frozen.send_signal(signal.SIGCONT)
+                    assert frozen.wait(timeout=30) == 3, open(os.path.join(coord.dir, "subscriber.log")).read()
+            assert open(ran).read().splitlines() == ["long", "lost long"]
+            assert "was given to another subscriber" in open(os.path.join(coord.dir, "subscriber.log")).read()
+        finally:
+            frozen.kill()
+            frozen.wait()
+    finally:
+        coord.stop()
+
+
 def test_a_reply_survives_a_coordinator_restart_between_the_end_and_the_senders_return(tmp_path):
     from conftest import Coordinator
 
