@@ -115,8 +115,8 @@ impl UnixSocket {
     }
 }
 
-/// Takes `PATH.lock` (created owner-only when missing) without waiting: held by another process,
-/// the socket is in use. A file system that has no locks is logged and listened on without one.
+/// Takes `PATH.lock` (created owner-only when missing, never through a symbolic link) without
+/// waiting: held by another process, the socket is in use. A file system that has no locks is logged and listened on without one.
 fn lock_beside(path: &Path) -> Result<Option<File>, SocketError> {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
@@ -130,6 +130,9 @@ fn lock_beside(path: &Path) -> Result<Option<File>, SocketError> {
         .create(true)
         .truncate(false)
         .mode(0o600)
+        // A symbolic link planted at the lock path is refused (ELOOP): following it would make
+        // the coordinator create, or lock, a file somebody else chose.
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&lock_path)
         .map_err(failed)?;
     match file.try_lock() {
@@ -239,6 +242,21 @@ mod tests {
             panic!("{r:?}")
         };
         assert!(e.to_string().contains("tw.sock.lock"), "{e}");
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn a_symbolic_link_at_the_lock_path_is_refused_and_its_target_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tw.sock");
+        let target = dir.path().join("somebody-elses");
+        std::os::unix::fs::symlink(&target, dir.path().join("tw.sock.lock")).unwrap();
+        let r = UnixSocket::bind(&path).await;
+        let Err(e @ SocketError::Lock { .. }) = r else {
+            panic!("{r:?}")
+        };
+        assert!(e.to_string().contains("tw.sock.lock"), "{e}");
+        assert!(!target.exists(), "the link's target is not created");
         assert!(!path.exists());
     }
 
