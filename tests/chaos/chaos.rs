@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tatzelwurm_actioner::client::{Client, ClientError};
 use tatzelwurm_protocol::{
-    ActionerRequest, BodyCodec, Data, Payload, Selector, TaskSpec, TaskState,
+    ActionerRequest, BodyCodec, Data, Payload, Reply, Selector, TaskSpec, TaskState,
 };
 use tatzelwurm_tests::{Coordinator, Db, Worker};
 
@@ -48,6 +48,11 @@ struct Args {
     /// `Worker`), under the same faults; a third of the tasks are then custom tasks only they run.
     #[arg(long, default_value_t = 0)]
     python_workers: usize,
+    /// kiwipy subscriber processes beside them (`tests/chaos/kiwipy_subscriber.py`, the Python
+    /// package's `TatzelwurmCommunicator`, as an AiiDA daemon worker uses it), under the same
+    /// faults; a share of the tasks are then message tasks of their queue, sent as kiwipy sends.
+    #[arg(long, default_value_t = 0)]
+    kiwipy_subscribers: usize,
     /// Slots per worker.
     #[arg(long, default_value_t = 4)]
     slots: u32,
@@ -186,8 +191,8 @@ impl Drop for Disk {
 /// One worker's place: its name, its proxy, its current process.
 struct Slot {
     name: String,
-    /// A Python worker rather than `workwurm`.
-    python: bool,
+    /// What runs there.
+    kind: Kind,
     proxy: Proxy,
     worker: Option<Worker>,
     stopped: bool,
@@ -200,6 +205,17 @@ struct Slot {
     /// coordinator sees it for the silence plus its reconnect backoff, which may pass the lease
     /// where the checker, seeing only the silence, could not tell.
     short: bool,
+}
+
+/// What a worker's place runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    /// `workwurm`.
+    Workwurm,
+    /// The Python package's `Worker` (`py_worker.py`): custom `chaos-run` tasks only.
+    Python,
+    /// A kiwipy communicator serving the message queue `chaos.tasks` (`kiwipy_subscriber.py`).
+    Kiwipy,
 }
 
 /// What undoes a fault, due at a time.
@@ -233,9 +249,13 @@ struct Campaign {
 impl Campaign {
     fn start_worker(&mut self, i: usize) {
         let slot = &mut self.slots[i];
-        let w = if slot.python {
+        let w = if slot.kind != Kind::Workwurm {
+            let script = match slot.kind {
+                Kind::Python => "tests/chaos/py_worker.py",
+                _ => "tests/chaos/kiwipy_subscriber.py",
+            };
             let mut cmd = std::process::Command::new("python3");
-            cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chaos/py_worker.py"))
+            cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(script))
                 .arg(slot.proxy.addr.to_string())
                 .arg(self.coord.token_file())
                 .arg(&slot.name)
@@ -442,6 +462,18 @@ struct Shared {
     history: PathBuf,
     /// Python workers run: a third of the tasks are theirs (custom `chaos-run`).
     custom: bool,
+    /// kiwipy subscribers run: a quarter of the tasks are message tasks of their queue.
+    messages: bool,
+}
+
+/// Counts an add that failed, refused by the coordinator or left unanswered; returns its error.
+fn add_failed(shared: &Shared, e: ClientError) -> ClientError {
+    let mut told = shared.told.lock().expect("told");
+    match e {
+        ClientError::Server(_) => told.refused += 1,
+        _ => told.unanswered += 1,
+    }
+    e
 }
 
 /// One client: adds small batches of tasks, and now and then pauses or kills one of its own, or
@@ -501,6 +533,35 @@ async fn client_loop(shared: Arc<Shared>, k: usize, mut rng: Rng) {
                 }
                 Err(e) => Err(e),
             }
+        } else if shared.messages && roll < 30 {
+            // A message task, sent as kiwipy's `task_send` sends it (its outcome is kept for the
+            // sender, whose replies this connection reads past). Its body: the history, how long
+            // the work takes, and a key by which a subscriber tells its works apart.
+            let ms = 50 + rng.below(900);
+            let key = rng.below(u64::MAX >> 1);
+            let body = Data::encode(&(shared.history.display().to_string(), ms, key))
+                .expect("a string and numbers encode");
+            match c
+                .request(ActionerRequest::Send {
+                    queue: "chaos.tasks".into(),
+                    body,
+                    no_reply: false,
+                })
+                .await
+            {
+                Ok(Reply::Sent { id }) => {
+                    note("added", &[id]);
+                    shared
+                        .told
+                        .lock()
+                        .expect("told")
+                        .added
+                        .insert(id.to_string());
+                    Ok(())
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(add_failed(&shared, e)),
+            }
         } else {
             let n = 1 + rng.below(3) as usize;
             let specs: Vec<TaskSpec> = (0..n)
@@ -554,14 +615,7 @@ async fn client_loop(shared: Arc<Shared>, k: usize, mut rng: Rng) {
                     shared.told.lock().expect("told").added.extend(ids);
                     Ok(())
                 }
-                Err(e) => {
-                    let mut told = shared.told.lock().expect("told");
-                    match e {
-                        ClientError::Server(_) => told.refused += 1,
-                        _ => told.unanswered += 1,
-                    }
-                    Err(e)
-                }
+                Err(e) => Err(add_failed(&shared, e)),
             }
         };
         match result {
@@ -663,6 +717,19 @@ fn main() -> Result<()> {
     }
 }
 
+/// Fails clearly, before the campaign, when `flag` needs Python modules that python3 lacks.
+fn need_python(flag: &str, modules: &[&str]) -> Result<()> {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &format!("import {}", modules.join(", "))])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let list = modules.join(" ");
+        bail!("{flag} needs python3 with {list} (pip install {list})");
+    }
+    Ok(())
+}
+
 /// Runs the campaign; true when the checker finds nothing.
 fn campaign(args: &Args, seed: u64) -> Result<bool> {
     let rt = tokio::runtime::Runtime::new()?;
@@ -694,24 +761,23 @@ fn campaign(args: &Args, seed: u64) -> Result<bool> {
         .trim()
         .to_string();
     if args.python_workers > 0 {
-        let ok = std::process::Command::new("python3")
-            .args(["-c", "import msgpack"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            bail!("--python-workers needs python3 with msgpack (pip install msgpack)");
-        }
+        need_python("--python-workers", &["msgpack"])?;
     }
+    if args.kiwipy_subscribers > 0 {
+        need_python("--kiwipy-subscribers", &["msgpack", "kiwipy"])?;
+    }
+    let kinds = std::iter::repeat_n(Kind::Workwurm, args.workers)
+        .chain(std::iter::repeat_n(Kind::Python, args.python_workers))
+        .chain(std::iter::repeat_n(Kind::Kiwipy, args.kiwipy_subscribers));
     let mut slots = Vec::new();
-    for i in 0..args.workers + args.python_workers {
-        let python = i >= args.workers;
+    for (i, kind) in kinds.enumerate() {
         slots.push(Slot {
-            name: if python {
-                format!("py{}", i - args.workers)
-            } else {
-                format!("w{i}")
+            name: match kind {
+                Kind::Workwurm => format!("w{i}"),
+                Kind::Python => format!("py{}", i - args.workers),
+                Kind::Kiwipy => format!("kiwipy{}", i - args.workers - args.python_workers),
             },
-            python,
+            kind,
             proxy: rt.block_on(Proxy::start(coord.addr.clone()))?,
             worker: None,
             stopped: false,
@@ -750,6 +816,7 @@ fn campaign(args: &Args, seed: u64) -> Result<bool> {
         exe: std::env::current_exe()?,
         history: history.clone(),
         custom: args.python_workers > 0,
+        messages: args.kiwipy_subscribers > 0,
     });
     let mut rng = Rng(seed);
     let clients: Vec<_> = (0..args.clients)

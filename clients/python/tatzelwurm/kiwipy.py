@@ -267,6 +267,7 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
         self._decoder = decoder
         self._request_timeout = request_timeout
         self._on_tasks_lost = on_tasks_lost
+        self._current = None  # (task id text, attempt) of the task a subscriber is being called with
         self._lock = threading.RLock()
         self._send_lock = threading.Lock()
         self._sock = None
@@ -465,6 +466,13 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
                 self._unsent.append(message)
         return True
 
+    def current_task(self):
+        """`(task id, attempt)` of the task whose subscriber is being called, on the thread that
+        calls it (None elsewhere, and after the call returns): for logs, and for an application
+        that records which attempt did its work. kiwipy passes subscribers the body only."""
+        current = self._current
+        return current[1] if current is not None and threading.get_ident() == current[0] else None
+
     def waiting_tasks(self, queue_name=None, limit=None):
         """The tasks waiting in a queue (the default one unless named), oldest first, without
         taking them: what `verdi process repair` inspects."""
@@ -633,6 +641,7 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
             return
         subscribers = list(q.subscribers.values()) if q is not None else []
         for subscriber in subscribers:
+            self._current = (threading.get_ident(), (id_text(key[0]), key[1]))
             try:
                 result = subscriber(self, delivery["body"])
             except kiwipy.TaskRejected:
@@ -641,6 +650,8 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
                 log.debug("task subscriber raised: %s", traceback.format_exc())
                 self._report(key, {"outcome": "failed", "error": f"{type(e).__name__}: {e}"})
                 return
+            finally:
+                self._current = None
             if _is_future(result):
                 self._send_worker({"started": {"attempt": attempt, "at_ms": int(time.time() * 1000)}})
                 self._chain(result, delivery)

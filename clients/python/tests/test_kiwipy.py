@@ -215,6 +215,22 @@ def test_namespaces_never_mix(coordinator):
         assert unwrap(f) == "right namespace"
 
 
+def test_a_subscriber_can_ask_which_task_and_attempt_it_is_called_for(coordinator):
+    with tatzelwurm_comm(coordinator, uuid.uuid4().hex) as c:
+        seen = []
+
+        def subscriber(comm, task):
+            task_id, attempt = comm.current_task()
+            with coordinator.client() as cl:  # while it runs, the coordinator knows it by that id
+                seen.append((attempt, cl.show(task_id)["state"]))
+            return "done"
+
+        c.add_task_subscriber(subscriber)
+        assert unwrap(c.task_send("which")) == "done"
+        assert seen == [(1, "running")] or seen == [(1, "assigned")], seen
+        assert c.current_task() is None, "only on the thread that calls the subscriber, during the call"
+
+
 def test_a_named_task_queue_with_next_task_and_iteration(coordinator):
     ns = uuid.uuid4().hex
     with tatzelwurm_comm(coordinator, ns) as c:
