@@ -267,7 +267,7 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
         self._decoder = decoder
         self._request_timeout = request_timeout
         self._on_tasks_lost = on_tasks_lost
-        self._current = None  # (task id text, attempt) of the task a subscriber is being called with
+        self._current = None  # (thread, (task id text, attempt)) of the subscriber call under way
         self._lock = threading.RLock()
         self._send_lock = threading.Lock()
         self._sock = None
@@ -1029,9 +1029,9 @@ class TatzelwurmCommunicator(kiwipy.Communicator):
         if not deliveries:
             return
         for d in deliveries:
-            log.error("task %s (attempt %d) was given to another subscriber while this process was "
-                      "silent past the lease; its answer will not be sent, but work started for it "
-                      "may still run here", id_text(d["key"][0]), d["key"][1])
+            log.error("task %s (attempt %d) was given to another subscriber (this process was silent "
+                      "past the lease, or the coordinator no longer knew it); its answer will not be "
+                      "sent, but work started for it may still run here", id_text(d["key"][0]), d["key"][1])
         if self._on_tasks_lost is not None:
             bodies = [d["body"] for d in deliveries]
             threading.Thread(target=self._on_tasks_lost, args=(bodies,), daemon=True,
