@@ -249,11 +249,12 @@ struct Campaign {
 impl Campaign {
     fn start_worker(&mut self, i: usize) {
         let slot = &mut self.slots[i];
-        let w = if slot.kind != Kind::Workwurm {
-            let script = match slot.kind {
-                Kind::Python => "tests/chaos/py_worker.py",
-                _ => "tests/chaos/kiwipy_subscriber.py",
-            };
+        let script = match slot.kind {
+            Kind::Workwurm => None,
+            Kind::Python => Some("tests/chaos/py_worker.py"),
+            Kind::Kiwipy => Some("tests/chaos/kiwipy_subscriber.py"),
+        };
+        let w = if let Some(script) = script {
             let mut cmd = std::process::Command::new("python3");
             cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(script))
                 .arg(slot.proxy.addr.to_string())
@@ -462,7 +463,8 @@ struct Shared {
     history: PathBuf,
     /// Python workers run: a third of the tasks are theirs (custom `chaos-run`).
     custom: bool,
-    /// kiwipy subscribers run: a quarter of the tasks are message tasks of their queue.
+    /// kiwipy subscribers run: a fifth of the clients' actions send a message task to their
+    /// queue.
     messages: bool,
 }
 

@@ -53,15 +53,19 @@ def run(comm, body):
     with lock:
         working[key] = stop
     future = concurrent.futures.Future()
-    future.add_done_callback(lambda _: working.pop(key, None))
+    future.add_done_callback(lambda _: forget(key))
     threading.Thread(target=work, args=(history, ms, task_id, attempt, stop, future), daemon=True).start()
     return future
 
 
+def forget(key):
+    with lock:
+        return working.pop(key, None)
+
+
 def lost(bodies):
     for _, _, key in bodies:
-        with lock:
-            stop = working.pop(key, None)
+        stop = forget(key)
         if stop is not None:
             stop.set()
 

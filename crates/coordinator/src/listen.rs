@@ -116,7 +116,8 @@ impl UnixSocket {
 }
 
 /// Takes `PATH.lock` (created owner-only when missing, never through a symbolic link) without
-/// waiting: held by another process, the socket is in use. A file system that has no locks is logged and listened on without one.
+/// waiting: held by another process, the socket is in use. A file system that has no locks is
+/// logged and listened on without one.
 fn lock_beside(path: &Path) -> Result<Option<File>, SocketError> {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
