@@ -255,7 +255,7 @@ impl Campaign {
             Kind::Kiwipy => Some("tests/chaos/kiwipy_subscriber.py"),
         };
         let w = if let Some(script) = script {
-            let mut cmd = std::process::Command::new("python3");
+            let mut cmd = python();
             cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(script))
                 .arg(slot.proxy.addr.to_string())
                 .arg(self.coord.token_file())
@@ -719,15 +719,32 @@ fn main() -> Result<()> {
     }
 }
 
-/// Fails clearly, before the campaign, when `flag` needs Python modules that python3 lacks.
+/// python3 importing this checkout's Python package first: the campaign tests the code beside
+/// it, whatever copy of the package is installed (or none, on a fresh machine).
+fn python() -> std::process::Command {
+    let package = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
+    let mut path = std::ffi::OsString::from(package);
+    if let Some(more) = std::env::var_os("PYTHONPATH") {
+        path.push(":");
+        path.push(more);
+    }
+    let mut cmd = std::process::Command::new("python3");
+    cmd.env("PYTHONPATH", path);
+    cmd
+}
+
+/// Fails clearly, before the campaign, when `flag` needs Python modules that python3 lacks (a
+/// worker that cannot start would only show as tasks that never drain).
 fn need_python(flag: &str, modules: &[&str]) -> Result<()> {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", &format!("import {}", modules.join(", "))])
+    let ok = python()
+        .args(["-c", &format!("import tatzelwurm, {}", modules.join(", "))])
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
         let list = modules.join(" ");
-        bail!("{flag} needs python3 with {list} (pip install {list})");
+        bail!(
+            "{flag} needs python3 with {list} (pip install {list}), and the package in clients/python to import"
+        );
     }
     Ok(())
 }
