@@ -14,8 +14,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tatzelwurm_actioner::Client;
 use tatzelwurm_protocol::{
-    ActionerRequest, BlockType, BodyCodec, CoordinatorToActioner, EventFilter, Payload, Reply,
-    RequestId, TaskId, TaskSpec, TaskState,
+    ActionerRequest, BlockType, BodyCodec, CoordinatorToActioner, Data, EventFilter, Payload,
+    Reply, RequestId, TaskId, TaskSpec, TaskState,
 };
 use tatzelwurm_tests::{Coordinator, Db, Worker};
 
@@ -50,6 +50,10 @@ struct Args {
     /// How the workers start commands (`workwurm --spawn`): clone or fork.
     #[arg(long, default_value = "clone")]
     spawn: String,
+    /// User data (MessagePack bytes) every task of the throughput run carries, as a task with
+    /// a body of that size would (a workflow engine's message, a simulation's input).
+    #[arg(long, default_value_t = 0)]
+    data_bytes: usize,
     /// Tasks per add request.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
@@ -170,8 +174,7 @@ struct Throughput {
 async fn throughput(
     c: &Coordinator,
     n: usize,
-    kind: &str,
-    block: BlockType,
+    template: &TaskSpec,
     batch: usize,
     in_flight: usize,
 ) -> Result<Throughput> {
@@ -188,7 +191,7 @@ async fn throughput(
             let k = remaining.min(batch);
             let id = client
                 .send(ActionerRequest::Add {
-                    tasks: (0..k).map(|_| spec(kind, block)).collect(),
+                    tasks: vec![template.clone(); k],
                     play: true,
                 })
                 .await?;
@@ -545,7 +548,11 @@ async fn main() -> Result<()> {
     let wcpu0 = workers_cpu();
     let cpu0 = cpu_seconds(c.pid());
     let own0 = cpu_seconds(std::process::id());
-    let r = throughput(&c, a.tasks, &a.kind, block, a.batch, a.in_flight).await?;
+    let mut template = spec(&a.kind, block);
+    if a.data_bytes > 0 {
+        template.user_data = Data::encode("x".repeat(a.data_bytes).as_str())?;
+    }
+    let r = throughput(&c, a.tasks, &template, a.batch, a.in_flight).await?;
     let cpu = cpu_seconds(c.pid()) - cpu0;
     let wcpu = workers_cpu() - wcpu0;
     let own = cpu_seconds(std::process::id()) - own0;
@@ -589,7 +596,7 @@ async fn main() -> Result<()> {
         let stop_http = Arc::new(AtomicBool::new(false));
         let pollers = tokio::spawn(poll_http(base, token, a.http_load, stop_http.clone()));
         let cpu0 = cpu_seconds(c.pid());
-        let loaded = throughput(&c, a.tasks, &a.kind, block, a.batch, a.in_flight).await?;
+        let loaded = throughput(&c, a.tasks, &template, a.batch, a.in_flight).await?;
         let cpu = cpu_seconds(c.pid()) - cpu0;
         stop_http.store(true, Ordering::Relaxed);
         let polls = pollers.await??;

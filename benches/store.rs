@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use surrealdb::types::{RecordId, SurrealValue};
-use tatzelwurm_coordinator::store::{Store, StoreOptions};
+use tatzelwurm_coordinator::store::{Entry, Store, StoreOptions};
 use tatzelwurm_coordinator::task::Task;
 use tatzelwurm_protocol::{BodyCodec, Payload, TaskId, TaskInfo, TaskSpec};
 
@@ -77,7 +77,10 @@ async fn journal(url: &str) -> f64 {
     let start = Instant::now();
     for _ in 0..ROUNDS {
         for chunk in tasks.chunks(BATCH) {
-            store.write(chunk, &[], &[], &[], &[], None).await.unwrap();
+            store
+                .write(Entry::new(chunk, &[], &[], &[], &[], &[]), None)
+                .await
+                .unwrap();
         }
     }
     (TASKS * ROUNDS) as f64 / start.elapsed().as_secs_f64()

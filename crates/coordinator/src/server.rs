@@ -932,6 +932,7 @@ async fn actor(
             if batch.has_writes() {
                 batch_records.observe(
                     (batch.tasks.len()
+                        + batch.assignments.len()
                         + batch.removed.len()
                         + batch.workers.len()
                         + batch.removed_workers.len()
@@ -978,11 +979,14 @@ fn writer(store: Store) -> (mpsc::Sender<Batch>, mpsc::Receiver<Written>) {
         while let Some(batch) = batches.recv().await {
             let r = store
                 .write(
-                    &batch.tasks,
-                    &batch.removed,
-                    &batch.workers,
-                    &batch.removed_workers,
-                    &batch.queues,
+                    crate::store::Entry::new(
+                        &batch.tasks,
+                        &batch.assignments,
+                        &batch.removed,
+                        &batch.workers,
+                        &batch.removed_workers,
+                        &batch.queues,
+                    ),
                     batch.counters,
                 )
                 .await;

@@ -27,6 +27,70 @@ pub struct Task {
     pub queue: crate::scheduler::QueueIdx,
 }
 
+/// A task's dispatch to a worker, as a change to the task rather than the task itself: the
+/// journal records an assignment this way (a few dozen bytes instead of the whole task, which was
+/// written when it was added), and replay applies it onto the task's previous record.
+///
+/// Applying it sets fields to values it carries (the attempt numbered `number`, the holder, the
+/// state and its time) and drops any attempt after it, so applying it again, or onto a record
+/// that already includes it and what followed, leaves what a replay in order ends with: the
+/// checkpoint relies on that (see `store::image`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Assignment {
+    /// The task.
+    pub task: TaskId,
+    /// The attempt it starts (1-based).
+    pub number: u32,
+    /// The worker it went to.
+    pub worker: WorkerId,
+    /// That worker's name then.
+    pub worker_name: String,
+    /// When (coordinator clock, ms).
+    pub at_ms: u64,
+}
+
+impl Assignment {
+    /// The attempt it starts.
+    pub fn attempt(&self) -> AttemptRef {
+        AttemptRef {
+            task: self.task,
+            attempt: self.number,
+        }
+    }
+
+    /// Makes `info` assigned to the worker in attempt `number`. An error when `info` lacks the
+    /// attempt before it (a record older than the one the assignment was made on).
+    pub fn apply(&self, info: &mut TaskInfo) -> Result<(), String> {
+        info.attempts.retain(|a| a.number < self.number);
+        let last = info.attempts.last().map_or(0, |a| a.number);
+        if last.checked_add(1) != Some(self.number) {
+            return Err(format!(
+                "assignment of attempt {} to a task whose last attempt is {last}",
+                self.number
+            ));
+        }
+        info.attempts.push(Attempt {
+            number: self.number,
+            worker: self.worker,
+            worker_name: self.worker_name.clone(),
+            assigned_ms: self.at_ms,
+            started_ms: None,
+            ended_ms: None,
+            outcome: None,
+            exit_code: None,
+            error: None,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            output: Data::empty(),
+            late_reports: Vec::new(),
+        });
+        info.worker = Some(self.worker);
+        info.state = TaskState::Assigned;
+        info.times.assigned_ms = Some(self.at_ms);
+        Ok(())
+    }
+}
+
 /// What the coordinator must tell a worker as the result of a user's request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkerOrder {
@@ -327,30 +391,18 @@ impl Task {
     }
 
     /// Ready → assigned to `worker`: a new attempt begins.
-    pub fn assign(&mut self, worker: WorkerId, worker_name: &str, now: u64) -> AttemptRef {
+    pub fn assign(&mut self, worker: WorkerId, worker_name: &str, now: u64) -> Assignment {
         debug_assert_eq!(self.state(), TaskState::Ready);
-        let number = self.info.attempts.last().map_or(1, |a| a.number + 1);
-        self.info.attempts.push(Attempt {
-            number,
+        let a = Assignment {
+            task: self.id(),
+            number: self.info.attempts.last().map_or(1, |a| a.number + 1),
             worker,
             worker_name: worker_name.to_string(),
-            assigned_ms: now,
-            started_ms: None,
-            ended_ms: None,
-            outcome: None,
-            exit_code: None,
-            error: None,
-            stdout_tail: String::new(),
-            stderr_tail: String::new(),
-            output: Data::empty(),
-            late_reports: Vec::new(),
-        });
-        self.info.worker = Some(worker);
-        self.enter(TaskState::Assigned, now);
-        AttemptRef {
-            task: self.id(),
-            attempt: number,
-        }
+            at_ms: now,
+        };
+        a.apply(&mut self.info)
+            .expect("the next attempt follows the last one");
+        a
     }
 
     /// Whether `attempt` by `worker` is the one the task is waiting on.

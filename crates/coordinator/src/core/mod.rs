@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::scheduler::{Kind, QueueIdx, Scheduler, WorkerSpec};
 use crate::store::Record;
-use crate::task::{Head, ReportFate, Task, WorkerOrder};
+use crate::task::{Assignment, Head, ReportFate, Task, WorkerOrder};
 use messaging::{Messaging, queue_of};
 use queues::QueueTable;
 use subscriptions::Subscription;
@@ -57,6 +57,8 @@ pub struct Counters {
 pub struct Batch {
     /// Tasks to write, whole: each one's id and record, encoded as the store writes it.
     pub tasks: Vec<(TaskId, Record)>,
+    /// Dispatches of tasks whose stored record is otherwise current, written as changes.
+    pub assignments: Vec<Assignment>,
     /// Tasks to delete.
     pub removed: Vec<TaskId>,
     /// Workers to write.
@@ -75,6 +77,7 @@ impl Batch {
     /// Whether the batch writes anything to the store.
     pub fn has_writes(&self) -> bool {
         !(self.tasks.is_empty()
+            && self.assignments.is_empty()
             && self.removed.is_empty()
             && self.workers.is_empty()
             && self.removed_workers.is_empty()
@@ -240,6 +243,10 @@ pub struct Core {
     /// Queues whose settings the next batch writes.
     dirty_queues: HashSet<QueueIdx>,
     dirty_tasks: TaskSet,
+    /// Tasks whose only change since their stored record is a dispatch: the next batch writes
+    /// the assignment instead of the whole task, unless the task is in `dirty_tasks` by then
+    /// (changed again, or never written).
+    assignments: rustc_hash::FxHashMap<TaskId, Assignment>,
     /// Tasks changed in a way nobody waits on (an attempt started): written with the next batch
     /// that has something else to write, or at the next tick, never in a commit of their own.
     lazy_tasks: TaskSet,
@@ -423,6 +430,7 @@ impl Core {
             next_batch: 1,
             dirty_queues: HashSet::new(),
             dirty_tasks: TaskSet::default(),
+            assignments: Default::default(),
             lazy_tasks: TaskSet::default(),
             ended: BTreeSet::new(),
             removed: Vec::new(),
@@ -609,6 +617,7 @@ impl Core {
             self.flush_lazy();
         }
         if self.dirty_tasks.is_empty()
+            && self.assignments.is_empty()
             && self.removed.is_empty()
             && self.dirty_workers.is_empty()
             && self.removed_workers.is_empty()
@@ -619,6 +628,14 @@ impl Core {
             return None;
         }
         self.flush_lazy();
+        // A task written whole carries its assignment.
+        let dirty = &self.dirty_tasks;
+        let assignments = self
+            .assignments
+            .drain()
+            .filter(|(id, _)| !dirty.contains(id))
+            .map(|(_, a)| a)
+            .collect();
         // Encoded here rather than cloned for the writer: one allocation a task instead of one
         // for each of its strings and attempts, and the task is packed with that very record.
         let tasks = self
@@ -640,6 +657,7 @@ impl Core {
             .collect();
         Some(Batch {
             tasks,
+            assignments,
             removed: std::mem::take(&mut self.removed),
             workers,
             removed_workers: std::mem::take(&mut self.removed_workers),
@@ -697,11 +715,14 @@ impl Core {
     /// Puts a batch whose commit failed back, so that its changes are written (as they are by
     /// then) and its messages sent by a later batch, ahead of newer ones.
     pub fn requeue(&mut self, batch: Batch) {
+        // A failed write's assignments go whole too: what part of it was written is unknown,
+        // and a whole record supersedes either way.
         self.dirty_tasks.extend(
             batch
                 .tasks
                 .iter()
                 .map(|(id, _)| *id)
+                .chain(batch.assignments.iter().map(|a| a.task))
                 .filter(|id| self.tasks.contains_key(id)),
         );
         self.dirty_workers.extend(
@@ -760,7 +781,7 @@ impl Core {
 
     /// How many task writes wait for the next batch (for backpressure).
     pub fn pending_writes(&self) -> usize {
-        self.dirty_tasks.len() + self.lazy_tasks.len() + self.removed.len()
+        self.dirty_tasks.len() + self.assignments.len() + self.lazy_tasks.len() + self.removed.len()
     }
 
     /// Goodbye messages for every connection.
@@ -795,6 +816,22 @@ impl Core {
         }
     }
 
+    /// Records a dispatch, which must be durable before it is sent like any change, but is
+    /// written as the assignment alone when the task's stored record is otherwise current (not
+    /// changed since it was last taken for the store, nor waiting to be).
+    fn assigned(&mut self, id: TaskId, before: TaskState, now: u64, a: Assignment) {
+        if !self.transition(id, before, now, false) {
+            return;
+        }
+        if self.dirty_tasks.contains(&id)
+            || self.lazy_tasks.contains(&id)
+            || self.assignments.insert(id, a).is_some()
+        {
+            self.dirty_tasks.insert(id);
+            self.lazy_tasks.remove(&id);
+        }
+    }
+
     /// Records a change nobody waits on: written lazily, its event sent at once.
     fn changed_lazily(&mut self, id: TaskId, before: TaskState, now: u64) {
         if self.transition(id, before, now, true) && !self.dirty_tasks.contains(&id) {
@@ -810,6 +847,7 @@ impl Core {
             self.counts[idx(t.state())] -= 1;
             self.queues.count(t.queue, t.state(), false);
             self.dirty_tasks.remove(&id);
+            self.assignments.remove(&id);
             self.lazy_tasks.remove(&id);
             self.removed.push(id);
             // The newest numbers may leave the table with it; the counter keeps them taken.

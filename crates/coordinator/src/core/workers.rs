@@ -499,7 +499,8 @@ impl Core {
             return;
         };
         let before = task.state();
-        let attempt = task.assign(w, &worker.info.name, now);
+        let assignment = task.assign(w, &worker.info.name, now);
+        let attempt = assignment.attempt();
         worker.held.insert(id);
         if let Some(at) = overdue_at(task.info.spec.timeout_ms, now, self.cfg.lease_ms) {
             self.deadlines.insert((at, id, attempt.attempt));
@@ -519,7 +520,7 @@ impl Core {
                 Out::Worker(CoordinatorToWorker::Dispatch(Box::new(dispatch))),
             ));
         }
-        self.changed(id, before, now);
+        self.assigned(id, before, now, assignment);
     }
 
     // ---- workers -----------------------------------------------------------------------

@@ -2,10 +2,11 @@
 //! are framed, the in-memory image of what the store holds (so that a checkpoint never has to ask
 //! the actor for anything), and the replay that rebuilds the tables at start.
 //!
-//! Layout (version 4):
+//! Layout (version 6):
 //! - `journal:SEQ`: one record per committed batch (or part of one); `body` is an [`Entry`]. An
-//!   embedded store keeps these as key-value pairs instead ([`super::kvlog`]), with the same
-//!   bodies; one written by version 3 may still hold some here, which are read and folded away.
+//!   embedded store keeps these as key-value pairs ([`super::kvlog`]) or, on surrealkv, in files
+//!   of its own ([`super::filelog`]), with the same bodies; one written by version 3 may still
+//!   hold some here, which are read and folded away.
 //! - `bucket:B` (B in 0..256): every task whose id ends in byte B, as of the last checkpoint;
 //!   `body` is a framed list of task records: bincode behind the tag byte of
 //!   [`legacy::TASK_TAG`](super::legacy), or a layout-2 record without it.
@@ -18,9 +19,12 @@
 //!   store, a key-value pair beside its journal).
 //!
 //! The tables are the buckets with every journal entry after `upto` applied in sequence order.
-//! Entries hold whole records, so applying an entry twice, or an entry the buckets already
-//! include, changes nothing: that is what lets a checkpoint write its buckets and drop the
-//! journal in separate transactions.
+//! Entries hold whole records, and dispatches as [`Assignment`]s, which set the fields they
+//! change to values they carry. So applying an entry twice, or entries the buckets already
+//! include, then the rest in order, ends at the same records: that is what lets a checkpoint
+//! write its buckets and drop the journal in separate transactions. An assignment is a few dozen
+//! bytes where the whole task was hundreds: a task is written whole when it is added and when
+//! its attempt ends, and its dispatch in between as the change alone.
 
 use std::collections::BTreeMap;
 
@@ -29,13 +33,16 @@ use tatzelwurm_protocol::{BodyCodec, QueueSettings, TaskId, TaskInfo, WorkerId, 
 
 use super::StoreError;
 use super::legacy::{TASK_TAG, TASK_TAG_V3, TaskV2, TaskV3};
+use crate::task::Assignment;
 
 /// The layout this code writes; a store with a higher number was written by a newer version.
 /// Version 3 tags task records and adds queue settings; version 4 moves an embedded store's
 /// journal and counters out of SurrealDB's tables (a version 3 coordinator would not see them);
 /// version 5 moves a surrealkv store's journal into files of its own ([`super::filelog`]), which
-/// a version 4 coordinator would not see either. Each reads the versions before it as they are.
-pub(crate) const LAYOUT_VERSION: i64 = 5;
+/// a version 4 coordinator would not see either; version 6 writes dispatches as assignments
+/// ([`Assignment`]) in a sixth part of a journal entry, which a version 5 coordinator would
+/// refuse as damage. Each reads the versions before it as they are.
+pub(crate) const LAYOUT_VERSION: i64 = 6;
 
 /// Queue settings are identified by namespace and name.
 pub(crate) type QueueKey = (String, String);
@@ -238,6 +245,7 @@ type Decoded = (
     Vec<(WorkerInfo, Bytes)>,
     Vec<u64>,
     Vec<(QueueSettings, Bytes)>,
+    Vec<(TaskId, Bytes)>,
 );
 
 /// The items of one framed part of a record, each read by `read`.
@@ -249,11 +257,15 @@ fn read_items<T>(
     unframe(part).map_err(corrupt)?.iter().map(read).collect()
 }
 
-/// One batch as the journal holds it: changed tasks and workers, whole, and removed task ids.
+/// One batch as the journal holds it: changed tasks and workers, whole, dispatches as changes,
+/// and removed task ids.
 #[derive(Debug, Default, PartialEq)]
-pub(crate) struct Entry {
+pub struct Entry {
     /// Encoded tasks, each with its id.
     pub tasks: Vec<(TaskId, Record)>,
+    /// Encoded [`Assignment`]s, each with its task's id: tasks whose latest whole record is in
+    /// an earlier entry or a bucket. Never a task of `tasks` or `removed` of the same entry.
+    pub assignments: Vec<(TaskId, Bytes)>,
     /// Tasks deleted by `remove`.
     pub removed: Vec<TaskId>,
     /// Encoded workers, each with its id.
@@ -268,6 +280,7 @@ impl Entry {
     /// Encodes the records of one batch.
     pub fn new<T: TaskRecord>(
         tasks: &[T],
+        assignments: &[Assignment],
         removed: &[TaskId],
         workers: &[WorkerInfo],
         removed_workers: &[WorkerId],
@@ -275,6 +288,7 @@ impl Entry {
     ) -> Entry {
         Entry {
             tasks: tasks.iter().map(|t| (t.id(), t.record())).collect(),
+            assignments: assignments.iter().map(|a| (a.task, encode(a))).collect(),
             removed: removed.to_vec(),
             workers: workers.iter().map(|w| (w.id.0, encode(w))).collect(),
             removed_workers: removed_workers.iter().map(|w| w.0).collect(),
@@ -285,17 +299,30 @@ impl Entry {
         }
     }
 
+    /// An entry of whole tasks only.
+    #[cfg(test)]
+    pub(crate) fn of_tasks<T: TaskRecord>(tasks: &[T]) -> Entry {
+        Entry::new(tasks, &[], &[], &[], &[], &[])
+    }
+
     /// Cuts the entry into entries of at most about `max_bytes` of records each (a record larger
-    /// than that goes alone), in order: the removals, the workers and the queues in the first.
+    /// than that goes alone), in order: the assignments, the removals, the workers and the
+    /// queues in the first.
     pub fn split(self, max_bytes: usize) -> Vec<Entry> {
         let mut out = vec![Entry {
             tasks: Vec::new(),
+            assignments: self.assignments,
             removed: self.removed,
             workers: self.workers,
             removed_workers: self.removed_workers,
             queues: self.queues,
         }];
-        let mut size: usize = out[0].workers.iter().map(|(_, b)| b.len()).sum();
+        let mut size: usize = out[0].workers.iter().map(|(_, b)| b.len()).sum::<usize>()
+            + out[0]
+                .assignments
+                .iter()
+                .map(|(_, b)| b.len())
+                .sum::<usize>();
         for (id, bytes) in self.tasks {
             let last = out.last_mut().expect("never empty");
             if size + bytes.len() > max_bytes && !(last.tasks.is_empty() && size == 0) {
@@ -308,8 +335,8 @@ impl Entry {
         out
     }
 
-    /// The journal record's body: a frame of five frames (tasks, removed task ids, workers,
-    /// removed worker ids as 8 bytes little endian, queue settings).
+    /// The journal record's body: a frame of six frames (tasks, removed task ids, workers,
+    /// removed worker ids as 8 bytes little endian, queue settings, assignments).
     pub fn to_body(&self) -> Bytes {
         let tasks = frame(self.tasks.iter().map(|(_, b)| &b[..]));
         let removed = frame(self.removed.iter().map(|id| &id.0.as_bytes()[..]));
@@ -321,6 +348,7 @@ impl Entry {
             .collect();
         let removed_workers = frame(ids.iter().map(|b| &b[..]));
         let queues = frame(self.queues.iter().map(|(_, b)| &b[..]));
+        let assignments = frame(self.assignments.iter().map(|(_, b)| &b[..]));
         frame(
             [
                 &tasks[..],
@@ -328,6 +356,7 @@ impl Entry {
                 &workers[..],
                 &removed_workers[..],
                 &queues[..],
+                &assignments[..],
             ]
             .into_iter(),
         )
@@ -345,12 +374,19 @@ impl Entry {
         };
         let mut parts = unframe(body).map_err(corrupt)?;
         // Entries written before workers could be forgotten have three parts, those before
-        // queues four.
-        while (3..5).contains(&parts.len()) {
+        // queues four, those before assignments five.
+        while (3..6).contains(&parts.len()) {
             parts.push(frame(std::iter::empty()));
         }
-        let [tasks, removed, workers, removed_workers, queues] = <[Bytes; 5]>::try_from(parts)
-            .map_err(|p| corrupt(format!("{} parts instead of 5", p.len())))?;
+        let [
+            tasks,
+            removed,
+            workers,
+            removed_workers,
+            queues,
+            assignments,
+        ] = <[Bytes; 6]>::try_from(parts)
+            .map_err(|p| corrupt(format!("{} parts instead of 6", p.len())))?;
         let tasks = read_items(&tasks, &corrupt, |b| {
             Ok((task_id_of("journal", &at, b)?, Record::from(&b[..])))
         })?;
@@ -370,7 +406,18 @@ impl Entry {
         let queues = read_items(&queues, &corrupt, |b| {
             Ok((decode("journal", &at, b)?, Bytes::copy_from_slice(b)))
         })?;
-        Ok((tasks, removed, workers, removed_workers, queues))
+        let assignments = read_items(&assignments, &corrupt, |b| {
+            let a: Assignment = decode("journal", &at, b)?;
+            Ok((a.task, Bytes::copy_from_slice(b)))
+        })?;
+        Ok((
+            tasks,
+            removed,
+            workers,
+            removed_workers,
+            queues,
+            assignments,
+        ))
     }
 }
 
@@ -403,6 +450,11 @@ pub(crate) struct Image {
     /// Each bucket's records, found by the id inside them ([`id_bytes`]): a table of records
     /// rather than a map from id to record saves 16 bytes a task, 160 MB at ten million.
     buckets: Vec<hashbrown::HashTable<Record>>,
+    /// Each bucket's assignments journalled after their task's record there, oldest first:
+    /// folded into the record when a checkpoint writes the bucket or a start builds the tables
+    /// ([`Image::resolve`]), or dropped when a whole record replaces it, as one usually does
+    /// (the attempt's end) before either.
+    assigned: Vec<rustc_hash::FxHashMap<TaskId, Vec<Bytes>>>,
     dirty: Vec<bool>,
     workers: BTreeMap<u64, Bytes>,
     queues: BTreeMap<QueueKey, Bytes>,
@@ -419,6 +471,7 @@ impl Default for Image {
     fn default() -> Self {
         Image {
             buckets: (0..BUCKETS).map(|_| hashbrown::HashTable::new()).collect(),
+            assigned: (0..BUCKETS).map(|_| Default::default()).collect(),
             dirty: vec![false; BUCKETS],
             workers: BTreeMap::new(),
             queues: BTreeMap::new(),
@@ -436,6 +489,9 @@ impl Image {
     fn put_task(&mut self, id: TaskId, bytes: Record) {
         debug_assert_eq!(id_bytes(&bytes), id.0.as_bytes());
         let b = bucket_of(id);
+        if !self.assigned[b].is_empty() {
+            self.assigned[b].remove(&id);
+        }
         self.table_bytes += bytes.len() as u64;
         let key = id.0.as_bytes();
         match self.buckets[b].entry(
@@ -456,6 +512,9 @@ impl Image {
 
     fn remove_task(&mut self, id: TaskId) {
         let b = bucket_of(id);
+        if !self.assigned[b].is_empty() {
+            self.assigned[b].remove(&id);
+        }
         let key = id.0.as_bytes();
         if let Ok(e) = self.buckets[b].find_entry(id_hash(key), |r| id_bytes(r) == key) {
             let (old, _) = e.remove();
@@ -471,6 +530,13 @@ impl Image {
 
     /// Folds in a batch that is now committed to the journal as entry `seq`.
     pub fn apply(&mut self, seq: i64, entry: Entry, body_len: usize) {
+        // Never a task of the same entry's records or removals; were one, those would be the
+        // later state, so they go after.
+        for (id, bytes) in entry.assignments {
+            let b = bucket_of(id);
+            self.assigned[b].entry(id).or_default().push(bytes);
+            self.dirty[b] = true;
+        }
         for (id, bytes) in entry.tasks {
             self.put_task(id, bytes);
         }
@@ -513,10 +579,44 @@ impl Image {
         }
     }
 
-    /// A bucket's records as they are now, for a checkpoint to frame off the lock. Every one
-    /// of them is durable: the image applies a journal entry only once it is written.
-    pub fn bucket_records(&self, b: usize) -> Vec<Record> {
-        self.buckets[b].iter().cloned().collect()
+    /// A bucket's records as they are now, its assignments folded in, for a checkpoint to frame
+    /// off the lock. Every one of them is durable: the image applies a journal entry only once
+    /// it is written.
+    pub fn bucket_records(&mut self, b: usize) -> Result<Vec<Record>, StoreError> {
+        self.resolve(b)?;
+        Ok(self.buckets[b].iter().cloned().collect())
+    }
+
+    /// Folds bucket `b`'s assignments into their tasks' records. An assignment is made only
+    /// of a task the image has a record of, and a removal drops it, so one without a record is
+    /// a damaged journal: refused, as any unreadable record, and kept.
+    fn resolve(&mut self, b: usize) -> Result<(), StoreError> {
+        if self.assigned[b].is_empty() {
+            return Ok(());
+        }
+        // Folding changes no stored content, only its form: the bucket stays as dirty as it was.
+        let dirty = self.dirty[b];
+        let ids: Vec<TaskId> = self.assigned[b].keys().copied().collect();
+        for id in ids {
+            let at = format!("assignment of task {id}");
+            let corrupt = |reason: String| StoreError::Corrupt {
+                table: "journal",
+                id: at.clone(),
+                reason,
+            };
+            let key = id.0.as_bytes();
+            let base = self.buckets[b]
+                .find(id_hash(key), |r| id_bytes(r) == key)
+                .ok_or_else(|| corrupt("no record of its task".into()))?;
+            let mut info = decode_task("journal", &at, base)?;
+            for bytes in &self.assigned[b][&id] {
+                let a: Assignment = decode("journal", &at, bytes)?;
+                a.apply(&mut info).map_err(corrupt)?;
+            }
+            self.put_task(id, encode_task(&info));
+        }
+        self.dirty[b] = dirty;
+        Ok(())
     }
 
     /// A checkpoint is in the store: its journal bytes no longer count.
@@ -666,9 +766,10 @@ pub(crate) fn replay_onto(mut image: Image, stored: Stored) -> Result<Replayed, 
     image.checkpoint_upto = stored.upto;
 
     for (seq, body) in journal {
-        let (ts, removed, ws, removed_ws, qs) = Entry::from_body(seq, &body)?;
+        let (ts, removed, ws, removed_ws, qs, assignments) = Entry::from_body(seq, &body)?;
         let mut entry = Entry {
             tasks: ts,
+            assignments,
             removed,
             ..Entry::default()
         };
@@ -687,7 +788,11 @@ pub(crate) fn replay_onto(mut image: Image, stored: Stored) -> Result<Replayed, 
         }
         image.apply(seq, entry, body.len());
     }
-    // The image is the latest record of every task: the tables are built from it.
+    // The image is the latest record of every task, once its assignments are folded in: the
+    // tables are built from it.
+    for b in 0..BUCKETS {
+        image.resolve(b)?;
+    }
     let tasks = image.records().cloned().collect();
     Ok(Replayed {
         tasks,
@@ -759,9 +864,9 @@ pub(super) mod tests {
     fn a_large_entry_is_split_in_order_and_a_large_record_goes_alone() {
         let ts: Vec<TaskInfo> = (0..10).map(|_| task()).collect();
         let gone = TaskId::new();
-        let whole = Entry::new(&ts, &[gone], &[], &[], &[]);
+        let whole = Entry::new(&ts, &[], &[gone], &[], &[], &[]);
         let one = whole.tasks[0].1.len();
-        let parts = Entry::new(&ts, &[gone], &[], &[], &[]).split(3 * one);
+        let parts = Entry::new(&ts, &[], &[gone], &[], &[], &[]).split(3 * one);
         assert_eq!(
             parts.iter().map(|p| p.tasks.len()).collect::<Vec<_>>(),
             vec![3, 3, 3, 1]
@@ -770,12 +875,9 @@ pub(super) mod tests {
         assert!(parts[1..].iter().all(|p| p.removed.is_empty()));
         let joined: Vec<_> = parts.into_iter().flat_map(|p| p.tasks).collect();
         assert_eq!(joined, whole.tasks, "every record once, in order");
-        let alone = Entry::new(&ts, &[], &[], &[], &[]).split(one / 2);
+        let alone = Entry::of_tasks(&ts).split(one / 2);
         assert_eq!(alone.len(), 10, "a record larger than the limit goes alone");
-        assert_eq!(
-            Entry::new(&ts, &[], &[], &[], &[]).split(usize::MAX).len(),
-            1
-        );
+        assert_eq!(Entry::of_tasks(&ts).split(usize::MAX).len(), 1);
         assert_eq!(
             Entry::default().split(1).len(),
             1,
@@ -787,8 +889,8 @@ pub(super) mod tests {
     fn an_entry_decodes_to_what_was_written() {
         let ts = vec![task(), task()];
         let gone = TaskId::new();
-        let e = Entry::new(&ts, &[gone], &[], &[], &[]);
-        let (back, removed, workers, removed_workers, queues) =
+        let e = Entry::new(&ts, &[], &[gone], &[], &[], &[]);
+        let (back, removed, workers, removed_workers, queues, assignments) =
             Entry::from_body(7, &e.to_body()).unwrap();
         let (back, bytes): (Vec<TaskId>, Vec<Record>) = back.into_iter().unzip();
         assert_eq!(back, ts.iter().map(|t| t.id).collect::<Vec<_>>());
@@ -801,8 +903,10 @@ pub(super) mod tests {
         assert!(workers.is_empty());
         assert!(removed_workers.is_empty());
         assert!(queues.is_empty());
-        let forgot = Entry::new::<TaskInfo>(&[], &[], &[], &[WorkerId(3), WorkerId(u64::MAX)], &[]);
-        let (.., removed_workers, _) = Entry::from_body(8, &forgot.to_body()).unwrap();
+        assert!(assignments.is_empty());
+        let forgot =
+            Entry::new::<TaskInfo>(&[], &[], &[], &[], &[WorkerId(3), WorkerId(u64::MAX)], &[]);
+        let (.., removed_workers, _, _) = Entry::from_body(8, &forgot.to_body()).unwrap();
         assert_eq!(removed_workers, vec![3, u64::MAX]);
         // An entry from before workers could be forgotten: tasks, removed ids, workers.
         let parts = unframe(&e.to_body()).unwrap();
@@ -822,21 +926,20 @@ pub(super) mod tests {
         ));
     }
 
+    /// A batch: tasks written whole, assignments, removals.
+    type Batch = (Vec<TaskInfo>, Vec<Assignment>, Vec<TaskId>);
+
     /// Plays a sequence of batches into an image and a journal, checkpointing after `checkpoint_at`
     /// batches, and returns what a restart would find. The checkpoint reads its buckets only after
     /// `late` more batches were applied (or at the end), as a checkpoint that writes beside the
     /// journal does.
-    fn run(
-        batches: &[(Vec<TaskInfo>, Vec<TaskId>)],
-        checkpoint_at: usize,
-        late: usize,
-    ) -> Replayed {
+    fn run(batches: &[Batch], checkpoint_at: usize, late: usize) -> Replayed {
         let mut image = Image::default();
         let mut stored = Stored::default();
         let mut snap = None;
-        for (i, (ts, removed)) in batches.iter().enumerate() {
+        for (i, (ts, assigned, removed)) in batches.iter().enumerate() {
             let seq = i as i64 + 1;
-            let e = Entry::new(ts, removed, &[], &[], &[]);
+            let e = Entry::new(ts, assigned, removed, &[], &[], &[]);
             let body = e.to_body();
             stored.journal.push((seq, body.clone()));
             image.apply(seq, e, body.len());
@@ -856,7 +959,7 @@ pub(super) mod tests {
     /// the journal up to it dropped.
     fn write_checkpoint(image: &mut Image, stored: &mut Stored, snap: &Snapshot) {
         for &b in &snap.buckets {
-            let items = image.bucket_records(b);
+            let items = image.bucket_records(b).unwrap();
             let body = frame(items.iter().map(|b| &b[..]));
             stored.buckets.retain(|old| {
                 unframe(old).unwrap().first().is_none_or(|first| {
@@ -879,20 +982,24 @@ pub(super) mod tests {
         let b = task();
         let c = task();
         let batches = {
-            let mut v = vec![(vec![a.clone(), b.clone()], vec![])];
+            let mut v = vec![(vec![a.clone(), b.clone()], vec![], vec![])];
             a.state = TaskState::Running;
-            v.push((vec![a.clone(), c.clone()], vec![]));
-            v.push((vec![], vec![b.id]));
+            v.push((vec![a.clone(), c.clone()], vec![], vec![]));
+            v.push((vec![], vec![], vec![b.id]));
             a.state = TaskState::Completed;
-            v.push((vec![a.clone()], vec![]));
+            v.push((vec![a.clone()], vec![], vec![]));
             v
         };
-        let want = sorted(vec![a, c]);
-        // A checkpoint's buckets read right away, or after later batches changed and removed
-        // tasks in them (records newer than its mark, replayed again over them).
+        every_checkpoint_replays_to(&batches, sorted(vec![a, c]));
+    }
+
+    /// Checks that a restart finds `want` whenever a checkpoint was taken: its buckets read right
+    /// away, or after later batches changed and removed tasks in them (records newer than its
+    /// mark, replayed again over them).
+    fn every_checkpoint_replays_to(batches: &[Batch], want: Vec<TaskInfo>) {
         for checkpoint_at in 0..=batches.len() {
             for late in 0..=batches.len() - checkpoint_at {
-                let r = run(&batches, checkpoint_at, late);
+                let r = run(batches, checkpoint_at, late);
                 let at = format!("checkpoint after {checkpoint_at}, buckets read {late} later");
                 assert_eq!(decoded(&r), want, "{at}");
                 assert_eq!(r.image.last_seq(), batches.len() as i64, "{at}");
@@ -901,9 +1008,72 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn assignments_replay_onto_the_record_before_them_whatever_a_checkpoint_took() {
+        use crate::task::Task;
+        let new = || Task::new(TaskId::new(), task().spec, "default".into(), 0, true);
+        // a: assigned, then ends; b: assigned and still held; c: assigned, then removed; d: its
+        // first attempt is lost, its second still held.
+        let (mut a, mut b, c, mut d) = (new(), new(), new(), new());
+        let w = WorkerId(4);
+        let batches = vec![
+            (
+                vec![
+                    a.info.clone(),
+                    b.info.clone(),
+                    c.info.clone(),
+                    d.info.clone(),
+                ],
+                vec![],
+                vec![],
+            ),
+            (
+                vec![],
+                vec![
+                    a.assign(w, "w", 10),
+                    b.assign(w, "w", 11),
+                    new_assigned(&c, w),
+                ],
+                vec![],
+            ),
+            (vec![], vec![d.assign(w, "w", 12)], vec![c.id()]),
+            {
+                a.info.state = TaskState::Completed;
+                a.info.worker = None;
+                d.lose("lost", false, 13);
+                (vec![a.info.clone(), d.info.clone()], vec![], vec![])
+            },
+            (vec![], vec![d.assign(WorkerId(5), "v", 14)], vec![]),
+        ];
+        assert_eq!(d.info.attempts.len(), 2);
+        assert_eq!(b.state(), TaskState::Assigned);
+        let want = sorted(vec![a.info, b.info, d.info]);
+        every_checkpoint_replays_to(&batches, want);
+    }
+
+    /// An assignment of a copy of `t` (its record stays ready).
+    fn new_assigned(t: &crate::task::Task, w: WorkerId) -> Assignment {
+        t.clone().assign(w, "w", 10)
+    }
+
+    #[test]
+    fn an_assignment_without_its_task_is_refused_as_damage() {
+        let mut t = crate::task::Task::new(TaskId::new(), task().spec, "default".into(), 0, true);
+        let e = Entry::new::<TaskInfo>(&[], &[t.assign(WorkerId(1), "w", 5)], &[], &[], &[], &[]);
+        let r = replay(Stored {
+            journal: vec![(1, e.to_body())],
+            ..Stored::default()
+        });
+        assert!(
+            matches!(r, Err(StoreError::Corrupt { ref reason, .. }) if reason.contains("no record")),
+            "{:?}",
+            r.err()
+        );
+    }
+
+    #[test]
     fn journal_entries_at_or_below_the_checkpoint_are_skipped() {
         let mut t = task();
-        let old = Entry::new(std::slice::from_ref(&t), &[], &[], &[], &[]).to_body();
+        let old = Entry::of_tasks(std::slice::from_ref(&t)).to_body();
         t.state = TaskState::Completed;
         let bucket = frame([&encode_task(&t)[..]].into_iter());
         let r = replay(Stored {
@@ -922,7 +1092,7 @@ pub(super) mod tests {
     fn checkpoints_are_due_when_the_journal_outgrows_the_tables() {
         let mut image = Image::default();
         assert!(!image.wants_checkpoint(0), "no journal, nothing to do");
-        let e = Entry::new(&[task()], &[], &[], &[], &[]);
+        let e = Entry::of_tasks(&[task()]);
         let len = e.to_body().len();
         image.apply(1, e, len);
         assert!(image.wants_checkpoint(0));

@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use surrealdb::opt::auth::Root;
 use surrealdb::types::{RecordId, SurrealValue};
-use tatzelwurm_protocol::{QueueSettings, TaskId, TaskInfo, WorkerId, WorkerInfo};
+use tatzelwurm_protocol::{QueueSettings, TaskInfo, WorkerInfo};
 use tracing::{debug, info, warn};
 
 use crate::core::Counters;
@@ -30,11 +30,10 @@ use filelog::FileLog;
 pub use filelog::SyncMode;
 use handle::Handle;
 pub use handle::KvMemory;
-pub(crate) use image::TaskRecord;
 #[cfg(test)]
 pub(crate) use image::decode_task_record;
-use image::{Entry, Image, LAYOUT_VERSION, Snapshot, Stored, frame};
-pub use image::{Record, encode_task};
+pub use image::{Entry, Record, encode_task};
+use image::{Image, LAYOUT_VERSION, Snapshot, Stored, frame};
 use kvlog::KvLog;
 
 /// Decodes a task record as the store or the table holds it (of any layout): once per task when
@@ -725,24 +724,15 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// Writes a batch as journal records: one, unless the batch is larger than
+    /// Writes a batch ([`Entry::new`]) as journal records: one, unless the batch is larger than
     /// [`ENTRY_BYTES`]. All of it is durable when this returns `Ok`; when it returns `Err`, a
     /// prefix of its parts may be, each part whole (the caller writes the batch again, which is
-    /// safe: records are whole and replay follows sequence numbers). Starts a checkpoint in the
-    /// background when one is due.
-    pub async fn write<T: TaskRecord>(
-        &self,
-        tasks: &[T],
-        removed: &[TaskId],
-        workers: &[WorkerInfo],
-        removed_workers: &[WorkerId],
-        queues: &[QueueSettings],
-        counters: Option<Counters>,
-    ) -> Result<(), StoreError> {
+    /// safe: replay follows sequence numbers, and what an entry holds may be applied again).
+    /// Starts a checkpoint in the background when one is due.
+    pub async fn write(&self, entry: Entry, counters: Option<Counters>) -> Result<(), StoreError> {
         if self.state().must_reopen {
             self.reopen().await?;
         }
-        let entry = Entry::new(tasks, removed, workers, removed_workers, queues);
         let result = self.write_journal(entry, counters).await;
         if result.is_err() {
             self.failed_write();
@@ -910,7 +900,7 @@ impl Store {
         let mut size = 0;
         let mut buckets = snap.buckets.iter().peekable();
         while let Some(b) = buckets.next() {
-            let items = self.state().image.bucket_records(*b);
+            let items = self.state().image.bucket_records(*b)?;
             let body = frame(items.iter().map(|i| &i[..]));
             drop(items);
             size += body.len();
@@ -986,7 +976,7 @@ impl Store {
 mod tests {
     use super::image::tests::task;
     use super::*;
-    use tatzelwurm_protocol::TaskState;
+    use tatzelwurm_protocol::{TaskId, TaskState, WorkerId};
 
     fn opts(url: &str, checkpoint_min_bytes: u64) -> StoreOptions {
         StoreOptions {
@@ -1068,10 +1058,13 @@ mod tests {
     async fn writes_round_trip_and_removes_delete() {
         let store = Store::open(&opts("mem://", 64 << 20)).await.unwrap();
         let mut tasks: Vec<TaskInfo> = (0..10).map(|_| task()).collect();
-        store.write(&tasks, &[], &[], &[], &[], None).await.unwrap();
+        store.write(Entry::of_tasks(&tasks), None).await.unwrap();
         tasks[0].state = TaskState::Completed;
         store
-            .write(&tasks[..1], &[tasks[9].id], &[], &[], &[], None)
+            .write(
+                Entry::new(&tasks[..1], &[], &[tasks[9].id], &[], &[], &[]),
+                None,
+            )
             .await
             .unwrap();
         let Loaded {
@@ -1114,14 +1107,11 @@ mod tests {
             next_batch: 3,
         };
         store
-            .write(&[task()], &[], &[], &[], &[], Some(c))
+            .write(Entry::of_tasks(&[task()]), Some(c))
             .await
             .unwrap();
         // A batch without counters leaves them as they were.
-        store
-            .write(&[task()], &[], &[], &[], &[], None)
-            .await
-            .unwrap();
+        store.write(Entry::of_tasks(&[task()]), None).await.unwrap();
         store.checkpoint().await.unwrap();
         assert_eq!(store.load().await.unwrap().counters, c);
     }
@@ -1147,21 +1137,18 @@ mod tests {
         let (_dir, store) = surrealkv_store().await;
         assert!(store.files.is_some(), "a surrealkv store journals in files");
         store
-            .write(&[task()], &[], &[], &[], &[], Some(counters(5)))
+            .write(Entry::of_tasks(&[task()]), Some(counters(5)))
             .await
             .unwrap();
         store.checkpoint().await.unwrap();
         // A batch without counters, then a checkpoint that deletes the file with record 1.
-        store
-            .write(&[task()], &[], &[], &[], &[], None)
-            .await
-            .unwrap();
+        store.write(Entry::of_tasks(&[task()]), None).await.unwrap();
         store.checkpoint().await.unwrap();
         assert_eq!(journal_seqs(&store).await, vec![2]);
         assert_eq!(store.load().await.unwrap().counters, counters(5));
         // Newer counters in a journal file win over the checkpoint's copy.
         store
-            .write(&[task()], &[], &[], &[], &[], Some(counters(6)))
+            .write(Entry::of_tasks(&[task()]), Some(counters(6)))
             .await
             .unwrap();
         let loaded_now = store.load().await.unwrap();
@@ -1176,7 +1163,7 @@ mod tests {
         let mut tasks: Vec<TaskInfo> = (0..3).map(|_| task()).collect();
         let db = store.db().unwrap();
         let (log, ds) = store.kv_log(&db).unwrap();
-        let body = Entry::new(&tasks[..2], &[], &[], &[], &[]).to_body();
+        let body = Entry::of_tasks(&tasks[..2]).to_body();
         log.append(ds, 1, body, Some(image::encode(&counters(4))))
             .await
             .unwrap();
@@ -1187,11 +1174,7 @@ mod tests {
         tasks[0].state = TaskState::Completed;
         store
             .write(
-                &[tasks[0].clone(), tasks[2].clone()],
-                &[],
-                &[],
-                &[],
-                &[],
+                Entry::of_tasks(&[tasks[0].clone(), tasks[2].clone()]),
                 Some(counters(5)),
             )
             .await
@@ -1226,7 +1209,7 @@ mod tests {
             next_number: 3,
             next_batch: 3,
         };
-        old.write(&tasks[..2], &[], &[], &[], &[], Some(c3))
+        old.write(Entry::of_tasks(&tasks[..2]), Some(c3))
             .await
             .unwrap();
         old.db()
@@ -1250,11 +1233,7 @@ mod tests {
         };
         tasks[0].state = TaskState::Completed;
         new.write(
-            &[tasks[0].clone(), tasks[2].clone()],
-            &[],
-            &[],
-            &[],
-            &[],
+            Entry::of_tasks(&[tasks[0].clone(), tasks[2].clone()]),
             Some(c4),
         )
         .await
@@ -1282,11 +1261,17 @@ mod tests {
     async fn forgotten_workers_stay_forgotten_with_and_without_a_checkpoint() {
         let store = Store::open(&opts("mem://", 64 << 20)).await.unwrap();
         store
-            .write::<TaskInfo>(&[], &[], &[worker(1), worker(2)], &[], &[], None)
+            .write(
+                Entry::new::<TaskInfo>(&[], &[], &[], &[worker(1), worker(2)], &[], &[]),
+                None,
+            )
             .await
             .unwrap();
         store
-            .write::<TaskInfo>(&[], &[], &[], &[WorkerId(1)], &[], None)
+            .write(
+                Entry::new::<TaskInfo>(&[], &[], &[], &[], &[WorkerId(1)], &[]),
+                None,
+            )
             .await
             .unwrap();
         let workers = store.load().await.unwrap().workers;
@@ -1305,7 +1290,7 @@ mod tests {
         let first = Store::open(&o).await.unwrap();
         let first = Store::attach(first.db().unwrap(), &o, true).await.unwrap();
         let mut tasks = vec![task()];
-        first.write(&tasks, &[], &[], &[], &[], None).await.unwrap();
+        first.write(Entry::of_tasks(&tasks), None).await.unwrap();
         // A second coordinator opens the same database.
         let second = Store::attach(first.db().unwrap(), &o, true).await.unwrap();
         assert_eq!(
@@ -1315,17 +1300,14 @@ mod tests {
         );
         tasks[0].state = TaskState::Completed;
         assert!(matches!(
-            first.write(&tasks, &[], &[], &[], &[], None).await,
+            first.write(Entry::of_tasks(&tasks), None).await,
             Err(StoreError::Superseded)
         ));
         assert!(matches!(
             first.checkpoint().await,
             Err(StoreError::Superseded)
         ));
-        second
-            .write(&tasks, &[], &[], &[], &[], None)
-            .await
-            .unwrap();
+        second.write(Entry::of_tasks(&tasks), None).await.unwrap();
         second.checkpoint().await.unwrap();
         assert_eq!(loaded(&second).await, tasks);
     }
@@ -1337,7 +1319,7 @@ mod tests {
         for t in &mut tasks {
             t.spec.user_data = tatzelwurm_protocol::Data(vec![7; 1 << 20]);
         }
-        store.write(&tasks, &[], &[], &[], &[], None).await.unwrap();
+        store.write(Entry::of_tasks(&tasks), None).await.unwrap();
         assert_eq!(
             journal_seqs(&store).await.len(),
             2,
@@ -1369,7 +1351,7 @@ mod tests {
         let mut tasks: Vec<TaskInfo> = (0..4).map(|_| task()).collect();
         for t in &tasks {
             store
-                .write(std::slice::from_ref(t), &[], &[], &[], &[], None)
+                .write(Entry::of_tasks(std::slice::from_ref(t)), None)
                 .await
                 .unwrap();
         }
@@ -1380,7 +1362,7 @@ mod tests {
         assert_eq!(snap.upto, 4);
         tasks[0].state = TaskState::Completed;
         store
-            .write(&tasks[..1], &[], &[], &[], &[], None)
+            .write(Entry::of_tasks(&tasks[..1]), None)
             .await
             .unwrap();
         store.write_checkpoint(&snap, false).await.unwrap();
@@ -1397,7 +1379,7 @@ mod tests {
         for _ in 0..150 {
             let t = task();
             store
-                .write(std::slice::from_ref(&t), &[], &[], &[], &[], None)
+                .write(Entry::of_tasks(std::slice::from_ref(&t)), None)
                 .await
                 .unwrap();
             tasks.push(t);
@@ -1425,13 +1407,16 @@ mod tests {
         // Only the checkpoints written here, none in the background.
         let (_dir, store) = surrealkv_store().await;
         let mut tasks: Vec<TaskInfo> = (0..300).map(|_| task()).collect();
-        store.write(&tasks, &[], &[], &[], &[], None).await.unwrap();
+        store.write(Entry::of_tasks(&tasks), None).await.unwrap();
         store.checkpoint().await.unwrap();
         for t in tasks.iter_mut().take(100) {
             t.state = TaskState::Completed;
         }
         store
-            .write(&tasks[..100], &[tasks[299].id], &[], &[], &[], None)
+            .write(
+                Entry::new(&tasks[..100], &[], &[tasks[299].id], &[], &[], &[]),
+                None,
+            )
             .await
             .unwrap();
         store.checkpoint().await.unwrap();
@@ -1448,23 +1433,71 @@ mod tests {
         // And after the checkpoint, the journal carries on from where it was.
         tasks[0].state = TaskState::Failed;
         store
-            .write(&tasks[..1], &[], &[], &[], &[], None)
+            .write(Entry::of_tasks(&tasks[..1]), None)
             .await
             .unwrap();
         assert_eq!(loaded(&store).await, tasks);
     }
 
     #[tokio::test]
+    async fn assignments_are_read_back_and_folded_into_the_buckets_by_a_checkpoint() {
+        let (_dir, store) = surrealkv_store().await;
+        let mut tasks: Vec<crate::task::Task> = (0..3)
+            .map(|_| crate::task::Task::new(TaskId::new(), task().spec, "default".into(), 0, true))
+            .collect();
+        let infos = |ts: &[crate::task::Task]| {
+            let mut v: Vec<TaskInfo> = ts.iter().map(|t| t.info.clone()).collect();
+            v.sort_by_key(|t| t.id);
+            v
+        };
+        store
+            .write(Entry::of_tasks(&infos(&tasks)), None)
+            .await
+            .unwrap();
+        let assigned = [
+            tasks[0].assign(WorkerId(7), "w", 20),
+            tasks[1].assign(WorkerId(8), "v", 21),
+        ];
+        store
+            .write(
+                Entry::new::<TaskInfo>(&[], &assigned, &[], &[], &[], &[]),
+                None,
+            )
+            .await
+            .unwrap();
+        let want = infos(&tasks);
+        assert_eq!(
+            want.iter()
+                .filter(|t| t.state == TaskState::Assigned)
+                .count(),
+            2
+        );
+        assert_eq!(loaded(&store).await, want, "from the journal");
+        store.checkpoint().await.unwrap();
+        assert_eq!(loaded(&store).await, want, "from the buckets");
+        // One more after the checkpoint, over the bucket that holds its task.
+        let third = tasks[2].assign(WorkerId(7), "w", 22);
+        store
+            .write(
+                Entry::new::<TaskInfo>(&[], &[third], &[], &[], &[], &[]),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(loaded(&store).await, infos(&tasks), "over the buckets");
+    }
+
+    #[tokio::test]
     async fn a_checkpoint_cut_short_after_its_buckets_loses_nothing() {
         let store = Store::open(&opts("mem://", u64::MAX)).await.unwrap();
         let mut tasks: Vec<TaskInfo> = (0..50).map(|_| task()).collect();
-        store.write(&tasks, &[], &[], &[], &[], None).await.unwrap();
+        store.write(Entry::of_tasks(&tasks), None).await.unwrap();
         // Write the buckets of a checkpoint but not its mark and journal deletion, as a crash
         // between the two would leave it.
         let mut partial = store.state().image.snapshot();
         partial.buckets.truncate(20);
         for &b in &partial.buckets {
-            let items = store.state().image.bucket_records(b);
+            let items = store.state().image.bucket_records(b).unwrap();
             let row = BodyRow {
                 id: RecordId::new("bucket", b as i64),
                 body: frame(items.iter().map(|i| &i[..])),
@@ -1481,7 +1514,10 @@ mod tests {
         }
         tasks[3].state = TaskState::Running;
         store
-            .write(&tasks[3..4], &[tasks[4].id], &[], &[], &[], None)
+            .write(
+                Entry::new(&tasks[3..4], &[], &[tasks[4].id], &[], &[], &[]),
+                None,
+            )
             .await
             .unwrap();
         tasks.remove(4);
@@ -1518,12 +1554,18 @@ mod tests {
         a.limit = Some(4);
         let b = QueueSettings::new("aiida-x", "gpu");
         store
-            .write::<TaskInfo>(&[], &[], &[], &[], &[a.clone(), b.clone()], None)
+            .write(
+                Entry::new::<TaskInfo>(&[], &[], &[], &[], &[], &[a.clone(), b.clone()]),
+                None,
+            )
             .await
             .unwrap();
         a.paused = true;
         store
-            .write::<TaskInfo>(&[], &[], &[], &[], &[a.clone()], None)
+            .write(
+                Entry::new::<TaskInfo>(&[], &[], &[], &[], &[], &[a.clone()]),
+                None,
+            )
             .await
             .unwrap();
         let got = store.load().await.unwrap().queues;

@@ -219,3 +219,91 @@ fn long_lists_are_split_into_parts_and_other_replies_pass_whole() {
         1
     );
 }
+
+#[test]
+fn a_dispatch_of_a_stored_task_is_written_as_its_assignment_and_any_other_whole() {
+    let mut c = core();
+    c.connect_actioner(1);
+    // Added in a batch of their own: their records are stored.
+    let stored = add(&mut c, 3, true);
+    let w = c.connect_worker(2, hello("w", 4), 10);
+    assert_eq!(c.schedule(11), 3);
+    let batch = c.take_batch().unwrap();
+    let mut assigned: Vec<_> = batch.assignments.iter().map(|a| a.task).collect();
+    assigned.sort();
+    assert_eq!(assigned, stored, "written as assignments");
+    assert!(batch.tasks.is_empty(), "not whole: {:?}", batch.tasks);
+    let a = &batch.assignments[0];
+    assert_eq!((a.worker, a.number, a.at_ms), (w, 1, 11));
+    assert_eq!(dispatches(&batch).len(), 3, "sent once it is durable");
+    let sent = dispatches(&batch);
+
+    // Added and dispatched before a batch was taken: its first record is whole.
+    c.actioner(
+        1,
+        RequestId(2),
+        ActionerRequest::Add {
+            tasks: vec![TaskSpec::new(Payload::Sleep { duration_ms: 1 })],
+            play: true,
+        },
+        12,
+    );
+    assert_eq!(c.schedule(12), 1);
+    let batch = c.take_batch().unwrap();
+    assert!(batch.assignments.is_empty(), "{:?}", batch.assignments);
+    let fresh = batch.tasks[0].0;
+    assert_eq!(c.task(fresh).unwrap().state, TaskState::Assigned);
+    assert_eq!(batch.tasks.len(), 1);
+
+    // A stored task dispatched, then changed again before the batch: whole, with both changes.
+    finish(&mut c, 2, sent[0], Outcome::Succeeded, 13);
+    c.take_batch();
+    add(&mut c, 1, true);
+    assert_eq!(c.schedule(14), 1);
+    let again = dispatches(&c.take_batch().unwrap())[0];
+    finish(&mut c, 2, again, Outcome::Succeeded, 15);
+    let extra = add(&mut c, 1, true)[0];
+    assert_eq!(c.schedule(16), 1);
+    c.worker(
+        2,
+        WorkerToCoordinator::Started {
+            attempt: AttemptRef {
+                task: extra,
+                attempt: 1,
+            },
+            at_ms: 17,
+        },
+        17,
+    );
+    let batch = c.take_batch().unwrap();
+    assert!(batch.assignments.is_empty(), "{:?}", batch.assignments);
+    assert!(batch.tasks.iter().any(|(id, _)| *id == extra));
+}
+
+#[test]
+fn the_assignments_of_a_failed_commit_are_written_whole_with_the_next() {
+    let mut c = core();
+    c.connect_actioner(1);
+    let ids = add(&mut c, 2, true);
+    c.connect_worker(2, hello("w", 2), 10);
+    c.schedule(11);
+    let failed = c.take_batch().unwrap();
+    assert_eq!(failed.assignments.len(), 2);
+    c.requeue(failed);
+    let batch = c.take_batch().unwrap();
+    assert!(batch.assignments.is_empty(), "{:?}", batch.assignments);
+    let mut whole: Vec<_> = batch.tasks.iter().map(|(id, _)| *id).collect();
+    whole.sort();
+    assert_eq!(
+        whole, ids,
+        "what part of the failed write landed is unknown"
+    );
+    for (id, record) in &batch.tasks {
+        let t = crate::store::decode_record(record).unwrap();
+        assert_eq!(
+            (t.id, t.state),
+            (*id, TaskState::Assigned),
+            "the assignment is in it"
+        );
+    }
+}
