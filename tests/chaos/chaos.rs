@@ -880,7 +880,10 @@ fn campaign(args: &Args, seed: u64) -> Result<bool> {
     // The coordinator gives a task away after a lease of silence; heartbeats every eighth of
     // it blur when the silence began by that much, twice.
     let silent_enough = (lease.as_nanos() as u64) * 3 / 4;
-    let mut v = checker::check(&runs, &events, &tables, &told, silent_enough);
+    // The longest reconnect backoff of the workers here (`workwurm` and the Python package's
+    // worker: 2 s; its kiwipy communicator: 1 s).
+    let reconnect_lag = 2_000_000_000;
+    let mut v = checker::check(&runs, &events, &tables, &told, silent_enough, reconnect_lag);
     if !drained {
         v.violations
             .push("the queue did not drain within 120 s of the last fault".into());

@@ -124,9 +124,11 @@ pub struct Verdict {
     pub states: BTreeMap<String, usize>,
 }
 
-/// Intervals during which a worker process could not be heard: stopped, or cut off.
+/// Intervals during which a worker process could not be heard: stopped, or cut off; and when
+/// coordinators started.
 struct Silence {
     by_pid: HashMap<u32, Vec<(Ns, Ns)>>,
+    starts: Vec<Ns>,
 }
 
 impl Silence {
@@ -137,8 +139,10 @@ impl Silence {
         let mut stopped: HashMap<u32, Ns> = HashMap::new();
         let mut cut: HashMap<String, Ns> = HashMap::new();
         let mut cuts: Vec<(String, Ns, Ns)> = Vec::new();
+        let mut starts = Vec::new();
         for (at, e) in events {
             match e {
+                Event::CoordinatorStarted => starts.push(*at),
                 Event::WorkerStarted { name, pid } => {
                     lives.push((name.clone(), *pid, *at, horizon))
                 }
@@ -186,13 +190,12 @@ impl Silence {
                 }
             }
         }
-        Silence { by_pid }
+        starts.sort();
+        Silence { by_pid, starts }
     }
 
-    /// The longest stretch within `[from, to]` during which `pid` was silent, silences less
-    /// than `join` apart joined (a worker that was just stopped or cut off needs a moment to be
-    /// heard again: its reconnect backoff, its next heartbeat).
-    fn longest(&self, pid: u32, from: Ns, to: Ns, join: Ns) -> Ns {
+    /// `pid`'s silences that overlap `[from, to]`, cut to it, in order.
+    fn spans(&self, pid: u32, from: Ns, to: Ns) -> Vec<(Ns, Ns)> {
         let mut spans: Vec<(Ns, Ns)> = self
             .by_pid
             .get(&pid)
@@ -202,6 +205,39 @@ impl Silence {
             .map(|&(s, e)| (s.max(from), e.min(to)))
             .collect();
         spans.sort();
+        spans
+    }
+
+    /// How long `pid` went unheard by the last coordinator to start within `[from, to]`, counted
+    /// from its start (its lease runs from there): a worker reconnects within its backoff, up to
+    /// `lag`, unless it is stopped or cut off before it does, and then only after that silence
+    /// (silences less than `join` apart joined, as in [`Silence::longest`]).
+    fn unheard_after_restart(&self, pid: u32, from: Ns, to: Ns, join: Ns, lag: Ns) -> Ns {
+        let Some(&start) = self.starts.iter().rev().find(|&&s| s >= from && s <= to) else {
+            return 0;
+        };
+        let mut end = (start + lag).min(to);
+        let mut in_backoff = true;
+        for (s, e) in self.spans(pid, start, to) {
+            let reach = if in_backoff { end } else { end + join };
+            if s > reach {
+                break;
+            }
+            end = end.max(e);
+            in_backoff = false;
+        }
+        if in_backoff {
+            // Heard again within its backoff: the backoff alone is no silence past the lease.
+            return 0;
+        }
+        end - start
+    }
+
+    /// The longest stretch within `[from, to]` during which `pid` was silent, silences less
+    /// than `join` apart joined (a worker that was just stopped or cut off needs a moment to be
+    /// heard again: its reconnect backoff, its next heartbeat).
+    fn longest(&self, pid: u32, from: Ns, to: Ns, join: Ns) -> Ns {
+        let spans = self.spans(pid, from, to);
         let mut best = 0;
         let mut cur: Option<(Ns, Ns)> = None;
         for (s, e) in spans {
@@ -222,14 +258,21 @@ impl Silence {
 }
 
 /// Judges a run. `silent_enough` is how long a worker must have been silent for the coordinator
-/// to have given its task away (the lease, less what heartbeats leave uncertain).
+/// to have given its task away (the lease, less what heartbeats leave uncertain);
+/// `reconnect_lag` how long a worker may take to reach a coordinator that just started (its
+/// longest reconnect backoff), which must be less.
 pub fn check(
     runs: &[Run],
     events: &[(Ns, Event)],
     tables: &HashMap<String, FinalTask>,
     told: &Told,
     silent_enough: Ns,
+    reconnect_lag: Ns,
 ) -> Verdict {
+    assert!(
+        reconnect_lag < silent_enough,
+        "a backoff as long as the lease would excuse every rerun after a restart"
+    );
     let horizon = runs
         .iter()
         .flat_map(|r| [Some(r.start), r.end])
@@ -377,8 +420,12 @@ pub fn check(
                 continue;
             }
             prev = Some(b);
-            let silent =
-                silence.longest(a.pid, a.start, b.start, silent_enough / 3) >= silent_enough;
+            // Silent past the lease: in one stretch, or, as the coordinator that gave the task
+            // away saw it, from its start through the worker's backoff into a stop or a cut.
+            let join = silent_enough / 3;
+            let silent = silence.longest(a.pid, a.start, b.start, join) >= silent_enough
+                || silence.unheard_after_restart(a.pid, a.start, b.start, join, reconnect_lag)
+                    >= silent_enough;
             let died = deaths.get(&a.pid).copied();
             match a.end {
                 // The first run ended before the second began: a double run.
@@ -485,6 +532,8 @@ mod tests {
     use super::*;
 
     const LEASE: Ns = 1_000;
+    /// The workers' longest reconnect backoff, shorter than the lease as in the campaign.
+    const LAG: Ns = 600;
 
     fn run(task: &str, attempt: u32, pid: u32, nonce: u64, start: Ns, end: Option<Ns>) -> Run {
         Run {
@@ -535,6 +584,7 @@ mod tests {
             &tables,
             &told(&["t"]),
             LEASE,
+            LAG,
         );
         assert!(v.violations.is_empty(), "{:?}", v.violations);
         assert_eq!(v.states["completed"], 1);
@@ -546,7 +596,7 @@ mod tests {
         t.killed.insert("k".into());
         let tables = HashMap::from([("k".to_string(), done(&[(1, "succeeded", 1)]))]);
         let runs = vec![run("k", 1, 10, 1, 0, Some(5))];
-        let v = check(&runs, &[], &tables, &t, LEASE);
+        let v = check(&runs, &[], &tables, &t, LEASE, LAG);
         assert_eq!(v.violations.len(), 2, "{:?}", v.violations);
         assert!(v.violations[0].contains("missing"));
         assert!(v.violations[1].contains("kill was acknowledged"));
@@ -563,13 +613,13 @@ mod tests {
             run("t", 2, 11, 2, 5_000, Some(5_100)),
         ];
         let events = vec![(0, started("a", 10)), (0, started("b", 11))];
-        let v = check(&runs, &events, &tables, &told(&["t"]), LEASE);
+        let v = check(&runs, &events, &tables, &told(&["t"]), LEASE, LAG);
         assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
         assert_eq!(v.double_runs["no cause found"], 1);
         // Killed between its end and the rerun: the report never got through.
         let mut killed = events.clone();
         killed.push((300, Event::WorkerKilled { pid: 10 }));
-        let v = check(&runs, &killed, &tables, &told(&["t"]), LEASE);
+        let v = check(&runs, &killed, &tables, &told(&["t"]), LEASE, LAG);
         assert!(v.violations.is_empty(), "{:?}", v.violations);
         assert_eq!(
             v.double_runs["its worker was killed after the command ended"],
@@ -579,14 +629,14 @@ mod tests {
         let mut stopped = events.clone();
         stopped.push((150, Event::WorkerStopped { pid: 10 }));
         stopped.push((1_400, Event::WorkerContinued { pid: 10 }));
-        let v = check(&runs, &stopped, &tables, &told(&["t"]), LEASE);
+        let v = check(&runs, &stopped, &tables, &told(&["t"]), LEASE, LAG);
         assert!(v.violations.is_empty(), "{:?}", v.violations);
         // Stopped for less: not enough.
         let mut short = events.clone();
         short.push((150, Event::WorkerStopped { pid: 10 }));
         short.push((600, Event::WorkerContinued { pid: 10 }));
         assert_eq!(
-            check(&runs, &short, &tables, &told(&["t"]), LEASE)
+            check(&runs, &short, &tables, &told(&["t"]), LEASE, LAG)
                 .violations
                 .len(),
             1
@@ -595,7 +645,7 @@ mod tests {
         let mut cut = events.clone();
         cut.push((120, Event::Cut { name: "a".into() }));
         cut.push((1_300, Event::Healed { name: "a".into() }));
-        let v = check(&runs, &cut, &tables, &told(&["t"]), LEASE);
+        let v = check(&runs, &cut, &tables, &told(&["t"]), LEASE, LAG);
         assert!(v.violations.is_empty(), "{:?}", v.violations);
     }
 
@@ -612,7 +662,7 @@ mod tests {
             run("t", 1, 10, 1, 2_200, Some(2_300)),
         ];
         let events = vec![(0, started("a", 10)), (0, started("b", 11))];
-        let v = check(&runs, &events, &tables, &told(&["t"]), LEASE);
+        let v = check(&runs, &events, &tables, &told(&["t"]), LEASE, LAG);
         assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
         assert!(
             v.violations[0].contains("was not silent"),
@@ -622,7 +672,7 @@ mod tests {
         let mut frozen = events.clone();
         frozen.push((500, Event::WorkerStopped { pid: 10 }));
         frozen.push((2_150, Event::WorkerContinued { pid: 10 }));
-        let v = check(&runs, &frozen, &tables, &told(&["t"]), LEASE);
+        let v = check(&runs, &frozen, &tables, &told(&["t"]), LEASE, LAG);
         assert!(v.violations.is_empty(), "{:?}", v.violations);
         assert_eq!(v.double_runs["its worker was silent past the lease"], 1);
         // A third attempt is judged against the second (the newer run), not the stale one.
@@ -630,7 +680,7 @@ mod tests {
         more.push(run("t", 3, 12, 3, 5_000, Some(5_100)));
         let mut third = frozen.clone();
         third.push((0, started("c", 12)));
-        let v = check(&more, &third, &tables, &told(&["t"]), LEASE);
+        let v = check(&more, &third, &tables, &told(&["t"]), LEASE, LAG);
         assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
         assert!(
             v.violations[0].contains("attempt 2's worker (pid 11)"),
@@ -638,8 +688,49 @@ mod tests {
             v.violations
         );
         third.push((2_500, Event::WorkerKilled { pid: 11 }));
-        let v = check(&more, &third, &tables, &told(&["t"]), LEASE);
+        let v = check(&more, &third, &tables, &told(&["t"]), LEASE, LAG);
         assert!(v.violations.is_empty(), "{:?}", v.violations);
+    }
+
+    #[test]
+    fn a_worker_stopped_in_its_backoff_after_a_restart_is_silent_from_the_restart() {
+        // Session 20's campaign: attempt 1 ended while the coordinator was down, so its report
+        // waited; the next coordinator started at 10,000 and pid 10, still in its reconnect
+        // backoff, was stopped at 10,400 (for longer than the lease); that coordinator's lease
+        // for it, counted from its start, ran out at 11,000 and attempt 2 ran elsewhere. The stop
+        // alone, until the rerun, is shorter than the lease.
+        let tables = HashMap::from([(
+            "t".to_string(),
+            done(&[(1, "lost", 0), (2, "succeeded", 2)]),
+        )]);
+        let runs = vec![
+            run("t", 1, 10, 1, 2_000, Some(2_100)),
+            run("t", 2, 11, 2, 11_050, Some(11_100)),
+        ];
+        let mut events = vec![
+            (0, started("a", 10)),
+            (0, started("b", 11)),
+            (2_050, Event::CoordinatorKilled),
+            (10_000, Event::CoordinatorStarted),
+        ];
+        let v = check(&runs, &events, &tables, &told(&["t"]), LEASE, LAG);
+        assert_eq!(v.violations.len(), 1, "no silence: {:?}", v.violations);
+        // Stopped after its backoff would have brought it back: heard before the stop.
+        let mut late = events.clone();
+        late.push((10_700, Event::WorkerStopped { pid: 10 }));
+        late.push((15_000, Event::WorkerContinued { pid: 10 }));
+        let v = check(&runs, &late, &tables, &told(&["t"]), LEASE, LAG);
+        assert_eq!(
+            v.violations.len(),
+            1,
+            "heard in between: {:?}",
+            v.violations
+        );
+        events.push((10_400, Event::WorkerStopped { pid: 10 }));
+        events.push((15_000, Event::WorkerContinued { pid: 10 }));
+        let v = check(&runs, &events, &tables, &told(&["t"]), LEASE, LAG);
+        assert!(v.violations.is_empty(), "{:?}", v.violations);
+        assert_eq!(v.double_runs["its worker was silent past the lease"], 1);
     }
 
     #[test]
@@ -655,12 +746,12 @@ mod tests {
             run("t", 2, 11, 2, 9_000, Some(9_100)),
         ];
         let mut events = vec![(0, started("a", 10)), (0, started("b", 11))];
-        let v = check(&runs, &events, &tables, &told(&["t"]), LEASE);
+        let v = check(&runs, &events, &tables, &told(&["t"]), LEASE, LAG);
         assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
         assert!(!v.violations[0].contains("freeze"), "{:?}", v.violations);
         events.push((100, Event::WorkerStopped { pid: 10 }));
         events.push((1_990, Event::WorkerContinued { pid: 10 }));
-        let v = check(&runs, &events, &tables, &told(&["t"]), LEASE);
+        let v = check(&runs, &events, &tables, &told(&["t"]), LEASE, LAG);
         assert_eq!(
             v.violations.len(),
             1,
@@ -685,13 +776,13 @@ mod tests {
             run("t", 2, 11, 2, 2_000, Some(2_100)),
         ];
         let events = vec![(0, started("a", 10)), (0, started("b", 11))];
-        let v = check(&runs, &events, &tables, &told(&["t"]), LEASE);
+        let v = check(&runs, &events, &tables, &told(&["t"]), LEASE, LAG);
         assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
         assert!(v.violations[0].contains("had not ended"));
         let mut died = events.clone();
         died.push((500, Event::WorkerKilled { pid: 10 }));
         assert!(
-            check(&runs, &died, &tables, &told(&["t"]), LEASE)
+            check(&runs, &died, &tables, &told(&["t"]), LEASE, LAG)
                 .violations
                 .is_empty()
         );
@@ -699,7 +790,7 @@ mod tests {
         let mut late = events.clone();
         late.push((2_050, Event::WorkerKilled { pid: 10 }));
         assert_eq!(
-            check(&runs, &late, &tables, &told(&["t"]), LEASE)
+            check(&runs, &late, &tables, &told(&["t"]), LEASE, LAG)
                 .violations
                 .len(),
             1
@@ -710,14 +801,14 @@ mod tests {
     fn the_stored_result_must_be_the_succeeded_attempts_output() {
         let runs = vec![run("t", 1, 10, 7, 100, Some(200))];
         let tables = HashMap::from([("t".to_string(), done(&[(1, "succeeded", 8)]))]);
-        let v = check(&runs, &[], &tables, &told(&["t"]), LEASE);
+        let v = check(&runs, &[], &tables, &told(&["t"]), LEASE, LAG);
         assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
         assert!(v.violations[0].contains("not the output"));
         let twice = HashMap::from([(
             "t".to_string(),
             done(&[(1, "succeeded", 7), (2, "succeeded", 9)]),
         )]);
-        let v = check(&runs, &[], &twice, &told(&["t"]), LEASE);
+        let v = check(&runs, &[], &twice, &told(&["t"]), LEASE, LAG);
         assert!(
             v.violations
                 .iter()
