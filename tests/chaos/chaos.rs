@@ -244,10 +244,19 @@ struct Campaign {
     slots_each: u32,
     pending: Vec<(Instant, Undo)>,
     lease: Duration,
+    /// The directory of the workers' logs.
+    logs: PathBuf,
 }
 
 impl Campaign {
+    /// Where worker `i`'s processes write their logs, one after another: in the run directory,
+    /// kept with the history when the checker fails.
+    fn worker_log(&self, i: usize) -> PathBuf {
+        self.logs.join(format!("{}.log", self.slots[i].name))
+    }
+
     fn start_worker(&mut self, i: usize) {
+        let log = self.worker_log(i);
         let slot = &mut self.slots[i];
         let script = match slot.kind {
             Kind::Workwurm => None,
@@ -261,7 +270,7 @@ impl Campaign {
                 .arg(self.coord.token_file())
                 .arg(&slot.name)
                 .arg(self.slots_each.to_string());
-            Worker::spawn(cmd)
+            Worker::spawn_logging_to(cmd, &log)
         } else {
             let mut args = vec!["--name".to_string(), slot.name.clone()];
             args.extend(self.worker_args.iter().cloned());
@@ -271,11 +280,12 @@ impl Campaign {
                 args.extend(["--prefetch".to_string(), "2".to_string()]);
             }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            Worker::start(
+            let cmd = Worker::command(
                 &slot.proxy.addr.to_string(),
                 &self.coord.token_file(),
                 &args,
-            )
+            );
+            Worker::spawn_logging_to(cmd, &log)
         };
         self.log.note(Event::WorkerStarted {
             name: slot.name.clone(),
@@ -822,7 +832,9 @@ fn campaign(args: &Args, seed: u64) -> Result<bool> {
         slots_each: args.slots,
         pending: Vec::new(),
         lease,
+        logs: run.path().join("workers"),
     };
+    std::fs::create_dir_all(&c.logs)?;
     for i in 0..c.slots.len() {
         c.start_worker(i);
     }

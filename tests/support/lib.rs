@@ -324,25 +324,44 @@ pub struct Worker {
     child: Option<Child>,
     /// Its log file.
     pub log: PathBuf,
-    _tmp: tempfile::TempDir,
+    /// The directory of its log, unless the caller gave the log a place of its own.
+    _tmp: Option<tempfile::TempDir>,
 }
 
 impl Worker {
     /// Starts `workwurm ARGS` against `addr`.
     pub fn start(addr: &str, token_file: &Path, args: &[&str]) -> Worker {
+        Worker::spawn(Worker::command(addr, token_file, args))
+    }
+
+    /// `workwurm ARGS` against `addr`, to start with [`Worker::spawn`] or
+    /// [`Worker::spawn_logging_to`].
+    pub fn command(addr: &str, token_file: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin("workwurm"));
         cmd.args(["--coordinator", addr, "--token-file"])
             .arg(token_file)
             .args(args)
             .env("RUST_LOG", "info");
-        Worker::spawn(cmd)
+        cmd
     }
 
     /// Starts a worker of another kind (the Python one), its stderr to the log.
-    pub fn spawn(mut cmd: Command) -> Worker {
+    pub fn spawn(cmd: Command) -> Worker {
         let tmp = tempfile::tempdir().expect("tempdir");
         let log = tmp.path().join("worker.log");
-        let f = std::fs::File::create(&log).expect("log file");
+        let mut w = Worker::spawn_logging_to(cmd, &log);
+        w._tmp = Some(tmp);
+        w
+    }
+
+    /// Starts a worker with its stderr appended to `log`, which outlives it (the fault campaign
+    /// keeps every worker's log beside its history).
+    pub fn spawn_logging_to(mut cmd: Command, log: &Path) -> Worker {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("log file {}: {e}", log.display()));
         let child = cmd
             .stdout(Stdio::null())
             .stderr(f)
@@ -350,8 +369,8 @@ impl Worker {
             .unwrap_or_else(|e| panic!("start {:?}: {e}", cmd.get_program()));
         Worker {
             child: Some(child),
-            log,
-            _tmp: tmp,
+            log: log.to_path_buf(),
+            _tmp: None,
         }
     }
 
