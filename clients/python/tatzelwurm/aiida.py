@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import sys
+import time
 import typing as t
 
 from aiida.brokers.broker import Broker, BrokerConfigField
@@ -69,9 +70,14 @@ class TatzelwurmBroker(Broker):
         ),
     )
 
+    # How long a failed connection is taken as the answer: `verdi status` connects, then names
+    # the broker (`str`, which says whether it is reachable) and must not wait a second time.
+    FAILURE_KEPT = 5.0
+
     def __init__(self, profile):
         super().__init__(profile)
         self._communicator = None
+        self._failed_at = None  # time.monotonic() of the last failed connection
 
     def _config(self):
         config = dict(self.get_default_config())
@@ -90,7 +96,11 @@ class TatzelwurmBroker(Broker):
         where = f"tatzelwurm @ {self.address} (namespace {self.namespace})"
         return where if self.check_service_reachable() else f"{where} <not reachable>"
 
-    def get_communicator(self, connect_timeout=10.0):
+    def get_communicator(self, connect_timeout=3.0):
+        # A few seconds, as RabbitMQ's refusal is at once: `verdi status` and the `verdi process`
+        # commands call this as it is, and waited ten seconds for a coordinator that is down; a
+        # daemon worker that starts then fails and circus starts it again. A connection once made
+        # is kept through outages of any length (the communicator reconnects on its own).
         if self._communicator is None or self._communicator.is_closed():
             from aiida.brokers.rabbitmq.utils import get_launch_queue_name
             from aiida.manage.configuration import get_config_option
@@ -99,18 +109,23 @@ class TatzelwurmBroker(Broker):
             from .kiwipy import TatzelwurmCommunicator
 
             config = self._config()
-            self._communicator = TatzelwurmCommunicator(
-                self.address,
-                token_file=config["token_file"] or None,
-                namespace=self.namespace,
-                name=f"aiida-{self._profile.name}-{os.getpid()}",
-                task_queue=get_launch_queue_name(f"aiida-{self._profile.uuid}"),
-                task_prefetch_count=get_config_option("daemon.worker_process_slots"),
-                encoder=functools.partial(serialize.serialize, encoding="utf-8"),
-                decoder=serialize.deserialize_unsafe,
-                connect_timeout=connect_timeout,
-                on_tasks_lost=leave_lost_processes,
-            )
+            try:
+                self._communicator = TatzelwurmCommunicator(
+                    self.address,
+                    token_file=config["token_file"] or None,
+                    namespace=self.namespace,
+                    name=f"aiida-{self._profile.name}-{os.getpid()}",
+                    task_queue=get_launch_queue_name(f"aiida-{self._profile.uuid}"),
+                    task_prefetch_count=get_config_option("daemon.worker_process_slots"),
+                    encoder=functools.partial(serialize.serialize, encoding="utf-8"),
+                    decoder=serialize.deserialize_unsafe,
+                    connect_timeout=connect_timeout,
+                    on_tasks_lost=leave_lost_processes,
+                )
+            except Exception:
+                self._failed_at = time.monotonic()
+                raise
+            self._failed_at = None
         return self._communicator
 
     def iterate_tasks(self) -> t.Iterator[t.Any]:
@@ -118,6 +133,8 @@ class TatzelwurmBroker(Broker):
         return iter(self.get_communicator().waiting_tasks())
 
     def check_service_reachable(self) -> bool:
+        if self._failed_at is not None and time.monotonic() - self._failed_at < self.FAILURE_KEPT:
+            return False
         had = self._communicator is not None
         try:
             self.get_communicator(connect_timeout=2.0)  # `verdi status` should not hang

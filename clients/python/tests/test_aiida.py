@@ -3,6 +3,7 @@ whose broker is a real coordinator, a real daemon with two workers, real calcula
 `/bin/bash` on `localhost`. Needs `pip install -e './clients/python[aiida]'` (the entry point);
 run alone with `python3 -m pytest clients/python/tests/test_aiida.py`."""
 
+import contextlib
 import json
 import os
 import signal
@@ -100,6 +101,28 @@ class Aiida:
                 out[p] = [n.process_state.value if n.process_state else None, n.exit_status, result]
             print(json.dumps(out))
         """, timeout=timeout + 60).items()}
+
+    @contextlib.contextmanager
+    def broker_unreachable(self):
+        """Points the profile at a port nobody listens on (the test's own, before it listens) while
+        the block runs; yields that address."""
+        import socket
+
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+        s.close()
+        self.python(f"""
+            from tatzelwurm.aiida import configure
+            configure(None, {dead!r}, {self.coordinator.token_file!r})
+        """, load=False)
+        try:
+            yield dead
+        finally:
+            self.python(f"""
+                from tatzelwurm.aiida import configure
+                configure(None, {self.coordinator.addr!r}, {self.coordinator.token_file!r})
+            """, load=False)
 
     def state(self, pk):
         return self.python(f"import json; print(json.dumps(orm.load_node({pk}).process_state.value))")
@@ -235,28 +258,43 @@ def test_verdi_process_repair_sees_the_tasks_waiting_in_the_launch_queue(aiida):
 
 
 def test_verdi_status_says_when_the_coordinator_is_not_reachable(aiida):
-    coordinator = aiida.coordinator
-    env = dict(aiida.env)
-    # The same profile pointed at a port nobody listens on (the test's own, before it listens).
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    dead = f"127.0.0.1:{s.getsockname()[1]}"
-    s.close()
-    aiida.python(f"""
-        from tatzelwurm.aiida import configure
-        configure(None, {dead!r}, {coordinator.token_file!r})
-    """, load=False)
-    try:
+    with aiida.broker_unreachable() as dead:
         started = time.time()
-        out = subprocess.run([sys.executable, "-m", "aiida", "status"], env=env, capture_output=True, text=True,
-                             timeout=120)
+        out = subprocess.run([sys.executable, "-m", "aiida", "status"], env=aiida.env, capture_output=True,
+                             text=True, timeout=120)
         assert dead in out.stdout + out.stderr, out.stdout + out.stderr
         assert "not reachable" in out.stdout + out.stderr or "cannot reach" in out.stdout + out.stderr
         assert time.time() - started < 60
-    finally:
-        aiida.python(f"""
-            from tatzelwurm.aiida import configure
-            configure(None, {coordinator.addr!r}, {coordinator.token_file!r})
-        """, load=False)
+
+
+def test_a_broker_that_just_failed_to_connect_is_named_unreachable_without_trying_again(aiida):
+    # `verdi status` connects, then prints the broker's name, which says whether it is reachable:
+    # the second must take the first's answer rather than wait for a connection again.
+    with aiida.broker_unreachable():
+        failed, tries_first, first, tries_later, later = aiida.python("""
+            import json
+            from aiida.manage import get_manager
+            import tatzelwurm.kiwipy
+
+            broker = get_manager().get_broker()
+            try:
+                broker.get_communicator()
+                failed = False
+            except Exception:
+                failed = True
+            tries = []
+
+            def counted(*args, **kwargs):
+                tries.append(1)
+                raise ConnectionError("refused (counted)")
+
+            tatzelwurm.kiwipy.TatzelwurmCommunicator = counted
+            first = str(broker)
+            tries_first = len(tries)
+            broker.FAILURE_KEPT = 0  # the failure is old news: the next name tries again
+            later = str(broker)
+            print(json.dumps([failed, tries_first, first, len(tries), later]))
+        """)
+    assert failed
+    assert (tries_first, tries_later) == (0, 1)
+    assert first.endswith("<not reachable>") and later.endswith("<not reachable>"), (first, later)
