@@ -544,8 +544,7 @@ async fn session(
                 res
             }
             _ = async { sleep_until(st.reports_due.expect("guarded")).await }, if st.reports_due.is_some() => {
-                st.reports_due = None;
-                conn.flush().await.map_err(|e| e.to_string())
+                write_reports(st, &mut conn).await
             }
             Some(p) = output_rx.recv() => {
                 conn.send(p).await.map_err(|e| e.to_string())
@@ -594,8 +593,7 @@ async fn session(
         // Reports fed above go now unless a held task took each freed slot.
         let res = match res {
             Ok(()) if st.reports_due.is_some() && !st.reports_may_wait() => {
-                st.reports_due = None;
-                conn.flush().await.map_err(|e| e.to_string())
+                write_reports(st, &mut conn).await
             }
             other => other,
         };
@@ -606,6 +604,12 @@ async fn session(
 }
 
 /// Starts held tasks while slots are free (a paused one waits for its resume).
+/// Writes the reports fed and left waiting for company.
+async fn write_reports(st: &mut State, conn: &mut Conn) -> Result<(), String> {
+    st.reports_due = None;
+    conn.flush().await.map_err(|e| e.to_string())
+}
+
 async fn start_held(st: &mut State, conn: &mut Conn) -> Result<(), String> {
     if st.reattach_pending {
         return Ok(());
