@@ -8,14 +8,20 @@ use tatzelwurm_tests::{Coordinator, Db};
 use tatzelwurm_worker::session::Stop;
 use tatzelwurm_worker::{Handlers, TaskOutput, WorkerConfig};
 
-#[test]
-fn library_worker_serves_its_own_handlers() {
-    let c = Coordinator::start(Db::Mem).unwrap();
+/// An async worker's configuration for coordinator `c`, with its token.
+fn config(c: &Coordinator) -> WorkerConfig {
     let mut cfg = WorkerConfig::new(c.addr.clone(), BlockType::Async);
     cfg.token = std::fs::read_to_string(c.token_file())
         .unwrap()
         .trim()
         .to_string();
+    cfg
+}
+
+#[test]
+fn library_worker_serves_its_own_handlers() {
+    let c = Coordinator::start(Db::Mem).unwrap();
+    let mut cfg = config(&c);
     cfg.name = "library-worker".into();
     let handlers = Handlers::new()
         .blocking("count_words", |input| {
@@ -73,4 +79,75 @@ fn library_worker_serves_its_own_handlers() {
         .expect("the worker drains and returns")
         .unwrap()
         .unwrap();
+}
+
+/// A finished attempt's report that waits for company (`report_linger`) while a held task took
+/// its slot is written by its own timer when nothing else goes out. Here nothing else would: the
+/// next attempt's `started` is held back for an hour, heartbeats are minutes apart, and the
+/// other held tasks stay held behind the one that runs.
+#[test]
+fn a_report_left_waiting_for_company_goes_when_its_linger_ends() {
+    const LONG: Duration = Duration::from_secs(60);
+    const LINGER: Duration = Duration::from_secs(2);
+    let c = Coordinator::start_with(Db::Mem, &["--lease", "10m", "--heartbeat", "5m"]).unwrap();
+    let mut cfg = config(&c);
+    cfg.slots = 1;
+    cfg.prefetch = 3;
+    cfg.report_linger = LINGER;
+    cfg.started_after = Duration::from_secs(3600);
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (parked_tx, parked_rx) = std::sync::mpsc::channel::<()>();
+    let parked_tx = std::sync::Mutex::new(parked_tx);
+    let opened = gate.clone();
+    let handlers = Handlers::new()
+        .asynchronous("gate", move |_| {
+            let gate = opened.clone();
+            async move {
+                gate.notified().await;
+                Ok(TaskOutput {
+                    output: Data::encode(&"through").unwrap(),
+                    user_data: None,
+                })
+            }
+        })
+        .asynchronous("park", move |_| {
+            let _ = parked_tx.lock().unwrap().send(());
+            async move {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(TaskOutput {
+                    output: Data::encode(&"woke").unwrap(),
+                    user_data: None,
+                })
+            }
+        });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.spawn(tatzelwurm_worker::run(cfg, handlers, Stop::default()));
+
+    let first = c.add(&["--play", "--custom", "gate"]);
+    c.wait_state(&first[0], "assigned", LONG);
+    // Held in this order: `park` takes the slot `gate` frees, the other two stay held.
+    let parked = c.add(&["--play", "--custom", "park"]);
+    c.wait_state(&parked[0], "assigned", LONG);
+    let behind = c.add(&["--play", "--count", "2", "--custom", "park"]);
+    for id in &behind {
+        c.wait_state(id, "assigned", LONG);
+    }
+    gate.notify_one();
+    // `park` starts in the turn that fed the report of `gate`.
+    parked_rx.recv_timeout(LONG).expect("the held task started");
+    assert_eq!(
+        c.state(&first[0]),
+        "assigned",
+        "the report waits for company while held tasks could start"
+    );
+    c.wait_state(&first[0], "completed", LONG);
+    assert_eq!(c.show(&first[0])["attempts"][0]["output"], "through");
+    for id in &behind {
+        assert_eq!(
+            c.state(id),
+            "assigned",
+            "still held behind the one that runs"
+        );
+    }
+    rt.shutdown_background();
 }

@@ -28,11 +28,6 @@ use crate::touch::Touch;
 /// Pieces of followed output waiting for the connection.
 const OUTPUT_PIECES: usize = 256;
 
-/// How long an attempt runs before its `started` is sent: one that ends sooner sends only its
-/// `finished` (whose report says when it started), one message instead of two for the short
-/// tasks that come by the million.
-const STARTED_AFTER: Duration = Duration::from_millis(20);
-
 type Conn = Framed<Stream, MessageCodec<CoordinatorToWorker, WorkerToCoordinator>>;
 
 /// How the worker is asked to stop.
@@ -72,7 +67,7 @@ struct State {
     /// Reports of held tasks given back, in `unacked`, not yet sent on this connection.
     unsent: Vec<AttemptRef>,
     /// Attempts started whose `started` is not sent yet: each with when it started and when
-    /// its `started` is due ([`STARTED_AFTER`]), in start order.
+    /// its `started` is due (`WorkerConfig::started_after`), in start order.
     unstarted: VecDeque<(AttemptRef, u64, Instant)>,
     draining: bool,
     /// The heartbeat interval the coordinator asked for.
@@ -342,7 +337,7 @@ impl State {
         true
     }
 
-    /// The `started` messages due at `now`: of the attempts that started [`STARTED_AFTER`] ago
+    /// The `started` messages due at `now`: of the attempts that started `started_after` ago
     /// or more, those that still run (an ended one's report said it started).
     fn due_started(&mut self, now: Instant) -> Vec<(AttemptRef, u64)> {
         let mut due = Vec::new();
@@ -649,7 +644,7 @@ async fn send_unsent(st: &mut State, conn: &mut Conn) -> Result<(), String> {
     conn.flush().await.map_err(|e| e.to_string())
 }
 
-/// Starts an attempt now. Its `started` is held back ([`STARTED_AFTER`]), unless somebody
+/// Starts an attempt now. Its `started` is held back (`started_after`), unless somebody
 /// follows its output: then it is fed at once, ahead of that output, for the caller to flush.
 async fn start(
     st: &mut State,
@@ -668,7 +663,7 @@ async fn start(
         feed_started(conn, attempt, now_ms()).await
     } else {
         st.unstarted
-            .push_back((attempt, now_ms(), Instant::now() + STARTED_AFTER));
+            .push_back((attempt, now_ms(), Instant::now() + st.cfg.started_after));
         Ok(())
     }
 }
@@ -680,7 +675,7 @@ async fn feed_started(conn: &mut Conn, attempt: AttemptRef, at_ms: u64) -> Resul
         .map_err(|e| e.to_string())
 }
 
-/// Feeds the `started` of the attempts that have run for [`STARTED_AFTER`] and still run, for
+/// Feeds the `started` of the attempts that have run for `started_after` and still run, for
 /// the caller to flush.
 async fn feed_due_started(st: &mut State, conn: &mut Conn, now: Instant) -> Result<(), String> {
     for (attempt, at_ms) in st.due_started(now) {
@@ -884,7 +879,7 @@ mod tests {
             let (ctl, _) = mpsc::unbounded_channel();
             st.running.insert(a, ctl);
             st.unstarted
-                .push_back((a, 100 + i as u64, t0 + STARTED_AFTER));
+                .push_back((a, 100 + i as u64, t0 + st.cfg.started_after));
         }
         // `ended` reports before its `started` is due: its report says it ran, and the session
         // no longer wakes for it.
@@ -895,7 +890,7 @@ mod tests {
         // A follow wants the output of `followed` now: its `started` goes first.
         assert_eq!(st.take_started(followed), Some(102));
         assert_eq!(st.take_started(followed), None, "taken once");
-        assert_eq!(st.due_started(t0 + STARTED_AFTER), vec![(runs, 101)]);
+        assert_eq!(st.due_started(t0 + st.cfg.started_after), vec![(runs, 101)]);
         assert!(st.unstarted.is_empty());
     }
 
