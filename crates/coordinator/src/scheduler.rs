@@ -212,7 +212,7 @@ pub struct Scheduler {
     active: BTreeSet<(Reverse<i32>, u128, QueueIdx)>,
     /// The pass of the latest dispatch: where a queue entering `active` starts at least.
     vtime: u128,
-    workers: HashMap<WorkerId, Capacity>,
+    workers: rustc_hash::FxHashMap<WorkerId, Capacity>,
     /// Workers with a free slot, least loaded first, per block type.
     free: HashMap<BlockType, BTreeSet<(u64, WorkerId)>>,
     next_ticket: u64,
@@ -529,7 +529,7 @@ impl Scheduler {
 /// whose room is only its prefetch, whatever their tags (a preference must not make a task wait
 /// behind another one). Over borrowed parts, for use while a queue is borrowed.
 fn pick_among(
-    workers: &HashMap<WorkerId, Capacity>,
+    workers: &rustc_hash::FxHashMap<WorkerId, Capacity>,
     free: &HashMap<BlockType, BTreeSet<(u64, WorkerId)>>,
     kind: &Kind,
     prefer: &[Tag],

@@ -5,7 +5,6 @@
 //! leaves only after the batch holding that change is committed. Batches are pipelined: while one
 //! commits, the next one gathers, so one commit covers everything that arrived during the last.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -1001,7 +1000,8 @@ fn writer(store: Store) -> (mpsc::Sender<Batch>, mpsc::Receiver<Written>) {
 /// The connections the actor reaches, and how many it closed for reading too slowly.
 #[derive(Default)]
 struct Peers {
-    handles: HashMap<ConnId, ConnHandle>,
+    /// Looked up for every message sent (coordinator-made keys: a fast hash is safe).
+    handles: rustc_hash::FxHashMap<ConnId, ConnHandle>,
     slow_closed: u64,
 }
 

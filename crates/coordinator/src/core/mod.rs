@@ -225,7 +225,8 @@ pub struct Core {
     /// itself did not run (a suspended laptop, SIGSTOP, a paused VM): the workers' silence is then
     /// its own, and they get a fresh lease instead of losing their tasks.
     last_tick: Option<u64>,
-    conns: HashMap<ConnId, Conn>,
+    /// Looked up for every message (coordinator-made keys: a fast hash is safe).
+    conns: rustc_hash::FxHashMap<ConnId, Conn>,
     subs: Vec<Subscription>,
     sched: Scheduler,
     /// The broker's queues, RPC identifiers, calls, listeners and watchers.
@@ -262,8 +263,8 @@ pub struct Core {
     /// slot elsewhere could start ([`Core::revoke_held`]).
     revoke_due: bool,
     /// Held attempts asked back (`revoke`) and not yet given back or started: asked once.
-    revoking: HashSet<AttemptRef>,
-    dirty_workers: HashSet<WorkerId>,
+    revoking: rustc_hash::FxHashSet<AttemptRef>,
+    dirty_workers: rustc_hash::FxHashSet<WorkerId>,
     removed_workers: Vec<WorkerId>,
     durable: Vec<(ConnId, Out)>,
     immediate: Vec<(ConnId, Out)>,
@@ -419,7 +420,7 @@ impl Core {
             next_worker: 1,
             counters_dirty: false,
             last_tick: None,
-            conns: HashMap::new(),
+            conns: Default::default(),
             subs: Vec::new(),
             sched: Scheduler::new(),
             msg: Messaging::default(),
@@ -436,8 +437,8 @@ impl Core {
             removed: Vec::new(),
             deadlines: BTreeSet::new(),
             revoke_due: false,
-            revoking: HashSet::new(),
-            dirty_workers: HashSet::new(),
+            revoking: Default::default(),
+            dirty_workers: Default::default(),
             removed_workers: Vec::new(),
             durable: Vec::new(),
             immediate: Vec::new(),
