@@ -97,7 +97,6 @@ fn a_report_left_waiting_for_company_goes_when_its_linger_ends() {
     cfg.started_after = Duration::from_secs(3600);
     let gate = std::sync::Arc::new(tokio::sync::Notify::new());
     let (parked_tx, parked_rx) = std::sync::mpsc::channel::<()>();
-    let parked_tx = std::sync::Mutex::new(parked_tx);
     let opened = gate.clone();
     let handlers = Handlers::new()
         .asynchronous("gate", move |_| {
@@ -111,7 +110,7 @@ fn a_report_left_waiting_for_company_goes_when_its_linger_ends() {
             }
         })
         .asynchronous("park", move |_| {
-            let _ = parked_tx.lock().unwrap().send(());
+            let _ = parked_tx.send(());
             async move {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 Ok(TaskOutput {
