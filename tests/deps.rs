@@ -16,10 +16,7 @@ fn tree(package: &str) -> String {
             "-p",
             package,
         ])
-        // At run time, so that a test binary reused from another checkout's build looks here.
-        .current_dir(
-            std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into()),
-        )
+        .current_dir(tatzelwurm_tests::checkout())
         .output()
         .expect("cargo tree runs");
     assert!(

@@ -2,10 +2,9 @@
 //! and of its everyday commands (the choices each flag takes, the defaults, no jargon).
 //! `TATZELWURM_UPDATE_GOLDEN=1 cargo test --test golden` writes the files anew; review the diff.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use tatzelwurm_tests::bin;
+use tatzelwurm_tests::{bin, checkout};
 
 fn golden(name: &str, args: &[&str]) {
     // A clean environment: no TATZELWURM_* variable shows up as a value, and a fixed width.
@@ -18,9 +17,7 @@ fn golden(name: &str, args: &[&str]) {
         .expect("actionwurm runs");
     assert!(out.status.success(), "{args:?}");
     let got = String::from_utf8(out.stdout).expect("UTF-8");
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(format!("{name}.txt"));
+    let path = checkout().join("tests/golden").join(format!("{name}.txt"));
     if std::env::var_os("TATZELWURM_UPDATE_GOLDEN").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &got).unwrap();

@@ -6,12 +6,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tatzelwurm_tests::{Coordinator, Db, bin_dir, wait_for};
+use tatzelwurm_tests::{Coordinator, Db, bin_dir, checkout, wait_for};
 
 /// The lines of the first `sh` block after `## Using it`, without their comments.
 fn examples() -> Vec<String> {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(checkout().join("README.md")).unwrap();
     let section = &readme[readme.find("## Using it").expect("a Using it section")..];
     let block = section
         .split("```sh\n")

@@ -26,7 +26,7 @@ use tatzelwurm_actioner::client::{Client, ClientError};
 use tatzelwurm_protocol::{
     ActionerRequest, BodyCodec, Data, Payload, Reply, Selector, TaskSpec, TaskState,
 };
-use tatzelwurm_tests::{Coordinator, Db, Worker};
+use tatzelwurm_tests::{Coordinator, Db, Worker, checkout};
 
 use checker::{Event, FinalAttempt, FinalTask, Ns, Told};
 use proxy::Proxy;
@@ -218,6 +218,18 @@ enum Kind {
     Kiwipy,
 }
 
+impl Kind {
+    /// The Python script this kind runs, in the checkout; `None` for `workwurm`.
+    fn script(self) -> Option<PathBuf> {
+        let name = match self {
+            Kind::Workwurm => return None,
+            Kind::Python => "py_worker.py",
+            Kind::Kiwipy => "kiwipy_subscriber.py",
+        };
+        Some(checkout().join("tests/chaos").join(name))
+    }
+}
+
 /// What undoes a fault, due at a time.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Undo {
@@ -258,14 +270,9 @@ impl Campaign {
     fn start_worker(&mut self, i: usize) {
         let log = self.worker_log(i);
         let slot = &mut self.slots[i];
-        let script = match slot.kind {
-            Kind::Workwurm => None,
-            Kind::Python => Some("tests/chaos/py_worker.py"),
-            Kind::Kiwipy => Some("tests/chaos/kiwipy_subscriber.py"),
-        };
-        let w = if let Some(script) = script {
+        let w = if let Some(script) = slot.kind.script() {
             let mut cmd = python();
-            cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(script))
+            cmd.arg(script)
                 .arg(slot.proxy.addr.to_string())
                 .arg(self.coord.token_file())
                 .arg(&slot.name)
@@ -732,7 +739,7 @@ fn main() -> Result<()> {
 /// python3 importing this checkout's Python package first: the campaign tests the code beside
 /// it, whatever copy of the package is installed (or none, on a fresh machine).
 fn python() -> std::process::Command {
-    let package = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
+    let package = checkout().join("clients/python");
     let mut path = std::ffi::OsString::from(package);
     if let Some(more) = std::env::var_os("PYTHONPATH") {
         path.push(":");
@@ -743,17 +750,42 @@ fn python() -> std::process::Command {
     cmd
 }
 
-/// Fails clearly, before the campaign, when `flag` needs Python modules that python3 lacks (a
-/// worker that cannot start would only show as tasks that never drain).
-fn need_python(flag: &str, modules: &[&str]) -> Result<()> {
-    let ok = python()
-        .args(["-c", &format!("import tatzelwurm, {}", modules.join(", "))])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let list = modules.join(" ");
+/// Fails clearly, before the campaign, when the workers of `kind` (asked for by `flag`) could
+/// not start: a worker that cannot start would only show as tasks that never drain. Its script
+/// must be in the checkout, and python3 must import `modules` and this checkout's package (not
+/// another copy that happens to be installed).
+fn need_python(flag: &str, kind: Kind, modules: &[&str]) -> Result<()> {
+    let script = kind.script().expect("a Python kind");
+    if !script.is_file() {
         bail!(
-            "{flag} needs python3 with {list} (pip install {list}), and the package in clients/python to import"
+            "{flag}: no {} (run it from a checkout, through cargo)",
+            script.display()
+        );
+    }
+    let package = checkout().join("clients/python");
+    let out = python()
+        .args([
+            "-c",
+            &format!(
+                "import os, tatzelwurm, {}; print(os.path.realpath(tatzelwurm.__file__))",
+                modules.join(", ")
+            ),
+        ])
+        .output();
+    let imported = match out {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        _ => {
+            let list = modules.join(" ");
+            bail!(
+                "{flag} needs python3 with {list} (pip install {list}), and the package in clients/python to import"
+            );
+        }
+    };
+    let ours = package.canonicalize().unwrap_or(package);
+    if !Path::new(&imported).starts_with(&ours) {
+        bail!(
+            "{flag}: python3 imports tatzelwurm from {imported}, not from this checkout's {}",
+            ours.display()
         );
     }
     Ok(())
@@ -790,10 +822,10 @@ fn campaign(args: &Args, seed: u64) -> Result<bool> {
         .trim()
         .to_string();
     if args.python_workers > 0 {
-        need_python("--python-workers", &["msgpack"])?;
+        need_python("--python-workers", Kind::Python, &["msgpack"])?;
     }
     if args.kiwipy_subscribers > 0 {
-        need_python("--kiwipy-subscribers", &["msgpack", "kiwipy"])?;
+        need_python("--kiwipy-subscribers", Kind::Kiwipy, &["msgpack", "kiwipy"])?;
     }
     let kinds = std::iter::repeat_n(Kind::Workwurm, args.workers)
         .chain(std::iter::repeat_n(Kind::Python, args.python_workers))

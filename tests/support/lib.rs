@@ -24,6 +24,19 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
+/// The checkout the tests belong to, for its files (scripts, golden files, README).
+///
+/// Read at run time first: `cargo run` and `cargo test` set `CARGO_MANIFEST_DIR` for what they
+/// start. The value compiled in is only the fallback, because Cargo does not rebuild a binary
+/// when the same sources move to another checkout. A build reused from another clone's
+/// directory (CI may reuse one) would otherwise point at that clone, which may be gone or
+/// hold other code.
+pub fn checkout() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// The path of one of the binaries; fails clearly when it was not built.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
