@@ -266,14 +266,15 @@ fn sigterm_during_checkpoints_exits_0_and_keeps_every_acknowledged_change() {
 /// the whole table due): the write that did not fit is the one surrealkv 0.21.4 lost at a crash
 /// after the older buffer's flush (the patch in third_party/), and a lost bucket write after the
 /// journal it folded was deleted loses tasks. Every acknowledged change must be there after the
-/// kill.
+/// kill. The buffer is 4 MiB (checkpoint transactions are a quarter of it): three fills take a
+/// quarter of the writes that 16 MiB took, and the same path.
 #[test]
 fn kill9_after_the_store_filled_its_write_buffer_loses_no_acknowledged_task() {
     let mut c = Coordinator::start_with(
         Db::Kv,
         &[
             "--kv-memtable-mib",
-            "16",
+            "4",
             "--max-frame",
             "2097152",
             "--checkpoint-bytes",
