@@ -696,17 +696,22 @@ pub(crate) fn replay(mut stored: Stored) -> Result<Replayed, StoreError> {
     replay_onto(image, stored)
 }
 
+/// The items of a framed body read from the store (record `id` of `table`); a body that does
+/// not unframe is a corrupt record, named.
+fn unframe_stored(body: &Bytes, table: &'static str, id: &str) -> Result<Vec<Bytes>, StoreError> {
+    unframe(body).map_err(|reason| StoreError::Corrupt {
+        table,
+        id: id.into(),
+        reason,
+    })
+}
+
 /// Puts the tasks of bucket body `body` (the `i`th read) into `image`: how a start reads the
 /// buckets a few at a time, before the rest of the replay ([`replay_onto`]), instead of holding
 /// every bucket body and the image at once.
 pub(crate) fn load_bucket(image: &mut Image, i: usize, body: &Bytes) -> Result<(), StoreError> {
     let at = format!("#{i}");
-    let items = unframe(body).map_err(|reason| StoreError::Corrupt {
-        table: "bucket",
-        id: at.clone(),
-        reason,
-    })?;
-    for b in items {
+    for b in unframe_stored(body, "bucket", &at)? {
         image.put_task(task_id_of("bucket", &at, &b)?, Record::from(&b[..]));
     }
     Ok(())
@@ -736,24 +741,14 @@ pub(crate) fn replay_onto(mut image: Image, stored: Stored) -> Result<Replayed, 
         workers.insert(w.id.0, w);
     }
     if let Some(body) = &stored.workers {
-        let items = unframe(body).map_err(|reason| StoreError::Corrupt {
-            table: "meta",
-            id: "workers".into(),
-            reason,
-        })?;
-        for b in items {
+        for b in unframe_stored(body, "meta", "workers")? {
             let w: WorkerInfo = decode("meta", "workers", &b)?;
             image.workers.insert(w.id.0, b);
             workers.insert(w.id.0, w);
         }
     }
     if let Some(body) = &stored.queues {
-        let items = unframe(body).map_err(|reason| StoreError::Corrupt {
-            table: "meta",
-            id: "queues".into(),
-            reason,
-        })?;
-        for b in items {
+        for b in unframe_stored(body, "meta", "queues")? {
             let q: QueueSettings = decode("meta", "queues", &b)?;
             let key = (q.namespace.clone(), q.name.clone());
             image.queues.insert(key.clone(), b);
