@@ -736,11 +736,15 @@ fn main() -> Result<()> {
     }
 }
 
+/// This checkout's Python package (the directory that holds `tatzelwurm/`).
+fn python_package() -> PathBuf {
+    checkout().join("clients/python")
+}
+
 /// python3 importing this checkout's Python package first: the campaign tests the code beside
 /// it, whatever copy of the package is installed (or none, on a fresh machine).
 fn python() -> std::process::Command {
-    let package = checkout().join("clients/python");
-    let mut path = std::ffi::OsString::from(package);
+    let mut path = std::ffi::OsString::from(python_package());
     if let Some(more) = std::env::var_os("PYTHONPATH") {
         path.push(":");
         path.push(more);
@@ -762,7 +766,6 @@ fn need_python(flag: &str, kind: Kind, modules: &[&str]) -> Result<()> {
             script.display()
         );
     }
-    let package = checkout().join("clients/python");
     let out = python()
         .args([
             "-c",
@@ -781,6 +784,7 @@ fn need_python(flag: &str, kind: Kind, modules: &[&str]) -> Result<()> {
             );
         }
     };
+    let package = python_package();
     let ours = package.canonicalize().unwrap_or(package);
     if !Path::new(&imported).starts_with(&ours) {
         bail!(
